@@ -9,20 +9,29 @@ from typing import Any
 class IngestError(ValueError):
     """Bad input, located: which file, which line (or row), which field, and what is wrong."""
 
-    def __init__(self, file: str, line: int | None, field_name: str | None, message: str):
+    def __init__(
+        self,
+        file: str,
+        line: int | None,
+        field_name: str | None,
+        message: str,
+        *,
+        unit: str = "line",  # "row" for Parquet/CSV/datasets, "item" for a JSON array
+    ):
         self.file = str(file)
         self.line = line
         self.field = field_name
         self.message = message
+        self.unit = unit
         where = self.file
         if line is not None:
-            where += f", line {line}"
+            where += f", {unit} {line}"
         if field_name:
             where += f", field '{field_name}'"
         super().__init__(f"{where}: {message}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "field": self.field, "message": self.message}
+        return {"file": self.file, "unit": self.unit, "line": self.line, "field": self.field, "message": self.message}
 
 
 @dataclass

@@ -46,8 +46,10 @@ CREATE TABLE IF NOT EXISTS datasets (
     options JSON                      -- how it was ingested (mapping, tokenizer, ...)
 );
 
+-- problems and cots carry no PRIMARY KEY: ids are allocated by the ingest itself, and an ART
+-- index over millions of rows would cost memory and slow every bulk insert.
 CREATE TABLE IF NOT EXISTS problems (
-    problem_id BIGINT PRIMARY KEY,
+    problem_id BIGINT NOT NULL,
     dataset_id INTEGER NOT NULL,
     problem_key VARCHAR NOT NULL,     -- the source's own id (idx, id, line), unique per dataset
     benchmark VARCHAR,
@@ -58,7 +60,7 @@ CREATE TABLE IF NOT EXISTS problems (
 );
 
 CREATE TABLE IF NOT EXISTS cots (
-    cot_id BIGINT PRIMARY KEY,
+    cot_id BIGINT NOT NULL,
     problem_id BIGINT NOT NULL,
     dataset_id INTEGER NOT NULL,
     model VARCHAR,                    -- generating model or teacher
@@ -181,10 +183,15 @@ def init_store(path: str | os.PathLike | None = None) -> Path:
     return target
 
 
+def fetch_pl(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None):
+    """A query's result as a polars DataFrame (through a relation: no extra Arrow copy)."""
+    return con.sql(sql, params=params or None).pl()
+
+
 def read_df(sql: str, params: list | dict | None = None, *, db=None):
     """Run a read query on a short read-only connection and return a polars DataFrame."""
     with connect(db, read_only=True) as con:
-        return con.execute(sql, params or []).pl()
+        return fetch_pl(con, sql, params)
 
 
 def read_rows(sql: str, params: list | dict | None = None, *, db=None) -> list[tuple]:

@@ -1,0 +1,1 @@
+"""ThoughtScope core: store, ingest, metrics, selection, export and jobs. Never imports streamlit."""

@@ -1,0 +1,599 @@
+"""Readers for the formats researchers have, each turning its input into ProblemRecords.
+
+A reader yields ``ProblemRecord``s, or ``IngestError``s for rows it could not read, so the
+ingest decides whether a bad row stops everything or is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # orjson parses long CoT lines several times faster; json is the fallback
+    import orjson
+
+    _loads = orjson.loads
+    _JSONDecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+    _JSONDecodeError = (json.JSONDecodeError,)
+
+from core.records import CotRecord, IngestError, Label, ProblemRecord
+from core.text import reference_from_gsm8k
+
+FORMATS = ("omnithought", "qwen_eval", "openr1", "generic", "benchmark")
+DEFAULT_MAX_LINE_MB = 32
+ReadItem = ProblemRecord | IngestError
+
+
+@dataclass
+class ReadOptions:
+    """Options the CLI and the app pass to the readers."""
+
+    mapping: dict[str, str] = field(default_factory=dict)  # generic: role -> column
+    model: str | None = None  # model/teacher name when the input has none
+    split: str | None = None  # datasets: which split
+    max_line_mb: float = DEFAULT_MAX_LINE_MB
+    dataset_name: str = "dataset"  # generic score columns become this source's labels
+
+
+# --------------------------------------------------------------------------- row sources
+
+
+@dataclass
+class Row:
+    data: dict[str, Any]
+    file: str
+    line: int
+    unit: str = "line"
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def iter_jsonl(path: Path, max_line_mb: float) -> Iterator[Row | IngestError]:
+    limit = int(max_line_mb * 1024 * 1024)
+    seen_any = False
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if len(raw) > limit:
+                yield IngestError(
+                    path, line_no, None,
+                    f"the line is {len(raw) / 1e6:.1f} MB, over the {max_line_mb:g} MB limit; "
+                    "raise it with --max-line-mb if the line is meant to be this long",
+                )
+                continue
+            if not raw.strip():
+                continue
+            seen_any = True
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield IngestError(
+                    path, line_no, None,
+                    f"not valid UTF-8 (byte {exc.start} of the line: {raw[exc.start:exc.start + 4]!r})",
+                )
+                continue
+            try:
+                data = _loads(text)
+            except _JSONDecodeError as exc:
+                yield IngestError(path, line_no, None, f"broken JSON: {exc}")
+                continue
+            if not isinstance(data, dict):
+                yield IngestError(path, line_no, None, f"expected a JSON object, got {type(data).__name__}")
+                continue
+            yield Row(data, str(path), line_no)
+    if not seen_any:
+        yield IngestError(path, None, None, "the file is empty")
+
+
+def iter_json(path: Path) -> Iterator[Row | IngestError]:
+    raw = path.read_bytes()
+    if not raw.strip():
+        yield IngestError(path, None, None, "the file is empty")
+        return
+    try:
+        data = _loads(raw)
+    except _JSONDecodeError as exc:
+        yield IngestError(path, None, None, f"broken JSON: {exc}")
+        return
+    if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}
+        lists = [v for v in data.values() if isinstance(v, list)]
+        data = lists[0] if len(lists) == 1 else [data]
+    for i, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            yield IngestError(path, i, None, f"expected an object, got {type(item).__name__}", unit="item")
+            continue
+        yield Row(item, str(path), i, "item")
+
+
+def iter_parquet(path: Path) -> Iterator[Row | IngestError]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        yield IngestError(path, None, None, f"not a readable Parquet file: {exc}")
+        return
+    if pf.metadata.num_rows == 0:
+        yield IngestError(path, None, None, "the file is empty")
+        return
+    row_no = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for item in batch.to_pylist():
+            row_no += 1
+            yield Row(item, str(path), row_no, "row")
+
+
+def iter_csv(path: Path) -> Iterator[Row | IngestError]:
+    with open(path, newline="", encoding="utf-8", errors="strict") as fh:
+        reader = csv.DictReader(fh)
+        got_any = False
+        try:
+            for item in reader:
+                got_any = True
+                yield Row(dict(item), str(path), reader.line_num, "line")
+        except UnicodeDecodeError as exc:
+            yield IngestError(path, reader.line_num + 1, None, f"not valid UTF-8: {exc.reason}")
+        if not got_any:
+            yield IngestError(path, None, None, "the file is empty")
+
+
+def iter_datasets(source: str, split: str | None, *, from_disk: bool) -> Iterator[Row | IngestError]:
+    """A `datasets` save_to_disk folder, or (online) a Hugging Face hub id, row by row."""
+    import datasets
+
+    if from_disk:
+        ds = datasets.load_from_disk(source)
+    else:  # hub id: streamed so a large dataset never sits whole in memory
+        ds = datasets.load_dataset(source, split=split or "train", streaming=True)
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        names = list(ds.keys())
+        chosen = split or ("train" if "train" in names else names[0])
+        if chosen not in ds:
+            yield IngestError(source, None, None, f"no split '{chosen}'; the splits are {names}")
+            return
+        ds = ds[chosen]
+    for i, item in enumerate(ds, start=1):
+        yield Row(dict(item), source, i, "row")
+
+
+def iter_rows(path: Path, opts: ReadOptions) -> Iterator[Row | IngestError]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return iter_jsonl(path, opts.max_line_mb)
+    if suffix == ".json":
+        return iter_json(path)
+    if suffix == ".parquet":
+        return iter_parquet(path)
+    if suffix in (".csv", ".tsv"):
+        return iter_csv(path)
+    raise IngestError(path, None, None, f"unknown file type '{suffix}' (use .jsonl, .json, .parquet or .csv)")
+
+
+# --------------------------------------------------------------------------- field helpers
+
+
+def _require(row: Row, key: str, kinds: type | tuple[type, ...], *, allow_empty: bool = False) -> Any:
+    if key not in row.data or row.data[key] is None:
+        raise IngestError(row.file, row.line, key, "required field is missing", unit=row.unit)
+    value = row.data[key]
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in _as_tuple(kinds):
+        names = " or ".join(k.__name__ for k in _as_tuple(kinds))
+        raise IngestError(
+            row.file, row.line, key, f"expected {names}, got {type(value).__name__}", unit=row.unit
+        )
+    if not allow_empty and isinstance(value, (str, list)) and len(value) == 0:
+        raise IngestError(row.file, row.line, key, "is empty", unit=row.unit)
+    return value
+
+
+def _as_tuple(kinds):
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _level(row: Row, where: str, value: Any) -> float | None:
+    """A 0-9 judge level as given ({level, judge} or a bare number)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise IngestError(row.file, row.line, where, f"expected a level 0-9, got {type(value).__name__}", unit=row.unit)
+    try:
+        number = float(value)
+    except ValueError:
+        raise IngestError(row.file, row.line, where, f"expected a level 0-9, got {value!r}", unit=row.unit) from None
+    if not 0 <= number <= 9:
+        raise IngestError(row.file, row.line, where, f"level {value!r} is outside 0-9", unit=row.unit)
+    return number
+
+
+def _bool_value(row: Row, where: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return float(value.strip().lower() in ("true", "1", "yes"))
+    raise IngestError(row.file, row.line, where, f"expected true/false, got {value!r}", unit=row.unit)
+
+
+def _problem_key(row: Row, id_fields=("id", "idx", "uuid", "problem_id", "unique_id", "uid")) -> str:
+    for name in id_fields:
+        if row.data.get(name) is not None:
+            return str(row.data[name])
+    return f"{Path(row.file).name}:{row.line}"
+
+
+# --------------------------------------------------------------------------- formats
+
+_OMNI_COT_KEYS = {
+    "thought", "solution", "full_response", "teacher", "thought_correctness_verify",
+    "Reasoning_Verbosity", "Cognitive_Difficulty",
+}
+
+
+def _judge_level(row: Row, where: str, value: Any) -> tuple[float | None, str | None]:
+    if isinstance(value, dict):
+        return _level(row, f"{where}.level", value.get("level")), _opt_str(value.get("judge"))
+    return _level(row, where, value), None
+
+
+def normalize_omnithought(row: Row, opts: ReadOptions) -> ProblemRecord:
+    question = _require(row, "question", str)
+    reasoning = _require(row, "reasoning", list)
+    ref = row.data.get("reference_answer", row.data.get("answer"))
+    problem = ProblemRecord(
+        key=_problem_key(row), question=question, file=row.file, line=row.line,
+        reference_answer=_opt_str(ref),
+        extra={k: v for k, v in row.data.items() if k not in ("question", "reasoning", "reference_answer", "answer")},
+    )
+    for i, cot in enumerate(reasoning):
+        where = f"reasoning[{i}]"
+        if not isinstance(cot, dict):
+            raise IngestError(row.file, row.line, where, f"expected an object, got {type(cot).__name__}", unit=row.unit)
+        thought, solution, full = cot.get("thought"), cot.get("solution"), cot.get("full_response")
+        for name, value in (("thought", thought), ("solution", solution), ("full_response", full)):
+            if value is not None and not isinstance(value, str):
+                raise IngestError(row.file, row.line, f"{where}.{name}", f"expected str, got {type(value).__name__}", unit=row.unit)
+        if not full and not thought and not solution:
+            raise IngestError(row.file, row.line, f"{where}.full_response", "no text: full_response, thought and solution are all missing", unit=row.unit)
+        if not full:
+            full = f"<think>\n{thought or ''}\n</think>\n\n{solution or ''}"
+        teacher = _opt_str(cot.get("teacher")) or opts.model
+        labels: list[Label] = []
+        verify = _bool_value(row, f"{where}.thought_correctness_verify", cot.get("thought_correctness_verify"))
+        if verify is not None:
+            labels.append(Label("omnithought", "correct", verify, _opt_str(cot.get("thought_correctness_verify"))))
+        for key, metric in (("Reasoning_Verbosity", "rv"), ("Cognitive_Difficulty", "cd")):
+            if cot.get(key) is None:
+                continue
+            level, judge = _judge_level(row, f"{where}.{key}", cot[key])
+            source = f"omnithought ({judge})" if judge else "omnithought"
+            labels.append(Label(source, metric, level, _opt_str(cot[key])))
+        problem.cots.append(CotRecord(
+            full_text=full, sample_idx=i, model=teacher,
+            thinking=thought, solution=solution, labels=labels,
+            extra={k: v for k, v in cot.items() if k not in _OMNI_COT_KEYS},
+        ))
+    return problem
+
+
+def normalize_openr1(row: Row, opts: ReadOptions) -> ProblemRecord:
+    question = _require(row, "problem", str)
+    generations = _require(row, "generations", list)
+    n = len(generations)
+    lists = {}
+    for key in ("correctness_math_verify", "correctness_llama", "finish_reasons", "is_reasoning_complete"):
+        value = row.data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or len(value) != n:
+            raise IngestError(row.file, row.line, key, f"expected a list of {n} entries (one per generation)", unit=row.unit)
+        lists[key] = value
+    known = {"problem", "answer", "solution", "generations", *lists}
+    problem = ProblemRecord(
+        key=_problem_key(row), question=question, file=row.file, line=row.line,
+        reference_answer=_opt_str(row.data.get("answer")), reference_solution=_opt_str(row.data.get("solution")),
+        extra={k: v for k, v in row.data.items() if k not in known},
+    )
+    for i, text in enumerate(generations):
+        if not isinstance(text, str):
+            raise IngestError(row.file, row.line, f"generations[{i}]", f"expected str, got {type(text).__name__}", unit=row.unit)
+        labels = []
+        for key, source in (("correctness_math_verify", "openr1 math_verify"), ("correctness_llama", "openr1 llama judge")):
+            if key in lists:
+                value = _bool_value(row, f"{key}[{i}]", lists[key][i])
+                labels.append(Label(source, "correct", value, _opt_str(lists[key][i])))
+        finish = _opt_str(lists["finish_reasons"][i]) if "finish_reasons" in lists else None
+        extra = {"is_reasoning_complete": lists["is_reasoning_complete"][i]} if "is_reasoning_complete" in lists else {}
+        problem.cots.append(CotRecord(
+            full_text=text, sample_idx=i, model=_opt_str(row.data.get("model")) or opts.model,
+            finish_reason=finish, labels=labels, extra=extra,
+        ))
+    return problem
+
+
+def normalize_benchmark(row: Row, opts: ReadOptions) -> ProblemRecord:
+    qkey = next((k for k in ("problem", "question", "prompt") if k in row.data), "problem")
+    question = _require(row, qkey, str)
+    answer = row.data.get("answer")
+    if answer is None:
+        raise IngestError(row.file, row.line, "answer", "required field is missing", unit=row.unit)
+    answer = _opt_str(answer)
+    solution = _opt_str(row.data.get("solution"))
+    if "####" in answer:  # GSM8K: the worked solution ends with '#### <answer>'
+        solution, answer = answer, reference_from_gsm8k(answer)
+    benchmark = Path(row.file).stem.replace("_test", "")
+    return ProblemRecord(
+        key=_problem_key(row), question=question, file=row.file, line=row.line,
+        reference_answer=answer, reference_solution=solution, benchmark=benchmark,
+        extra={k: v for k, v in row.data.items() if k not in (qkey, "answer", "solution")},
+    )
+
+
+GENERIC_ROLES = ("question", "response", "answer", "model", "sample", "correct", "id", "thinking", "solution", "benchmark")
+
+
+def normalize_generic(row: Row, opts: ReadOptions) -> ProblemRecord:
+    """One row per CoT; rows with the same id (or the same question) form one problem."""
+    mapping = opts.mapping
+    if "question" not in mapping or "response" not in mapping:
+        raise IngestError(row.file, None, None, "the generic format needs --map question=COL,response=COL (plus optional answer, model, sample, correct, id, score:METRIC)")
+    question = _require(row, mapping["question"], str)
+    response = _require(row, mapping["response"], str)
+    labels = []
+    if "correct" in mapping and row.data.get(mapping["correct"]) is not None:
+        labels.append(Label(opts.dataset_name, "correct", _bool_value(row, mapping["correct"], row.data[mapping["correct"]]), _opt_str(row.data[mapping["correct"]])))
+    for role, column in mapping.items():
+        if role.startswith("score:") and row.data.get(column) is not None:
+            value = row.data[column]
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise IngestError(row.file, row.line, column, f"expected a number, got {value!r}", unit=row.unit) from None
+            labels.append(Label(opts.dataset_name, role.split(":", 1)[1], number, _opt_str(value)))
+    sample = row.data.get(mapping.get("sample", ""), None)
+    try:
+        sample_idx = int(sample) if sample not in (None, "") else -1
+    except (TypeError, ValueError):
+        raise IngestError(row.file, row.line, mapping["sample"], f"expected an integer, got {sample!r}", unit=row.unit) from None
+    if "id" in mapping:
+        key = str(_require(row, mapping["id"], (str, int)))
+    else:  # no id column: the question text identifies the problem
+        key = hashlib.sha1(question.encode()).hexdigest()[:16]
+    used = set(mapping.values())
+    model = _opt_str(row.data.get(mapping.get("model", ""))) or opts.model
+    return ProblemRecord(
+        key=key, question=question, file=row.file, line=row.line,
+        reference_answer=_opt_str(row.data.get(mapping.get("answer", ""))),
+        benchmark=_opt_str(row.data.get(mapping.get("benchmark", ""))),
+        cots=[CotRecord(
+            full_text=response, sample_idx=sample_idx, model=model,
+            thinking=_opt_str(row.data.get(mapping.get("thinking", ""))),
+            solution=_opt_str(row.data.get(mapping.get("solution", ""))),
+            labels=labels, extra={k: v for k, v in row.data.items() if k not in used},
+        )],
+    )
+
+
+# ---------------------------------------------------------------- Qwen2.5-Math eval outputs
+
+_EVAL_DIR = re.compile(r"^(?P<bench>.+)_eval$")
+_CKPT = re.compile(r"^(checkpoint-\d+|global_step_?\d+|step_?\d+)$")
+
+
+def qwen_eval_files(root: Path) -> list[Path]:
+    files = [p for p in sorted(root.rglob("*.jsonl")) if not _is_hidden(p) and any(_EVAL_DIR.match(x) for x in p.parts)]
+    return files
+
+
+def qwen_run_identity(root: Path, file: Path) -> tuple[str, str]:
+    """(model, benchmark) from outputs/<model path>/<bench>_eval/<bench>/<file>.jsonl."""
+    rel = file.relative_to(root) if file.is_relative_to(root) else file
+    parts = rel.parts[:-1]
+    idx = max(i for i, p in enumerate(parts) if _EVAL_DIR.match(p)) if any(_EVAL_DIR.match(p) for p in parts) else None
+    if idx is None:
+        return (opts_model_fallback(file), file.parent.name)
+    bench = _EVAL_DIR.match(parts[idx]).group("bench")
+    model_parts = [p for p in parts[:idx] if p != "outputs"]
+    if not model_parts:
+        return ("unknown", bench)
+    if _CKPT.match(model_parts[-1]) and len(model_parts) >= 2:
+        model = "/".join(model_parts[-2:])
+    elif len(model_parts) == 2:  # org/name, as on the hub
+        model = "/".join(model_parts)
+    else:  # a local path such as home/ubuntu/runs/<name>: the last part names it
+        model = model_parts[-1]
+    return model, bench
+
+
+def opts_model_fallback(file: Path) -> str:
+    return file.parent.name
+
+
+def _prompt_type(file: Path) -> str | None:
+    match = re.match(r"test_(?P<prompt>.+?)_-?\d+_seed", file.name)
+    return match.group("prompt") if match else None
+
+
+def normalize_qwen_eval(row: Row, model: str, bench: str, prompt_type: str | None) -> ProblemRecord:
+    idx = _require(row, "idx", (int, str))
+    question = _require(row, "question", str)
+    code = _require(row, "code", list)
+    n = len(code)
+    per_sample = {}
+    for key in ("pred", "score", "report"):
+        value = row.data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or len(value) != n:
+            raise IngestError(row.file, row.line, key, f"expected a list of {n} entries (one per sample in 'code')", unit=row.unit)
+        per_sample[key] = value
+    known = {"idx", "question", "gt", "solution", "code", "pred", "score", "report"}
+    problem = ProblemRecord(
+        key=f"{bench}/{idx}", question=question, file=row.file, line=row.line,
+        reference_answer=_opt_str(row.data.get("gt")), reference_solution=_opt_str(row.data.get("solution")),
+        benchmark=bench, extra={k: v for k, v in row.data.items() if k not in known},
+    )
+    for i, text in enumerate(code):
+        if not isinstance(text, str):
+            raise IngestError(row.file, row.line, f"code[{i}]", f"expected str, got {type(text).__name__}", unit=row.unit)
+        labels = []
+        if "score" in per_sample:
+            labels.append(Label("harness", "correct", _bool_value(row, f"score[{i}]", per_sample["score"][i]), _opt_str(per_sample["score"][i])))
+        extra = {"prompt_type": prompt_type, "run_file": row.file}
+        if "pred" in per_sample:
+            extra["harness_pred"] = per_sample["pred"][i]
+        if "report" in per_sample:
+            extra["report"] = per_sample["report"][i]
+        problem.cots.append(CotRecord(full_text=text, sample_idx=i, model=model, labels=labels, extra=extra))
+    return problem
+
+
+def qwen_run_metrics(file: Path) -> dict[str, float]:
+    """The harness's own figures from the *_metrics.json beside a run file."""
+    candidates = sorted(p for p in file.parent.glob(f"{file.stem}*metrics.json") if not _is_hidden(p))
+    if not candidates:
+        return {}
+    try:
+        data = json.loads(candidates[0].read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# --------------------------------------------------------------------------- detection
+
+_NORMALIZERS: dict[str, Callable[[Row, ReadOptions], ProblemRecord]] = {
+    "omnithought": normalize_omnithought,
+    "openr1": normalize_openr1,
+    "benchmark": normalize_benchmark,
+    "generic": normalize_generic,
+}
+
+ONE_ROW_PER_PROBLEM = {"omnithought", "openr1", "benchmark", "qwen_eval"}
+
+
+def format_of_row(data: dict[str, Any]) -> str | None:
+    keys = set(data)
+    if "reasoning" in keys and "question" in keys:
+        return "omnithought"
+    if "generations" in keys and "problem" in keys:
+        return "openr1"
+    if {"idx", "question", "code"} <= keys:
+        return "qwen_eval"
+    if keys & {"problem", "question", "prompt"} and "answer" in keys:
+        return "benchmark"
+    return None
+
+
+def is_datasets_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
+
+
+def detect_format(source: str, opts: ReadOptions) -> str:
+    path = Path(source)
+    if path.is_dir():
+        if is_datasets_folder(path):
+            rows = iter_datasets(source, opts.split, from_disk=True)
+        elif qwen_eval_files(path):
+            return "qwen_eval"
+        else:
+            raise IngestError(path, None, None, "a folder must be a datasets save_to_disk folder or a Qwen2.5-Math outputs/ tree (<model>/<bench>_eval/...jsonl)")
+    elif path.exists():
+        rows = iter_rows(path, opts)
+    else:
+        rows = iter_datasets(source, opts.split, from_disk=False)
+    for item in rows:
+        if isinstance(item, IngestError):
+            raise item
+        found = format_of_row(item.data)
+        if found:
+            return found
+        if opts.mapping:
+            return "generic"
+        raise IngestError(
+            item.file, item.line, None,
+            f"cannot tell the format from the fields {sorted(item.data)[:12]}; pass --format, "
+            "or --format generic with --map question=COL,response=COL,...",
+            unit=item.unit,
+        )
+    raise IngestError(source, None, None, "the input has no rows")
+
+
+def input_files(source: str, fmt: str) -> list[Path]:
+    """The files an ingest reads (for hashing and progress); empty for a hub id."""
+    path = Path(source)
+    if not path.exists():
+        return []
+    if path.is_file():
+        return [path]
+    if fmt == "qwen_eval":
+        return qwen_eval_files(path)
+    return sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p))
+
+
+def read_records(source: str, fmt: str, opts: ReadOptions) -> Iterator[ReadItem]:
+    """Every ProblemRecord of the input, or an IngestError where a row is bad."""
+    path = Path(source)
+    if fmt == "qwen_eval":
+        root = path if path.is_dir() else path.parent
+        for file in qwen_eval_files(path) if path.is_dir() else [path]:
+            model, bench = qwen_run_identity(root, file)
+            model = opts.model or model
+            prompt_type = _prompt_type(file)
+            for item in iter_jsonl(file, opts.max_line_mb):
+                if isinstance(item, IngestError):
+                    yield item
+                    continue
+                try:
+                    yield normalize_qwen_eval(item, model, bench, prompt_type)
+                except IngestError as exc:
+                    yield exc
+        return
+    normalize = _NORMALIZERS[fmt]
+    if path.is_dir() and is_datasets_folder(path):
+        rows = iter_datasets(source, opts.split, from_disk=True)
+    elif path.is_dir():
+        rows = (r for f in input_files(source, fmt) for r in iter_rows(f, opts))
+    elif path.exists():
+        rows = iter_rows(path, opts)
+    else:
+        rows = iter_datasets(source, opts.split, from_disk=False)
+    for item in rows:
+        if isinstance(item, IngestError):
+            yield item
+            continue
+        try:
+            yield normalize(item, opts)
+        except IngestError as exc:
+            yield exc
+
+
+def run_metrics_of(source: str, fmt: str, opts: ReadOptions) -> list[tuple[str, str, str, float]]:
+    """(model, benchmark, metric, value) rows the input carries about itself."""
+    if fmt != "qwen_eval":
+        return []
+    path = Path(source)
+    root = path if path.is_dir() else path.parent
+    out = []
+    for file in qwen_eval_files(path) if path.is_dir() else [path]:
+        model, bench = qwen_run_identity(root, file)
+        for metric, value in qwen_run_metrics(file).items():
+            out.append((opts.model or model, bench, metric, value))
+    return out

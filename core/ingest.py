@@ -1,0 +1,348 @@
+"""Ingest: read any supported input into the store without ever locking readers out for long.
+
+Stages:
+1. hash the input; a content hash already in the store means nothing to do;
+2. read and validate every row, deriving the per-CoT signals, into Parquet files in a staging
+   folder (the store is not touched, so bad input leaves it exactly as it was);
+3. load the staged chunks in short transactions under a dataset row marked ``loading``
+   (invisible to every query), then flip it to ``ready`` in one last short transaction;
+4. verify answers with math-verify and count tokens, each its own resumable stage
+   (core.verify, core.tokens), so the data can be browsed while they fill in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core import store
+from core.formats import (
+    ONE_ROW_PER_PROBLEM,
+    ReadOptions,
+    detect_format,
+    input_files,
+    read_records,
+    run_metrics_of,
+)
+from core.records import IngestError, ProblemRecord
+from core.text import MarkerCounter, count_paragraphs, extract_answer, load_markers, split_thinking
+
+# (stage, done, total): the CLI draws a progress bar from it, the app a st.progress.
+ProgressFn = Callable[[str, int, int | None], None]
+
+CHUNK_COTS = 5000  # CoTs per staged Parquet chunk and per load transaction
+
+PROBLEM_SCHEMA = pa.schema([
+    ("problem_id", pa.int64()), ("dataset_id", pa.int32()), ("problem_key", pa.string()),
+    ("benchmark", pa.string()), ("question", pa.string()), ("reference_answer", pa.string()),
+    ("reference_solution", pa.string()), ("extra", pa.string()),
+])
+COT_SCHEMA = pa.schema([
+    ("cot_id", pa.int64()), ("problem_id", pa.int64()), ("dataset_id", pa.int32()),
+    ("model", pa.string()), ("sample_idx", pa.int32()), ("thinking", pa.string()),
+    ("solution", pa.string()), ("full_text", pa.string()), ("thinking_unclosed", pa.bool_()),
+    ("truncated", pa.bool_()), ("finish_reason", pa.string()), ("answer", pa.string()),
+    ("n_chars", pa.int32()), ("n_paragraphs", pa.int32()), ("n_reflections", pa.int32()),
+    ("reflections", pa.map_(pa.string(), pa.int32())), ("extra", pa.string()),
+])
+SCORE_SCHEMA = pa.schema([
+    ("cot_id", pa.int64()), ("source", pa.string()), ("kind", pa.string()),
+    ("metric", pa.string()), ("value", pa.float64()), ("raw", pa.string()),
+])
+
+
+@dataclass
+class IngestResult:
+    dataset_id: int
+    name: str
+    format: str
+    problems: int
+    cots: int
+    skipped_rows: int = 0
+    already_present: bool = False
+    bad_rows_report: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def content_hash(source: str, files: list[Path], opts: ReadOptions, fmt: str) -> str:
+    """sha256 over the input bytes (relative names included for a folder) and the options
+    that change what is stored, so the same file ingested with another mapping is new."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"format": fmt, "mapping": opts.mapping, "model": opts.model, "split": opts.split}, sort_keys=True).encode())
+    root = Path(source)
+    if not files:  # hub id: the id names the content
+        digest.update(source.encode())
+    for file in files:
+        digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
+        with open(file, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json_or_none(value: dict) -> str | None:
+    if not value:
+        return None
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+class _Stager:
+    """Writes problems, CoTs and labels to Parquet chunks in a staging folder."""
+
+    def __init__(self, folder: Path, dataset_id: int, markers: MarkerCounter):
+        self.folder = folder
+        self.dataset_id = dataset_id
+        self.base = dataset_id << store.ID_SHIFT
+        self.markers = markers
+        self.problems: dict[str, tuple[int, str, str, int]] = {}  # key -> (id, question, file, line)
+        self.cot_keys: set[tuple] = set()
+        self.n_cots = 0
+        self.chunk = 0
+        self._reset()
+
+    def _reset(self):
+        self.p_rows: list[dict] = []
+        self.c_rows: list[dict] = []
+        self.s_rows: list[dict] = []
+
+    def add(self, rec: ProblemRecord, fmt: str) -> None:
+        known = self.problems.get(rec.key)
+        if known is not None:
+            problem_id, question, file, line = known
+            if fmt in ONE_ROW_PER_PROBLEM and file == rec.file:
+                raise IngestError(rec.file, rec.line, "id", f"duplicate id '{rec.key}': already at line {line}")
+            if question != rec.question:
+                raise IngestError(rec.file, rec.line, "question", f"problem '{rec.key}' was read before ({file}, line {line}) with a different question")
+        else:
+            problem_id = self.base + len(self.problems)
+            self.problems[rec.key] = (problem_id, rec.question, rec.file, rec.line)
+            self.p_rows.append({
+                "problem_id": problem_id, "dataset_id": self.dataset_id, "problem_key": rec.key,
+                "benchmark": rec.benchmark, "question": rec.question,
+                "reference_answer": rec.reference_answer, "reference_solution": rec.reference_solution,
+                "extra": _json_or_none(rec.extra),
+            })
+        for cot in rec.cots:
+            if fmt not in ONE_ROW_PER_PROBLEM or known is not None:
+                identity = (rec.key, cot.model, cot.sample_idx)
+                if identity in self.cot_keys:
+                    raise IngestError(rec.file, rec.line, "sample", f"duplicate CoT: problem '{rec.key}', model {cot.model!r}, sample {cot.sample_idx} was already read")
+                self.cot_keys.add(identity)
+            self._add_cot(problem_id, cot)
+        if len(self.c_rows) >= CHUNK_COTS:
+            self.flush()
+
+    def _add_cot(self, problem_id: int, cot) -> None:
+        cot_id = self.base + (1 << 31) + self.n_cots  # CoT ids sit above the problem ids
+        self.n_cots += 1
+        thinking, solution, unclosed = split_thinking(cot.full_text)
+        if cot.thinking is not None or cot.solution is not None:
+            thinking = cot.thinking if cot.thinking is not None else thinking
+            solution = cot.solution if cot.solution is not None else solution
+        counts = self.markers.count(cot.full_text)
+        finish = cot.finish_reason
+        self.c_rows.append({
+            "cot_id": cot_id, "problem_id": problem_id, "dataset_id": self.dataset_id,
+            "model": cot.model, "sample_idx": cot.sample_idx, "thinking": thinking,
+            "solution": solution, "full_text": cot.full_text, "thinking_unclosed": unclosed,
+            "truncated": unclosed or (finish or "").lower() in ("length", "max_tokens", "truncated"),
+            "finish_reason": finish, "answer": extract_answer(solution or cot.full_text),
+            "n_chars": len(cot.full_text), "n_paragraphs": count_paragraphs(cot.full_text),
+            "n_reflections": sum(counts.values()), "reflections": list(counts.items()),
+            "extra": _json_or_none(cot.extra),
+        })
+        for label in cot.labels:
+            self.s_rows.append({
+                "cot_id": cot_id, "source": label.source, "kind": label.kind,
+                "metric": label.metric, "value": label.value, "raw": label.raw,
+            })
+
+    def flush(self) -> None:
+        if not (self.p_rows or self.c_rows):
+            return
+        name = f"{self.chunk:06d}"
+        for table, rows, schema in (("problems", self.p_rows, PROBLEM_SCHEMA), ("cots", self.c_rows, COT_SCHEMA), ("scores", self.s_rows, SCORE_SCHEMA)):
+            (self.folder / table).mkdir(exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), self.folder / table / f"{name}.parquet", compression="zstd")
+        self.chunk += 1
+        self._reset()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_abandoned_loads(db=None) -> list[int]:
+    """Remove datasets left 'loading' by an ingest whose process died (SIGKILL, power loss)."""
+    rows = store.read_rows("SELECT dataset_id, options FROM datasets WHERE status = 'loading'", db=db)
+    dead = [d for d, opts in rows if not _pid_alive(int(json.loads(opts or "{}").get("pid", 0) or 0))]
+    for dataset_id in dead:
+        store.drop_dataset(dataset_id, db=db)
+    return dead
+
+
+def _allocate_dataset(db, name: str, source: str, fmt: str, digest: str, options: dict, generated: bool) -> tuple[int, int | None]:
+    """Insert the invisible 'loading' dataset row; returns (new id, id of a ready twin)."""
+    with store.connect(db, read_only=False) as con:
+        con.execute("BEGIN")
+        twin = con.execute(
+            "SELECT dataset_id FROM datasets WHERE content_hash = ? AND status = 'ready'", [digest]
+        ).fetchone()
+        if twin:
+            con.execute("ROLLBACK")
+            return twin[0], twin[0]
+        taken = con.execute("SELECT count(*) FROM datasets WHERE name = ?", [name]).fetchone()[0]
+        if taken:
+            con.execute("ROLLBACK")
+            raise IngestError(source, None, None, f"a dataset named '{name}' is already in the store; choose another --name")
+        dataset_id = con.execute("SELECT coalesce(max(dataset_id), 0) + 1 FROM datasets").fetchone()[0]
+        con.execute(
+            "INSERT INTO datasets (dataset_id, name, source, format, content_hash, status, generated, options) "
+            "VALUES (?, ?, ?, ?, ?, 'loading', ?, ?)",
+            [dataset_id, name, source, fmt, digest, generated, json.dumps(options)],
+        )
+        con.execute("COMMIT")
+    return dataset_id, None
+
+
+def _load_chunks(db, folder: Path, dataset_id: int, chunks: int, progress: ProgressFn | None) -> None:
+    sources = {}
+    for i in range(chunks):
+        name = f"{i:06d}.parquet"
+        with store.connect(db, read_only=False) as con:
+            con.execute("BEGIN")
+            con.execute("INSERT INTO problems SELECT * FROM read_parquet(?)", [str(folder / "problems" / name)])
+            con.execute(
+                f"INSERT INTO cots ({', '.join(COT_SCHEMA.names)}) "
+                "SELECT * FROM read_parquet(?)", [str(folder / 'cots' / name)]
+            )
+            staged = con.execute(
+                "SELECT DISTINCT source, kind FROM read_parquet(?)", [str(folder / 'scores' / name)]
+            ).fetchall()
+            for source, kind in staged:
+                if source not in sources:
+                    sources[source] = store.ensure_source(con, source, kind)
+            if staged:
+                con.execute("CREATE TEMP TABLE source_ids (name VARCHAR, source_id INTEGER)")
+                con.executemany("INSERT INTO source_ids VALUES (?, ?)", list(sources.items()))
+                con.execute(
+                    "INSERT INTO scores (cot_id, source_id, metric, value, raw) "
+                    "SELECT s.cot_id, i.source_id, s.metric, s.value, s.raw FROM read_parquet(?) s "
+                    "JOIN source_ids i ON i.name = s.source",
+                    [str(folder / "scores" / name)],
+                )
+                con.execute("DROP TABLE source_ids")
+            con.execute("COMMIT")
+        if progress:
+            progress("load", i + 1, chunks)
+
+
+def ingest(
+    source: str | os.PathLike,
+    *,
+    fmt: str | None = None,
+    name: str | None = None,
+    db=None,
+    opts: ReadOptions | None = None,
+    skip_bad: bool = False,
+    report_path: str | os.PathLike | None = None,
+    markers_path: str | os.PathLike | None = None,
+    generated: bool = False,
+    progress: ProgressFn | None = None,
+) -> IngestResult:
+    """Ingest ``source`` (a file, a folder or a hub id) as one new dataset.
+
+    Raises IngestError on the first bad row unless ``skip_bad``, in which case bad rows are
+    written to a JSONL report and the good ones are ingested. Either way a failure leaves the
+    store as it was.
+    """
+    source = str(source)
+    opts = opts or ReadOptions()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    store.init_store(db)
+    clean_abandoned_loads(db)
+    fmt = fmt or detect_format(source, opts)
+    files = input_files(source, fmt)
+    if Path(source).exists() and not files:
+        raise IngestError(source, None, None, f"no input files for format '{fmt}' here")
+    name = name or (Path(source).stem if Path(source).exists() else source.replace("/", "__"))
+    opts.dataset_name = name
+    digest = content_hash(source, files, opts, fmt)
+    timings["hash"] = time.perf_counter() - t0
+    options = {"pid": os.getpid(), "mapping": opts.mapping, "model": opts.model, "split": opts.split, "files": len(files)}
+    dataset_id, twin = _allocate_dataset(db, name, source, fmt, digest, options, generated)
+    if twin is not None:
+        row = store.read_rows("SELECT name, n_problems, n_cots FROM datasets WHERE dataset_id = ?", [twin], db=db)[0]
+        return IngestResult(twin, row[0], fmt, row[1], row[2], already_present=True)
+
+    staging = Path(tempfile.mkdtemp(prefix=f"ingest-{dataset_id}-", dir=store.db_path(db).parent))
+    bad: list[IngestError] = []
+    try:
+        t1 = time.perf_counter()
+        stager = _Stager(staging, dataset_id, MarkerCounter(load_markers(markers_path)))
+        for n, item in enumerate(read_records(source, fmt, opts), start=1):
+            if isinstance(item, ProblemRecord):
+                try:
+                    stager.add(item, fmt)
+                except IngestError as exc:
+                    item = exc
+            if isinstance(item, IngestError):
+                if not skip_bad or item.line is None:  # a file-level error cannot be skipped
+                    raise item
+                bad.append(item)
+            if progress and n % 200 == 0:
+                progress("read", n, None)
+        stager.flush()
+        if not stager.problems:
+            raise IngestError(source, None, None, "no valid rows to ingest" + (f" ({len(bad)} bad rows)" if bad else ""))
+        timings["read"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        _load_chunks(db, staging, dataset_id, stager.chunk, progress)
+        with store.connect(db, read_only=False) as con:
+            con.execute("BEGIN")
+            for model, bench, metric, value in run_metrics_of(source, fmt, opts):
+                con.execute("INSERT INTO run_metrics VALUES (?, ?, ?, ?, ?)", [dataset_id, model, bench, metric, value])
+            con.execute(
+                "UPDATE datasets SET status = 'ready', n_problems = ?, n_cots = ? WHERE dataset_id = ?",
+                [len(stager.problems), stager.n_cots, dataset_id],
+            )
+            con.execute("COMMIT")
+        timings["load"] = time.perf_counter() - t2
+    except BaseException:
+        # Undo whatever chunks were committed; the dataset was never visible.
+        with store.connect(db, read_only=False) as con:
+            con.execute("BEGIN")
+            store.delete_dataset_rows(con, dataset_id)
+            con.execute("COMMIT")
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    report = None
+    if bad:
+        report = str(report_path or store.db_path(db).parent / f"ingest-{name}-bad-rows.jsonl")
+        with open(report, "w") as fh:
+            for err in bad:
+                fh.write(json.dumps(err.as_dict()) + "\n")
+    return IngestResult(dataset_id, name, fmt, len(stager.problems), stager.n_cots, len(bad), False, report, timings)

