@@ -126,6 +126,12 @@ def cmd_demo(args) -> int:
     """Write the generated OmniThought-shaped demo and ingest it (labelled as generated)."""
     from core.demo import write_omnithought
 
+    if args.if_empty:
+        store.init_store(args.db)
+        ready = store.read_rows("SELECT count(*) FROM datasets WHERE status = 'ready'", db=args.db)[0][0]
+        if ready:
+            print(f"The store {store.db_path(args.db)} already holds {ready} dataset(s); no demo needed.")
+            return 0
     out = Path(args.out or store.db_path(args.db).parent / "demo" / "omnithought-demo.parquet")
     out.parent.mkdir(parents=True, exist_ok=True)
     info = write_omnithought(out, args.problems, seed=args.seed)
@@ -175,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="generate and ingest the OmniThought-shaped demo dataset")
-    p.add_argument("--problems", type=int, default=600)
+    p.add_argument("--problems", type=int, default=400)
+    p.add_argument("--if-empty", action="store_true", help="only when the store holds no dataset yet")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out")
     p.add_argument("--name")

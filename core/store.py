@@ -122,6 +122,13 @@ def db_path(path: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def data_dir() -> Path:
+    """Where exports, recipes, jobs and models go: $THOUGHTSCOPE_DATA, else data/."""
+    path = Path(os.environ.get("THOUGHTSCOPE_DATA") or ROOT / "data").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc)
     return "lock" in text.lower() or "Could not set lock" in text

@@ -1,0 +1,25 @@
+"""ThoughtScope: explore, select and export chain-of-thought data.
+
+    streamlit run app.py
+
+The entry script only frames and routes; each page lives in pages/ and all logic in core/.
+"""
+
+import streamlit as st
+
+st.set_page_config(page_title="ThoughtScope", page_icon="🔭", layout="wide")
+
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", url_path="overview", default=True),
+    st.Page("pages/explore.py", title="Explore", url_path="explore"),
+    st.Page("pages/reader.py", title="Reader", url_path="reader"),
+    st.Page("pages/distributions.py", title="Distributions", url_path="distributions"),
+    st.Page("pages/select.py", title="Select", url_path="select"),
+    st.Page("pages/export.py", title="Export", url_path="export"),
+    st.Page("pages/jobs.py", title="Jobs", url_path="jobs"),
+    st.Page("pages/sql.py", title="SQL", url_path="sql"),
+]
+
+page = st.navigation(PAGES)
+st.sidebar.caption("ThoughtScope · CoT data curation")
+page.run()
