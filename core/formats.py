@@ -346,7 +346,7 @@ def normalize_benchmark(row: Row, opts: ReadOptions) -> ProblemRecord:
     )
 
 
-GENERIC_ROLES = ("question", "response", "answer", "model", "sample", "correct", "id", "thinking", "solution", "benchmark")
+GENERIC_ROLES = ("question", "response", "answer", "model", "sample", "correct", "id", "thinking", "solution", "benchmark", "finish_reason")
 
 
 def normalize_generic(row: Row, opts: ReadOptions) -> ProblemRecord:
@@ -384,6 +384,7 @@ def normalize_generic(row: Row, opts: ReadOptions) -> ProblemRecord:
         benchmark=_opt_str(row.data.get(mapping.get("benchmark", ""))),
         cots=[CotRecord(
             full_text=response, sample_idx=sample_idx, model=model,
+            finish_reason=_opt_str(row.data.get(mapping.get("finish_reason", ""))),
             thinking=_opt_str(row.data.get(mapping.get("thinking", ""))),
             solution=_opt_str(row.data.get(mapping.get("solution", ""))),
             labels=labels, extra={k: v for k, v in row.data.items() if k not in used},
