@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from core import store
+from core import jobs, store
 
 
 def _bar(desc: str):
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ingest", action="store_true")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     p.set_defaults(func=cmd_demo)
+
+    jobs.add_cli(sub)  # worker --job ID, jobs [--json]
     return parser
 
 

@@ -1,0 +1,320 @@
+"""The job worker: runs one job recorded in data/jobs.sqlite, in its own process.
+
+    python -m core.worker --job ID        # what core.jobs.submit() starts
+    python -m core worker --job ID        # the same through the CLI
+
+A job function takes ``(params, ctx)`` and returns a JSON-able dict. ``ctx.progress(stage,
+done, total)`` is the ``progress=`` callback every stage in core/ accepts; it records
+progress (at most a few times a second, with throughput and ETA) and raises
+:class:`core.jobs.JobCancelled` once cancelling was asked for, so a long stage stops at its
+next batch. Job functions must be resumable: run again after a crash, they skip the work
+an earlier run committed.
+
+To add a kind, write ``def my_job(params, ctx) -> dict`` (import heavy libraries inside it)
+and add it to ``JOB_KINDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from core import jobs, store
+from core.jobs import JobCancelled
+
+PROGRESS_EVERY_S = 0.25  # at most ~4 progress writes a second
+RATE_WINDOW_S = 10.0  # throughput is measured over the last seconds of the stage
+
+
+class JobContext:
+    """What a job function gets besides its params: progress, log, cancelled(), db."""
+
+    def __init__(self, job_id: int, pid: int, db: Path, params: dict[str, Any]):
+        self.job_id = job_id
+        self.pid = pid
+        self.db = db
+        self.params = params
+        self._cancel = threading.Event()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._stage: str | None = None
+        self._latest: tuple[str, int, int | None, float | None, float | None] | None = None
+        self._samples: deque[tuple[float, int]] = deque()
+        self._last_call = time.monotonic()
+        self._last_write = 0.0
+        self.superseded = False
+
+    # ---------------------------------------------------------------- the job's side
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def progress(self, stage: str, done: int, total: int | None = None) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled()
+        now = time.monotonic()
+        new_stage = stage != self._stage
+        if new_stage:
+            self._stage = stage
+            # The stage's first batch started when the previous call returned.
+            self._samples = deque([(self._last_call, 0)])
+            self.log(f"stage {stage}" + (f": {total:,} to do" if total else ""))
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[1][0] > RATE_WINDOW_S:
+            self._samples.popleft()
+        t0, d0 = self._samples[0]
+        rate = (done - d0) / (now - t0) if now > t0 and done > d0 else None
+        eta = (total - done) / rate if rate and total is not None and total >= done else None
+        self._latest = (stage, done, total, rate, eta)
+        self._last_call = now
+        if new_stage or now - self._last_write >= PROGRESS_EVERY_S or (total is not None and done >= total):
+            self._write_progress()
+
+    def log(self, message: str) -> None:
+        """A line in the job's log file; the latest also shows as the job's message."""
+        print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+        with jobs.connect(write=True) as con:
+            con.execute("UPDATE jobs SET message = ? WHERE id = ? AND pid = ?", [message[:500], self.job_id, self.pid])
+
+    # ---------------------------------------------------------------- the worker's side
+
+    def _write_progress(self) -> None:
+        if self._latest is None:
+            return
+        stage, done, total, rate, eta = self._latest
+        with jobs.connect(write=True) as con:
+            con.execute(
+                "UPDATE jobs SET stage = ?, done = ?, total = ?, throughput = ?, eta_s = ?, heartbeat_at = ? "
+                "WHERE id = ? AND pid = ?",
+                [stage, done, total, rate, eta, time.time(), self.job_id, self.pid],
+            )
+        self._last_write = time.monotonic()
+
+    def start_heartbeat(self) -> None:
+        self._heartbeat = threading.Thread(target=self._beat, name=f"job-{self.job_id}-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        """Every second: say we are alive, and pick up a cancel request (or a newer worker
+        having taken the job over, after this one was given up for dead)."""
+        while not self._stop.wait(jobs.HEARTBEAT_S):
+            try:
+                with jobs.connect(write=True) as con:
+                    updated = con.execute(
+                        "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND pid = ? AND state = 'running'",
+                        [time.time(), self.job_id, self.pid],
+                    ).rowcount
+                    flag = con.execute("SELECT cancel_requested FROM jobs WHERE id = ?", [self.job_id]).fetchone()
+            except Exception as exc:  # a busy jobs file must not kill the job; try next beat
+                print(f"heartbeat: {exc}", file=sys.stderr, flush=True)
+                continue
+            if not updated:
+                self.superseded = True
+                self._cancel.set()
+            elif flag and flag[0]:
+                self._cancel.set()
+
+    def finish(self, state: str, *, result: dict | None = None, error: str | None = None, message: str | None = None) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+        if self._latest is not None:
+            self._write_progress()
+        with jobs.connect(write=True) as con:
+            con.execute(
+                "UPDATE jobs SET state = ?, result = ?, error = ?, message = coalesce(?, message), "
+                "finished_at = ?, eta_s = NULL, heartbeat_at = ? WHERE id = ? AND pid = ?",
+                [state, json.dumps(result, default=str) if result is not None else None, error, message,
+                 time.time(), time.time(), self.job_id, self.pid],
+            )
+
+
+# --------------------------------------------------------------------------- job kinds
+
+
+def ingest_job(params: dict[str, Any], ctx: JobContext) -> dict:
+    """Ingest params['source'] as a new dataset, then verify answers and count tokens.
+
+    Params: source, format, name, mapping {role: column}, model, split, max_line_mb, skip_bad,
+    verify (default true), tokens (default true), tokenizer. Run again after a crash, the
+    ingest first removes the dead run's invisible 'loading' dataset; after a finished load it
+    finds the same content already stored and goes on with verify and tokens, which skip
+    CoTs already done.
+    """
+    from core.formats import ReadOptions
+    from core.ingest import ingest
+    from core.tokens import DEFAULT_TOKENIZER, count_tokens_stage
+    from core.verify import verify_stage
+
+    if not params.get("source"):
+        raise ValueError("An ingest job needs a 'source': a file, a folder or a hub id.")
+    opts = ReadOptions(mapping=dict(params.get("mapping") or {}), model=params.get("model"), split=params.get("split"))
+    if params.get("max_line_mb"):
+        opts.max_line_mb = float(params["max_line_mb"])
+    ctx.log(f"ingesting {params['source']}")
+    result = ingest(
+        params["source"], fmt=params.get("format"), name=params.get("name"), db=ctx.db, opts=opts,
+        skip_bad=bool(params.get("skip_bad")), generated=bool(params.get("generated")), progress=ctx.progress,
+    )
+    outcome: dict[str, Any] = {"ingest": result.as_dict()}
+    if result.already_present:
+        ctx.log(f"already in the store as dataset '{result.name}' (id {result.dataset_id})")
+    else:
+        ctx.log(f"loaded dataset '{result.name}' (id {result.dataset_id}): {result.problems:,} problems, {result.cots:,} CoTs")
+    if params.get("verify", True):
+        outcome["verify"] = verify_stage(db=ctx.db, dataset_id=result.dataset_id, progress=ctx.progress)
+        ctx.log(f"verified {outcome['verify']['cots']:,} CoTs")
+    if params.get("tokens", True):
+        outcome["tokens"] = count_tokens_stage(
+            db=ctx.db, tokenizer=params.get("tokenizer") or DEFAULT_TOKENIZER,
+            dataset_id=result.dataset_id, progress=ctx.progress,
+        )
+        ctx.log(f"counted tokens of {outcome['tokens']['cots']:,} CoTs")
+    return outcome
+
+
+def tokens_job(params: dict[str, Any], ctx: JobContext) -> dict:
+    """Count tokens of CoTs without a count; with recount, also of those counted by another
+    tokenizer. Params: tokenizer, recount, dataset_id, batch_cots. Each batch commits, so a
+    re-run starts at the first CoT still to do."""
+    from core.tokens import BATCH_COTS, DEFAULT_TOKENIZER, count_tokens_stage, load_tokenizer
+
+    tokenizer = params.get("tokenizer") or DEFAULT_TOKENIZER
+    try:  # loaded once here only to say clearly what is wrong with a bad name or file
+        load_tokenizer(tokenizer)
+    except Exception as exc:
+        raise RuntimeError(
+            f"The tokenizer '{tokenizer}' could not be loaded ({type(exc).__name__}: {exc}); give a Hugging Face "
+            "hub id (needs the network the first time), a folder with tokenizer.json, or the default"
+        ) from exc
+    ctx.log(f"counting tokens with {tokenizer}" + (" (recount)" if params.get("recount") else ""))
+    result = count_tokens_stage(
+        db=ctx.db, tokenizer=tokenizer, dataset_id=params.get("dataset_id"),
+        recount=bool(params.get("recount")), batch_cots=int(params.get("batch_cots") or BATCH_COTS),
+        progress=ctx.progress,
+    )
+    ctx.log(f"counted {result['cots']:,} CoTs, {result['tokens']:,} tokens")
+    return result
+
+
+def verify_job(params: dict[str, Any], ctx: JobContext) -> dict:
+    """Check final answers against reference answers with math-verify (CoTs not yet
+    verified only). Params: dataset_id."""
+    from core.verify import verify_stage
+
+    ctx.log("verifying answers with math-verify")
+    result = verify_stage(db=ctx.db, dataset_id=params.get("dataset_id"), progress=ctx.progress)
+    ctx.log(f"verified {result['cots']:,} CoTs, {result['correct']:,} correct")
+    return result
+
+
+JobFn = Callable[[dict[str, Any], JobContext], dict]
+
+JOB_KINDS: dict[str, JobFn] = {
+    "ingest": ingest_job,
+    "tokens": tokens_job,
+    "verify": verify_job,
+}
+
+
+# --------------------------------------------------------------------------- running one
+
+
+def describe_error(exc: BaseException) -> str:
+    """What went wrong, as a sentence for the Jobs page."""
+    from core.records import IngestError
+
+    if isinstance(exc, IngestError):
+        return f"That input cannot be ingested: {exc}. The store was not changed."
+    if isinstance(exc, store.StoreBusy):
+        return str(exc)
+    text = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, (ValueError, RuntimeError, OSError)):
+        text = f"{type(exc).__name__}: {text}"
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _claim(job_id: int, pid: int) -> dict[str, Any] | None:
+    """Take a queued job for this process; None when it is not ours to run."""
+    now = time.time()
+    with jobs.connect(write=True) as con:
+        row = con.execute("SELECT * FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if row is None:
+            print(f"There is no job {job_id} in {jobs.jobs_db_path()}.", flush=True)
+            return None
+        row = dict(row)
+        if row["state"] != "queued" or row["pid"] not in (None, pid):
+            print(f"Job {job_id} is {row['state']} (worker pid {row['pid']}); nothing to do.", flush=True)
+            return None
+        if row["cancel_requested"]:
+            con.execute(
+                "UPDATE jobs SET state = 'cancelled', pid = ?, finished_at = ?, message = 'cancelled before it started' "
+                "WHERE id = ?", [pid, now, job_id],
+            )
+            return None
+        con.execute(
+            "UPDATE jobs SET state = 'running', pid = ?, started_at = ?, heartbeat_at = ?, "
+            "attempts = attempts + 1, stage = NULL, done = NULL, total = NULL WHERE id = ?",
+            [pid, now, now, job_id],
+        )
+    return row
+
+
+def run_job(job_id: int) -> str:
+    """Run job ``job_id`` in this process; returns its final state."""
+    pid = os.getpid()
+    row = _claim(job_id, pid)
+    if row is None:
+        return jobs.get(job_id)["state"] if _exists(job_id) else "missing"
+    params = json.loads(row["params"])
+    # Whatever the environment says, the job works on the store it was submitted for.
+    os.environ["THOUGHTSCOPE_DB"] = row["store"]
+    ctx = JobContext(job_id, pid, Path(row["store"]), params)
+    ctx.start_heartbeat()
+    ctx.log(f"job {job_id} ({row['kind']}) started in process {pid} on {row['store']}; params {json.dumps(params, sort_keys=True)}")
+    started = time.perf_counter()
+    try:
+        fn = JOB_KINDS.get(row["kind"])
+        if fn is None:
+            raise ValueError(f"There is no job kind '{row['kind']}' in this version of ThoughtScope.")
+        result = fn(params, ctx)
+    except JobCancelled:
+        if ctx.superseded:
+            print("another worker has taken this job over; stopping", flush=True)
+            return "superseded"
+        ctx.log("cancelled; work committed so far is kept, a half-loaded dataset is removed")
+        ctx.finish("cancelled")
+        return "cancelled"
+    except Exception as exc:
+        traceback.print_exc()
+        error = describe_error(exc)
+        ctx.log(f"failed: {error}")
+        ctx.finish("failed", error=error)
+        return "failed"
+    ctx.log(f"done in {time.perf_counter() - started:.1f} s")
+    ctx.finish("done", result=result)
+    return "done"
+
+
+def _exists(job_id: int) -> bool:
+    with jobs.connect() as con:
+        return con.execute("SELECT 1 FROM jobs WHERE id = ?", [job_id]).fetchone() is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.worker", description="Run one ThoughtScope background job.")
+    parser.add_argument("--job", type=int, required=True)
+    args = parser.parse_args(argv)
+    return 0 if run_job(args.job) == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
