@@ -198,6 +198,8 @@ def clean_abandoned_loads(db=None) -> list[int]:
     dead = [d for d, opts in rows if not _pid_alive(int(json.loads(opts or "{}").get("pid", 0) or 0))]
     for dataset_id in dead:
         store.drop_dataset(dataset_id, db=db)
+        for staging in store.db_path(db).parent.glob(f"ingest-{dataset_id}-*"):
+            shutil.rmtree(staging, ignore_errors=True)  # the killed run's staged Parquet
     return dead
 
 
