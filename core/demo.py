@@ -64,6 +64,9 @@ MAX_TOKENS = 98_304  # hard cap on a generated thought
 TRUNC_BUDGET = 32_768  # a truncated CoT ran into (close to) this budget
 
 JUDGES = ("DeepSeek-R1", "QwQ-32B")
+# One judge for the whole demo, as in a real annotation run (ThoughtX recommends QwQ-32B): RV and
+# CD then sit under one score source, and a range filter on it covers every CoT.
+DEMO_JUDGE = "QwQ-32B"
 
 # CoTs per problem: 2..11, mode around 6-8.
 N_COTS_VALUES = np.arange(2, 12)
@@ -302,7 +305,7 @@ def _problem(srng: np.random.Generator, trng: np.random.Generator, text_scale: f
     p_correct = np.clip(0.95 - 0.6 * d + TEACHER_ACC_OFFSET[teacher], 0.02, 0.99)
     correct = (u[1] < p_correct) & ~truncated
     wrong_idx = (u[2] * len(wrong_pool)).astype(int)
-    judge_idx = (u[3] * 4).astype(int)  # bits: RV judge, CD judge
+    # u[3] stays drawn so every other stream keeps its values across versions
     sol_tokens = SOLUTION_MEDIAN_TOKENS * np.exp(0.3 * d + 0.5 * sol_z)
 
     # ---- text: only trng, so text_scale cannot change any structural draw --------------
@@ -336,8 +339,8 @@ def _problem(srng: np.random.Generator, trng: np.random.Generator, text_scale: f
             "full_response": full,
             "teacher": TEACHERS[t],
             "thought_correctness_verify": bool(correct[i]),
-            "Reasoning_Verbosity": {"level": lvl_rv, "judge": JUDGES[judge_idx[i] & 1]},
-            "Cognitive_Difficulty": {"level": lvl_cd, "judge": JUDGES[judge_idx[i] >> 1]},
+            "Reasoning_Verbosity": {"level": lvl_rv, "judge": DEMO_JUDGE},
+            "Cognitive_Difficulty": {"level": lvl_cd, "judge": DEMO_JUDGE},
         })
     return {
         "question": question,

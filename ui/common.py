@@ -4,6 +4,7 @@ turning of errors into sentences."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 
@@ -12,6 +13,20 @@ import streamlit as st
 from core import queries, store
 from core.queries import CotFilter
 from core.records import IngestError
+
+
+def ensure_router() -> None:
+    """Make sure app.py's st.navigation routes this run.
+
+    Streamlit treats an app with a pages/ folder as an old-style multipage app until
+    st.navigation runs once, so the very first request to /explore would run the page
+    without app.py's frame. Flipping the flag and rerunning hands it back to app.py.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def db_file() -> Path:
@@ -133,9 +148,15 @@ def sidebar_filter() -> CotFilter:
     if current.problem_ids and sb.button("Clear the problem selection", key="f_clear_problems"):
         st.session_state.filter_problem_ids = ()
         st.rerun()
+    # Mirror the filter in the URL, leaving other pages' own parameters (the Reader's
+    # ?problem=) alone.
     params = current.to_params()
-    if params != st.query_params.to_dict():
-        st.query_params.from_dict(params)
+    keys = {fl.name for fl in dataclasses.fields(CotFilter)}
+    if params != {k: v for k, v in st.query_params.to_dict().items() if k in keys}:
+        for k in keys - params.keys():
+            if k in st.query_params:
+                del st.query_params[k]
+        st.query_params.update(params)
     st.session_state.current_filter = current
     return current
 
