@@ -161,6 +161,15 @@ def sidebar_filter() -> CotFilter:
     return current
 
 
+def set_filter(f: CotFilter) -> None:
+    """Load a filter (a recipe's base filter) into the sidebar widgets and the URL; the
+    caller reruns."""
+    st.query_params.from_dict(f.to_params())
+    st.session_state.pop("filter_initialised", None)
+    for key in [k for k in st.session_state.keys() if isinstance(k, str) and k.startswith("f_")]:
+        del st.session_state[key]
+
+
 def narrow_filter(**changes) -> None:
     """Narrow the shared filter (a click on a chart bar or cell) and rerun."""
     mapping = {"rv_range": "f_rv", "cd_range": "f_cd", "tokens_range": "f_tokens", "models": "f_models",

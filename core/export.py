@@ -1,0 +1,336 @@
+"""Export the CoTs a recipe (or a plain filter) keeps, streamed, with a manifest beside them.
+
+Formats:
+
+* ``jsonl`` / ``parquet``: one record per CoT with its ids, metadata, text fields and the
+  selection's numbers (rv, cd, correct, score, weight);
+* ``trl``: TRL's conversational format, ``{"messages": [{"role": "user", "content": question},
+  {"role": "assistant", "content": response}]}``, loadable by ``datasets.load_dataset("json",
+  ...)`` and trained on by ``trl.SFTTrainer`` as it is;
+* ``sharegpt``: ``{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}``;
+* ``alpaca``: ``{"instruction": question, "input": "", "output": response}``.
+
+The response of the conversational formats keeps the thinking in the style asked for:
+``think_tags`` (``<think>\\n...\\n</think>\\n\\nsolution``), ``begin_of_thought`` (Sky-T1's
+``<|begin_of_thought|> ... <|end_of_solution|>`` markers) or ``none`` (the solution alone). A
+CoT with no separate thinking (no markers in its text) is exported as its solution.
+
+Streaming: the kept ids and numbers are computed first (no text), then the text is read in
+batches of ``batch_size`` CoTs, each batch in its own short read-only connection (so an ingest
+can commit between batches), and appended to a temporary file that is renamed into place when
+complete. The manifest (``<file>.manifest.json``) records the recipe or filter, counts, source
+datasets, score sources, the file's sha256 and size, the format and when it was made.
+
+    >>> from core import export
+    >>> result = export.export(recipe, "trl", thinking="think_tags")
+    >>> result.path, result.manifest["sha256"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from core import queries, store
+from core.queries import CotFilter
+from core.recipes import Recipe, slug
+from core.selection import Selection, kept_numbers
+
+FORMATS: dict[str, str] = {
+    "trl": ".jsonl", "sharegpt": ".jsonl", "alpaca": ".jsonl", "jsonl": ".jsonl", "parquet": ".parquet",
+}
+FORMAT_LABELS = {
+    "trl": "TRL conversational (messages)", "sharegpt": "ShareGPT (conversations)",
+    "alpaca": "Alpaca (instruction / input / output)", "jsonl": "JSONL, every field", "parquet": "Parquet, every field",
+}
+THINKING_STYLES: dict[str, str] = {
+    "think_tags": "<think> ... </think> then the solution",
+    "begin_of_thought": "<|begin_of_thought|> ... <|end_of_solution|> (Sky-T1 style)",
+    "none": "solution only (thinking dropped)",
+}
+CONVERSATIONAL = ("trl", "sharegpt", "alpaca")
+BATCH_ROWS = 2000
+
+# The text of a batch of kept CoTs; the id range lets DuckDB skip row groups (ids are
+# allocated in insertion order).
+_TEXT_SQL = """
+SELECT c.cot_id, p.benchmark, c.sample_idx, p.question, p.reference_answer, c.thinking, c.solution,
+       c.full_text, c.answer, c.truncated
+FROM cots c JOIN problems p ON p.problem_id = c.problem_id
+WHERE c.cot_id BETWEEN ? AND ? AND p.problem_id BETWEEN ? AND ?
+  AND c.cot_id IN (SELECT unnest(?::BIGINT[]))
+ORDER BY c.cot_id
+"""
+
+RECORD_COLUMNS = (
+    "cot_id", "problem_id", "dataset", "model", "benchmark", "sample_idx", "question", "reference_answer",
+    "thinking", "solution", "full_text", "answer", "n_tokens", "truncated", "rv", "cd", "correct", "score", "weight",
+)
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+    rows: int
+    batches: int
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes, for a browser download."""
+        return self.path.read_bytes()
+
+
+def exports_dir() -> Path:
+    path = store.data_dir() / "exports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def response_expr(style: str) -> pl.Expr:
+    """The assistant turn from the ``thinking`` and ``solution`` columns in ``style``."""
+    if style not in THINKING_STYLES:
+        raise ExportError(f"unknown thinking style '{style}'; choose one of {', '.join(THINKING_STYLES)}")
+    solution = pl.col("solution").fill_null("")
+    if style == "none":
+        return solution
+    if style == "think_tags":
+        wrapped = pl.concat_str([pl.lit("<think>\n"), pl.col("thinking"), pl.lit("\n</think>\n\n"), solution])
+    else:
+        wrapped = pl.concat_str([
+            pl.lit("<|begin_of_thought|>\n\n"), pl.col("thinking"), pl.lit("\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n"),
+            solution, pl.lit("\n\n<|end_of_solution|>"),
+        ])
+    return pl.when(pl.col("thinking").is_null()).then(solution).otherwise(wrapped)
+
+
+def shape(batch: pl.DataFrame, fmt: str, style: str) -> pl.DataFrame:
+    """A batch of full records (RECORD_COLUMNS) in the export format's row shape."""
+    if fmt in ("jsonl", "parquet"):
+        return batch.select(RECORD_COLUMNS)
+    response = response_expr(style)
+    if fmt == "trl":
+        return batch.select(messages=pl.concat_list([
+            pl.struct(role=pl.lit("user"), content=pl.col("question")),
+            pl.struct(role=pl.lit("assistant"), content=response),
+        ]))
+    if fmt == "sharegpt":
+        return batch.select(conversations=pl.concat_list([
+            pl.struct(**{"from": pl.lit("human"), "value": pl.col("question")}),
+            pl.struct(**{"from": pl.lit("gpt"), "value": response}),
+        ]))
+    if fmt == "alpaca":
+        return batch.select(instruction=pl.col("question"), input=pl.lit(""), output=response)
+    raise ExportError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+def _filter_numbers(f: CotFilter, *, db=None) -> pl.DataFrame:
+    """Ids and numbers of every CoT a plain filter matches (its own sources' rv, cd, correct)."""
+    sql, params = queries.matching_sql(f)
+    return store.read_df(
+        f"SELECT cot_id, problem_id, dataset, model, n_tokens, rv, cd, correct, NULL::DOUBLE AS score, "
+        f"NULL::DOUBLE AS weight FROM ({sql}) ORDER BY cot_id", params, db=db,
+    )
+
+
+def _describe(what: Recipe | Selection | CotFilter) -> tuple[str, dict[str, Any]]:
+    """A name for the file and what the manifest says was exported."""
+    if isinstance(what, Recipe):
+        return what.name, {"recipe": what.as_dict(), "filter": what.selection.base.as_dict()}
+    if isinstance(what, Selection):
+        unnamed = Recipe("selection", what)
+        return "selection", {"recipe": unnamed.as_dict(), "filter": what.base.as_dict()}
+    if isinstance(what, CotFilter):
+        return "filter", {"recipe": None, "filter": what.as_dict()}
+    raise ExportError(f"cannot export a {type(what).__name__}; give a recipe, a selection or a filter")
+
+
+def _sources_used(what: Recipe | Selection | CotFilter) -> list[str]:
+    sel = what.selection if isinstance(what, Recipe) else what
+    base = sel.base if isinstance(sel, Selection) else sel
+    names = [base.rv_source, base.cd_source, base.correct_source]
+    if isinstance(sel, Selection):
+        names += [*sel.sources.rv, *sel.sources.cd, *sel.sources.correct]
+        score = getattr(sel.rule, "score", None)
+        if score is not None and score.source:
+            names.append(score.source)
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _counts(numbers: pl.DataFrame) -> dict[str, Any]:
+    def by(column: str) -> dict[str, int]:
+        grouped = numbers.group_by(column).len().sort(column)
+        return {str(k): int(v) for k, v in zip(grouped[column], grouped["len"])}
+
+    return {
+        "rows": numbers.height,
+        "problems": numbers["problem_id"].n_unique(),
+        "by_model": by("model"),
+        "by_dataset": by("dataset"),
+        "correct": int(numbers["correct"].sum() or 0),
+        "correctness_unknown": int(numbers["correct"].null_count()),
+    }
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _target_path(out_dir: Path, name: str, fmt: str, now: datetime) -> Path:
+    stem = f"{slug(name)}-{fmt}-{now.strftime('%Y%m%d-%H%M%S')}"
+    path = out_dir / f"{stem}{FORMATS[fmt]}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = out_dir / f"{stem}-{n}{FORMATS[fmt]}"
+    return path
+
+
+def export(
+    what: Recipe | Selection | CotFilter,
+    fmt: str,
+    *,
+    thinking: str = "think_tags",
+    out_dir: str | os.PathLike | None = None,
+    batch_size: int = BATCH_ROWS,
+    db=None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> ExportResult:
+    """Write the CoTs ``what`` keeps to ``out_dir`` (default data/exports) in ``fmt`` and a
+    manifest beside them; returns where they are and the manifest."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    response_expr(thinking)  # validates the style
+    if batch_size < 1:
+        raise ExportError("the batch size must be at least 1")
+    name, described = _describe(what)
+    sel = what.selection if isinstance(what, Recipe) else what
+    numbers = kept_numbers(sel, db=db) if isinstance(sel, Selection) else _filter_numbers(sel, db=db)
+
+    out = Path(out_dir) if out_dir is not None else exports_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(timezone.utc)
+    target = _target_path(out, name, fmt, now)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".part", dir=out)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    batches = truncated = 0
+    writer = None
+    try:
+        with open(tmp, "wb") as fh:
+            for start in range(0, max(numbers.height, 1), batch_size):
+                chunk = numbers.slice(start, batch_size)
+                ids = chunk["cot_id"].to_list()
+                problems = chunk["problem_id"]
+                params = [min(ids, default=0), max(ids, default=-1), problems.min() or 0, problems.max() if ids else -1, ids]
+                with store.connect(db, read_only=True) as con:
+                    text = pl.from_arrow(con.sql(_TEXT_SQL, params=params).to_arrow_table())
+                if text.height != chunk.height:
+                    raise ExportError(
+                        "the store changed while exporting (some kept CoTs are gone); export again"
+                    )
+                batch = chunk.join(text, on="cot_id", how="left", maintain_order="left")
+                truncated += int(batch["truncated"].sum() or 0)
+                rows = shape(batch, fmt, thinking)
+                if fmt == "parquet":
+                    import pyarrow.parquet as pq
+
+                    table = rows.to_arrow()
+                    if writer is None:
+                        writer = pq.ParquetWriter(fh, table.schema, compression="zstd")
+                    writer.write_table(table)
+                else:
+                    rows.write_ndjson(fh)
+                batches += 1
+                if progress:
+                    progress("export", min(start + batch_size, numbers.height), numbers.height)
+            if writer is not None:
+                writer.close()
+                writer = None
+        os.replace(tmp, target)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+    manifest = {
+        "format": fmt,
+        "format_label": FORMAT_LABELS[fmt],
+        "thinking": thinking if fmt in CONVERSATIONAL else None,
+        "file": target.name,
+        "path": str(target),
+        "sha256": sha256_of(target),
+        "bytes": target.stat().st_size,
+        "created_at": now.isoformat(timespec="seconds"),
+        **described,
+        "counts": {**_counts(numbers), "truncated": truncated},
+        "source_datasets": _datasets_of(numbers, db=db),
+        "score_sources": _score_sources(_sources_used(what), db=db),
+        "batches": batches,
+        "batch_size": batch_size,
+        "store_schema_version": store.SCHEMA_VERSION,
+    }
+    manifest_path = target.with_name(target.name + ".manifest.json")
+    text = json.dumps(manifest, indent=2, ensure_ascii=False, default=str)
+    manifest_path.write_text(text + "\n")
+    # hand back what the file says (lists, not tuples), so the two never differ
+    return ExportResult(target, manifest_path, json.loads(text), numbers.height, batches)
+
+
+def _datasets_of(numbers: pl.DataFrame, *, db=None) -> list[dict[str, Any]]:
+    names = numbers["dataset"].unique().drop_nulls().sort().to_list()
+    if not names:
+        return []
+    return store.read_df(
+        "SELECT name, source, format, content_hash, generated, n_problems, n_cots FROM datasets "
+        "WHERE name IN (SELECT unnest(?::VARCHAR[])) ORDER BY name", [names], db=db,
+    ).to_dicts()
+
+
+def _score_sources(names: list[str], *, db=None) -> list[dict[str, Any]]:
+    if not names:
+        return []
+    df = store.read_df(
+        "SELECT name, kind, model, template_hash, params FROM score_sources WHERE name IN (SELECT unnest(?::VARCHAR[]))",
+        [names], db=db,
+    )
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(df.to_dicts(), key=lambda r: order[r["name"]])
+
+
+def list_exports(out_dir: str | os.PathLike | None = None) -> pl.DataFrame:
+    """The exports in ``out_dir`` (default data/exports) from their manifests, newest first:
+    file, format, thinking, rows, bytes, created_at, recipe (name or None), path."""
+    folder = Path(out_dir) if out_dir is not None else exports_dir()
+    rows = []
+    for path in folder.glob("*.manifest.json"):
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a manifest being written or damaged by hand: not listed
+        rows.append({
+            "file": m.get("file"), "format": m.get("format"), "thinking": m.get("thinking"),
+            "rows": (m.get("counts") or {}).get("rows"), "bytes": m.get("bytes"), "created_at": m.get("created_at"),
+            "recipe": (m.get("recipe") or {}).get("name"), "path": m.get("path"),
+        })
+    schema = {"file": pl.String, "format": pl.String, "thinking": pl.String, "rows": pl.Int64, "bytes": pl.Int64,
+              "created_at": pl.String, "recipe": pl.String, "path": pl.String}
+    return pl.DataFrame(rows, schema=schema).sort("created_at", descending=True, nulls_last=True)

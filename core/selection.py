@@ -1,0 +1,850 @@
+"""Selection: which of the CoTs a base filter matches are kept for training.
+
+A :class:`Selection` is a base :class:`~core.queries.CotFilter` (the pool), the score sources
+its RV, CD and correctness come from, one *rule* that decides kept vs dropped inside the pool,
+and a seed. The rules:
+
+* :class:`Thresholds` -- RV range, CD range, token range, correctness required (EasyDistill's
+  ThoughtX recipe: verified correct, 3 <= RV <= 5, a chosen CD);
+* :class:`CapacityMatched` -- the OmniThought paper's selection: per problem, draw ``k`` CoTs
+  with weight ``w = exp(-lambda * max(0, CD - C) - beta * |CD - RV|)`` without replacement;
+* :class:`PerProblem` -- shortest correct CoT, top-k by a score, or every correct CoT;
+* :class:`TargetSize` -- about N CoTs, split across models (or datasets) in the pool's
+  proportions, keeping within each group the shortest correct or the best by a score.
+
+Everything runs in DuckDB SQL over the *pool* (ids and numbers of the matching CoTs, never
+their text; no Python loop over rows): :func:`decide` gives one row per pool CoT with ``kept``
+and, for a dropped one, the ``reason``; :func:`summarize` turns that into counts and shares per
+model, dataset and CD level, drop reasons and slider histograms. Sampling is reproducible
+across runs, machines and DuckDB versions: each CoT's uniform number is plain integer
+arithmetic on ``(seed, cot_id)`` (see :func:`uniform`).
+
+    >>> from core.queries import CotFilter
+    >>> sources = default_score_sources()
+    >>> sel = Selection(CotFilter(), CapacityMatched.preset("7B"), sources, seed=0)
+    >>> report = evaluate(sel)          # counts per model, dataset, CD level; histograms
+    >>> ids = kept_ids(sel)             # polars Series of cot_id, ascending
+
+For an interactive page, read the pool once (``pool = load_pool(sel)``) and pass it to
+``decide``/``evaluate``/``kept_ids``: they then run in memory and never touch the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import duckdb
+import polars as pl
+
+from core import queries, store
+from core.queries import CotFilter
+
+# ---------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class ScoreSources:
+    """Where the selection reads RV, CD and correctness: for each metric, score sources in
+    priority order; a CoT takes its value from the first listed source that scored it (the
+    OmniThought labels split RV/CD over one source per judge, so one metric may need several).
+    An empty tuple means the metric is not used (its column is NULL)."""
+
+    rv: tuple[str, ...] = ()
+    cd: tuple[str, ...] = ()
+    correct: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {name: list(value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoreSources:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown score metric(s) {sorted(unknown)}; expected rv, cd, correct")
+        return cls(**{k: tuple(str(v) for v in data.get(k) or ()) for k in ("rv", "cd", "correct")})
+
+
+def default_score_sources(*, db=None) -> ScoreSources:
+    """Every source that gave each metric, in the order they entered the store (dataset
+    labels first, later judges and verifiers after)."""
+    return ScoreSources(*(tuple(queries.sources(m, db=db)) for m in ("rv", "cd", "correct")))
+
+
+# Per-CoT numeric columns a rule may rank by without a score source.
+COLUMN_SCORES = ("n_tokens", "n_chars", "n_paragraphs", "n_reflections")
+
+
+@dataclass(frozen=True)
+class Score:
+    """What to rank by: ``metric`` from score source ``source`` (e.g. rv from a judge), or,
+    with ``source`` None, a per-CoT column (one of COLUMN_SCORES)."""
+
+    metric: str
+    source: str | None = None
+    higher_is_better: bool = True
+
+    def __post_init__(self):
+        if self.source is None and self.metric not in COLUMN_SCORES:
+            raise ValueError(
+                f"'{self.metric}' needs a score source; without one, rank by {', '.join(COLUMN_SCORES)}"
+            )
+
+    def label(self) -> str:
+        where = f" ({self.source})" if self.source else ""
+        return f"{self.metric}{where}, {'highest' if self.higher_is_better else 'lowest'} first"
+
+
+def _range(value) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))
+
+
+def _int_range(value) -> tuple[int, int] | None:
+    return None if value is None else (int(value[0]), int(value[1]))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Keep CoTs inside every given range (bounds included) and, if asked, verified correct.
+    A CoT without the score a range needs is dropped."""
+
+    mode: ClassVar[str] = "thresholds"
+    rv_range: tuple[float, float] | None = None
+    cd_range: tuple[float, float] | None = None
+    tokens_range: tuple[int, int] | None = None
+    require_correct: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "rv_range", _range(self.rv_range))
+        object.__setattr__(self, "cd_range", _range(self.cd_range))
+        object.__setattr__(self, "tokens_range", _int_range(self.tokens_range))
+
+
+# Student capacity presets: the paper's best CD centres (Qwen2.5-7B/32B-Instruct), beta = 0.5.
+CAPACITY_PRESETS: dict[str, float] = {"7B": 5.0, "32B": 7.0}
+
+CAPACITY_FORMULA = (
+    r"w_i = \exp\!\Big(-\lambda\,\max\big(0,\ \mathrm{CD}_i - C\big)"
+    r" \;-\; \beta\,\big|\mathrm{CD}_i - \mathrm{RV}_i\big|\Big),"
+    r"\qquad \text{keep the } k \text{ CoTs of each problem with the largest } u_i^{1/w_i}"
+)
+
+
+@dataclass(frozen=True)
+class CapacityMatched:
+    """OmniThought's capacity-matched selection: per problem, ``k`` CoTs drawn without
+    replacement with probability proportional to ``w`` (CAPACITY_FORMULA): every CoT with
+    CD <= C weighs the same apart from the RV/CD mismatch penalty, and the weight falls by
+    exp(-lambda) per CD level above C. Drawn with Efraimidis-Spirakis keys u^(1/w), u uniform
+    per (seed, cot_id). CoTs without RV or CD (or, if required, not verified correct) are not
+    candidates."""
+
+    mode: ClassVar[str] = "capacity"
+    capacity: float = 5.0
+    lam: float = 1.0
+    beta: float = 0.5
+    k: int = 1
+    require_correct: bool = False
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError("k (CoTs kept per problem) must be at least 1")
+        if self.lam < 0 or self.beta < 0:
+            raise ValueError("lambda and beta must not be negative")
+        for name in ("capacity", "lam", "beta"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @classmethod
+    def preset(cls, student: str, **changes) -> CapacityMatched:
+        """The paper's setting for a student size ('7B' -> C = 5, '32B' -> C = 7; beta 0.5)."""
+        if student not in CAPACITY_PRESETS:
+            raise ValueError(f"no capacity preset for '{student}'; choose {', '.join(CAPACITY_PRESETS)}")
+        return cls(capacity=CAPACITY_PRESETS[student], beta=0.5, **changes)
+
+
+PER_PROBLEM_RULES = ("shortest_correct", "top_k", "all_correct")
+
+
+@dataclass(frozen=True)
+class PerProblem:
+    """Per problem: the ``k`` shortest correct CoTs (tokens, then characters), the ``k`` best by
+    ``score`` (optionally among correct ones only), or every correct CoT."""
+
+    mode: ClassVar[str] = "per_problem"
+    rule: str = "shortest_correct"
+    k: int = 1
+    score: Score | None = None
+    require_correct: bool = False  # top_k only; the other rules need correctness by definition
+
+    def __post_init__(self):
+        if self.rule not in PER_PROBLEM_RULES:
+            raise ValueError(f"unknown per-problem rule '{self.rule}'; choose {', '.join(PER_PROBLEM_RULES)}")
+        if self.rule == "top_k" and self.score is None:
+            raise ValueError("top-k per problem needs a score to rank by")
+        if self.k < 1:
+            raise ValueError("k (CoTs kept per problem) must be at least 1")
+
+
+TARGET_BALANCE = ("model", "dataset", "model_dataset")
+TARGET_WITHIN = ("shortest_correct", "score")
+
+
+@dataclass(frozen=True)
+class TargetSize:
+    """About ``n`` CoTs with the pool's mix: each group (model, dataset or both) gets a quota
+    proportional to its share of the pool (largest remainders, capped by what the group can
+    give, the rest passed on to the others), and keeps its best CoTs: the shortest correct
+    ones or the best by ``score``. The score of the last CoT a group keeps is its threshold."""
+
+    mode: ClassVar[str] = "target"
+    n: int = 1000
+    balance: str = "model"
+    within: str = "shortest_correct"
+    score: Score | None = None
+    require_correct: bool = True  # within='score' only
+
+    def __post_init__(self):
+        if self.n < 0:
+            raise ValueError("the target size must not be negative")
+        if self.balance not in TARGET_BALANCE:
+            raise ValueError(f"balance by one of {', '.join(TARGET_BALANCE)}")
+        if self.within not in TARGET_WITHIN:
+            raise ValueError(f"keep within groups by one of {', '.join(TARGET_WITHIN)}")
+        if self.within == "score" and self.score is None:
+            raise ValueError("keeping the best by score needs a score")
+
+
+Rule = Thresholds | CapacityMatched | PerProblem | TargetSize
+RULES: dict[str, type] = {r.mode: r for r in (Thresholds, CapacityMatched, PerProblem, TargetSize)}
+
+
+def rule_as_dict(rule: Rule) -> dict[str, Any]:
+    """The rule's parameters as plain JSON-able values (tuples become lists)."""
+    out = asdict(rule)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def rule_from_dict(mode: str, params: dict[str, Any]) -> Rule:
+    """Inverse of :func:`rule_as_dict`: the exact rule back."""
+    if mode not in RULES:
+        raise ValueError(f"unknown selection mode '{mode}'; expected one of {', '.join(RULES)}")
+    cls = RULES[mode]
+    known = {f.name for f in fields(cls)}
+    unknown = set(params) - known
+    if unknown:
+        raise ValueError(f"the {mode} rule has no parameter(s) {sorted(unknown)}")
+    kwargs = dict(params)
+    if kwargs.get("score") is not None:
+        kwargs["score"] = Score(**kwargs["score"])
+    for name, value in kwargs.items():
+        if isinstance(value, list):
+            kwargs[name] = tuple(value)
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A pool (base filter), the sources its scores come from, a rule and a seed."""
+
+    base: CotFilter = field(default_factory=CotFilter)
+    rule: Rule = field(default_factory=Thresholds)
+    sources: ScoreSources = field(default_factory=ScoreSources)
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------- the pool
+#
+# Every rule runs on the *pool*: one row per CoT the base filter matches, with ids and
+# numbers only (no text). Functions below take an optional ``pool`` (an Arrow table from
+# load_pool): given one, they run in an in-memory DuckDB and never touch the store, which is
+# what makes sliders interactive at 2M CoTs (the pool is read once per filter); without one,
+# they build the pool as a temporary table inside one short read-only store connection.
+
+POOL_COLUMNS = (
+    "cot_id", "problem_id", "dataset_id", "dataset", "model", "n_tokens", "n_chars", "n_paragraphs",
+    "n_reflections", "truncated", "rv", "cd", "correct", "score",
+)
+
+# A metric's value per CoT from a list of sources, the first listed source winning.
+_PICK_SQL = (
+    "SELECT s.cot_id, arg_min(s.value, list_position(?::VARCHAR[], ss.name)) AS value "
+    "FROM scores s JOIN score_sources ss USING (source_id) "
+    "WHERE s.metric = ? AND s.value IS NOT NULL AND list_contains(?::VARCHAR[], ss.name) "
+    "GROUP BY s.cot_id"
+)
+
+_POOL_KEY = b"thoughtscope.selection.pool"
+
+
+def _rule_score(rule: Rule) -> Score | None:
+    return getattr(rule, "score", None)
+
+
+def pool_key(sel: Selection) -> str:
+    """What a selection's pool depends on (base filter, sources, the score's source), as
+    text: two selections with equal keys share a pool."""
+    score = _rule_score(sel.rule)
+    return json.dumps({
+        "base": sel.base.to_params(), "sources": sel.sources.as_dict(),
+        "score": [score.metric, score.source] if score is not None and score.source is not None else None,
+    }, sort_keys=True)
+
+
+def pool_sql(sel: Selection) -> tuple[str, list]:
+    """SQL for the pool (POOL_COLUMNS) of a selection, with its parameters."""
+    base_sql, params = queries.matching_sql(sel.base)
+    score = _rule_score(sel.rule)
+    select = [
+        "b.cot_id, b.problem_id, b.dataset_id, b.dataset, b.model, b.n_tokens, b.n_chars, b.n_paragraphs, "
+        "b.n_reflections, b.truncated"
+    ]
+    joins = []
+    picks = [("rv", "rv", sel.sources.rv), ("cd", "cd", sel.sources.cd), ("correct", "correct", sel.sources.correct)]
+    if score is not None and score.source is not None:
+        picks.append(("score", score.metric, (score.source,)))
+    for alias, metric, names in picks:
+        if names:
+            joins.append(f"LEFT JOIN ({_PICK_SQL}) j_{alias} ON j_{alias}.cot_id = b.cot_id")
+            params = [*params, list(names), metric, list(names)]
+            select.append(f"(j_{alias}.value = 1) AS correct" if alias == "correct" else f"j_{alias}.value AS {alias}")
+        else:
+            select.append("NULL::BOOLEAN AS correct" if alias == "correct" else f"NULL::DOUBLE AS {alias}")
+    if score is None or score.source is None:
+        select.append("NULL::DOUBLE AS score")  # a per-CoT column is put in by the decision
+    return f"SELECT {', '.join(select)} FROM ({base_sql}) b {' '.join(joins)}", params
+
+
+def load_pool(sel: Selection, *, db=None):
+    """The selection's pool as an Arrow table (ids and numbers; dataset and model
+    dictionary-encoded), tagged with its pool_key so a mismatched reuse is caught."""
+    import pyarrow.compute as pc
+
+    sql, params = pool_sql(sel)
+    with store.connect(db, read_only=True) as con:
+        table = con.sql(sql, params=params).to_arrow_table()
+    for name in ("dataset", "model"):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.dictionary_encode(table.column(name)))
+    return table.replace_schema_metadata({_POOL_KEY: pool_key(sel).encode()})
+
+
+@contextlib.contextmanager
+def _pool_connection(sel: Selection, pool, db) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection in which relation ``pool_in`` is the selection's pool."""
+    if pool is not None:
+        if (pool.schema.metadata or {}).get(_POOL_KEY) != pool_key(sel).encode():
+            raise ValueError("this pool was loaded for another filter or other score sources; load it again")
+        con = duckdb.connect()  # in memory: the store is not touched
+        try:
+            con.register("pool_in", pool)
+            yield con
+        finally:
+            con.close()
+    else:
+        sql, params = pool_sql(sel)
+        with store.connect(db, read_only=True) as con:
+            con.execute(f"CREATE TEMP TABLE pool_in AS {sql}", params).fetchall()
+            yield con
+
+
+# ---------------------------------------------------------------------------- rules in SQL
+
+# u in (0, 1) from splitmix64's finaliser over cot_id XOR a per-seed salt (the top 53 bits):
+# plain integer arithmetic, so Python (uniform()) and any DuckDB version give the same number.
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * _MIX1) & _MASK
+    z = ((z ^ (z >> 27)) * _MIX2) & _MASK
+    return z ^ (z >> 31)
+
+
+def _seed_salt(seed: int) -> int:
+    return _mix64(((int(seed) + 1) * _GOLDEN) & _MASK)
+
+
+def uniform(seed: int, cot_id: int) -> float:
+    """The uniform number in (0, 1) the sampler gives ``cot_id`` under ``seed`` (as the SQL)."""
+    return ((_mix64((int(cot_id) & _MASK) ^ _seed_salt(seed)) >> 11) + 0.5) / 2.0**53
+
+
+def _uniform_sql(seed: int) -> str:
+    m = f"{_MASK}::UHUGEINT"
+    x = f"xor(cot_id::UHUGEINT, {_seed_salt(seed)}::UHUGEINT)"
+    x = f"((xor({x}, {x} >> 30) * {_MIX1}::UHUGEINT) & {m})"
+    x = f"((xor({x}, {x} >> 27) * {_MIX2}::UHUGEINT) & {m})"
+    return f"(((xor({x}, {x} >> 31) >> 11)::DOUBLE + 0.5) / 9007199254740992.0)"
+
+
+def capacity_weight(cd: float, rv: float, *, capacity: float, lam: float = 1.0, beta: float = 0.5) -> float:
+    """w = exp(-lambda * max(0, CD - C) - beta * |CD - RV|), the formula in CAPACITY_FORMULA."""
+    return math.exp(-lam * max(0.0, cd - capacity) - beta * abs(cd - rv))
+
+
+class _Chain:
+    """A query over relation ``pool`` as a chain of CTEs; ``?`` parameters are bound in text
+    order, which is the order the CTEs are added in."""
+
+    def __init__(self) -> None:
+        self.ctes: list[str] = []
+        self.params: list = []
+
+    def add(self, name: str, sql: str, params: list | tuple = ()) -> None:
+        self.ctes.append(f"{name} AS ({sql})")
+        self.params.extend(params)
+
+    def sql(self, final: str) -> str:
+        return f"WITH {', '.join(self.ctes)} {final}"
+
+
+# One row per pool CoT whatever the rule.
+DECISION_COLUMNS = (*POOL_COLUMNS, "weight", "kept", "reason")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+_NOT_CORRECT = "CASE WHEN correct IS NULL THEN 'correctness unknown' ELSE 'incorrect' END"
+
+
+def _add_thresholds(chain: _Chain, rule: Thresholds) -> None:
+    checks, params = [], []
+    for column, label, bounds in (("rv", "RV", rule.rv_range), ("cd", "CD", rule.cd_range), ("n_tokens", "tokens", rule.tokens_range)):
+        if bounds is None:
+            continue
+        missing = "no token count" if column == "n_tokens" else f"no {label} score"
+        checks.append(f"CASE WHEN {column} IS NULL THEN ? WHEN {column} NOT BETWEEN ? AND ? THEN ? END")
+        params.extend([missing, bounds[0], bounds[1], f"{label} outside {_fmt(bounds[0])}-{_fmt(bounds[1])}"])
+    if rule.require_correct:
+        checks.append(f"CASE WHEN correct IS NOT TRUE THEN {_NOT_CORRECT} END")
+    # concat_ws skips NULLs: the reason lists every check a CoT fails, '' when it passes all
+    reason = f"nullif(concat_ws('; ', {', '.join(checks)}), '')" if checks else "NULL::VARCHAR"
+    chain.add("judged", f"SELECT *, NULL::DOUBLE AS weight, {reason} AS reason FROM pool", params)
+    chain.add("decision", "SELECT *, reason IS NULL AS kept FROM judged")
+
+
+def _add_ranked(
+    chain: _Chain, source: str, *, eligible: str, order: str, partition: str, limit: str,
+    not_eligible: str, not_ranked: str,
+) -> None:
+    """Keep the first ``limit`` eligible CoTs of each ``partition`` of ``source`` in ``order``
+    (ties broken by cot_id)."""
+    chain.add("candidates", f"SELECT *, coalesce({eligible}, false) AS eligible FROM {source}")
+    chain.add(
+        "ranked",
+        f"SELECT *, row_number() OVER (PARTITION BY {partition}, eligible ORDER BY {order}, cot_id) AS rank "
+        "FROM candidates",
+    )
+    chain.add(
+        "decision",
+        f"SELECT *, CASE WHEN kept THEN NULL WHEN NOT eligible THEN {not_eligible} ELSE {not_ranked} END AS reason "
+        f"FROM (SELECT *, eligible AND rank <= {limit} AS kept FROM ranked)",
+    )
+
+
+def _add_capacity(chain: _Chain, rule: CapacityMatched, seed: int) -> None:
+    chain.add(
+        "weighed",
+        f"SELECT *, ? * greatest(0.0, cd - ?) + ? * abs(cd - rv) AS penalty, {_uniform_sql(seed)} AS u FROM pool",
+        [rule.lam, rule.capacity, rule.beta],
+    )
+    # Efraimidis-Spirakis draws the k largest u^(1/w). Ranking by ln(-ln u) + penalty ascending
+    # (penalty = -ln w) is the same order, and stays finite where w underflows to 0.
+    chain.add("pool_w", "SELECT * EXCLUDE (penalty, u), exp(-penalty) AS weight, ln(-ln(u)) + penalty AS draw_key FROM weighed")
+    _add_ranked(
+        chain, "pool_w",
+        eligible="rv IS NOT NULL AND cd IS NOT NULL" + (" AND correct" if rule.require_correct else ""),
+        order="draw_key", partition="problem_id", limit=str(int(rule.k)),
+        not_eligible=f"CASE WHEN rv IS NULL OR cd IS NULL THEN 'no RV/CD score' ELSE {_NOT_CORRECT} END",
+        not_ranked="'not drawn'",
+    )
+
+
+_SHORTEST = "n_tokens ASC NULLS LAST, n_chars ASC"
+
+
+def _score_order(score: Score) -> str:
+    return f"score {'DESC' if score.higher_is_better else 'ASC'} NULLS LAST"
+
+
+def _score_eligible(require_correct: bool) -> tuple[str, str]:
+    eligible = "score IS NOT NULL" + (" AND correct" if require_correct else "")
+    not_eligible = f"CASE WHEN score IS NULL THEN 'no score' ELSE {_NOT_CORRECT} END"
+    return eligible, not_eligible
+
+
+def _add_per_problem(chain: _Chain, rule: PerProblem) -> None:
+    chain.add("pool_w", "SELECT *, NULL::DOUBLE AS weight FROM pool")
+    k = str(int(rule.k))
+    if rule.rule == "top_k":
+        eligible, not_eligible = _score_eligible(rule.require_correct)
+        _add_ranked(chain, "pool_w", eligible=eligible, order=_score_order(rule.score), partition="problem_id",
+                    limit=k, not_eligible=not_eligible, not_ranked=f"'not in the top {k} of its problem'")
+    elif rule.rule == "shortest_correct":
+        shorter = "'a shorter correct CoT was kept'" if rule.k == 1 else f"'not among the {k} shortest correct'"
+        _add_ranked(chain, "pool_w", eligible="correct", order=_SHORTEST, partition="problem_id", limit=k,
+                    not_eligible=_NOT_CORRECT, not_ranked=shorter)
+    else:  # all_correct
+        chain.add("decision", f"SELECT *, CASE WHEN correct IS NOT TRUE THEN {_NOT_CORRECT} END AS reason, "
+                              "coalesce(correct, false) AS kept FROM pool_w")
+
+
+_GROUP_EXPR = {
+    "model": "coalesce(CAST(model AS VARCHAR), '(no model)')",
+    "dataset": "CAST(dataset AS VARCHAR)",
+    "model_dataset": "CAST(dataset AS VARCHAR) || ' / ' || coalesce(CAST(model AS VARCHAR), '(no model)')",
+}
+
+
+def _target_parts(rule: TargetSize) -> dict[str, str]:
+    if rule.within == "shortest_correct":
+        return {"eligible": "correct", "order": _SHORTEST, "not_eligible": _NOT_CORRECT}
+    eligible, not_eligible = _score_eligible(rule.require_correct)
+    return {"eligible": eligible, "order": _score_order(rule.score), "not_eligible": not_eligible}
+
+
+def proportional_quotas(pool: dict[str, int], available: dict[str, int], n: int) -> dict[str, int]:
+    """Split ``n`` over groups in proportion to ``pool`` (largest remainders, ties by name),
+    never giving a group more than it has ``available``; what a capped group cannot take goes
+    to the others in proportion. The quotas sum to min(n, total available).
+
+    >>> proportional_quotas({"a": 60, "b": 40}, {"a": 60, "b": 10}, 50)
+    {'a': 40, 'b': 10}
+    """
+    quotas = {g: 0 for g in pool}
+    left = min(int(n), sum(available.get(g, 0) for g in pool))
+    while left > 0:
+        open_groups = [g for g in sorted(pool) if quotas[g] < available.get(g, 0)]
+        weight = sum(pool[g] for g in open_groups)
+        shares = {g: left * pool[g] / weight if weight else left / len(open_groups) for g in open_groups}
+        give = {g: math.floor(shares[g]) for g in open_groups}
+        rest = left - sum(give.values())
+        for g in sorted(open_groups, key=lambda g: (-(shares[g] - give[g]), g))[:rest]:
+            give[g] += 1
+        for g in open_groups:
+            taken = min(give[g], available[g] - quotas[g])
+            quotas[g] += taken
+            left -= taken
+    return quotas
+
+
+def _target_counts(con, rule: TargetSize, relation: str) -> pl.DataFrame:
+    """Per balance group of ``relation`` (SQL with the pool's columns): CoTs, how many the
+    rule could keep (available), and the quota."""
+    eligible = _target_parts(rule)["eligible"]
+    counts = store.fetch_pl(
+        con,
+        f"SELECT {_GROUP_EXPR[rule.balance]} AS group, count(*) AS pool, "
+        f"count(*) FILTER (WHERE coalesce({eligible}, false)) AS available FROM ({relation}) GROUP BY ALL ORDER BY 1",
+    )
+    quota = proportional_quotas(
+        dict(zip(counts["group"], counts["pool"])), dict(zip(counts["group"], counts["available"])), rule.n
+    )
+    return counts.with_columns(quota=pl.Series([quota[g] for g in counts["group"]], dtype=pl.Int64))
+
+
+def _add_target(chain: _Chain, rule: TargetSize, quotas: pl.DataFrame) -> None:
+    parts = _target_parts(rule)
+    chain.add("quotas", "SELECT unnest(?::VARCHAR[]) AS grp, unnest(?::BIGINT[]) AS quota",
+              [quotas["group"].to_list(), quotas["quota"].to_list()])
+    chain.add("pool_g", f"SELECT *, {_GROUP_EXPR[rule.balance]} AS grp FROM pool")
+    chain.add("pool_w", "SELECT pool_g.*, NULL::DOUBLE AS weight, q.quota FROM pool_g LEFT JOIN quotas q ON q.grp = pool_g.grp")
+    _add_ranked(
+        chain, "pool_w", eligible=parts["eligible"], order=parts["order"], partition="grp",
+        limit="coalesce(quota, 0)", not_eligible=parts["not_eligible"],
+        not_ranked=f"'beyond its {rule.balance.replace('_', ' and ')} quota'",
+    )
+
+
+def _decision_sql(con, sel: Selection) -> tuple[str, list]:
+    """SQL over relation ``pool`` in ``con`` giving DECISION_COLUMNS: one row per pool CoT
+    with ``kept`` and, for a dropped one, the ``reason``."""
+    chain = _Chain()
+    rule = sel.rule
+    score = _rule_score(rule)
+    pool = "SELECT * FROM pool_in"
+    if score is not None and score.source is None:  # rank by a per-CoT column
+        pool = f"SELECT * REPLACE ({score.metric}::DOUBLE AS score) FROM pool_in"
+    chain.add("pool", pool)
+    if isinstance(rule, Thresholds):
+        _add_thresholds(chain, rule)
+    elif isinstance(rule, CapacityMatched):
+        _add_capacity(chain, rule, sel.seed)
+    elif isinstance(rule, PerProblem):
+        _add_per_problem(chain, rule)
+    elif isinstance(rule, TargetSize):
+        _add_target(chain, rule, _target_counts(con, rule, pool))
+    else:
+        raise ValueError(f"unknown selection rule {rule!r}")
+    return chain.sql(f"SELECT {', '.join(DECISION_COLUMNS)} FROM decision"), chain.params
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def decide(sel: Selection, *, pool=None, db=None):
+    """The decision on every pool CoT as an Arrow table (DECISION_COLUMNS: ids, numbers,
+    ``kept`` and, for a dropped CoT, the ``reason``; no text). ``pool`` (from load_pool) makes
+    it run in memory; without it the pool is read from the store."""
+    import pyarrow.compute as pc
+
+    with _pool_connection(sel, pool, db) as con:
+        sql, params = _decision_sql(con, sel)
+        table = con.sql(sql, params=params).to_arrow_table()
+    for name in ("dataset", "model", "reason"):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.dictionary_encode(table.column(name)))
+    return table
+
+
+@contextlib.contextmanager
+def _decision_connection(decision) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = duckdb.connect()  # in memory
+    try:
+        con.register("sel_decision", decision)
+        yield con
+    finally:
+        con.close()
+
+
+KEPT_NUMBER_COLUMNS = ("cot_id", "problem_id", "dataset", "model", "n_tokens", "rv", "cd", "correct", "score", "weight")
+
+
+def kept_numbers(sel: Selection, *, pool=None, db=None, decision=None) -> pl.DataFrame:
+    """Ids and numbers (no text) of every kept CoT, ascending by cot_id."""
+    decision = decision if decision is not None else decide(sel, pool=pool, db=db)
+    with _decision_connection(decision) as con:
+        return store.fetch_pl(
+            con,
+            f"SELECT {', '.join(KEPT_NUMBER_COLUMNS)} FROM (SELECT * REPLACE (CAST(dataset AS VARCHAR) AS dataset, "
+            "CAST(model AS VARCHAR) AS model) FROM sel_decision) WHERE kept ORDER BY cot_id",
+        )
+
+
+def kept_ids(sel: Selection, *, pool=None, db=None) -> pl.Series:
+    """The cot_id of every kept CoT, ascending."""
+    with _pool_connection(sel, pool, db) as con:
+        sql, params = _decision_sql(con, sel)
+        return store.fetch_pl(con, f"SELECT cot_id FROM ({sql}) WHERE kept ORDER BY cot_id", params)["cot_id"]
+
+
+SUMMARY_BY = {
+    "model": "coalesce(CAST(model AS VARCHAR), '(no model)')",
+    "dataset": "CAST(dataset AS VARCHAR)",
+    "cd": "coalesce(CAST(CAST(floor(cd) AS INTEGER) AS VARCHAR), 'no CD')",
+}
+
+
+@dataclass
+class SelectionReport:
+    """What a selection keeps, computed on every CoT of the pool.
+
+    ``by_model``, ``by_dataset``, ``by_cd``: group, pool, kept, dropped, kept_share (kept / pool
+    of the group), pool_share and kept_mix (the group's share of the pool and of the kept set).
+    ``reasons``: reason, cots (dropped CoTs per reason). ``histograms``: for rv, cd and n_tokens,
+    lo, hi, pool, kept per bin; ``missing`` counts the CoTs without that value.
+    ``quotas`` (TargetSize only): group, pool, available, quota, kept, threshold (the token count
+    or score of the last CoT the group keeps)."""
+
+    pool_cots: int
+    kept_cots: int
+    pool_problems: int
+    kept_problems: int
+    by_model: pl.DataFrame
+    by_dataset: pl.DataFrame
+    by_cd: pl.DataFrame
+    reasons: pl.DataFrame
+    histograms: dict[str, pl.DataFrame]
+    missing: dict[str, int]
+    quotas: pl.DataFrame | None = None
+
+    @property
+    def dropped_cots(self) -> int:
+        return self.pool_cots - self.kept_cots
+
+
+def _nice_width(max_value: float, bins: int) -> float:
+    """A round bin width (1, 2 or 5 times a power of ten, at least 1) giving at most about
+    ``bins`` bins up to ``max_value``."""
+    if max_value <= 0:
+        return 1.0
+    raw = max_value / bins
+    power = 10.0 ** math.floor(math.log10(raw))
+    for step in (1, 2, 5, 10):
+        if step * power >= raw:
+            return max(1.0, step * power)
+    return max(1.0, 10 * power)
+
+
+def _group_frame(con, by: str) -> pl.DataFrame:
+    df = store.fetch_pl(
+        con,
+        f"SELECT {SUMMARY_BY[by]} AS group, count(*) AS pool, count(*) FILTER (WHERE kept) AS kept "
+        "FROM sel_decision GROUP BY ALL",
+    )
+    pool_total, kept_total = df["pool"].sum(), df["kept"].sum()
+    df = df.with_columns(
+        dropped=pl.col("pool") - pl.col("kept"),
+        kept_share=pl.col("kept") / pl.col("pool"),
+        pool_share=pl.col("pool") / pool_total if pool_total else pl.lit(0.0),
+        kept_mix=pl.col("kept") / kept_total if kept_total else pl.lit(0.0),
+    )
+    if by == "cd":  # levels in numeric order, 'no CD' last
+        return df.sort(pl.col("group").cast(pl.Int64, strict=False), nulls_last=True)
+    return df.sort("group")
+
+
+def _histogram(con, column: str, token_bins: int) -> tuple[pl.DataFrame, int]:
+    missing, top = con.execute(
+        f"SELECT count(*) FILTER (WHERE {column} IS NULL), coalesce(max({column}), 0) FROM sel_decision"
+    ).fetchall()[0]
+    width = 1.0 if column in ("rv", "cd") else _nice_width(float(top), token_bins)
+    n_bins = 10 if column in ("rv", "cd") else int(top // width) + 1
+    counts = store.fetch_pl(
+        con,
+        f"SELECT floor({column} / ?) * ? AS lo, count(*) AS pool, count(*) FILTER (WHERE kept) AS kept "
+        f"FROM sel_decision WHERE {column} IS NOT NULL GROUP BY ALL",
+        [width, width],
+    )
+    hist = (
+        pl.DataFrame({"lo": [i * width for i in range(n_bins)]})
+        .join(counts, on="lo", how="full", coalesce=True)
+        .with_columns(pl.col("pool", "kept").fill_null(0), hi=pl.col("lo") + width)
+        .select("lo", "hi", "pool", "kept")
+        .sort("lo")
+    )
+    return hist, missing
+
+
+def summarize(decision, sel: Selection, *, token_bins: int = 40) -> SelectionReport:
+    """Counts, per-group shares, drop reasons and histograms of a decision (from decide)."""
+    with _decision_connection(decision) as con:
+        totals = con.execute(
+            "SELECT sum(n), sum(n_kept), count(*), count(*) FILTER (WHERE n_kept > 0) FROM "
+            "(SELECT count(*) AS n, count(*) FILTER (WHERE kept) AS n_kept FROM sel_decision GROUP BY problem_id)"
+        ).fetchall()[0]
+        groups = {by: _group_frame(con, by) for by in SUMMARY_BY}
+        reasons = store.fetch_pl(
+            con,
+            "SELECT CAST(reason AS VARCHAR) AS reason, count(*) AS cots FROM sel_decision WHERE NOT kept "
+            "GROUP BY ALL ORDER BY cots DESC, reason",
+        )
+        histograms, missing = {}, {}
+        for column in ("rv", "cd", "n_tokens"):
+            histograms[column], missing[column] = _histogram(con, column, token_bins)
+        quotas = None
+        rule = sel.rule
+        if isinstance(rule, TargetSize):
+            threshold = "max(n_tokens)" if rule.within == "shortest_correct" else (
+                "min(score)" if rule.score.higher_is_better else "max(score)")
+            kept_by = store.fetch_pl(
+                con,
+                f"SELECT {_GROUP_EXPR[rule.balance]} AS group, count(*) FILTER (WHERE kept) AS kept, "
+                f"({threshold} FILTER (WHERE kept))::DOUBLE AS threshold FROM sel_decision GROUP BY ALL",
+            )
+            quotas = _target_counts(con, rule, "SELECT * FROM sel_decision").join(kept_by, on="group", how="left").sort("group")
+    return SelectionReport(
+        pool_cots=int(totals[0] or 0), kept_cots=int(totals[1] or 0), pool_problems=totals[2], kept_problems=totals[3],
+        by_model=groups["model"], by_dataset=groups["dataset"], by_cd=groups["cd"], reasons=reasons,
+        histograms=histograms, missing=missing, quotas=quotas,
+    )
+
+
+def evaluate(sel: Selection, *, pool=None, db=None, token_bins: int = 40) -> SelectionReport:
+    """decide then summarize: the report of a selection in one call."""
+    return summarize(decide(sel, pool=pool, db=db), sel, token_bins=token_bins)
+
+
+DROPPED_SORTABLE = ("cot_id", "problem_id", "dataset", "model", "n_tokens", "rv", "cd", "correct", "score", "weight", "reason")
+
+
+def dropped_page(
+    decision, *, offset: int = 0, limit: int = 50, sort_by: str = "cot_id", descending: bool = False, db=None,
+) -> pl.DataFrame:
+    """One page of the dropped CoTs of a decision: why each was dropped, its numbers and its
+    question's opening words (read from the store for this page's problems only)."""
+    if sort_by not in DROPPED_SORTABLE:
+        raise ValueError(f"cannot sort dropped CoTs by {sort_by!r}; choose one of {', '.join(DROPPED_SORTABLE)}")
+    order = f"{sort_by} {'DESC' if descending else 'ASC'} NULLS LAST, cot_id"
+    with _decision_connection(decision) as con:
+        rows = store.fetch_pl(
+            con,
+            "SELECT cot_id, problem_id, CAST(dataset AS VARCHAR) AS dataset, CAST(model AS VARCHAR) AS model, "
+            "n_tokens, rv, cd, correct, score, weight, CAST(reason AS VARCHAR) AS reason FROM sel_decision "
+            f"WHERE NOT kept ORDER BY {order} LIMIT ? OFFSET ?",
+            [int(limit), int(offset)],
+        )
+    questions = store.read_df(
+        "SELECT problem_id, left(question, 120) AS question FROM problems WHERE problem_id IN (SELECT unnest(?::BIGINT[]))",
+        [rows["problem_id"].unique().to_list()], db=db,
+    )
+    return rows.join(questions, on="problem_id", how="left", maintain_order="left")
+
+
+def compare(a: Selection, b: Selection, *, db=None) -> pl.DataFrame:
+    """Kept CoTs of two selections per model: in both, only in a, only in b; the last row,
+    'all', sums them."""
+    ka = kept_numbers(a, db=db).select("cot_id", "model", in_a=pl.lit(True))
+    kb = kept_numbers(b, db=db).select("cot_id", "model", in_b=pl.lit(True))
+    joined = ka.join(kb, on="cot_id", how="full", coalesce=True, suffix="_b").with_columns(
+        model=pl.coalesce("model", "model_b").fill_null("(no model)"),
+        in_a=pl.col("in_a").fill_null(False),
+        in_b=pl.col("in_b").fill_null(False),
+    )
+    per_model = (
+        joined.group_by("model")
+        .agg(
+            both=(pl.col("in_a") & pl.col("in_b")).sum().cast(pl.Int64),
+            only_a=(pl.col("in_a") & ~pl.col("in_b")).sum().cast(pl.Int64),
+            only_b=(~pl.col("in_a") & pl.col("in_b")).sum().cast(pl.Int64),
+        )
+        .sort("model")
+    )
+    total = per_model.select(pl.lit("all").alias("model"), pl.col("both", "only_a", "only_b").sum())
+    return pl.concat([per_model, total])
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def histogram_figure(
+    hist: pl.DataFrame, cut: tuple[float, float] | None, *, title: str, discrete: bool, mark: float | None = None,
+):
+    """Stacked bars of kept and dropped CoTs per bin, the kept range shaded and its edges
+    marked: the background of a range slider. ``discrete``: integer levels (RV, CD), bars
+    centred on them, so a cut (3, 5) shades 2.5-5.5. ``mark``: one more line (e.g. the
+    capacity C on the CD axis)."""
+    import plotly.graph_objects as go
+
+    lo, hi = hist["lo"].to_list(), hist["hi"].to_list()
+    centre = lo if discrete else [(a + b) / 2 for a, b in zip(lo, hi)]
+    width = [0.9 if discrete else (b - a) for a, b in zip(lo, hi)]
+    kept = hist["kept"].to_list()
+    dropped = [p - k for p, k in zip(hist["pool"].to_list(), kept)]
+    fig = go.Figure([
+        go.Bar(x=centre, y=kept, width=width, name="kept", marker_color="#2e7d32"),
+        go.Bar(x=centre, y=dropped, width=width, name="dropped", marker_color="#b0bec5"),
+    ])
+    if cut is not None:
+        x0, x1 = (cut[0] - 0.5, cut[1] + 0.5) if discrete else cut
+        fig.add_vrect(x0=x0, x1=x1, fillcolor="#2e7d32", opacity=0.08, line_width=0)
+        for x in (x0, x1):
+            fig.add_vline(x=x, line_color="#c62828", line_width=2)
+    if mark is not None:
+        fig.add_vline(x=mark, line_color="#c62828", line_width=2, line_dash="dash")
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=13)), barmode="stack", height=180,
+        margin=dict(l=10, r=10, t=30, b=10), bargap=0,
+        legend=dict(orientation="h", y=1.2, x=1, xanchor="right"),
+    )
+    if discrete:
+        fig.update_xaxes(dtick=1, range=[-0.6, 9.6])
+    return fig

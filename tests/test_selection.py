@@ -1,0 +1,418 @@
+"""Selection modes and recipes on stores built by the real ingest from OmniThought-shaped
+JSONL whose RV, CD, correctness and lengths are known, checked against expectations worked
+out here in plain Python (or by hand)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from core import recipes, selection, store
+from core.ingest import ingest
+from core.queries import CotFilter
+from core.selection import (
+    CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds,
+)
+from core.tokens import count_tokens_stage
+
+JUDGES = ("DeepSeek-R1", "QwQ-32B")
+BOTH = ScoreSources(rv=tuple(f"omnithought ({j})" for j in JUDGES), cd=tuple(f"omnithought ({j})" for j in JUDGES),
+                    correct=("omnithought",))
+
+# (problem, teacher, correct, RV, CD, words of thinking); None = no label given.
+TINY = [
+    ("p0", "DeepSeek-R1", True, 4, 4, 30),
+    ("p0", "QwQ-32B", True, 2, 6, 10),
+    ("p0", "DeepSeek-R1", False, 4, 5, 5),
+    ("p0", "QwQ-32B", True, 8, 8, 60),
+    ("p1", "DeepSeek-R1", False, 3, 3, 20),
+    ("p1", "QwQ-32B", False, 5, 3, 25),
+    ("p2", "DeepSeek-R1", True, 3, 4, 40),
+    ("p2", "DeepSeek-R1", True, 5, 4, 35),
+    ("p2", "QwQ-32B", True, 6, 4, 15),
+    ("p2", "DeepSeek-R1-0528", True, None, 4, 12),
+    ("p3", "DeepSeek-R1-0528", True, 4, 7, 50),
+    ("p3", "QwQ-32B", False, 4, 4, 45),
+    ("p3", "DeepSeek-R1", True, 9, 9, 80),
+]
+
+
+def omnithought_rows(cots: list[tuple]) -> list[dict]:
+    """OmniThought rows (one per problem, the published keys). The i-th CoT overall is judged by
+    JUDGES[i % 2], so RV and CD sit under two sources, as in the real labels."""
+    rows: dict[str, dict] = {}
+    for i, (problem, teacher, correct, rv, cd, words) in enumerate(cots):
+        row = rows.setdefault(problem, {"id": problem, "question": f"Question {problem}: what is 6 times 7?",
+                                        "reference_answer": "42", "reasoning": []})
+        thought = " ".join(["step"] * words)
+        solution = f"The answer is $\\boxed{{{42 if correct else 41}}}$."
+        cot = {"thought": thought, "solution": solution, "full_response": f"<think>\n{thought}\n</think>\n\n{solution}",
+               "teacher": teacher, "thought_correctness_verify": correct}
+        judge = JUDGES[i % 2]
+        if rv is not None:
+            cot["Reasoning_Verbosity"] = {"level": rv, "judge": judge}
+        if cd is not None:
+            cot["Cognitive_Difficulty"] = {"level": cd, "judge": judge}
+        row["reasoning"].append(cot)
+    return list(rows.values())
+
+
+def build_store(folder: Path, cots: list[tuple], *, tokens: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "omni.jsonl"
+    with open(src, "w") as fh:
+        for row in omnithought_rows(cots):
+            fh.write(json.dumps(row) + "\n")
+    db = folder / "store.duckdb"
+    ingest(str(src), name="tiny", db=db)
+    if tokens:
+        count_tokens_stage(db=db)
+    return db
+
+
+def cot_ids(db: Path) -> dict[tuple[str, int], int]:
+    """(problem key, position in its reasoning list) -> cot_id."""
+    rows = store.read_rows(
+        "SELECT p.problem_key, c.sample_idx, c.cot_id FROM cots c JOIN problems p USING (problem_id)", db=db
+    )
+    return {(k, i): cot for k, i, cot in rows}
+
+
+def records(db: Path, cots: list[tuple]) -> list[dict]:
+    """The test's CoTs with their cot_id and stored token count, in TINY's order."""
+    ids = cot_ids(db)
+    tokens = dict(store.read_rows("SELECT cot_id, n_tokens FROM cots", db=db))
+    position: dict[str, int] = {}
+    out = []
+    for problem, teacher, correct, rv, cd, words in cots:
+        i = position[problem] = position.get(problem, -1) + 1
+        cot_id = ids[(problem, i)]
+        out.append({"cot_id": cot_id, "problem": problem, "model": teacher, "correct": correct, "rv": rv, "cd": cd,
+                    "words": words, "tokens": tokens[cot_id]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_template(tmp_path_factory) -> Path:
+    return build_store(tmp_path_factory.mktemp("tiny"), TINY)
+
+
+@pytest.fixture
+def tiny(tiny_template, tmp_path) -> tuple[Path, list[dict]]:
+    db = tmp_path / "tiny.duckdb"
+    db.write_bytes(tiny_template.read_bytes())
+    return db, records(db, TINY)
+
+
+def ids_of(recs, predicate) -> set[int]:
+    return {r["cot_id"] for r in recs if predicate(r)}
+
+
+# ---------------------------------------------------------------------------- thresholds
+
+
+def test_thoughtx_thresholds_keep_the_hand_counted_cots(tiny):
+    db, recs = tiny
+    sel = Selection(CotFilter(), Thresholds(rv_range=(3, 5), cd_range=(4, 4), require_correct=True), BOTH)
+    kept = set(selection.kept_ids(sel, db=db).to_list())
+    # by hand: p0's first CoT (correct, RV 4, CD 4) and p2's first two (RV 3 and 5, CD 4)
+    by_hand = {cot_ids(db)[k] for k in (("p0", 0), ("p2", 0), ("p2", 1))}
+    assert kept == by_hand
+    report = selection.evaluate(sel, db=db)
+    assert (report.pool_cots, report.kept_cots, report.pool_problems, report.kept_problems) == (13, 3, 4, 2)
+    by_model = dict(zip(report.by_model["group"], report.by_model["kept"]))
+    assert by_model == {"DeepSeek-R1": 3, "DeepSeek-R1-0528": 0, "QwQ-32B": 0}
+
+
+def test_thresholds_match_a_python_oracle_for_each_range(tiny):
+    db, recs = tiny
+    cases = [
+        (Thresholds(rv_range=(2, 4)), lambda r: r["rv"] is not None and 2 <= r["rv"] <= 4),
+        (Thresholds(cd_range=(6, 9)), lambda r: r["cd"] >= 6),
+        (Thresholds(require_correct=True), lambda r: r["correct"]),
+        (Thresholds(tokens_range=(12, 40)), lambda r: 12 <= r["tokens"] <= 40),
+        (Thresholds(), lambda r: True),
+    ]
+    for rule, predicate in cases:
+        kept = set(selection.kept_ids(Selection(CotFilter(), rule, BOTH), db=db).to_list())
+        assert kept == ids_of(recs, predicate), rule
+
+
+def test_a_range_drops_cots_its_source_did_not_score_and_says_why(tiny):
+    db, recs = tiny
+    only_first_judge = ScoreSources(rv=("omnithought (DeepSeek-R1)",), cd=BOTH.cd, correct=BOTH.correct)
+    sel = Selection(CotFilter(), Thresholds(rv_range=(0, 9)), only_first_judge)
+    kept = set(selection.kept_ids(sel, db=db).to_list())
+    # the first judge scored the CoTs at even positions of TINY, except the one without an RV label
+    assert kept == {r["cot_id"] for i, r in enumerate(recs) if i % 2 == 0 and r["rv"] is not None}
+    reasons = selection.evaluate(sel, db=db).reasons
+    assert dict(zip(reasons["reason"], reasons["cots"])) == {"no RV score": 13 - len(kept)}
+
+
+def test_the_base_filter_is_the_pool(tiny):
+    db, recs = tiny
+    sel = Selection(CotFilter(models=("QwQ-32B",)), Thresholds(require_correct=True), BOTH)
+    report = selection.evaluate(sel, db=db)
+    assert report.pool_cots == sum(r["model"] == "QwQ-32B" for r in recs)
+    assert set(selection.kept_ids(sel, db=db).to_list()) == ids_of(recs, lambda r: r["model"] == "QwQ-32B" and r["correct"])
+
+
+# ---------------------------------------------------------------------------- capacity
+
+
+def weight(rec, capacity=5.0, lam=1.0, beta=0.5) -> float:
+    return math.exp(-lam * max(0, rec["cd"] - capacity) - beta * abs(rec["cd"] - rec["rv"]))
+
+
+def test_capacity_weights_are_exactly_the_formula(tiny):
+    db, recs = tiny
+    for rule in (CapacityMatched(), CapacityMatched(capacity=7, lam=2.5, beta=0.25, k=2)):
+        decision = pl.from_arrow(selection.decide(Selection(CotFilter(), rule, BOTH), db=db))
+        got = dict(zip(decision["cot_id"], decision["weight"]))
+        for r in recs:
+            if r["rv"] is None:
+                assert got[r["cot_id"]] is None  # no RV: not a candidate
+            else:
+                assert got[r["cot_id"]] == pytest.approx(weight(r, rule.capacity, rule.lam, rule.beta), rel=1e-12)
+    # two by hand: CD 6 RV 2 at C = 5 is exp(-1 - 2); CD 8 RV 8 is exp(-3)
+    assert weight(recs[1]) == pytest.approx(math.exp(-3)) and weight(recs[3]) == pytest.approx(math.exp(-3))
+    assert selection.capacity_weight(6, 2, capacity=5) == pytest.approx(math.exp(-3))
+
+
+def test_capacity_draws_the_largest_efraimidis_spirakis_keys(tiny):
+    db, recs = tiny
+    for seed, k in ((0, 1), (7, 2), (123456, 1)):
+        rule = CapacityMatched(k=k)
+        kept = set(selection.kept_ids(Selection(CotFilter(), rule, BOTH, seed=seed), db=db).to_list())
+        expected = set()
+        for problem in {r["problem"] for r in recs}:
+            candidates = [r for r in recs if r["problem"] == problem and r["rv"] is not None]
+            keys = sorted(candidates, key=lambda r: selection.uniform(seed, r["cot_id"]) ** (1 / weight(r)), reverse=True)
+            expected |= {r["cot_id"] for r in keys[:k]}
+        assert kept == expected, seed
+
+
+def test_capacity_is_deterministic_and_the_seed_changes_the_subset(demo_store):
+    sources = selection.default_score_sources(db=demo_store)
+    sel = Selection(CotFilter(), CapacityMatched.preset("7B"), sources, seed=11)
+    first = selection.kept_ids(sel, db=demo_store).to_list()
+    assert first == selection.kept_ids(sel, db=demo_store).to_list()
+    pool = selection.load_pool(sel, db=demo_store)
+    assert selection.kept_ids(sel, pool=pool).to_list() == first  # in memory, same subset
+    other = selection.kept_ids(Selection(CotFilter(), CapacityMatched.preset("7B"), sources, seed=12), db=demo_store)
+    assert set(other.to_list()) != set(first)
+    problems = store.read_rows("SELECT count(DISTINCT problem_id) FROM cots", db=demo_store)[0][0]
+    assert len(first) == len(other) == problems  # k = 1: one per problem (every demo CoT has RV and CD)
+
+
+def test_capacity_draw_frequencies_follow_the_weights(tmp_path):
+    # 500 identical problems of three CoTs weighing 1 (CD <= C, RV = CD), e^-1 (CD one above C) and
+    # e^-1 (|CD - RV| = 2): each problem is one independent draw of k = 1.
+    cots = [(f"q{i}", "DeepSeek-R1", True, rv, cd, 5) for i in range(500) for rv, cd in ((3, 3), (6, 6), (2, 4))]
+    db = build_store(tmp_path, cots, tokens=False)
+    recs = records(db, cots)
+    kept = set(selection.kept_ids(Selection(CotFilter(), CapacityMatched(capacity=5), BOTH, seed=3), db=db).to_list())
+    assert len(kept) == 500
+    w = [1.0, math.exp(-1), math.exp(-1)]
+    for j in range(3):
+        share = sum(recs[3 * i + j]["cot_id"] in kept for i in range(500)) / 500
+        expected = w[j] / sum(w)
+        assert abs(share - expected) < 4 * math.sqrt(expected * (1 - expected) / 500), (j, share, expected)
+
+
+def test_uniform_is_spread_over_the_unit_interval():
+    values = [selection.uniform(5, 1 << 40 | i) for i in range(20000)]
+    assert 0 < min(values) and max(values) < 1
+    assert sum(values) / len(values) == pytest.approx(0.5, abs=0.01)
+    deciles = [sum(int(v * 10) == d for v in values) for d in range(10)]
+    assert max(abs(n - 2000) for n in deciles) < 200
+
+
+def test_capacity_presets():
+    assert CapacityMatched.preset("7B") == CapacityMatched(capacity=5, beta=0.5)
+    assert CapacityMatched.preset("32B").capacity == 7
+    with pytest.raises(ValueError):
+        CapacityMatched.preset("3B")
+    assert r"\beta" in selection.CAPACITY_FORMULA and r"\lambda" in selection.CAPACITY_FORMULA
+
+
+# ---------------------------------------------------------------------------- per problem
+
+
+def test_shortest_correct_picks_the_right_ids(tiny):
+    db, recs = tiny
+    kept = set(selection.kept_ids(Selection(CotFilter(), PerProblem("shortest_correct"), BOTH), db=db).to_list())
+    ids = cot_ids(db)
+    # p0: the 10-word correct one (the 5-word one is wrong); p1: no correct CoT; p2: the 12-word one
+    # (it has no RV label, which this rule does not need); p3: the 50-word one
+    assert kept == {ids[("p0", 1)], ids[("p2", 3)], ids[("p3", 0)]}
+    two = set(selection.kept_ids(Selection(CotFilter(), PerProblem("shortest_correct", k=2), BOTH), db=db).to_list())
+    assert two == {ids[k] for k in (("p0", 1), ("p0", 0), ("p2", 3), ("p2", 2), ("p3", 0), ("p3", 2))}
+
+
+def test_top_k_by_a_score_and_all_correct(tiny):
+    db, recs = tiny
+    ids = cot_ids(db)
+    by_rv = PerProblem("top_k", k=1, score=Score("rv", "omnithought (DeepSeek-R1)"))
+    kept = set(selection.kept_ids(Selection(CotFilter(), by_rv, BOTH), db=db).to_list())
+    # the first judge scored the even positions of TINY; per problem the highest of its RVs wins,
+    # ties to the lower cot_id: p0 -> RV 4 (first of two), p1 -> RV 3, p2 -> RV 6, p3 -> RV 9
+    expected = set()
+    for problem in ("p0", "p1", "p2", "p3"):
+        scored = [r for i, r in enumerate(recs) if r["problem"] == problem and i % 2 == 0 and r["rv"] is not None]
+        expected.add(max(scored, key=lambda r: (r["rv"], -r["cot_id"]))["cot_id"])
+    assert kept == expected
+    assert ids[("p3", 2)] in kept
+    fewest = PerProblem("top_k", k=1, score=Score("n_tokens", higher_is_better=False), require_correct=True)
+    assert set(selection.kept_ids(Selection(CotFilter(), fewest, BOTH), db=db).to_list()) == \
+        set(selection.kept_ids(Selection(CotFilter(), PerProblem("shortest_correct"), BOTH), db=db).to_list())
+    every = set(selection.kept_ids(Selection(CotFilter(), PerProblem("all_correct"), BOTH), db=db).to_list())
+    assert every == ids_of(recs, lambda r: r["correct"])
+
+
+# ---------------------------------------------------------------------------- target size
+
+
+def test_proportional_quotas_by_hand():
+    assert selection.proportional_quotas({"a": 60, "b": 40}, {"a": 60, "b": 40}, 10) == {"a": 6, "b": 4}
+    # b can give only 2: its missing share goes to a
+    assert selection.proportional_quotas({"a": 60, "b": 40}, {"a": 60, "b": 2}, 10) == {"a": 8, "b": 2}
+    # thirds: the leftover unit goes to the first name
+    assert selection.proportional_quotas({"a": 1, "b": 1, "c": 1}, {"a": 9, "b": 9, "c": 9}, 10) == {"a": 4, "b": 3, "c": 3}
+    assert selection.proportional_quotas({"a": 5, "b": 5}, {"a": 1, "b": 2}, 100) == {"a": 1, "b": 2}
+    assert selection.proportional_quotas({"a": 5}, {"a": 5}, 0) == {"a": 0}
+
+
+def test_target_size_hits_n_and_keeps_the_model_mix(demo_store):
+    sources = selection.default_score_sources(db=demo_store)
+    for n in (100, 257):
+        sel = Selection(CotFilter(), TargetSize(n=n, balance="model", within="shortest_correct"), sources)
+        report = selection.evaluate(sel, db=demo_store)
+        assert report.kept_cots == n
+        for row in report.by_model.iter_rows(named=True):
+            # each model's share of the kept set is its share of the pool, to within rounding
+            assert abs(row["kept"] - n * row["pool_share"]) <= 1, row
+        # within each model the kept CoTs are its shortest correct ones: the threshold is the cut
+        decision = pl.from_arrow(selection.decide(sel, db=demo_store)).with_columns(pl.col("model").cast(pl.String))
+        for model, group in decision.group_by("model"):
+            kept = group.filter("kept")
+            passed = group.filter(~pl.col("kept") & pl.col("correct").fill_null(False))
+            if kept.height and passed.height:
+                assert kept["n_tokens"].max() <= passed["n_tokens"].min(), model
+        quotas = report.quotas
+        assert quotas["quota"].sum() == n and (quotas["kept"] == quotas["quota"]).all()
+
+
+def test_target_size_by_score_and_by_dataset(tiny):
+    db, recs = tiny
+    rule = TargetSize(n=4, balance="dataset", within="score", score=Score("n_reflections"), require_correct=True)
+    assert selection.evaluate(Selection(CotFilter(), rule, BOTH), db=db).kept_cots == 4
+    # more than there is: every correct CoT
+    big = TargetSize(n=1000, balance="model")
+    assert set(selection.kept_ids(Selection(CotFilter(), big, BOTH), db=db).to_list()) == ids_of(recs, lambda r: r["correct"])
+
+
+# ---------------------------------------------------------------------------- summaries
+
+
+def test_summaries_histograms_and_dropped_pages_cover_every_cot(tiny):
+    db, recs = tiny
+    sel = Selection(CotFilter(), Thresholds(rv_range=(3, 5), require_correct=True), BOTH)
+    decision = selection.decide(sel, db=db)
+    report = selection.summarize(decision, sel)
+    kept = ids_of(recs, lambda r: r["correct"] and r["rv"] is not None and 3 <= r["rv"] <= 5)
+    assert report.kept_cots == len(kept) and report.dropped_cots == 13 - len(kept)
+    by_cd = dict(zip(report.by_cd["group"], report.by_cd["pool"]))
+    assert by_cd == {str(cd): sum(r["cd"] == cd for r in recs) for cd in {r["cd"] for r in recs}}
+    assert report.by_model["kept_mix"].sum() == pytest.approx(1.0)
+    rv = report.histograms["rv"]
+    assert rv.height == 10 and rv["pool"].sum() == 12 and report.missing["rv"] == 1
+    assert rv.filter(pl.col("lo") == 4)["pool"].item() == sum(r["rv"] == 4 for r in recs)
+    assert report.histograms["n_tokens"]["kept"].sum() == len(kept)
+    pages = [selection.dropped_page(decision, offset=o, limit=4, sort_by="n_tokens", db=db) for o in range(0, 12, 4)]
+    dropped = pl.concat(pages)
+    assert set(dropped["cot_id"]) == ids_of(recs, lambda r: r["cot_id"] not in kept)
+    assert dropped["n_tokens"].is_sorted()
+    assert dropped["question"].str.starts_with("Question p").all() and dropped["reason"].is_not_null().all()
+
+
+def test_a_pool_loaded_for_another_filter_is_refused(tiny):
+    db, _ = tiny
+    pool = selection.load_pool(Selection(CotFilter(models=("QwQ-32B",)), Thresholds(), BOTH), db=db)
+    with pytest.raises(ValueError, match="another filter"):
+        selection.decide(Selection(CotFilter(), Thresholds(), BOTH), pool=pool)
+
+
+def test_histogram_figure_marks_the_cut():
+    hist = pl.DataFrame({"lo": [float(i) for i in range(10)], "hi": [float(i + 1) for i in range(10)],
+                         "pool": [5] * 10, "kept": [0, 0, 0, 5, 5, 5, 0, 0, 0, 0]})
+    fig = selection.histogram_figure(hist, (3, 5), title="RV", discrete=True).to_dict()
+    assert [trace["name"] for trace in fig["data"]] == ["kept", "dropped"]
+    shapes = fig["layout"]["shapes"]
+    assert {"x0": 2.5, "x1": 5.5} == {k: shapes[0][k] for k in ("x0", "x1")}
+    assert sorted(s["x0"] for s in shapes[1:]) == [2.5, 5.5]
+
+
+# ---------------------------------------------------------------------------- recipes
+
+
+ALL_RULES = [
+    Thresholds(rv_range=(3, 5), cd_range=(4, 4), tokens_range=(0, 500), require_correct=True),
+    CapacityMatched(capacity=7, lam=1.5, beta=0.5, k=2, require_correct=True),
+    PerProblem("top_k", k=2, score=Score("cd", "omnithought (QwQ-32B)", higher_is_better=False), require_correct=True),
+    PerProblem("shortest_correct"),
+    TargetSize(n=5, balance="model_dataset", within="score", score=Score("n_chars"), require_correct=False),
+]
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.mode)
+def test_recipes_round_trip_exactly_and_keep_the_same_cots(tiny, rule):
+    db, _ = tiny
+    base = CotFilter(datasets=("tiny",), models=("DeepSeek-R1", "QwQ-32B", "DeepSeek-R1-0528"),
+                     correct_source="omnithought", tokens_range=(0, 10_000), text="step")
+    recipe = recipes.Recipe("my, recipe / v1", Selection(base, rule, BOTH, seed=42), "a test recipe")
+    path = recipes.save(recipe)
+    assert path.parent == store.data_dir() / "recipes" and path.exists()
+    loaded = recipes.load("my, recipe / v1")
+    assert loaded == recipe
+    assert recipes.Recipe.from_dict(json.loads(path.read_text())) == recipe
+    assert recipes.apply(loaded, db=db).to_list() == recipes.apply(recipe, db=db).to_list()
+    assert recipes.list_recipes() == ["my, recipe / v1"]
+    with pytest.raises(recipes.RecipeError, match="already saved"):
+        recipes.save(recipe)
+    recipes.save(recipe, overwrite=True)
+
+
+def test_a_recipe_with_unknown_fields_is_refused(tmp_path):
+    data = recipes.Recipe("x", Selection()).as_dict()
+    data["base"]["future_field"] = 1
+    with pytest.raises(recipes.RecipeError, match="future_field"):
+        recipes.Recipe.from_dict(data)
+    data = recipes.Recipe("x", Selection()).as_dict()
+    data["params"]["gamma"] = 2
+    with pytest.raises(ValueError, match="gamma"):
+        recipes.Recipe.from_dict(data)
+    with pytest.raises(recipes.RecipeError, match="no saved recipe"):
+        recipes.load("never saved")
+
+
+def test_compare_counts_both_only_a_only_b_per_model(tiny):
+    db, recs = tiny
+    a = recipes.Recipe("a", Selection(CotFilter(), Thresholds(require_correct=True), BOTH))
+    b = recipes.Recipe("b", Selection(CotFilter(), Thresholds(cd_range=(4, 5)), BOTH))
+    table = recipes.compare(a, b, db=db)
+    in_a = ids_of(recs, lambda r: r["correct"])
+    in_b = ids_of(recs, lambda r: 4 <= r["cd"] <= 5)
+    model = {r["cot_id"]: r["model"] for r in recs}
+    rows = {row["model"]: row for row in table.iter_rows(named=True)}
+    for name in {r["model"] for r in recs}:
+        mine = {i for i in in_a | in_b if model[i] == name}
+        assert rows[name]["both"] == len(mine & in_a & in_b)
+        assert rows[name]["only_a"] == len((mine & in_a) - in_b)
+        assert rows[name]["only_b"] == len((mine & in_b) - in_a)
+    assert (rows["all"]["both"], rows["all"]["only_a"], rows["all"]["only_b"]) == \
+        (len(in_a & in_b), len(in_a - in_b), len(in_b - in_a))
