@@ -1,4 +1,192 @@
+"""Distributions: length by correctness, RV / CD, accuracy across token budgets, Mean@k and
+Pass@k, per-problem pass rate, all on every CoT the sidebar filter matches.
+
+Clicking a bar or a heatmap cell narrows the shared filter to it.
+"""
+
+from __future__ import annotations
+
+import polars as pl
 import streamlit as st
 
+from core import charts, metrics, queries
+from core.queries import CotFilter
+from ui import common, frames
+
+common.ensure_router()
+
+BUDGET_CHOICES = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+PERCENT = st.column_config.NumberColumn(format="percent")
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=32)
+def budgets_and_k(filter_key: str, db: str, stamp: tuple[float, float], budgets: tuple[int, ...], k: int,
+                  _df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Accuracy at budgets and Mean@k / Pass@k per dataset, model and benchmark (seconds on
+    millions of rows, so cached under the frame's own key)."""
+    del filter_key, db, stamp
+    acc = metrics.accuracy_at_budgets(_df, budgets=budgets, group_by=charts.GROUP_COLUMNS)
+    mp = metrics.mean_and_pass_at_k(_df, k=k, group_by=charts.GROUP_COLUMNS)
+    return acc, mp
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=16)
+def per_problem(filter_key: str, db: str, stamp: tuple[float, float], _df: pl.DataFrame) -> tuple[int, pl.DataFrame]:
+    """The largest usable k and the per-problem pass rates (cached like budgets_and_k)."""
+    del filter_key, db, stamp
+    return charts.max_samples_per_problem(_df), metrics.problem_pass_rates(_df, group_by=charts.GROUP_COLUMNS)
+
+
+def _selection_key(name: str) -> str:
+    """Chart key with a generation number: after a click has narrowed the filter the chart
+    comes back under a new key, so the old selection is not applied again."""
+    return f"dist_{name}_{st.session_state.get('dist_selection_gen', 0)}"
+
+
+def _first_point(key: str) -> dict | None:
+    event = st.session_state.get(key)
+    points = event.selection.points if event is not None else []
+    return points[0] if points else None
+
+
+def _narrow_from(key: str, kind: str) -> None:
+    """on_select callback: a click on a chart narrows the filter. Runs before the page, so the
+    sidebar's widget values can still be changed."""
+    point = _first_point(key)
+    if point is None:
+        return
+    st.session_state.dist_selection_gen = st.session_state.get("dist_selection_gen", 0) + 1
+    if kind == "rv" and point.get("x") is not None:
+        common.narrow_filter(rv_range=(int(point["x"]), int(point["x"])))
+    elif kind == "cd" and point.get("x") is not None:
+        common.narrow_filter(cd_range=(int(point["x"]), int(point["x"])))
+    elif kind == "heatmap" and point.get("x") is not None and point.get("y") is not None:
+        common.narrow_filter(cd_range=(int(point["x"]), int(point["x"])), rv_range=(int(point["y"]), int(point["y"])))
+    elif kind == "model":
+        model = point.get("customdata")
+        model = model[0] if isinstance(model, list) else model
+        if model:
+            common.narrow_filter(models=[model])
+    elif kind == "problem":
+        data = point.get("customdata")
+        if isinstance(data, list) and data:
+            common.narrow_filter(problem_ids=[int(data[0])])
+
+
+def _selectable_chart(fig, name: str, kind: str) -> None:
+    key = _selection_key(name)
+    st.plotly_chart(fig, key=key, on_select=lambda: _narrow_from(key, kind), selection_mode=("points",),
+                    width="stretch")
+
+
+def _score_sentence(f: CotFilter, cat: dict) -> str | None:
+    """Why RV / CD charts are missing, naming the sources that exist; None when both are set."""
+    if f.rv_source and f.cd_source:
+        return None
+    have = sorted(set(cat["rv"]) | set(cat["cd"]))
+    if have:
+        missing = " and ".join(m for m, s in (("RV", f.rv_source), ("CD", f.cd_source)) if not s)
+        return (f"No {missing} source is chosen. Pick one under 'RV / CD' in the sidebar; sources with "
+                f"RV scores: {', '.join(cat['rv']) or 'none'}; with CD scores: {', '.join(cat['cd']) or 'none'}.")
+    others = queries.sources()
+    return ("This store has no RV or CD scores, so there is nothing to plot for them. Its score sources are: "
+            f"{', '.join(others) if others else 'none'}. RV and CD come from a dataset's own labels "
+            "(OmniThought has them) or from an LLM judge run on the Jobs page.")
+
+
 st.title("Distributions")
-st.info("This page is being built.")
+with common.guard():
+    f = common.sidebar_filter()
+    cat = common.catalogue(common.store_stamp())
+    key, db, stamp = frames.cache_key(f)
+    df = frames.metric_frame(f)
+    if df.height == 0:
+        if not cat["datasets"]:
+            st.info("The store is empty: ingest a dataset on the Overview page (or `python -m core ingest PATH`).")
+        else:
+            st.info("No CoT matches the filter; widen it in the sidebar.")
+        st.stop()
+    st.caption(f"{df.height:,} CoTs of {df['problem_id'].n_unique():,} problems match the filter; every chart "
+               "below is computed on all of them. Click a bar or a heatmap cell to narrow the filter.")
+
+    # ---------------------------------------------------------------- length by correctness
+    st.subheader("Length by correctness")
+    facet_choices = [name for name, col in charts.FACETS.items() if col != "cd" or f.cd_source]
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+    facet_name = c1.selectbox("Facet by", facet_choices, key="dist_facet")
+    kind = c2.radio("Show as", ["histogram", "ECDF"], horizontal=True, key="dist_kind")
+    log_x = c3.checkbox("Log x", key="dist_log_x")
+    bins = c4.number_input("Bins", min_value=5, max_value=200, value=40, step=5, key="dist_bins")
+    length_frame = charts.length_distribution_frame(
+        df, facet_by=charts.FACETS[facet_name], kind=kind.lower(), bins=int(bins), log=log_x
+    )
+    # CoTs the length chart cannot place: no token count, or a count of 0 on a log axis
+    no_length = int(df["n_tokens"].is_null().sum()) + (int((df["n_tokens"] <= 0).sum()) if log_x else 0)
+    st.plotly_chart(
+        charts.length_distribution_figure(
+            length_frame, kind=kind.lower(), n_cots=df.height, facet_label=facet_name if facet_name != "none" else None,
+            log_x=log_x, no_length=no_length, correctness_source=f.correct_source,
+        ),
+        key="dist_length", width="stretch",
+    )
+    with st.expander("Length statistics by correctness"):
+        group = [c for c in ("model",) if c in df.columns]
+        st.dataframe(metrics.length_by_correctness(df, group_by=group), hide_index=True, key="dist_length_table")
+
+    # ---------------------------------------------------------------- RV / CD
+    st.subheader("Reasoning Verbosity and Cognitive Difficulty")
+    sentence = _score_sentence(f, cat)
+    if sentence:
+        st.info(sentence)
+    left, right = st.columns(2)
+    if f.rv_source:
+        with left:
+            _selectable_chart(charts.score_histogram_figure(
+                metrics.score_histogram(df, col="rv"), metric="rv", source=f.rv_source, n_cots=df.height,
+                unscored=metrics.score_null_count(df, col="rv")), "rv_hist", "rv")
+    if f.cd_source:
+        with right:
+            _selectable_chart(charts.score_histogram_figure(
+                metrics.score_histogram(df, col="cd"), metric="cd", source=f.cd_source, n_cots=df.height,
+                unscored=metrics.score_null_count(df, col="cd")), "cd_hist", "cd")
+    if f.rv_source and f.cd_source:
+        _selectable_chart(charts.rv_cd_heatmap(metrics.rv_cd_matrix(df), rv_source=f.rv_source,
+                                               cd_source=f.cd_source, n_cots=df.height), "rv_cd", "heatmap")
+
+    # ---------------------------------------------------------------- budgets and Mean@k
+    st.subheader("Accuracy across token budgets")
+    if not f.correct_source:
+        st.info("Choose a correctness source in the sidebar to see accuracy; sources with correctness: "
+                f"{', '.join(cat['correct']) or 'none (run verification on the Jobs page)'}.")
+    else:
+        c1, c2 = st.columns([3, 1])
+        budgets = c1.multiselect("Budgets (tokens)", BUDGET_CHOICES, default=list(metrics.DEFAULT_BUDGETS),
+                                 format_func=charts.budget_label, key="dist_budgets")
+        max_samples, pass_rates = per_problem(key, db, stamp, df)
+        max_k = max(1, max_samples)
+        # a narrower filter can lower the largest usable k below the one chosen before
+        st.session_state["dist_k"] = min(int(st.session_state.get("dist_k", 1)), max_k)
+        k = int(c2.number_input("k for Mean@k / Pass@k", min_value=1, max_value=max_k, key="dist_k",
+                                help=f"Up to {max_k}: the most CoTs one problem has within one model."))
+        if not budgets:
+            st.info("Pick at least one budget.")
+            acc, mp = budgets_and_k(key, db, stamp, (), k, df)
+        else:
+            acc, mp = budgets_and_k(key, db, stamp, tuple(sorted(budgets)), k, df)
+            st.plotly_chart(charts.budget_figure(acc, n_cots=df.height), key="dist_budget", width="stretch")
+            st.caption("Accuracy and truncation rate per dataset, model and benchmark at each budget; "
+                       "`full_accuracy` is without a budget and matches the `acc[source]` of "
+                       "`python -m core summary` for the chosen correctness source.")
+            table = charts.budget_table(acc)
+            st.dataframe(table, hide_index=True, key="dist_budget_table",
+                         column_config={c: PERCENT for c in table.columns if c.startswith(("acc", "trunc", "full"))})
+
+        st.subheader(f"Mean@{k} and Pass@{k}")
+        _selectable_chart(charts.mean_pass_at_k_figure(mp, n_cots=df.height, k=k), "mean_pass", "model")
+        st.caption(f"Mean@{k}: per-sample accuracy averaged over problems with at least {k} judged samples; "
+                   f"Pass@{k}: the unbiased estimate 1 − C(n−c, {k}) / C(n, {k}). Correctness: {f.correct_source}.")
+        st.dataframe(mp, hide_index=True, key="dist_mean_pass_table",
+                     column_config={"mean_at_k": PERCENT, "pass_at_k": PERCENT})
+
+        st.subheader("Per-problem pass rate against mean length")
+        _selectable_chart(charts.pass_rate_scatter(pass_rates, n_cots=df.height, log_x=log_x), "pass_rate", "problem")
