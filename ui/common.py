@@ -171,7 +171,10 @@ def set_filter(f: CotFilter) -> None:
 
 
 def narrow_filter(**changes) -> None:
-    """Narrow the shared filter (a click on a chart bar or cell) and rerun."""
+    """Narrow the shared filter (a click on a chart bar or cell) and rerun.
+
+    Call it from a widget callback (``on_select=``/``on_click=``): in the page body the
+    sidebar widgets already exist for this run and their state can no longer be set."""
     mapping = {"rv_range": "f_rv", "cd_range": "f_cd", "tokens_range": "f_tokens", "models": "f_models",
                "datasets": "f_datasets", "correct": "f_correct"}
     for name, value in changes.items():
