@@ -54,8 +54,10 @@ class Row:
     unit: str = "line"
 
 
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
+def _is_hidden(path: Path, root: Path | None = None) -> bool:
+    """A dot file, or a file under a dot folder (.ipynb_checkpoints, an editor's swap files)."""
+    parts = path.relative_to(root).parts if root is not None and path.is_relative_to(root) else (path.name,)
+    return any(part.startswith(".") for part in parts)
 
 
 def iter_jsonl(path: Path, max_line_mb: float) -> Iterator[Row | IngestError]:
@@ -133,15 +135,21 @@ def iter_parquet(path: Path) -> Iterator[Row | IngestError]:
 
 
 def iter_csv(path: Path) -> Iterator[Row | IngestError]:
-    with open(path, newline="", encoding="utf-8", errors="strict") as fh:
+    # Check the encoding line by line first: a text-mode reader decodes in blocks and would
+    # report a bad byte at the wrong line.
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield IngestError(path, line_no, None, f"not valid UTF-8 (byte {exc.start} of the line: {raw[exc.start:exc.start + 4]!r})")
+                return
+    with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         got_any = False
-        try:
-            for item in reader:
-                got_any = True
-                yield Row(dict(item), str(path), reader.line_num, "line")
-        except UnicodeDecodeError as exc:
-            yield IngestError(path, reader.line_num + 1, None, f"not valid UTF-8: {exc.reason}")
+        for item in reader:
+            got_any = True
+            yield Row(dict(item), str(path), reader.line_num, "line")
         if not got_any:
             yield IngestError(path, None, None, "the file is empty")
 
@@ -399,21 +407,23 @@ _CKPT = re.compile(r"^(checkpoint-\d+|global_step_?\d+|step_?\d+)$")
 
 
 def qwen_eval_files(root: Path) -> list[Path]:
-    files = [p for p in sorted(root.rglob("*.jsonl")) if not _is_hidden(p) and any(_EVAL_DIR.match(x) for x in p.parts)]
-    return files
+    return [p for p in sorted(root.rglob("*.jsonl")) if not _is_hidden(p, root) and any(_EVAL_DIR.match(x) for x in p.parts)]
 
 
 def qwen_run_identity(root: Path, file: Path) -> tuple[str, str]:
     """(model, benchmark) from outputs/<model path>/<bench>_eval/<bench>/<file>.jsonl."""
-    rel = file.relative_to(root) if file.is_relative_to(root) else file
-    parts = rel.parts[:-1]
-    idx = max(i for i, p in enumerate(parts) if _EVAL_DIR.match(p)) if any(_EVAL_DIR.match(p) for p in parts) else None
-    if idx is None:
-        return (opts_model_fallback(file), file.parent.name)
+    rel = file.relative_to(root) if file.is_relative_to(root) and root != file.parent else file.resolve()
+    parts = list(rel.parts[:-1])
+    if "outputs" in parts:  # the harness's own root: what follows it is the model path
+        parts = parts[len(parts) - parts[::-1].index("outputs"):]
+    eval_idx = [i for i, p in enumerate(parts) if _EVAL_DIR.match(p)]
+    if not eval_idx:
+        return file.parent.name, file.parent.name
+    idx = eval_idx[-1]
     bench = _EVAL_DIR.match(parts[idx]).group("bench")
-    model_parts = [p for p in parts[:idx] if p != "outputs"]
+    model_parts = [p for p in parts[:idx] if p not in ("/", "")]
     if not model_parts:
-        return ("unknown", bench)
+        return "unknown", bench
     if _CKPT.match(model_parts[-1]) and len(model_parts) >= 2:
         model = "/".join(model_parts[-2:])
     elif len(model_parts) == 2:  # org/name, as on the hub
@@ -421,10 +431,6 @@ def qwen_run_identity(root: Path, file: Path) -> tuple[str, str]:
     else:  # a local path such as home/ubuntu/runs/<name>: the last part names it
         model = model_parts[-1]
     return model, bench
-
-
-def opts_model_fallback(file: Path) -> str:
-    return file.parent.name
 
 
 def _prompt_type(file: Path) -> str | None:
@@ -487,7 +493,9 @@ _NORMALIZERS: dict[str, Callable[[Row, ReadOptions], ProblemRecord]] = {
     "generic": normalize_generic,
 }
 
-ONE_ROW_PER_PROBLEM = {"omnithought", "openr1", "benchmark", "qwen_eval"}
+# Formats whose rows join problems read before: the same benchmark problem in many eval runs,
+# or one CoT per row. In the others a repeated problem id is an input error.
+MERGING_FORMATS = {"qwen_eval", "generic"}
 
 
 def format_of_row(data: dict[str, Any]) -> str | None:
@@ -546,7 +554,7 @@ def input_files(source: str, fmt: str) -> list[Path]:
         return [path]
     if fmt == "qwen_eval":
         return qwen_eval_files(path)
-    return sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p))
+    return sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path))
 
 
 def read_records(source: str, fmt: str, opts: ReadOptions) -> Iterator[ReadItem]:

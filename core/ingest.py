@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from core import store
 from core.formats import (
-    ONE_ROW_PER_PROBLEM,
+    MERGING_FORMATS,
     ReadOptions,
     detect_format,
     input_files,
@@ -109,7 +109,9 @@ class _Stager:
         self.base = dataset_id << store.ID_SHIFT
         self.markers = markers
         self.problems: dict[str, tuple[int, str, str, int]] = {}  # key -> (id, question, file, line)
-        self.cot_keys: set[tuple] = set()
+        # (problem key, model) -> sample indices taken; kept only for the formats whose rows
+        # merge into problems read before (eval runs, one-CoT-per-row files)
+        self.samples: dict[tuple, set[int]] = {}
         self.n_cots = 0
         self.chunk = 0
         self._reset()
@@ -121,10 +123,12 @@ class _Stager:
 
     def add(self, rec: ProblemRecord, fmt: str) -> None:
         known = self.problems.get(rec.key)
+        merging = fmt in MERGING_FORMATS
         if known is not None:
             problem_id, question, file, line = known
-            if fmt in ONE_ROW_PER_PROBLEM and file == rec.file:
-                raise IngestError(rec.file, rec.line, "id", f"duplicate id '{rec.key}': already at line {line}")
+            if not merging:
+                where = f"line {line}" if file == rec.file else f"{file}, line {line}"
+                raise IngestError(rec.file, rec.line, "id", f"duplicate id '{rec.key}': already at {where}")
             if question != rec.question:
                 raise IngestError(rec.file, rec.line, "question", f"problem '{rec.key}' was read before ({file}, line {line}) with a different question")
         else:
@@ -137,14 +141,26 @@ class _Stager:
                 "extra": _json_or_none(rec.extra),
             })
         for cot in rec.cots:
-            if fmt not in ONE_ROW_PER_PROBLEM or known is not None:
-                identity = (rec.key, cot.model, cot.sample_idx)
-                if identity in self.cot_keys:
-                    raise IngestError(rec.file, rec.line, "sample", f"duplicate CoT: problem '{rec.key}', model {cot.model!r}, sample {cot.sample_idx} was already read")
-                self.cot_keys.add(identity)
+            if merging:
+                self._assign_sample(rec, cot, fmt)
             self._add_cot(problem_id, cot)
         if len(self.c_rows) >= CHUNK_COTS:
             self.flush()
+
+    def _assign_sample(self, rec: ProblemRecord, cot, fmt: str) -> None:
+        """Give each CoT of a (problem, model) its own sample index.
+
+        Several eval runs of one model (seeds) become samples 0..n-1 of each problem, which is
+        what Mean@k and Pass@k need; a generic file without a sample column is numbered in
+        order; a sample index given twice in a generic file is an input error."""
+        taken = self.samples.setdefault((rec.key, cot.model), set())
+        if cot.sample_idx in taken or cot.sample_idx < 0:
+            if fmt == "generic" and cot.sample_idx >= 0:
+                raise IngestError(rec.file, rec.line, "sample", f"duplicate CoT: problem '{rec.key}', model {cot.model!r}, sample {cot.sample_idx} was already read")
+            if cot.sample_idx >= 0:  # keep the run's own index beside the renumbered one
+                cot.extra["source_sample_idx"] = cot.sample_idx
+            cot.sample_idx = max(taken, default=-1) + 1
+        taken.add(cot.sample_idx)
 
     def _add_cot(self, problem_id: int, cot) -> None:
         cot_id = self.base + (1 << 31) + self.n_cots  # CoT ids sit above the problem ids
@@ -298,6 +314,7 @@ def ingest(
         row = store.read_rows("SELECT name, n_problems, n_cots FROM datasets WHERE dataset_id = ?", [twin], db=db)[0]
         return IngestResult(twin, row[0], fmt, row[1], row[2], already_present=True)
 
+    sources_before = {r[0] for r in store.read_rows("SELECT source_id FROM score_sources", db=db)}
     staging = Path(tempfile.mkdtemp(prefix=f"ingest-{dataset_id}-", dir=store.db_path(db).parent))
     bad: list[IngestError] = []
     try:
@@ -336,6 +353,12 @@ def ingest(
         with store.connect(db, read_only=False) as con:
             con.execute("BEGIN")
             store.delete_dataset_rows(con, dataset_id)
+            # score sources this load created, unless something else scored under them since
+            con.execute(
+                "DELETE FROM score_sources WHERE source_id NOT IN (SELECT unnest(?::INTEGER[])) "
+                "AND source_id NOT IN (SELECT DISTINCT source_id FROM scores)",
+                [sorted(sources_before)],
+            )
             con.execute("COMMIT")
         raise
     finally:
