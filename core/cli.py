@@ -5,6 +5,8 @@
     python -m core tokens [--tokenizer NAME] [--recount]
     python -m core verify
     python -m core demo [--problems N] [--out FILE]
+    python -m core score|finetune|evaluate ...   (see core/ml_cli.py)
+    python -m core jobs [--json]
 
 The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb.
 """
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from core import jobs, store
+from core.ml_cli import add_ml_cli
 
 
 def _bar(desc: str):
@@ -191,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     jobs.add_cli(sub)  # worker --job ID, jobs [--json]
+    add_ml_cli(sub)  # score, finetune, evaluate
     return parser
 
 

@@ -11,10 +11,12 @@ Distributions page compares base and tuned models side by side.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from core import store
@@ -37,11 +39,56 @@ class EvalOptions:
     seed: int = 0
     run_name: str | None = None
 
+    @classmethod
+    def from_params(cls, params: dict) -> EvalOptions:
+        """Options from a job's params (JSON): unknown keys ignored, numbers cast."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in params.items() if k in known and v is not None and v != ""}
+        for name in ("problems", "k", "max_new_tokens", "batch_size", "seed"):
+            if name in kwargs:
+                kwargs[name] = int(kwargs[name])
+        if "temperature" in kwargs:
+            kwargs["temperature"] = float(kwargs["temperature"])
+        if "benchmark" not in kwargs:
+            raise ValueError("An evaluation needs a benchmark: a benchmark dataset in the store, or a file.")
+        return cls(**kwargs)
+
+
+# Options that do not change the generations: a resumed run may differ in these.
+_RESUME_FREE = ("batch_size", "run_name")
+
 
 def _label(opts: EvalOptions) -> str:
+    """The model name the app shows: the model (a local folder by its name) + the fine-tune's name."""
     if opts.label:
         return opts.label
-    return opts.model + (f"+{Path(opts.adapter).parent.name if Path(opts.adapter).name == 'adapter' else Path(opts.adapter).name}" if opts.adapter else "")
+    model = Path(opts.model).name if Path(opts.model).exists() else opts.model
+    if not opts.adapter:
+        return model
+    adapter = Path(opts.adapter)
+    return f"{model}+{adapter.parent.name if adapter.name == 'adapter' else adapter.name}"
+
+
+def _fingerprint(opts: EvalOptions) -> str:
+    """What decides the generations: the options, and the adapter's weights (a model retrained
+    under the same name must not reuse the old model's answers)."""
+    key = {k: v for k, v in asdict(opts).items() if k not in _RESUME_FREE}
+    if opts.adapter:
+        weights = sorted(Path(opts.adapter).glob("adapter_model.*"))
+        key["adapter_weights"] = [hashlib.sha256(w.read_bytes()).hexdigest() for w in weights]
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_name(opts: EvalOptions) -> str:
+    """The new dataset's name (before a ' #2' that keeps it unique)."""
+    return opts.run_name or f"eval {_label(opts)} on {Path(opts.benchmark).stem} n{opts.problems} k{opts.k} t{opts.max_new_tokens}"
+
+
+def run_dir(opts: EvalOptions) -> Path:
+    """Where an evaluation appends its generations; the same options give the same folder,
+    which is what lets a killed run resume."""
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", run_name(opts)).strip("_")[:100]
+    return store.data_dir() / "evals" / f"{slug}-{_fingerprint(opts)}"
 
 
 def benchmark_problems(benchmark: str, n: int, *, db=None) -> list[dict]:
@@ -71,21 +118,25 @@ def _generate_transformers(opts: EvalOptions, batch: list[dict], temperature: fl
     """k (text, finish_reason) pairs per problem, batched greedy or sampled generate."""
     import torch
 
-    model, tokenizer = _transformers_model(opts)
+    model, tokenizer, eos = _transformers_model(opts)
     prompts = [tokenizer.apply_chat_template(_messages(p["question"]), tokenize=False, add_generation_prompt=True) for p in batch]
     inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
-    with torch.no_grad():
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
+    else:
+        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=opts.max_new_tokens, num_return_sequences=opts.k,
                              pad_token_id=tokenizer.pad_token_id, **sampling)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()
     results = []
     for i in range(len(batch)):
         samples = []
         for j in range(opts.k):
-            seq = new_tokens[i * opts.k + j]
-            finished = (seq == tokenizer.eos_token_id).any().item()
-            samples.append((tokenizer.decode(seq, skip_special_tokens=True), "stop" if finished else "length"))
+            ids = new_tokens[i * opts.k + j]
+            end = next((n for n, tok in enumerate(ids) if tok in eos), None)
+            text = tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True)
+            samples.append((text, "length" if end is None else "stop"))
         results.append(samples)
     return results
 
@@ -94,46 +145,48 @@ _LOADED: dict[tuple, tuple] = {}
 
 
 def _transformers_model(opts: EvalOptions):
+    """(model, tokenizer, end-of-sequence ids), loaded once per process for a model+adapter."""
     key = (opts.model, opts.adapter)
     if key not in _LOADED:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from core.models import load_causal_lm
 
-        from core.models import resolve_model
-
-        path = resolve_model(opts.model)
-        tokenizer = AutoTokenizer.from_pretrained(opts.adapter or path)
+        if opts.adapter and not (Path(opts.adapter) / "adapter_config.json").exists():
+            raise ValueError(f"{opts.adapter} is not a LoRA adapter folder (no adapter_config.json); fine-tune a model first")
+        model, tokenizer = load_causal_lm(opts.model, adapter=opts.adapter)
+        if opts.adapter:
+            model = model.merge_and_unload()  # the same outputs, without LoRA's extra matmuls per token
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"model '{opts.model}' has no chat template; evaluate an instruction-tuned (chat) model")
         tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if not torch.cuda.is_available() else torch.bfloat16)
-        if opts.adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, opts.adapter)
-        if torch.cuda.is_available():
-            model = model.cuda()
-        model.eval()
-        _LOADED.clear()
-        _LOADED[key] = (model, tokenizer)
+        configured = model.generation_config.eos_token_id
+        eos = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        eos.add(tokenizer.eos_token_id)
+        _LOADED.clear()  # one model in memory at a time
+        _LOADED[key] = (model, tokenizer, eos)
     return _LOADED[key]
 
 
 def _generate_vllm(opts: EvalOptions, problems: list[dict], temperature: float) -> list[list[tuple[str, str]]]:
     """One engine, the whole batch (vLLM schedules it better than we could)."""
-    from vllm import LLM, SamplingParams  # GPU path; imported only when asked for
+    import torch
+    from vllm import LLM, SamplingParams  # imported only when asked for
 
     from core.models import resolve_model
 
-    llm = LLM(model=resolve_model(opts.model), enable_lora=bool(opts.adapter), seed=opts.seed)
-    params = SamplingParams(n=opts.k, temperature=temperature, top_p=0.95 if temperature > 0 else 1.0,
-                            max_tokens=opts.max_new_tokens, seed=opts.seed)
+    engine: dict = {"seed": opts.seed, "gpu_memory_utilization": 0.9 if torch.cuda.is_available() else 0.2}
     lora = None
     if opts.adapter:
         from vllm.lora.request import LoRARequest
 
+        rank = json.loads((Path(opts.adapter) / "adapter_config.json").read_text()).get("r", 16)
+        engine.update(enable_lora=True, max_lora_rank=max(16, int(rank)))
         lora = LoRARequest("adapter", 1, opts.adapter)
-    outputs = llm.chat([_messages(p["question"]) for p in problems], params, lora_request=lora)
+    llm = LLM(model=resolve_model(opts.model), **engine)
+    params = SamplingParams(n=opts.k, temperature=temperature, top_p=0.95 if temperature > 0 else 1.0,
+                            max_tokens=opts.max_new_tokens, seed=opts.seed)
+    outputs = llm.chat([_messages(p["question"]) for p in problems], params, lora_request=lora, use_tqdm=False)
     return [[(c.text, c.finish_reason or "stop") for c in o.outputs] for o in outputs]
 
 
@@ -144,27 +197,41 @@ def evaluate(
     progress: Callable[[str, int, int | None], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
+    """Generate k answers per problem, ingest them as a new dataset, verify and count them.
+
+    Returns the dataset's name and id, the model label, the accuracy (math-verify, percent),
+    timings and the summary rows. Generations are appended per batch to
+    ``run_dir(opts)/generations.jsonl``; run again with the same options, it generates only
+    the problems that lack their k answers.
+    """
+    import polars as pl
+
     from core.formats import ReadOptions
     from core.ingest import ingest
     from core.summary import summary
     from core.tokens import count_tokens_stage
+    from core.verify import SOURCE as VERIFY_SOURCE
     from core.verify import verify_stage
 
+    if opts.backend not in ("transformers", "vllm"):
+        raise ValueError(f"unknown generation backend '{opts.backend}'; choose transformers or vllm")
+    if opts.k < 1 or opts.problems < 1 or opts.max_new_tokens < 1:
+        raise ValueError("problems, k and max new tokens must each be at least 1")
     temperature = opts.temperature if opts.temperature is not None else (0.0 if opts.k == 1 else 0.7)
     label = _label(opts)
-    run = opts.run_name or f"eval {label} on {Path(opts.benchmark).stem} k{opts.k} t{opts.max_new_tokens}"
-    out_dir = store.data_dir() / "evals" / run.replace("/", "_").replace(" ", "_")
+    out_dir = run_dir(opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "options.json").write_text(json.dumps(asdict(opts), indent=1))
     generations = out_dir / "generations.jsonl"
     problems = benchmark_problems(opts.benchmark, opts.problems, db=db)
     done = _completed(generations, opts.k)
     todo = [p for p in problems if p["key"] not in done]
-    log(f"{len(problems)} problems, {len(done)} already generated, {len(todo)} to go ({opts.backend})")
+    log(f"{len(problems)} problems, {len(done)} already generated, {len(todo)} to go ({opts.backend}, {label})")
+    if progress:
+        progress("generate", len(problems) - len(todo), len(problems))
     started = time.perf_counter()
     if opts.backend == "vllm" and todo:
-        results = _generate_vllm(opts, todo, temperature)
-        _append(generations, todo, results, label)
+        _append(generations, todo, _generate_vllm(opts, todo, temperature), label)
         if progress:
             progress("generate", len(problems), len(problems))
     else:
@@ -172,10 +239,11 @@ def evaluate(
             batch = todo[i:i + opts.batch_size]
             _append(generations, batch, _generate_transformers(opts, batch, temperature), label)
             if progress:
-                progress("generate", len(done) + i + len(batch), len(problems))
+                progress("generate", len(problems) - len(todo) + i + len(batch), len(problems))
     seconds = time.perf_counter() - started
+    name = run_name(opts)
     result = ingest(
-        str(generations), fmt="generic", name=_free_name(run, db=db), db=db,
+        str(generations), fmt="generic", name=_free_name(name, db=db), db=db,
         opts=ReadOptions(mapping={"question": "question", "response": "response", "answer": "reference",
                                   "model": "model", "sample": "sample", "id": "id", "benchmark": "benchmark",
                                   "finish_reason": "finish_reason"}),
@@ -183,9 +251,18 @@ def evaluate(
     )
     verify_stage(db=db, dataset_id=result.dataset_id, progress=progress)
     count_tokens_stage(db=db, dataset_id=result.dataset_id, progress=progress)
-    rows = summary(db=db).filter(__import__("polars").col("dataset") == result.name).to_dicts()
-    return {"dataset": result.name, "dataset_id": result.dataset_id, "model": label, "generation_seconds": seconds,
-            "problems": len(problems), "k": opts.k, "summary": rows}
+    rows = summary(db=db).filter(pl.col("dataset") == result.name).to_dicts()
+    accuracy = rows[0].get(f"acc[{VERIFY_SOURCE}]") if len(rows) == 1 else None
+    outcome = {
+        "dataset": result.name, "dataset_id": result.dataset_id, "model": label, "benchmark": opts.benchmark,
+        "adapter": opts.adapter, "problems": len(problems), "k": opts.k, "max_new_tokens": opts.max_new_tokens,
+        "temperature": temperature, "backend": opts.backend, "accuracy": accuracy,
+        "generated_now": len(todo), "generation_seconds": seconds, "generations": str(generations),
+        "summary": rows,
+    }
+    (out_dir / "result.json").write_text(json.dumps(outcome, indent=1, default=str))
+    log(f"{label}: accuracy {accuracy if accuracy is not None else 'unknown'} % on {len(problems)} problems (dataset '{result.name}')")
+    return outcome
 
 
 def _completed(path: Path, k: int) -> set[str]:
@@ -203,7 +280,10 @@ def _completed(path: Path, k: int) -> set[str]:
     for row in rows:
         counts[row["id"]] = counts.get(row["id"], 0) + 1
     complete = {key for key, n in counts.items() if n >= k}
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] in complete))
+    kept = "".join(json.dumps(r) + "\n" for r in rows if r["id"] in complete)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(kept)
+    tmp.replace(path)  # a kill now cannot lose the complete problems
     return complete
 
 

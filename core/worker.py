@@ -24,6 +24,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -216,12 +217,133 @@ def verify_job(params: dict[str, Any], ctx: JobContext) -> dict:
     return result
 
 
+def _job_file(ctx: JobContext, suffix: str) -> Path:
+    return store.data_dir() / "jobs" / f"{ctx.job_id}.{suffix}"
+
+
+def score_targets(params: dict[str, Any], *, db=None) -> list[int]:
+    """The CoT ids a score job judges: ``cot_ids``, else what ``recipe`` keeps, else what
+    ``filter`` (CotFilter fields) matches, else every CoT; the first ``max_cots`` by id."""
+    from core import queries, recipes
+
+    if params.get("cot_ids"):
+        ids = sorted({int(c) for c in params["cot_ids"]})
+    elif params.get("recipe"):
+        ids = recipes.apply(recipes.load(params["recipe"]), db=db).sort().to_list()
+    else:
+        f = recipes.filter_from_dict(params.get("filter") or {})
+        sql, sql_params = queries.matching_sql(f)
+        ids = [r[0] for r in store.read_rows(f"SELECT DISTINCT cot_id FROM ({sql}) ORDER BY cot_id", sql_params, db=db)]
+    if params.get("max_cots"):
+        ids = ids[: int(params["max_cots"])]
+    if not ids:
+        raise ValueError("No CoT matches what was chosen to score; widen the filter or pick another recipe.")
+    return ids
+
+
+def score_job(params: dict[str, Any], ctx: JobContext) -> dict:
+    """Re-score CoTs with an LLM judge as a new score source (core.judge.score_cots).
+
+    Params: which CoTs (cot_ids | recipe | filter, max_cots), metrics, backend, model, adapter,
+    template_dir, batch_size, max_new_tokens, max_chars, fusion_alpha (RV blended with length),
+    source_name (default judge:<model>:job<id>). The CoT ids are fixed on the first run (kept
+    beside the job's log) and the source name is the job's own, so a resumed job judges
+    exactly the pairs the killed one had not committed.
+    """
+    from core import judge
+
+    ids_file = _job_file(ctx, "cots.json")
+    if ids_file.exists():
+        ids = json.loads(ids_file.read_text())
+    else:
+        ids = score_targets(params, db=ctx.db)
+        ids_file.write_text(json.dumps(ids))
+    model = params.get("model") or judge.DEFAULT_MODEL
+    short = Path(model).name if Path(model).exists() else model
+    source = params.get("source_name") or f"judge:{short}:job{ctx.job_id}"
+    alpha = params.get("fusion_alpha")
+    metrics = list(params.get("metrics") or judge.DEFAULT_METRICS)
+    options: dict[str, Any] = {}
+    for name, cast in (("max_new_tokens", int), ("max_chars", int), ("batch_size", int)):
+        if params.get(name) not in (None, ""):
+            options[name] = cast(params[name])
+    ctx.log(f"judging {len(ids):,} CoTs on {', '.join(metrics)} with {model} ({params.get('backend') or 'transformers'}) "
+            f"as source '{source}'")
+    run = judge.score_cots(
+        ctx.db, ids, metrics=metrics, backend=params.get("backend") or "transformers", model=model,
+        adapter=params.get("adapter") or None, template_dir=params.get("template_dir") or None,
+        length_fusion=judge.LengthFusion(alpha=float(alpha)) if alpha not in (None, "") else None,
+        source_name=source, progress=ctx.progress, cancelled=ctx.cancelled, **options,
+    )
+    if run.cancelled:
+        raise JobCancelled()
+    ctx.log(f"scored {run.scored:,} pairs ({run.errors:,} without a usable value) into '{run.source}'")
+    outcome = asdict(run)
+    outcome["cots"] = len(ids)
+    return outcome
+
+
+def recipe_export(name: str, recipe_name: str, thinking: str = "think_tags", *, db=None,
+                  log: Callable[[str], None] = print, progress=None) -> str:
+    """The recipe's CoTs in TRL messages format, written beside the model (data/models/<name>/
+    data); returns the file. A resumed job reuses the export it made, if the recipe has not
+    changed since."""
+    from core import export, recipes
+    from core.finetune import model_dir
+
+    recipe = recipes.load(recipe_name)
+    wanted = json.loads(json.dumps(recipe.as_dict(), default=str))  # as the manifest stores it
+    folder = model_dir(name) / "data"
+    for manifest in sorted(folder.glob("*.manifest.json")):
+        made = json.loads(manifest.read_text())
+        if made.get("recipe") == wanted and made.get("thinking") == thinking and Path(made["path"]).exists():
+            log(f"reusing the export {made['path']} of recipe '{recipe_name}'")
+            return made["path"]
+    log(f"exporting recipe '{recipe_name}' as TRL messages")
+    result = export.export(recipe, "trl", thinking=thinking, out_dir=folder, db=db, progress=progress)
+    if result.rows == 0:
+        result.path.unlink(missing_ok=True)
+        result.manifest_path.unlink(missing_ok=True)
+        raise ValueError(f"Recipe '{recipe_name}' keeps no CoT in this store; nothing to train on.")
+    log(f"exported {result.rows:,} CoTs to {result.path}")
+    return str(result.path)
+
+
+def finetune_job(params: dict[str, Any], ctx: JobContext) -> dict:
+    """LoRA SFT (core.finetune). Params: FinetuneOptions fields; with ``recipe`` and no
+    ``data``, the recipe is first exported to TRL messages (``thinking`` style, default
+    think_tags). Resumes from the last checkpoint; a cancel saves one first."""
+    from core.finetune import FinetuneOptions, finetune
+
+    params = dict(params)
+    if not params.get("name"):
+        raise ValueError("A fine-tune needs a name for its model folder.")
+    if not params.get("data"):
+        if not params.get("recipe"):
+            raise ValueError("A fine-tune needs training data: an exported TRL messages file, or a recipe to export.")
+        params["data"] = recipe_export(params["name"], params["recipe"], params.get("thinking") or "think_tags",
+                                       db=ctx.db, log=ctx.log, progress=ctx.progress)
+    opts = FinetuneOptions.from_params(params)
+    return finetune(opts, progress=ctx.progress, cancelled=ctx.cancelled, log=ctx.log)
+
+
+def evaluate_job(params: dict[str, Any], ctx: JobContext) -> dict:
+    """Evaluate a model (with an optional LoRA adapter) on a benchmark (core.evaluate).
+    Params: EvalOptions fields. Generations already made are kept on a resume."""
+    from core.evaluate import EvalOptions, evaluate
+
+    return evaluate(EvalOptions.from_params(params), db=ctx.db, progress=ctx.progress, log=ctx.log)
+
+
 JobFn = Callable[[dict[str, Any], JobContext], dict]
 
 JOB_KINDS: dict[str, JobFn] = {
     "ingest": ingest_job,
     "tokens": tokens_job,
     "verify": verify_job,
+    "score": score_job,
+    "finetune": finetune_job,
+    "evaluate": evaluate_job,
 }
 
 

@@ -1,16 +1,22 @@
-"""Jobs: long work (ingest, token counts, verification, ...) running in worker processes.
+"""Jobs: long work (ingest, token counts, verification, judge re-scoring, fine-tuning,
+evaluation) running in worker processes.
 
 The state lives in data/jobs.sqlite, so this page shows the same jobs after a browser reload
-or an app restart; a job whose worker died reads 'interrupted' and can be resumed.
+or an app restart; a job whose worker died reads 'interrupted' and can be resumed. A fine-tune
+draws its loss curve live; a finished evaluation shows its accuracy, a finished fine-tune its
+model card.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from core import jobs
+from core import export, finetune, jobs, judge, queries, recipes
+from core.models import DEFAULT_MODEL
 from core.tokens import DEFAULT_TOKENIZER
 from ui import common
+
+common.ensure_router()
 
 SHOWN_FINISHED = 5  # finished jobs shown as cards; the table below lists every job
 STATE_ICONS = {
@@ -19,7 +25,146 @@ STATE_ICONS = {
 }
 
 
+NO_ADAPTER = "(base model only)"
+
+
+def _trl_exports() -> list[str]:
+    listed = export.list_exports()
+    return [] if listed.is_empty() else listed.filter(listed["format"] == "trl")["path"].to_list()
+
+
+def _score_form() -> None:
+    current = st.session_state.get("current_filter")
+    saved = recipes.list_recipes()
+    with st.form("jobs_score_form"):
+        st.markdown("**Re-score CoTs with an LLM judge** (a new score source; resumable)")
+        choices = ["current filter", "a saved recipe"]
+        which = st.radio("Which CoTs", choices, horizontal=True, key="jobs_score_which")
+        if current is not None:
+            st.caption(f"Current filter (set in the sidebar of the other pages): {queries.count(current)['cots']:,} CoTs match.")
+        else:
+            st.caption("No filter set yet (open Explore or Distributions to set one): the current filter means every CoT.")
+        recipe = st.selectbox("Recipe", saved, key="jobs_score_recipe", index=None,
+                              placeholder="no saved recipe" if not saved else "choose a recipe")
+        c1, c2 = st.columns(2)
+        max_cots = c1.number_input("At most this many CoTs (the first by id)", min_value=1, value=100, step=10, key="jobs_score_max")
+        metrics = c2.multiselect("Metrics", sorted(judge.load_templates()), default=list(judge.DEFAULT_METRICS), key="jobs_score_metrics",
+                                 help="RV and CD on 0-9, logic 1/0; templates live in core/judge_templates.")
+        c1, c2 = st.columns(2)
+        model = c1.text_input("Judge model", value=DEFAULT_MODEL, key="jobs_score_model",
+                              help="A local folder with a Hugging Face checkpoint, a hub id (network the first time), or the offline default.")
+        backend = c2.selectbox("Backend", list(judge.BACKENDS), key="jobs_score_backend",
+                               help="transformers runs anywhere; vllm needs a GPU (or the separate CPU build).")
+        c1, c2, c3 = st.columns(3)
+        alpha = c1.number_input("Length-fusion alpha (empty: none)", min_value=0.0, max_value=1.0, value=None, step=0.1,
+                                key="jobs_score_alpha", help="Also writes rv_fused = alpha × judge RV + (1 − alpha) × 9 × length quantile.")
+        batch = c2.number_input("Batch size", min_value=1, value=8, key="jobs_score_batch")
+        new_tokens = c3.number_input("Max new tokens", min_value=1, value=judge.DEFAULT_MAX_NEW_TOKENS, key="jobs_score_tokens")
+        if st.form_submit_button("Start re-scoring"):
+            params = {"metrics": metrics, "model": model.strip() or DEFAULT_MODEL, "backend": backend,
+                      "max_cots": int(max_cots), "batch_size": int(batch), "max_new_tokens": int(new_tokens),
+                      "fusion_alpha": alpha}
+            if not metrics:
+                raise ValueError("Choose at least one metric to score.")
+            if alpha is not None and "rv" not in metrics:
+                raise ValueError("Length fusion blends the judge's RV with length: include 'rv' in the metrics, or empty the alpha.")
+            if which == choices[1]:
+                if not recipe:
+                    raise ValueError("Choose a saved recipe (save one on the Select page), or score the current filter.")
+                params["recipe"] = recipe
+            else:
+                # only the constraints: a short, readable record on the job card
+                chosen = (current or queries.CotFilter()).as_dict()
+                params["filter"] = {k: v for k, v in chosen.items() if v not in (None, (), [], "", "any")}
+            job_id = jobs.submit("score", params)
+            st.session_state.jobs_started = f"Started job {job_id}: re-scoring with {params['model']}."
+
+
+def _finetune_form() -> None:
+    saved = recipes.list_recipes()
+    trl_exports = _trl_exports()
+    with st.form("jobs_finetune_form"):
+        st.markdown("**Fine-tune (LoRA SFT)** on a recipe or an exported TRL messages file (resumable)")
+        choices = ["a saved recipe", "an export file"]
+        which = st.radio("Training data", choices, horizontal=True, key="jobs_ft_which")
+        c1, c2 = st.columns(2)
+        recipe = c1.selectbox("Recipe (exported as TRL messages first)", saved, index=None, key="jobs_ft_recipe",
+                              placeholder="no saved recipe" if not saved else "choose a recipe")
+        data = c2.selectbox("Export file (TRL format)", trl_exports, index=None, key="jobs_ft_data",
+                            placeholder="no TRL export yet" if not trl_exports else "choose a file")
+        c1, c2 = st.columns(2)
+        name = c1.text_input("Model name (folder under data/models)", key="jobs_ft_name")
+        base = c2.text_input("Base model", value=DEFAULT_MODEL, key="jobs_ft_base")
+        c1, c2, c3, c4 = st.columns(4)
+        examples = c1.number_input("Examples (empty: all)", min_value=1, value=None, key="jobs_ft_examples")
+        epochs = c2.number_input("Epochs", min_value=0.1, value=1.0, step=0.5, key="jobs_ft_epochs")
+        max_steps = c3.number_input("Max steps (empty: by epochs)", min_value=1, value=None, key="jobs_ft_steps")
+        save_steps = c4.number_input("Checkpoint every (steps)", min_value=1, value=5, key="jobs_ft_save")
+        c1, c2, c3 = st.columns(3)
+        lr = c1.number_input("Learning rate", min_value=1e-7, max_value=1.0, value=2e-4, format="%.1e", key="jobs_ft_lr")
+        max_length = c2.number_input("Max length (tokens)", min_value=64, value=2048, step=256, key="jobs_ft_maxlen")
+        rank = c3.selectbox("LoRA rank", [4, 8, 16, 32, 64], index=1, key="jobs_ft_rank")
+        if st.form_submit_button("Start fine-tune"):
+            if not name.strip():
+                raise ValueError("Give the model a name: its adapter goes to data/models/<name>.")
+            params = {"name": name.strip(), "base_model": base.strip() or DEFAULT_MODEL, "examples": examples,
+                      "epochs": float(epochs), "max_steps": int(max_steps) if max_steps else -1, "learning_rate": float(lr),
+                      "max_length": int(max_length), "lora_rank": int(rank), "lora_alpha": 2 * int(rank),
+                      "save_steps": int(save_steps)}
+            finetune.model_dir(params["name"])  # refuses a name that cannot be a folder, before starting
+            if which == choices[0]:
+                if not recipe:
+                    raise ValueError("Choose a saved recipe (save one on the Select page), or an export file.")
+                params["recipe"] = recipe
+            else:
+                if not data:
+                    raise ValueError("Choose an export file (export a recipe in the TRL format on the Export page).")
+                params["data"] = data
+            job_id = jobs.submit("finetune", params)
+            st.session_state.jobs_started = f"Started job {job_id}: fine-tune '{params['name']}'."
+
+
+def _evaluate_form() -> None:
+    sets = queries.datasets()
+    benchmarks = sets.filter(sets["format"] == "benchmark")["name"].to_list()
+    adapters = {m["name"]: m["adapter"] for m in finetune.list_models() if m["adapter"]}
+    with st.form("jobs_eval_form"):
+        st.markdown("**Evaluate a model** on a benchmark: k answers per problem, ingested as a new dataset, "
+                    "verified with math-verify (resumable)")
+        if not benchmarks:
+            st.caption("No benchmark in the store yet: ingest one on the Overview page with the format 'benchmark' "
+                       "(e.g. gsm8k_test.jsonl, math500_test.jsonl).")
+        c1, c2, c3 = st.columns(3)
+        benchmark = c1.selectbox("Benchmark", benchmarks, index=None, key="jobs_eval_benchmark",
+                                 placeholder="no benchmark dataset" if not benchmarks else "choose a benchmark")
+        model = c2.text_input("Model", value=DEFAULT_MODEL, key="jobs_eval_model")
+        adapter = c3.selectbox("LoRA adapter", [NO_ADAPTER, *adapters], key="jobs_eval_adapter",
+                               help="A fine-tune's adapter (data/models/<name>/adapter) on top of the model.")
+        c1, c2, c3, c4 = st.columns(4)
+        problems = c1.number_input("Problems (the first N)", min_value=1, value=20, key="jobs_eval_problems")
+        k = c2.number_input("k (samples per problem)", min_value=1, value=1, key="jobs_eval_k",
+                            help="k = 1 decodes greedily; k > 1 samples at temperature 0.7.")
+        new_tokens = c3.number_input("Max new tokens", min_value=1, value=512, step=64, key="jobs_eval_tokens")
+        backend = c4.selectbox("Backend", ["transformers", "vllm"], key="jobs_eval_backend")
+        if st.form_submit_button("Start evaluation"):
+            if not benchmark:
+                raise ValueError("Choose a benchmark dataset (ingest one with the format 'benchmark' first).")
+            params = {"benchmark": benchmark, "model": model.strip() or DEFAULT_MODEL,
+                      "adapter": adapters.get(adapter), "problems": int(problems), "k": int(k),
+                      "max_new_tokens": int(new_tokens), "backend": backend}
+            job_id = jobs.submit("evaluate", params)
+            st.session_state.jobs_started = f"Started job {job_id}: evaluation of {params['model']}" + (
+                f" + {adapter}" if adapter != NO_ADAPTER else "") + f" on {benchmark}."
+
+
 def _start_forms() -> None:
+    tabs = st.tabs(["Re-score with a judge", "Fine-tune", "Evaluate", "Tokens and verification"])
+    for tab, form in zip(tabs, (_score_form, _finetune_form, _evaluate_form, _count_forms)):
+        with tab, common.guard():  # a refused submission shows its reason and keeps the other forms
+            form()
+
+
+def _count_forms() -> None:
     left, right = st.columns(2)
     with left.form("jobs_tokens_form"):
         st.markdown("**Count tokens**")
@@ -72,8 +217,61 @@ def _job_card(job: dict) -> None:
                 st.rerun(scope="fragment")
         if job["cancel_requested"] and state in ("queued", "running"):
             st.caption("Cancelling: it stops at its next batch.")
+        _results(job)
         with st.expander("Log (last lines)"):
             st.code(job["log_tail"] or "(empty)", language=None)
+
+
+def _results(job: dict) -> None:
+    """What a model job made: the live loss curve and model card of a fine-tune, the accuracy
+    of an evaluation, the new source of a re-scoring."""
+    result = job["result"] or {}
+    if job["kind"] == "finetune" and job["params"].get("name"):
+        name = job["params"]["name"]
+        losses = finetune.read_losses(name)
+        if losses:
+            st.plotly_chart(finetune.loss_figure(losses), key=f"jobs_loss_{job['id']}", width="stretch")
+        if job["state"] == "done" and result:
+            c1, c2, c3, c4 = st.columns(4)
+            c1.metric("Steps", f"{result.get('steps', 0):,}")
+            c2.metric("Training loss", f"{result['train_loss']:.4f}" if result.get("train_loss") is not None else "—")
+            c3.metric("Examples", f"{result.get('examples', 0):,}")
+            c4.metric("Minutes", f"{(result.get('seconds') or 0) / 60:.1f}")
+            st.caption(f"Adapter: {result.get('adapter')} · recipe: {result.get('recipe') or '—'} · "
+                       f"data sha256 {str(result.get('data_sha256'))[:12]}…"
+                       + (f" · resumed from {result['resumed_from']}" if result.get("resumed_from") else ""))
+            with st.expander("Model card"):
+                st.json({k: v for k, v in result.items() if k != "losses"}, expanded=False)
+    elif job["kind"] == "evaluate" and job["state"] == "done" and result:
+        c1, c2, c3, c4 = st.columns(4)
+        accuracy = result.get("accuracy")
+        c1.metric("Accuracy (math-verify)", f"{accuracy:.1f} %" if accuracy is not None else "—")
+        c2.metric("Problems × k", f"{result.get('problems', 0):,} × {result.get('k', 1)}")
+        c3.metric("Max new tokens", f"{result.get('max_new_tokens', 0):,}")
+        c4.metric("Generation (s)", f"{result.get('generation_seconds') or 0:.0f}")
+        st.caption(f"Model '{result.get('model')}', now the dataset '{result.get('dataset')}': compare it with other "
+                   "models on the Distributions page (filter by dataset or model).")
+    elif job["kind"] == "score" and job["state"] == "done" and result:
+        st.caption(f"Score source '{result.get('source')}': {result.get('scored', 0):,} (CoT, metric) pairs judged now, "
+                   f"{result.get('already_done', 0):,} before, {result.get('errors', 0):,} without a usable value"
+                   + (f", {result['fused']:,} fused RV values" if result.get("fused") is not None else "")
+                   + ". Compare it with other sources on the Agreement page.")
+
+
+def _evaluation_table() -> None:
+    """Every finished evaluation side by side: the comparison of base and tuned models."""
+    table = jobs.list_jobs(limit=None)
+    done = table.filter((table["kind"] == "evaluate") & (table["state"] == "done"))["id"].to_list()
+    rows = []
+    for job_id in done:
+        result = jobs.get(job_id)["result"] or {}
+        rows.append({"job": job_id, "model": result.get("model"), "benchmark": result.get("benchmark"),
+                     "problems": result.get("problems"), "k": result.get("k"),
+                     "max_new_tokens": result.get("max_new_tokens"), "accuracy %": result.get("accuracy"),
+                     "dataset": result.get("dataset")})
+    if rows:
+        st.subheader(f"Evaluations ({len(rows)})")
+        st.dataframe(rows, hide_index=True, key="jobs_evaluations")
 
 
 @st.fragment(run_every="2s")
@@ -93,6 +291,7 @@ def _job_list() -> None:
             st.subheader("Recently finished")
             for job_id in recent:
                 _job_card(jobs.get(job_id))
+        _evaluation_table()
         st.subheader(f"All jobs ({table.height:,})")
         st.dataframe(
             table.drop("pid"), hide_index=True, key="jobs_table",

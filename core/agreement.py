@@ -1,0 +1,229 @@
+"""How far two score sources agree: a judge against the dataset's labels, two judges, or a
+judge's ``logic`` / ``correct`` against the verifier's ``correct``.
+
+Each side is a metric read from score sources in priority order (a CoT takes the value of the
+first listed source that scored it, as core.selection does: the OmniThought labels spread RV
+over one source per judge). Only CoTs both sides scored with a value are compared. Values are
+put into integer levels by rounding (a fused RV like 4.6 counts as 5) for the confusion
+matrix and the kappas; the mean absolute difference uses the values as they are.
+
+    >>> from core import agreement
+    >>> a = agreement.Side(("omnithought",), "correct")
+    >>> b = agreement.Side(("math-verify",), "correct")
+    >>> frame = agreement.pairs(a, b)
+    >>> agreement.statistics(frame)["kappa"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from core import store
+from core.queries import CotFilter, matching_sql
+
+PAGE_SQL_COLUMNS = ("cot_id", "problem_id", "dataset", "model", "benchmark", "n_tokens", "a", "b", "question")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: ``metric`` from ``sources`` (first listed source wins)."""
+
+    sources: tuple[str, ...]
+    metric: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "sources", tuple(self.sources))
+        if not self.sources:
+            raise ValueError("choose at least one score source for each side")
+        if not self.metric:
+            raise ValueError("choose a metric for each side")
+
+    def label(self) -> str:
+        return f"{self.metric} · {' > '.join(self.sources)}"
+
+
+# A metric's value per CoT from a list of sources, the first listed source winning.
+_PICK = (
+    "SELECT s.cot_id, arg_min(s.value, list_position(?::VARCHAR[], ss.name)) AS value "
+    "FROM scores s JOIN score_sources ss USING (source_id) "
+    "WHERE s.metric = ? AND s.value IS NOT NULL AND list_contains(?::VARCHAR[], ss.name) "
+    "GROUP BY s.cot_id"
+)
+
+
+def _pairs_sql(a: Side, b: Side, f: CotFilter | None) -> tuple[str, list]:
+    matching, params = matching_sql(f or CotFilter())
+    sql = (
+        f"WITH side_a AS ({_PICK}), side_b AS ({_PICK}) "
+        "SELECT m.cot_id, m.problem_id, m.dataset, m.model, m.benchmark, m.n_tokens, "
+        "side_a.value AS a, side_b.value AS b, "
+        "CAST(round(side_a.value) AS INTEGER) AS a_level, CAST(round(side_b.value) AS INTEGER) AS b_level "
+        f"FROM ({matching}) m JOIN side_a ON side_a.cot_id = m.cot_id JOIN side_b ON side_b.cot_id = m.cot_id"
+    )
+    return sql, [list(a.sources), a.metric, list(a.sources), list(b.sources), b.metric, list(b.sources), *params]
+
+
+def pairs(a: Side, b: Side, f: CotFilter | None = None, *, db=None) -> pl.DataFrame:
+    """Every CoT matching ``f`` that both sides scored: cot_id, problem_id, dataset, model,
+    benchmark, n_tokens, a, b (values) and a_level, b_level (rounded to integers)."""
+    sql, params = _pairs_sql(a, b, f)
+    return store.read_df(f"{sql} ORDER BY m.cot_id", params, db=db)
+
+
+def cell_page(a: Side, b: Side, f: CotFilter | None, a_level: int, b_level: int, *, offset: int = 0,
+              limit: int = 25, db=None) -> tuple[pl.DataFrame, int]:
+    """One page of the CoTs in a confusion-matrix cell (with the question's opening words),
+    and how many the cell holds."""
+    sql, params = _pairs_sql(a, b, f)
+    cell = f"SELECT * FROM ({sql}) WHERE a_level = ? AND b_level = ?"
+    cell_params = [*params, int(a_level), int(b_level)]
+    total = store.read_rows(f"SELECT count(*) FROM ({cell})", cell_params, db=db)[0][0]
+    page = store.read_df(
+        f"SELECT c.cot_id, c.problem_id, c.dataset, c.model, c.benchmark, c.n_tokens, c.a, c.b, "
+        f"left(p.question, 120) AS question FROM ({cell}) c JOIN problems p ON p.problem_id = c.problem_id "
+        "ORDER BY c.cot_id LIMIT ? OFFSET ?", [*cell_params, int(limit), int(offset)], db=db,
+    )
+    return page, total
+
+
+def levels(frame: pl.DataFrame) -> list[int]:
+    """The integer levels the matrix shows: 0-9 when either side uses more than two levels
+    inside 0-9 (RV / CD scales, so empty rows and columns still show), else those seen."""
+    seen = sorted(set(frame["a_level"].to_list()) | set(frame["b_level"].to_list()))
+    if seen and len(seen) > 2 and seen[0] >= 0 and seen[-1] <= 9:
+        return list(range(10))
+    if seen and set(seen) <= {0, 1}:
+        return [0, 1]
+    return seen
+
+
+def confusion(frame: pl.DataFrame, shown: list[int] | None = None) -> list[list[int]]:
+    """Counts: rows are side A's levels, columns side B's, in the order of ``shown``."""
+    shown = levels(frame) if shown is None else shown
+    index = {v: i for i, v in enumerate(shown)}
+    matrix = [[0] * len(shown) for _ in shown]
+    counts = frame.group_by("a_level", "b_level").len()
+    for a_level, b_level, n in counts.iter_rows():
+        matrix[index[a_level]][index[b_level]] += n
+    return matrix
+
+
+def cohen_kappa(matrix: list[list[int]], *, weights: str | None = None, values: list[float] | None = None) -> float | None:
+    """Cohen's kappa of a square count matrix; ``weights="quadratic"`` gives the
+    quadratic-weighted kappa, with disagreement (v_i - v_j)^2 over the level ``values``
+    (default 0, 1, 2, ...). None when the chance agreement leaves nothing to beat (both sides
+    constant on one level, or no pairs).
+
+    >>> cohen_kappa([[20, 5], [10, 15]])
+    0.4
+    """
+    k = len(matrix)
+    n = sum(sum(row) for row in matrix)
+    if n == 0 or k == 0:
+        return None
+    rows = [sum(matrix[i]) / n for i in range(k)]
+    cols = [sum(matrix[i][j] for i in range(k)) / n for j in range(k)]
+    if weights is None:
+        observed = sum(matrix[i][i] for i in range(k)) / n
+        expected = sum(rows[i] * cols[i] for i in range(k))
+        return None if expected >= 1.0 else round((observed - expected) / (1.0 - expected), 12)
+    if weights != "quadratic":
+        raise ValueError("weights must be None or 'quadratic'")
+    values = list(range(k)) if values is None else values
+    w = [[(values[i] - values[j]) ** 2 for j in range(k)] for i in range(k)]
+    observed = sum(w[i][j] * matrix[i][j] / n for i in range(k) for j in range(k))
+    expected = sum(w[i][j] * rows[i] * cols[j] for i in range(k) for j in range(k))
+    return None if expected == 0 else round(1.0 - observed / expected, 12)
+
+
+def statistics(frame: pl.DataFrame, shown: list[int] | None = None) -> dict[str, Any]:
+    """n, exact agreement, agreement within ±1 (scales with more than two levels), Cohen's
+    kappa, quadratic-weighted kappa (more than two levels) and the mean absolute difference."""
+    shown = levels(frame) if shown is None else shown
+    n = frame.height
+    ordinal = len(shown) > 2
+    if n == 0:
+        return {"n": 0, "exact": None, "within_1": None, "kappa": None, "weighted_kappa": None, "mad": None, "ordinal": ordinal}
+    matrix = confusion(frame, shown)
+    diff = (frame["a_level"] - frame["b_level"]).abs()
+    return {
+        "n": n,
+        "exact": float((diff == 0).mean()),
+        "within_1": float((diff <= 1).mean()) if ordinal else None,
+        "kappa": cohen_kappa(matrix),
+        "weighted_kappa": cohen_kappa(matrix, weights="quadratic", values=shown) if ordinal else None,
+        "mad": float((frame["a"] - frame["b"]).abs().mean()),
+        "ordinal": ordinal,
+    }
+
+
+def confusion_figure(matrix: list[list[int]], shown: list[int], a: Side, b: Side):
+    """A plotly heatmap of the counts (A's levels down, B's across), each cell labelled.
+
+    Plotly cannot select a heatmap cell, so an invisible point sits on every cell and carries
+    the hover text and the click (``hoverdistance=-1``: a click anywhere in a cell picks that
+    cell's point, the nearest one). The selected point's x and y are B's and A's level.
+    """
+    import plotly.graph_objects as go
+
+    labels = [str(v) for v in shown]
+    cells = [(labels[j], labels[i], matrix[i][j]) for i in range(len(labels)) for j in range(len(labels))]
+    fig = go.Figure()
+    fig.add_trace(go.Heatmap(
+        z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}", hoverinfo="skip",
+        colorbar={"title": "CoTs"},
+    ))
+    invisible = {"color": "rgba(0,0,0,0)", "size": 12}
+    fig.add_trace(go.Scatter(
+        x=[c[0] for c in cells], y=[c[1] for c in cells], customdata=[c[2] for c in cells], mode="markers",
+        marker=invisible, selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}},
+        hovertemplate=f"{b.label()}: %{{x}}<br>{a.label()}: %{{y}}<br>%{{customdata}} CoTs<extra></extra>",
+        showlegend=False, name="cells",
+    ))
+    fig.update_layout(
+        xaxis={"title": f"B: {b.label()}", "type": "category"},
+        yaxis={"title": f"A: {a.label()}", "type": "category", "autorange": "reversed"},
+        height=460 if len(shown) > 2 else 300, margin={"l": 60, "r": 10, "t": 20, "b": 60},
+        hovermode="closest", hoverdistance=-1,
+    )
+    return fig
+
+
+def metric_sources(*, db=None) -> dict[str, list[dict[str, str]]]:
+    """Per metric, the sources that gave it (name and kind), in the order they entered the store."""
+    rows = store.read_rows(
+        "SELECT s.metric, ss.name, ss.kind FROM score_sources ss "
+        "JOIN (SELECT DISTINCT source_id, metric FROM scores) s USING (source_id) ORDER BY s.metric, ss.source_id",
+        db=db,
+    )
+    out: dict[str, list[dict[str, str]]] = {}
+    for metric, name, kind in rows:
+        out.setdefault(metric, []).append({"name": name, "kind": kind})
+    return out
+
+
+def default_sides(catalogue: dict[str, list[dict[str, str]]]) -> tuple[Side, Side] | None:
+    """A first comparison worth looking at: the newest judge's RV (or CD, or logic) against the
+    dataset's labels of that metric; else a label's correctness against the verifier's; else the
+    first two sources of one metric. None when no metric has two sources."""
+    for metric in ("rv", "cd"):
+        found = catalogue.get(metric, [])
+        judges = [s["name"] for s in found if s["kind"] == "judge"]
+        labels = [s["name"] for s in found if s["kind"] != "judge"]
+        if judges and labels:
+            return Side((judges[-1],), metric), Side(tuple(labels), metric)
+    correct = catalogue.get("correct", [])
+    verifiers = [s["name"] for s in correct if s["kind"] == "verifier"]
+    judged_logic = [s["name"] for s in catalogue.get("logic", []) if s["kind"] == "judge"]
+    if judged_logic and verifiers:
+        return Side((judged_logic[-1],), "logic"), Side((verifiers[0],), "correct")
+    others = [s["name"] for s in correct if s["kind"] != "verifier"]
+    if others and verifiers:
+        return Side((others[0],), "correct"), Side((verifiers[0],), "correct")
+    for metric, found in catalogue.items():
+        if len(found) >= 2:
+            return Side((found[-1]["name"],), metric), Side((found[0]["name"],), metric)
+    return None

@@ -1,0 +1,153 @@
+"""Agreement: two score sources on the same CoTs as a confusion matrix, with exact agreement,
+agreement within ±1, Cohen's kappa (quadratic-weighted for 0-9 scales) and the mean absolute
+difference. Click a cell (or pick it below the chart) to list its CoTs and open one in the Reader.
+
+Every number is computed on all CoTs the sidebar filter matches that both sides scored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import streamlit as st
+
+from core import agreement
+from core.agreement import Side
+from core.queries import CotFilter
+from ui import common
+
+common.ensure_router()
+
+PAGE_SIZE = 25
+
+
+@st.cache_data(ttl=600, show_spinner="Pairing the scores…", max_entries=16)
+def cached_pairs(filter_key: str, stamp: tuple[float, float], a: Side, b: Side, _f: CotFilter) -> pl.DataFrame:
+    del filter_key, stamp  # the cache key only
+    return agreement.pairs(a, b, _f)
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def cached_catalogue(stamp: tuple[float, float]) -> dict:
+    del stamp
+    return agreement.metric_sources()
+
+
+def _cell_from_click() -> None:
+    """on_select: a click on a heatmap cell becomes the cell picked below the chart."""
+    event = st.session_state.get("agr_heatmap")
+    points = event.selection.points if event is not None else []
+    if points and points[0].get("x") is not None and points[0].get("y") is not None:
+        st.session_state["agr_cell_a"] = int(points[0]["y"])
+        st.session_state["agr_cell_b"] = int(points[0]["x"])
+        st.session_state["agr_page"] = 1
+
+
+def _side_widgets(column, which: str, catalogue: dict, default: Side | None) -> Side | None:
+    metrics = sorted(catalogue)
+    metric_key, sources_key = f"agr_{which}_metric", f"agr_{which}_sources"
+    if metric_key not in st.session_state and default is not None:
+        st.session_state[metric_key] = default.metric
+        st.session_state[sources_key] = list(default.sources)
+    metric = column.selectbox(f"{which.upper()}: metric", metrics, key=metric_key)
+    names = [s["name"] for s in catalogue.get(metric, [])]
+    # sources of another metric, left from before the metric changed, are dropped
+    st.session_state[sources_key] = [n for n in st.session_state.get(sources_key, names[:1]) if n in names] or names[:1]
+    sources = column.multiselect(
+        f"{which.upper()}: sources (first listed wins)", names, key=sources_key,
+        help="Several sources count as one: a CoT takes the value of the first listed source that scored it "
+             "(OmniThought's labels spread RV and CD over one source per judge).",
+    )
+    return Side(tuple(sources), metric) if sources and metric else None
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+st.title("Agreement")
+with common.guard():
+    f = common.sidebar_filter()
+    stamp = common.store_stamp()
+    catalogue = cached_catalogue(stamp)
+    if not catalogue:
+        st.info("The store holds no scores yet. Ingest a dataset with labels, verify answers, or run a judge on the Jobs page.")
+        st.stop()
+    st.caption("Compare two sources of scores on the same CoTs: a judge against the dataset's labels, two judges, "
+               "or a judge's logic verdict against the verifier's correctness. Values are rounded to whole levels "
+               "for the matrix and the kappas; the mean absolute difference uses them as they are.")
+    left, right = st.columns(2)
+    defaults = agreement.default_sides(catalogue) or (None, None)
+    a = _side_widgets(left, "a", catalogue, defaults[0])
+    b = _side_widgets(right, "b", catalogue, defaults[1])
+    if a is None or b is None:
+        st.info("Choose a metric and at least one source for each side.")
+        st.stop()
+
+    frame = cached_pairs(repr(f), stamp, a, b, f)
+    if frame.height == 0:
+        st.info("No CoT matching the filter has a value from both sides. Sources that split a metric between them "
+                "(one per judge) score different CoTs: list them together on one side, or widen the filter.")
+        st.stop()
+    shown = agreement.levels(frame)
+    stats = agreement.statistics(frame, shown)
+    cells = [*st.columns(3), *st.columns(3)]
+    cells[0].metric("CoTs scored by both", f"{stats['n']:,}")
+    cells[1].metric("Exact agreement", _percent(stats["exact"]))
+    cells[2].metric("Within ±1", _percent(stats["within_1"]), help="Only for scales with more than two levels.")
+    cells[3].metric("Cohen's kappa", _number(stats["kappa"]),
+                    help="Agreement beyond chance: 1 is perfect, 0 what chance gives. '—' when one side gives a single level only.")
+    cells[4].metric("Quadratic-weighted kappa", _number(stats["weighted_kappa"]),
+                    help="Kappa that counts a disagreement by its squared distance (ordinal scales).")
+    cells[5].metric("Mean absolute difference", _number(stats["mad"]))
+
+    matrix = agreement.confusion(frame, shown)
+    st.plotly_chart(agreement.confusion_figure(matrix, shown, a, b), key="agr_heatmap", on_select=_cell_from_click,
+                    selection_mode=("points",), width="stretch")
+
+    st.subheader("CoTs in a cell")
+    pick_a, pick_b, page_col = st.columns([2, 2, 1])
+    for key in ("agr_cell_a", "agr_cell_b"):
+        if st.session_state.get(key) not in (None, *shown):
+            st.session_state[key] = None  # a level the new comparison does not have
+    options = [None, *shown]
+    cell_a = pick_a.selectbox(f"A level ({a.label()})", options, key="agr_cell_a",
+                              format_func=lambda v: "choose, or click a cell" if v is None else str(v))
+    cell_b = pick_b.selectbox(f"B level ({b.label()})", options, key="agr_cell_b",
+                              format_func=lambda v: "choose, or click a cell" if v is None else str(v))
+    if cell_a is None or cell_b is None:
+        st.caption("Click a cell of the matrix, or choose both levels, to list its CoTs.")
+        st.stop()
+    count = matrix[shown.index(cell_a)][shown.index(cell_b)]
+    if count == 0:
+        st.info(f"No CoT has A = {cell_a} and B = {cell_b}.")
+        st.stop()
+    n_pages = max(1, math.ceil(count / PAGE_SIZE))
+    st.session_state["agr_page"] = min(max(1, int(st.session_state.get("agr_page", 1))), n_pages)
+    page_number = page_col.number_input("Page", min_value=1, max_value=n_pages, step=1, key="agr_page")
+    offset = (int(page_number) - 1) * PAGE_SIZE
+    rows, total = agreement.cell_page(a, b, f, cell_a, cell_b, offset=offset, limit=PAGE_SIZE)
+    st.caption(f"A = {cell_a}, B = {cell_b}: {total:,} CoTs · page {int(page_number):,} of {n_pages:,} "
+               f"(rows {offset + 1:,}–{offset + rows.height:,}).")
+    st.dataframe(
+        rows, hide_index=True, key="agr_cell_table",
+        column_config={
+            "cot_id": st.column_config.NumberColumn("CoT id", format="%d"),
+            "problem_id": st.column_config.NumberColumn("problem id", format="%d"),
+            "a": st.column_config.NumberColumn(f"A: {a.label()}"),
+            "b": st.column_config.NumberColumn(f"B: {b.label()}"),
+            "question": st.column_config.TextColumn("question (opening)", width="large"),
+        },
+    )
+    choices = rows.select("cot_id", "problem_id", "model").rows()
+    chosen = st.selectbox("CoT to read", choices, key="agr_open_choice",
+                          format_func=lambda r: f"CoT {r[0]} · {r[2] or 'unknown model'} · problem {r[1]}")
+    if st.button("Open in the Reader", key="agr_open", disabled=chosen is None):
+        st.session_state["reader_problem_id"] = int(chosen[1])
+        st.session_state["reader_cot_id"] = int(chosen[0])
+        st.switch_page("pages/reader.py", query_params={"problem": str(int(chosen[1]))})
