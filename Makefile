@@ -30,7 +30,7 @@ demo: setup
 	$(PY) -m core demo --if-empty
 
 run: demo
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.headless true \
+	$(PY) -m ui.serve --server.port $(PORT) --server.headless true \
 	  --browser.gatherUsageStats false
 
 test: setup browser

@@ -17,8 +17,6 @@ from core.agreement import Side
 from core.queries import CotFilter
 from ui import common
 
-common.ensure_router()
-
 PAGE_SIZE = 25
 
 

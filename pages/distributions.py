@@ -13,8 +13,6 @@ from core import charts, metrics, queries
 from core.queries import CotFilter
 from ui import common, frames
 
-common.ensure_router()
-
 BUDGET_CHOICES = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 PERCENT = st.column_config.NumberColumn(format="percent")
 

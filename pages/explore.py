@@ -13,8 +13,6 @@ from core import queries
 from core.queries import CotFilter
 from ui import common
 
-common.ensure_router()
-
 PAGE_SIZES = (25, 50, 100, 250)
 # What each sortable column is called in the sort menu and the table header.
 COLUMN_LABELS = {

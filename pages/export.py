@@ -15,8 +15,6 @@ import streamlit as st
 from core import export, queries, recipes
 from ui import common
 
-common.ensure_router()
-
 SOURCES = {
     "select": "The Select page's current selection",
     "recipe": "A saved recipe",

@@ -16,8 +16,6 @@ from core.models import DEFAULT_MODEL
 from core.tokens import DEFAULT_TOKENIZER
 from ui import common
 
-common.ensure_router()
-
 SHOWN_FINISHED = 5  # finished jobs shown as cards; the table below lists every job
 STATE_ICONS = {
     "queued": ":material/schedule:", "running": ":material/play_circle:", "done": ":material/check_circle:",

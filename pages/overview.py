@@ -15,8 +15,6 @@ from core import charts, queries, store, summary
 from core.formats import FORMATS
 from ui import common, frames
 
-common.ensure_router()
-
 JOB_FAILED = {"failed", "cancelled", "interrupted"}  # interrupted: its worker died; resume it on the Jobs page
 JOB_ENDED = {"done", *JOB_FAILED}
 

@@ -15,8 +15,6 @@ from core import queries, render
 from core.text import load_markers
 from ui import common
 
-common.ensure_router()
-
 DIFF_LINES_SHOWN = 1500  # a diff longer than this shows its start, and offers the whole file
 MARKERS = load_markers()
 

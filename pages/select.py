@@ -20,8 +20,6 @@ from core import queries, recipes, selection
 from core.selection import CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds
 from ui import common
 
-common.ensure_router()
-
 MODES = {
     "thresholds": "Thresholds",
     "capacity": "Capacity-matched (OmniThought)",

@@ -9,8 +9,6 @@ import streamlit as st
 from core import sqlconsole
 from ui import common
 
-common.ensure_router()
-
 PAGE_ROWS = sqlconsole.DEFAULT_LIMIT
 CHOOSE = "(choose an example)"
 NO_COLOR = "(none)"

@@ -15,20 +15,6 @@ from core.queries import CotFilter
 from core.records import IngestError
 
 
-def ensure_router() -> None:
-    """Make sure app.py's st.navigation routes this run.
-
-    Streamlit treats an app with a pages/ folder as an old-style multipage app until
-    st.navigation runs once, so the very first request to /explore would run the page
-    without app.py's frame. Flipping the flag and rerunning hands it back to app.py.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def db_file() -> Path:
     return store.db_path(os.environ.get("THOUGHTSCOPE_DB"))
 
