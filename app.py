@@ -1,6 +1,6 @@
 """ThoughtScope: explore, select and export chain-of-thought data.
 
-    streamlit run app.py
+    make run            (or: python -m ui.serve, which routes deep links from the first request)
 
 The entry script only frames and routes; each page lives in pages/ and all logic in core/.
 """

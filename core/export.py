@@ -264,6 +264,7 @@ def export(
             if writer is not None:
                 writer.close()
                 writer = None
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; an export is meant to be shared
         os.replace(tmp, target)
     except BaseException:
         if writer is not None:

@@ -119,6 +119,7 @@ def save(recipe: Recipe, *, overwrite: bool = False) -> Path:
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2, ensure_ascii=False)
         fh.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; recipes are meant to be shared
     os.replace(tmp, target)
     return target
 
