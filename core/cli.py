@@ -87,9 +87,11 @@ def cmd_ingest(args) -> int:
           f"{result.problems} problems, {result.cots} CoTs.")
     if result.skipped_rows:
         print(f"Skipped {result.skipped_rows} bad rows; report: {result.bad_rows_report}")
+    import polars as pl
+
     from core.summary import format_table, summary
 
-    table = summary(db=args.db).filter(__import__("polars").col("dataset") == result.name)
+    table = summary(db=args.db).filter(pl.col("dataset") == result.name)
     print(format_table(table))
     return 0
 

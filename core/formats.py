@@ -354,11 +354,11 @@ def normalize_benchmark(row: Row, opts: ReadOptions) -> ProblemRecord:
     )
 
 
-GENERIC_ROLES = ("question", "response", "answer", "model", "sample", "correct", "id", "thinking", "solution", "benchmark", "finish_reason")
-
-
 def normalize_generic(row: Row, opts: ReadOptions) -> ProblemRecord:
-    """One row per CoT; rows with the same id (or the same question) form one problem."""
+    """One row per CoT; rows with the same id (or the same question) form one problem.
+
+    Mapping roles: question, response (required), answer, model, sample, correct, id, thinking,
+    solution, benchmark, finish_reason, and score:METRIC for any score column."""
     mapping = opts.mapping
     if "question" not in mapping or "response" not in mapping:
         raise IngestError(row.file, None, None, "the generic format needs --map question=COL,response=COL (plus optional answer, model, sample, correct, id, score:METRIC)")

@@ -216,9 +216,8 @@ def neighbours(f: CotFilter, problem_id: int, *, db=None) -> tuple[int | None, i
     sql, params = matching_sql(f)
     row = store.read_rows(
         f"SELECT max(problem_id) FILTER (WHERE problem_id < ?), min(problem_id) FILTER (WHERE problem_id > ?) "
-        f"FROM ({sql})", [problem_id, problem_id, *params], db=db,
+        f"FROM ({sql})", [problem_id, problem_id, *params], db=db,  # FILTER params come first
     )
-    # the parameters of the FILTER clauses come first in the text, so bind them first
     return row[0][0], row[0][1]
 
 
