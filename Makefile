@@ -37,7 +37,7 @@ test: setup browser
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_ingest.py --cots 200000 --text-scale 0.02
 
 clean-store:
 	rm -f data/thoughtscope.duckdb data/thoughtscope.duckdb.wal
