@@ -517,18 +517,11 @@ def is_datasets_folder(path: Path) -> bool:
 
 def detect_format(source: str, opts: ReadOptions) -> str:
     path = Path(source)
-    if path.is_dir():
-        if is_datasets_folder(path):
-            rows = iter_datasets(source, opts.split, from_disk=True)
-        elif qwen_eval_files(path):
+    if path.is_dir() and not is_datasets_folder(path):
+        if qwen_eval_files(path):
             return "qwen_eval"
-        else:
-            raise IngestError(path, None, None, "a folder must be a datasets save_to_disk folder or a Qwen2.5-Math outputs/ tree (<model>/<bench>_eval/...jsonl)")
-    elif path.exists():
-        rows = iter_rows(path, opts)
-    else:
-        rows = iter_datasets(source, opts.split, from_disk=False)
-    for item in rows:
+        raise IngestError(path, None, None, "a folder must be a datasets save_to_disk folder or a Qwen2.5-Math outputs/ tree (<model>/<bench>_eval/...jsonl)")
+    for item in _rows_of(source, "", opts):
         if isinstance(item, IngestError):
             raise item
         found = format_of_row(item.data)
@@ -557,6 +550,18 @@ def input_files(source: str, fmt: str) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path))
 
 
+def _rows_of(source: str, fmt: str, opts: ReadOptions) -> Iterator[Row | IngestError]:
+    """The raw rows of a datasets folder, a folder of files, a file, or a hub id."""
+    path = Path(source)
+    if path.is_dir() and is_datasets_folder(path):
+        return iter_datasets(source, opts.split, from_disk=True)
+    if path.is_dir():
+        return (r for f in input_files(source, fmt) for r in iter_rows(f, opts))
+    if path.exists():
+        return iter_rows(path, opts)
+    return iter_datasets(source, opts.split, from_disk=False)
+
+
 def read_records(source: str, fmt: str, opts: ReadOptions) -> Iterator[ReadItem]:
     """Every ProblemRecord of the input, or an IngestError where a row is bad."""
     path = Path(source)
@@ -576,15 +581,7 @@ def read_records(source: str, fmt: str, opts: ReadOptions) -> Iterator[ReadItem]
                     yield exc
         return
     normalize = _NORMALIZERS[fmt]
-    if path.is_dir() and is_datasets_folder(path):
-        rows = iter_datasets(source, opts.split, from_disk=True)
-    elif path.is_dir():
-        rows = (r for f in input_files(source, fmt) for r in iter_rows(f, opts))
-    elif path.exists():
-        rows = iter_rows(path, opts)
-    else:
-        rows = iter_datasets(source, opts.split, from_disk=False)
-    for item in rows:
+    for item in _rows_of(source, fmt, opts):
         if isinstance(item, IngestError):
             yield item
             continue

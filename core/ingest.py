@@ -35,6 +35,7 @@ from core.formats import (
     read_records,
     run_metrics_of,
 )
+from core.jobs import worker_alive
 from core.records import IngestError, ProblemRecord
 from core.text import MarkerCounter, count_paragraphs, extract_answer, load_markers, split_thinking
 
@@ -198,20 +199,10 @@ class _Stager:
         self._reset()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_abandoned_loads(db=None) -> list[int]:
     """Remove datasets left 'loading' by an ingest whose process died (SIGKILL, power loss)."""
     rows = store.read_rows("SELECT dataset_id, options FROM datasets WHERE status = 'loading'", db=db)
-    dead = [d for d, opts in rows if not _pid_alive(int(json.loads(opts or "{}").get("pid", 0) or 0))]
+    dead = [d for d, opts in rows if not worker_alive(int(json.loads(opts or "{}").get("pid", 0) or 0))]
     for dataset_id in dead:
         store.drop_dataset(dataset_id, db=db)
         for staging in store.db_path(db).parent.glob(f"ingest-{dataset_id}-*"):
