@@ -151,9 +151,9 @@ def test_a_finetune_job_survives_a_kill_and_a_cancel(tiny_llama, messages, tmp_p
     monkeypatch.setenv("THOUGHTSCOPE_DB", str(tmp_path / "store.duckdb"))
     store.init_store()
     name = "tiny-resume"
-    # enough steps that the cancel (seen by the worker's heartbeat within a second) lands before
-    # the end even where a step takes a tenth of a second
-    steps = 24
+    # enough steps that the cancel (seen by the worker's heartbeat within a second) lands
+    # before the end even on an idle machine, where a tiny-model step takes ~20 ms
+    steps = 300
     params = {"data": str(messages), "name": name, "base_model": str(tiny_llama), "max_steps": steps,
               "save_steps": 2, "max_length": 128}
     job_id = jobs.submit("finetune", params)
