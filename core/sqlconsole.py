@@ -258,6 +258,9 @@ def quick_chart(frame: pl.DataFrame, *, x: str, y: str, kind: str = "bar", color
     return fig
 
 
+# The query box's placeholder: the shortest useful example.
+PLACEHOLDER = "SELECT model, count(*) FROM cots GROUP BY model"
+
 EXAMPLES: dict[str, str] = {
     "Accuracy per model and correctness source": """\
 SELECT c.model, ss.name AS source, count(*) AS cots,

@@ -292,7 +292,7 @@ with common.guard():
     report = cached_report(selection_key, db, stamp, sel, decision)
 
     if report.pool_cots == 0:
-        st.info("No CoT matches the sidebar filter, so there is nothing to select from; widen the filter.")
+        st.info("No CoT matches the sidebar filter, so there is nothing to choose among; widen the filter.")
         st.stop()
 
     # histograms above the sliders (or below the controls), kept against dropped, cut marked

@@ -59,7 +59,7 @@ st.caption("Read-only DuckDB SQL over the store: tables datasets, problems, cots
            "status 'loading': filter on datasets.status = 'ready' to leave it out.")
 
 st.selectbox("Example queries", [CHOOSE, *sqlconsole.EXAMPLES], key="sql_example", on_change=_load_example)
-st.text_area("Query", key="sql_text", height=200, placeholder="SELECT model, count(*) FROM cots GROUP BY model")
+st.text_area("Query", key="sql_text", height=200, placeholder=sqlconsole.PLACEHOLDER)
 st.button("Run", key="sql_run", type="primary", on_click=_run)
 
 query = st.session_state.get("sql_submitted")
