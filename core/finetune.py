@@ -11,7 +11,6 @@ saves a checkpoint first, so it resumes from where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core import store
+from core.export import sha256_of
 from core.jobs import JobCancelled
 
 
@@ -67,14 +67,6 @@ def model_dir(name: str) -> Path:
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"'{name}' cannot name a model folder; use letters, digits, '-' or '_'.")
     return store.data_dir() / "models" / name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_losses(name: str) -> list[dict]:
@@ -185,7 +177,7 @@ def finetune(
     if not data_path.exists():
         raise FileNotFoundError(f"training data {data_path} does not exist; export a recipe in the TRL messages format first")
     out = model_dir(opts.name)
-    data_sha = _sha256(data_path)
+    data_sha = sha256_of(data_path)
     _check_same_run(out, opts, data_sha)
     card = read_card(opts.name)
     if card is not None:  # finished before (a job whose worker died after writing it)
