@@ -25,8 +25,10 @@ arithmetic on ``(seed, cot_id)`` (see :func:`uniform`).
     >>> report = evaluate(sel)          # counts per model, dataset, CD level; histograms
     >>> ids = kept_ids(sel)             # polars Series of cot_id, ascending
 
-For an interactive page, read the pool once (``pool = load_pool(sel)``) and pass it to
-``decide``/``evaluate``/``kept_ids``: they then run in memory and never touch the store.
+For an interactive page, read the pool once (``pool = load_pool(sel)``, a LoadedPool) and pass
+it to ``decide``/``evaluate``/``kept_ids``/``dropped_page``: they then run in memory and never
+touch the store. A Thresholds rule's report then comes from the pool's index without deciding
+every CoT (milliseconds at 2M CoTs; bench/bench_select.py).
 """
 
 from __future__ import annotations
@@ -259,8 +261,8 @@ class Selection:
 # ---------------------------------------------------------------------------- the pool
 #
 # Every rule runs on the *pool*: one row per CoT the base filter matches, with ids and
-# numbers only (no text). Functions below take an optional ``pool`` (an Arrow table from
-# load_pool): given one, they run in an in-memory DuckDB and never touch the store, which is
+# numbers only (no text). Functions below take an optional ``pool`` (a LoadedPool from
+# load_pool): given one, they run in its in-memory DuckDB and never touch the store, which is
 # what makes sliders interactive at 2M CoTs (the pool is read once per filter); without one,
 # they build the pool as a temporary table inside one short read-only store connection.
 
@@ -268,17 +270,6 @@ POOL_COLUMNS = (
     "cot_id", "problem_id", "dataset_id", "dataset", "model", "n_tokens", "n_chars", "n_paragraphs",
     "n_reflections", "truncated", "rv", "cd", "correct", "score",
 )
-
-# A metric's value per CoT from a list of sources, the first listed source winning.
-_PICK_SQL = (
-    "SELECT s.cot_id, arg_min(s.value, list_position(?::VARCHAR[], ss.name)) AS value "
-    "FROM scores s JOIN score_sources ss USING (source_id) "
-    "WHERE s.metric = ? AND s.value IS NOT NULL AND list_contains(?::VARCHAR[], ss.name) "
-    "GROUP BY s.cot_id"
-)
-
-_POOL_KEY = b"thoughtscope.selection.pool"
-
 
 def _rule_score(rule: Rule) -> Score | None:
     return getattr(rule, "score", None)
@@ -295,52 +286,148 @@ def pool_key(sel: Selection) -> str:
 
 
 def pool_sql(sel: Selection) -> tuple[str, list]:
-    """SQL for the pool (POOL_COLUMNS) of a selection, with its parameters."""
+    """SQL for the pool (POOL_COLUMNS) of a selection, with its parameters.
+
+    The scores table is long (one row per CoT, source and metric), so RV, CD, correctness and
+    the rule's score are pivoted in one pass over it: every wanted (source, metric) pair gets
+    a column alias and a priority, and each alias takes the value of its best-priority source
+    (arg_min) among the pairs that scored the CoT."""
     base_sql, params = queries.matching_sql(sel.base)
     score = _rule_score(sel.rule)
+    picks = [("rv", "rv", sel.sources.rv), ("cd", "cd", sel.sources.cd), ("correct", "correct", sel.sources.correct)]
+    if score is not None and score.source is not None:
+        picks.append(("score", score.metric, (score.source,)))
+    wanted = [(alias, metric, name, priority) for alias, metric, names in picks for priority, name in enumerate(names)]
     select = [
         "b.cot_id, b.problem_id, b.dataset_id, b.dataset, b.model, b.n_tokens, b.n_chars, b.n_paragraphs, "
         "b.n_reflections, b.truncated"
     ]
-    joins = []
-    picks = [("rv", "rv", sel.sources.rv), ("cd", "cd", sel.sources.cd), ("correct", "correct", sel.sources.correct)]
-    if score is not None and score.source is not None:
-        picks.append(("score", score.metric, (score.source,)))
-    for alias, metric, names in picks:
-        if names:
-            joins.append(f"LEFT JOIN ({_PICK_SQL}) j_{alias} ON j_{alias}.cot_id = b.cot_id")
-            params = [*params, list(names), metric, list(names)]
-            select.append(f"(j_{alias}.value = 1) AS correct" if alias == "correct" else f"j_{alias}.value AS {alias}")
+    used = {alias for alias, *_ in wanted}
+    for alias in ("rv", "cd", "correct", "score"):
+        if alias in used:
+            select.append("(p.correct = 1) AS correct" if alias == "correct" else f"p.{alias}")
         else:
             select.append("NULL::BOOLEAN AS correct" if alias == "correct" else f"NULL::DOUBLE AS {alias}")
-    if score is None or score.source is None:
-        select.append("NULL::DOUBLE AS score")  # a per-CoT column is put in by the decision
-    return f"SELECT {', '.join(select)} FROM ({base_sql}) b {' '.join(joins)}", params
+    sql = f"SELECT {', '.join(select)} FROM ({base_sql}) b"
+    if wanted:
+        aliases, metrics, names, priorities = (list(column) for column in zip(*wanted))
+        pivots = ", ".join(
+            f"arg_min(s.value, w.priority) FILTER (WHERE w.alias = '{alias}') AS {alias}" for alias in sorted(used)
+        )
+        sql += (
+            " LEFT JOIN (SELECT s.cot_id, " + pivots + " FROM scores s JOIN ("
+            "SELECT w.*, ss.source_id FROM (SELECT unnest(?::VARCHAR[]) AS alias, unnest(?::VARCHAR[]) AS metric, "
+            "unnest(?::VARCHAR[]) AS name, unnest(?::INTEGER[]) AS priority) w JOIN score_sources ss USING (name)"
+            ") w ON w.source_id = s.source_id AND w.metric = s.metric WHERE s.value IS NOT NULL GROUP BY s.cot_id"
+            ") p ON p.cot_id = b.cot_id"
+        )
+        params = [*params, aliases, metrics, names, priorities]
+    return sql, params
 
 
-def load_pool(sel: Selection, *, db=None):
-    """The selection's pool as an Arrow table (ids and numbers; dataset and model
-    dictionary-encoded), tagged with its pool_key so a mismatched reuse is caught."""
-    import pyarrow.compute as pc
+# Token-length histograms of a report have about this many bins (see _nice_width).
+TOKEN_BINS = 40
 
+
+class LoadedPool:
+    """A selection's pool held in memory for an interactive page: a native table ``pool_in``
+    (POOL_COLUMNS) in a private in-memory DuckDB, plus an index that answers a Thresholds
+    rule's whole report without a pass over the rows (see _thresholds_report).
+
+    The index: the pool's CoTs grouped by every value a threshold looks at except the token
+    count (model, dataset, RV, CD, correctness: a few thousand groups at most on real labels),
+    and inside each group the CoTs sorted by token count. A token range is then two binary
+    searches per group, each group passes or fails the RV/CD/correctness checks as a whole,
+    and the kept CoTs of a group are one contiguous run of the sorted rows.
+
+    Safe to share between threads (Streamlit sessions): every query runs on its own cursor."""
+
+    # sort key of a row: group * _GROUP_STRIDE + token count + _TOKEN_OFFSET; unknown counts last
+    _GROUP_STRIDE = 1 << 33
+    _TOKEN_OFFSET = 1 << 31
+
+    def __init__(self, key: str, table, *, token_bins: int = TOKEN_BINS):
+        import numpy as np
+
+        self.key = key
+        self.token_bins = token_bins
+        self._con = duckdb.connect()  # in memory: the store is not touched again
+        self._con.register("pool_arrow", table)
+        self._con.execute("CREATE TABLE pool_in AS SELECT * FROM pool_arrow")
+        self._con.unregister("pool_arrow")
+        self.n_cots, self.n_problems, top = self._con.execute(
+            "SELECT count(*), count(DISTINCT problem_id), coalesce(max(n_tokens), 0) FROM pool_in"
+        ).fetchall()[0]
+        self.token_width = _nice_width(float(top), token_bins)
+        self.token_n_bins = int(top // self.token_width) + 1
+        keys = ("model", "dataset", "rv", "cd", "correct")
+        order = ", ".join(f"{k} NULLS LAST" for k in keys)
+        # one row per group, numbered (gid); then each row's group and problem by join, which
+        # is much cheaper than ranking 2M rows with window functions
+        self._con.execute(
+            "CREATE TABLE pool_groups AS SELECT (row_number() OVER (ORDER BY " + order + ") - 1)::INTEGER AS gid, * "
+            "FROM (SELECT model, dataset, rv, cd, correct, count(*) AS n, count(n_tokens) AS n_known FROM pool_in "
+            "GROUP BY ALL)"
+        )
+        self.groups = store.fetch_pl(
+            self._con,
+            "SELECT coalesce(CAST(model AS VARCHAR), '(no model)') AS model, CAST(dataset AS VARCHAR) AS dataset, "
+            f"{SUMMARY_BY['cd']} AS cd_group, floor(rv / 1.0) * 1.0 AS rv_lo, floor(cd / 1.0) * 1.0 AS cd_lo, "
+            "rv, cd, correct, n, n_known FROM pool_groups ORDER BY gid",
+        )
+        same_group = " AND ".join(f"g.{k} IS NOT DISTINCT FROM r.{k}" for k in keys)
+        rows = self._con.execute(
+            f"WITH problems AS (SELECT problem_id, (row_number() OVER (ORDER BY problem_id) - 1)::INTEGER AS problem "
+            "FROM (SELECT DISTINCT problem_id FROM pool_in)) "
+            f"SELECT g.gid::BIGINT * {self._GROUP_STRIDE} "
+            f"+ coalesce(r.n_tokens::BIGINT + {self._TOKEN_OFFSET}, {self._GROUP_STRIDE - 1}) AS key, p.problem "
+            f"FROM pool_in r JOIN pool_groups g ON {same_group} JOIN problems p ON p.problem_id = r.problem_id "
+            "ORDER BY key"
+        ).fetchnumpy()
+        self._con.execute("DROP TABLE pool_groups")
+        self.row_keys = np.asarray(rows["key"], dtype=np.int64)
+        if len(self.row_keys) != self.n_cots:  # every row belongs to exactly one group
+            raise RuntimeError(f"pool index: {len(self.row_keys)} rows indexed of {self.n_cots}")
+        self.row_problem = np.asarray(rows["problem"], dtype=np.int32)
+        g = np.arange(self.groups.height, dtype=np.int64) * self._GROUP_STRIDE
+        self.group_start = np.searchsorted(self.row_keys, g)
+        self.group_end = np.searchsorted(self.row_keys, g + self._GROUP_STRIDE)
+        # the pool's own histograms and counts do not change with the rule: computed once
+        self.token_pool = store.fetch_pl(
+            self._con,
+            "SELECT floor(n_tokens / ?) * ? AS lo, count(*) AS pool FROM pool_in WHERE n_tokens IS NOT NULL GROUP BY ALL",
+            [self.token_width, self.token_width],
+        )
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own to the pool's database (close it after use)."""
+        return self._con.cursor()
+
+    def to_arrow(self):
+        with contextlib.closing(self.cursor()) as con:
+            return con.sql("SELECT * FROM pool_in").to_arrow_table()
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS) -> LoadedPool:
+    """The selection's pool read once from the store (ids and numbers, no text) and held in
+    memory (LoadedPool), tagged with its pool_key so a mismatched reuse is caught."""
     sql, params = pool_sql(sel)
     with store.connect(db, read_only=True) as con:
         table = con.sql(sql, params=params).to_arrow_table()
-    for name in ("dataset", "model"):
-        i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, pc.dictionary_encode(table.column(name)))
-    return table.replace_schema_metadata({_POOL_KEY: pool_key(sel).encode()})
+    return LoadedPool(pool_key(sel), table, token_bins=token_bins)
 
 
 @contextlib.contextmanager
 def _pool_connection(sel: Selection, pool, db) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection in which relation ``pool_in`` is the selection's pool."""
     if pool is not None:
-        if (pool.schema.metadata or {}).get(_POOL_KEY) != pool_key(sel).encode():
+        if pool.key != pool_key(sel):
             raise ValueError("this pool was loaded for another filter or other score sources; load it again")
-        con = duckdb.connect()  # in memory: the store is not touched
+        con = pool.cursor()
         try:
-            con.register("pool_in", pool)
             yield con
         finally:
             con.close()
@@ -417,12 +504,9 @@ _NOT_CORRECT = "CASE WHEN correct IS NULL THEN 'correctness unknown' ELSE 'incor
 
 def _add_thresholds(chain: _Chain, rule: Thresholds) -> None:
     checks, params = [], []
-    for column, label, bounds in (("rv", "RV", rule.rv_range), ("cd", "CD", rule.cd_range), ("n_tokens", "tokens", rule.tokens_range)):
-        if bounds is None:
-            continue
-        missing = "no token count" if column == "n_tokens" else f"no {label} score"
+    for column, missing, outside, bounds in _threshold_checks(rule):
         checks.append(f"CASE WHEN {column} IS NULL THEN ? WHEN {column} NOT BETWEEN ? AND ? THEN ? END")
-        params.extend([missing, bounds[0], bounds[1], f"{label} outside {_fmt(bounds[0])}-{_fmt(bounds[1])}"])
+        params.extend([missing, bounds[0], bounds[1], outside])
     if rule.require_correct:
         checks.append(f"CASE WHEN correct IS NOT TRUE THEN {_NOT_CORRECT} END")
     # concat_ws skips NULLs: the reason lists every check a CoT fails, '' when it passes all
@@ -685,11 +769,15 @@ def _nice_width(max_value: float, bins: int) -> float:
 
 
 def _group_frame(con, by: str) -> pl.DataFrame:
-    df = store.fetch_pl(
+    return _finish_group_frame(store.fetch_pl(
         con,
         f"SELECT {SUMMARY_BY[by]} AS group, count(*) AS pool, count(*) FILTER (WHERE kept) AS kept "
         "FROM sel_decision GROUP BY ALL",
-    )
+    ), by)
+
+
+def _finish_group_frame(df: pl.DataFrame, by: str) -> pl.DataFrame:
+    """group, pool, kept -> the columns of SelectionReport.by_* in their order."""
     pool_total, kept_total = df["pool"].sum(), df["kept"].sum()
     df = df.with_columns(
         dropped=pl.col("pool") - pl.col("kept"),
@@ -714,14 +802,18 @@ def _histogram(con, column: str, token_bins: int) -> tuple[pl.DataFrame, int]:
         f"FROM sel_decision WHERE {column} IS NOT NULL GROUP BY ALL",
         [width, width],
     )
-    hist = (
+    return _histogram_frame(counts, width, n_bins), missing
+
+
+def _histogram_frame(counts: pl.DataFrame, width: float, n_bins: int) -> pl.DataFrame:
+    """lo, pool, kept per non-empty bin -> every bin from 0 (empty ones too), with hi."""
+    return (
         pl.DataFrame({"lo": [i * width for i in range(n_bins)]})
         .join(counts, on="lo", how="full", coalesce=True)
         .with_columns(pl.col("pool", "kept").fill_null(0), hi=pl.col("lo") + width)
         .select("lo", "hi", "pool", "kept")
         .sort("lo")
     )
-    return hist, missing
 
 
 def summarize(decision, sel: Selection, *, token_bins: int = 40) -> SelectionReport:
@@ -758,30 +850,189 @@ def summarize(decision, sel: Selection, *, token_bins: int = 40) -> SelectionRep
     )
 
 
-def evaluate(sel: Selection, *, pool=None, db=None, token_bins: int = 40) -> SelectionReport:
-    """decide then summarize: the report of a selection in one call."""
+def evaluate(sel: Selection, *, pool=None, db=None, token_bins: int = TOKEN_BINS) -> SelectionReport:
+    """The report of a selection. With a LoadedPool and a Thresholds rule it comes from the
+    pool's index (_thresholds_report: no pass over the rows); otherwise decide then summarize."""
+    if pool is not None and isinstance(sel.rule, Thresholds) and token_bins == pool.token_bins and pool.n_cots:
+        if pool.key != pool_key(sel):
+            raise ValueError("this pool was loaded for another filter or other score sources; load it again")
+        return _thresholds_report(sel.rule, pool)
     return summarize(decide(sel, pool=pool, db=db), sel, token_bins=token_bins)
+
+
+def _threshold_checks(rule: Thresholds) -> list[tuple[str, str, str, tuple]]:
+    """(column, missing reason, outside reason, bounds) of each range the rule sets, in the
+    order the reasons are listed."""
+    checks = []
+    for column, label, bounds in (("rv", "RV", rule.rv_range), ("cd", "CD", rule.cd_range), ("n_tokens", "tokens", rule.tokens_range)):
+        if bounds is not None:
+            missing = "no token count" if column == "n_tokens" else f"no {label} score"
+            checks.append((column, missing, f"{label} outside {_fmt(bounds[0])}-{_fmt(bounds[1])}", bounds))
+    return checks
+
+
+def _kept_predicate(rule: Thresholds) -> tuple[str, list]:
+    """SQL true exactly for the CoTs a Thresholds rule keeps (reason IS NULL in _add_thresholds)."""
+    terms, params = ["true"], []
+    for column, _, _, bounds in _threshold_checks(rule):
+        terms.append(f"coalesce({column} BETWEEN ? AND ?, false)")
+        params.extend(bounds)
+    if rule.require_correct:
+        terms.append("correct IS TRUE")
+    return " AND ".join(terms), params
+
+
+def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
+    """A Thresholds rule's report from the pool's index; the same figures as summarize(decide()).
+
+    Per group (model, dataset, RV, CD, correctness) the RV, CD and correctness checks pass or
+    fail as a whole; the token range splits each group's sorted rows into unknown / outside /
+    inside by binary search. Counts per model, dataset, CD level, RV and reason are sums over
+    groups; the kept token histogram counts each passing group's rows per bin by binary search
+    too; problems with a kept CoT are marked from the kept runs of rows."""
+    import numpy as np
+
+    groups, keys, stride, offset = pool.groups, pool.row_keys, pool._GROUP_STRIDE, pool._TOKEN_OFFSET
+    n = groups["n"].to_numpy().astype(np.int64)
+    n_known = groups["n_known"].to_numpy().astype(np.int64)
+    gid = np.arange(groups.height, dtype=np.int64) * stride
+    # state of each check per group: 0 passes, 1 value missing, 2 outside the range
+    states: list[tuple[np.ndarray, str, str]] = []
+    token_check = None
+    for column, missing_reason, outside_reason, (lo, hi) in _threshold_checks(rule):
+        if column == "n_tokens":
+            token_check = (missing_reason, outside_reason, int(math.ceil(lo)), int(math.floor(hi)))
+            continue
+        value = groups[column].to_numpy(allow_copy=True).astype(np.float64)  # None -> NaN
+        known = groups[column].is_not_null().to_numpy()
+        with np.errstate(invalid="ignore"):
+            inside = (value >= lo) & (value <= hi)
+        states.append((np.where(~known, 1, np.where(inside, 0, 2)), missing_reason, outside_reason))
+    correct_state = None
+    if rule.require_correct:
+        correct = groups["correct"]
+        correct_state = np.where(correct.is_null().to_numpy(), 1, np.where(correct.fill_null(False).to_numpy(), 0, 2))
+    group_passes = np.ones(groups.height, dtype=bool)
+    for state, *_ in states:
+        group_passes &= state == 0
+    if correct_state is not None:
+        group_passes &= correct_state == 0
+
+    # rows of each group by token state; kept rows are [run_start, run_end) of the sorted rows
+    if token_check is None:
+        run_start, run_end = pool.group_start, pool.group_end
+        token_rows = [(0, n)]
+        t_lo, t_hi = -offset, offset - 1
+    else:
+        _, _, t_lo, t_hi = token_check
+        run_start = np.searchsorted(keys, gid + (t_lo + offset), side="left")
+        run_end = np.searchsorted(keys, gid + (t_hi + offset), side="right")
+        inside = np.maximum(run_end - run_start, 0)
+        token_rows = [(0, inside), (1, n - n_known), (2, n_known - inside)]
+    kept = np.where(group_passes, np.maximum(run_end - run_start, 0), 0)
+
+    frame = groups.select("model", "dataset", "cd_group", "rv_lo", "cd_lo", "rv", "cd", pool="n").with_columns(
+        kept=pl.Series(kept, dtype=pl.Int64))
+    by = {
+        name: _finish_group_frame(
+            frame.group_by(column).agg(pl.col("pool").sum(), pl.col("kept").sum()).rename({column: "group"}), name)
+        for name, column in (("model", "model"), ("dataset", "dataset"), ("cd", "cd_group"))
+    }
+
+    # drop reasons: every combination of failed checks, summed over groups
+    reason_counts: dict[str, int] = {}
+    for token_state, rows in token_rows:
+        rows = np.broadcast_to(rows, n.shape)
+        parts_per_group = []
+        for state, missing_reason, outside_reason in states:
+            parts_per_group.append(np.where(state == 1, missing_reason, np.where(state == 2, outside_reason, "")))
+        if token_check is not None and token_state:
+            parts_per_group.append(np.full(n.shape, token_check[0] if token_state == 1 else token_check[1], dtype=object))
+        if correct_state is not None:
+            parts_per_group.append(np.where(correct_state == 1, "correctness unknown", np.where(correct_state == 2, "incorrect", "")))
+        for i in np.flatnonzero(rows > 0):
+            reason = "; ".join(str(parts[i]) for parts in parts_per_group if parts[i])
+            if reason:
+                reason_counts[reason] = reason_counts.get(reason, 0) + int(rows[i])
+    reasons = pl.DataFrame(
+        {"reason": list(reason_counts), "cots": list(reason_counts.values())}, schema={"reason": pl.String, "cots": pl.Int64}
+    ).sort(["cots", "reason"], descending=[True, False])
+
+    histograms, missing = {}, {}
+    for column in ("rv", "cd"):
+        known = frame.filter(pl.col(column).is_not_null())
+        counts = known.group_by(lo=f"{column}_lo").agg(pl.col("pool").sum(), pl.col("kept").sum())
+        histograms[column] = _histogram_frame(counts, 1.0, 10)
+        missing[column] = int(frame["pool"].sum() - known["pool"].sum())
+    # kept rows per token bin: per passing group and bin, the rows whose count is in the bin
+    # and in the range
+    width, n_bins = pool.token_width, pool.token_n_bins
+    edges = np.arange(n_bins, dtype=np.int64) * int(width)
+    bin_lo = np.maximum(edges, t_lo)
+    bin_hi = np.minimum(edges + int(width) - 1, t_hi)
+    passing = gid[group_passes][:, None]
+    first = np.searchsorted(keys, (passing + bin_lo + offset).ravel(), side="left")
+    last = np.searchsorted(keys, (passing + bin_hi + offset).ravel(), side="right")
+    per_bin = np.maximum(last - first, 0).reshape(passing.shape[0], n_bins).sum(axis=0)
+    token_counts = pool.token_pool.join(
+        pl.DataFrame({"lo": edges.astype(np.float64), "kept": per_bin.astype(np.int64)}), on="lo", how="left"
+    ).with_columns(pl.col("kept").fill_null(0))
+    histograms["n_tokens"] = _histogram_frame(token_counts, width, n_bins)
+    missing["n_tokens"] = int(n.sum() - n_known.sum())
+
+    # problems with a kept CoT: mark the problems of every kept run of rows
+    seen = np.zeros(pool.n_problems, dtype=bool)
+    for start, end in zip(run_start[group_passes], run_end[group_passes]):
+        if end > start:
+            seen[pool.row_problem[start:end]] = True
+    return SelectionReport(
+        pool_cots=pool.n_cots, kept_cots=int(kept.sum()), pool_problems=pool.n_problems, kept_problems=int(seen.sum()),
+        by_model=by["model"], by_dataset=by["dataset"], by_cd=by["cd"], reasons=reasons,
+        histograms=histograms, missing=missing,
+    )
 
 
 DROPPED_SORTABLE = ("cot_id", "problem_id", "dataset", "model", "n_tokens", "rv", "cd", "correct", "score", "weight", "reason")
 
 
 def dropped_page(
-    decision, *, offset: int = 0, limit: int = 50, sort_by: str = "cot_id", descending: bool = False, db=None,
+    decision=None, *, sel: Selection | None = None, pool: LoadedPool | None = None, offset: int = 0, limit: int = 50,
+    sort_by: str = "cot_id", descending: bool = False, db=None,
 ) -> pl.DataFrame:
-    """One page of the dropped CoTs of a decision: why each was dropped, its numbers and its
-    question's opening words (read from the store for this page's problems only)."""
+    """One page of the dropped CoTs of a decision (from decide), or of ``sel`` on its loaded
+    ``pool``: why each was dropped, its numbers and its question's opening words (read from
+    the store for this page's problems only). For a Thresholds rule on a pool only the page's
+    rows get a reason (unless sorted by reason): no decision on every CoT is built."""
     if sort_by not in DROPPED_SORTABLE:
         raise ValueError(f"cannot sort dropped CoTs by {sort_by!r}; choose one of {', '.join(DROPPED_SORTABLE)}")
     order = f"{sort_by} {'DESC' if descending else 'ASC'} NULLS LAST, cot_id"
-    with _decision_connection(decision) as con:
-        rows = store.fetch_pl(
-            con,
-            "SELECT cot_id, problem_id, CAST(dataset AS VARCHAR) AS dataset, CAST(model AS VARCHAR) AS model, "
-            "n_tokens, rv, cd, correct, score, weight, CAST(reason AS VARCHAR) AS reason FROM sel_decision "
-            f"WHERE NOT kept ORDER BY {order} LIMIT ? OFFSET ?",
-            [int(limit), int(offset)],
-        )
+    columns = (
+        "cot_id, problem_id, CAST(dataset AS VARCHAR) AS dataset, CAST(model AS VARCHAR) AS model, "
+        "n_tokens, rv, cd, correct, score, weight, CAST(reason AS VARCHAR) AS reason"
+    )
+    if decision is not None:
+        with _decision_connection(decision) as con:
+            rows = store.fetch_pl(
+                con, f"SELECT {columns} FROM sel_decision WHERE NOT kept ORDER BY {order} LIMIT ? OFFSET ?",
+                [int(limit), int(offset)],
+            )
+    elif sel is None or pool is None:
+        raise ValueError("dropped_page needs a decision, or a selection and its loaded pool")
+    elif isinstance(sel.rule, Thresholds) and sort_by not in ("reason", "weight"):
+        kept, kept_params = _kept_predicate(sel.rule)
+        chain = _Chain()
+        chain.add("pool", f"SELECT * FROM pool_in WHERE NOT ({kept}) ORDER BY {order} LIMIT ? OFFSET ?",
+                  [*kept_params, int(limit), int(offset)])
+        _add_thresholds(chain, sel.rule)
+        with _pool_connection(sel, pool, db) as con:
+            rows = store.fetch_pl(con, chain.sql(f"SELECT {columns} FROM decision ORDER BY {order}"), chain.params)
+    else:
+        with _pool_connection(sel, pool, db) as con:
+            sql, params = _decision_sql(con, sel)
+            rows = store.fetch_pl(
+                con, f"SELECT {columns} FROM ({sql}) WHERE NOT kept ORDER BY {order} LIMIT ? OFFSET ?",
+                [*params, int(limit), int(offset)],
+            )
     questions = store.read_df(
         "SELECT problem_id, left(question, 120) AS question FROM problems WHERE problem_id IN (SELECT unnest(?::BIGINT[]))",
         [rows["problem_id"].unique().to_list()], db=db,

@@ -3,8 +3,9 @@
 The sidebar filter is the pool; a mode decides kept against dropped inside it (thresholds,
 OmniThought's capacity-matched sampling, a per-problem rule, or a target size with the pool's
 model mix). Counts, shares and histograms are computed on every CoT of the pool; the pool's
-numbers are read once per filter and every change of a slider reruns only the decision, in
-memory. A selection can be saved as a named recipe, loaded back, compared with another, and
+numbers are read once per filter into memory (core.selection.LoadedPool). A threshold slider's
+report comes from the pool's index without deciding every CoT; the other modes rerun their
+decision in memory. A selection can be saved as a named recipe, loaded back, compared with another, and
 exported on the Export page.
 """
 
@@ -40,8 +41,8 @@ PERCENT = st.column_config.NumberColumn(format="percent")
 
 
 @st.cache_resource(ttl=600, max_entries=2, show_spinner="Reading the pool's ids and numbers…")
-def cached_pool(pool_key: str, db: str, stamp: tuple[float, float], _sel: Selection):
-    """The pool's numbers (Arrow), shared by every rerun and session with the same filter."""
+def cached_pool(pool_key: str, db: str, stamp: tuple[float, float], _sel: Selection) -> selection.LoadedPool:
+    """The pool in memory (LoadedPool), shared by every rerun and session with the same filter."""
     del pool_key, db, stamp  # the cache key only
     return selection.load_pool(_sel)
 
@@ -53,16 +54,20 @@ def cached_decision(selection_key: str, db: str, stamp: tuple[float, float], _se
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def cached_report(selection_key: str, db: str, stamp: tuple[float, float], _sel: Selection, _decision):
+def cached_report(selection_key: str, db: str, stamp: tuple[float, float], _sel: Selection, _pool, _decision):
+    """From the decision when there is one, else (Thresholds) from the pool's index."""
     del selection_key, db, stamp
+    if _decision is None:
+        return selection.evaluate(_sel, pool=_pool)
     return selection.summarize(_decision, _sel)
 
 
 @st.cache_data(ttl=600, max_entries=64, show_spinner=False)
 def cached_dropped(selection_key: str, db: str, stamp, sort_by: str, descending: bool, offset: int, limit: int,
-                   _decision) -> pl.DataFrame:
+                   _sel: Selection, _pool, _decision) -> pl.DataFrame:
     del selection_key, db, stamp
-    return selection.dropped_page(_decision, offset=offset, limit=limit, sort_by=sort_by, descending=descending)
+    return selection.dropped_page(_decision, sel=_sel, pool=_pool, offset=offset, limit=limit, sort_by=sort_by,
+                                  descending=descending)
 
 
 @st.cache_data(ttl=600, max_entries=8, show_spinner="Comparing the two recipes…")
@@ -288,8 +293,9 @@ with common.guard():
     st.session_state.current_selection = sel
     selection_key = json.dumps(recipes.Recipe("current", sel).as_dict(), sort_keys=True)
     pool = cached_pool(selection.pool_key(sel), db, stamp, sel)
-    decision = cached_decision(selection_key, db, stamp, sel, pool)
-    report = cached_report(selection_key, db, stamp, sel, decision)
+    # a threshold rule is answered from the pool's index; the other rules decide every CoT once
+    decision = None if isinstance(rule, Thresholds) else cached_decision(selection_key, db, stamp, sel, pool)
+    report = cached_report(selection_key, db, stamp, sel, pool, decision)
 
     if report.pool_cots == 0:
         st.info("No CoT matches the sidebar filter, so there is nothing to choose among; widen the filter.")
@@ -347,7 +353,7 @@ with common.guard():
         st.session_state.sel_drop_page = min(max(1, st.session_state.get("sel_drop_page", 1)), n_pages)
         page_number = c4.number_input("Page", min_value=1, max_value=n_pages, step=1, key="sel_drop_page")
         offset = (int(page_number) - 1) * page_size
-        dropped = cached_dropped(selection_key, db, stamp, sort_by, descending, offset, page_size, decision)
+        dropped = cached_dropped(selection_key, db, stamp, sort_by, descending, offset, page_size, sel, pool, decision)
         st.caption(f"Page {int(page_number):,} of {n_pages:,} · rows {offset + 1:,}–{offset + dropped.height:,} of "
                    f"{report.dropped_cots:,} dropped.")
         # score and weight only mean something in the modes that rank by them
