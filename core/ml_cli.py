@@ -1,6 +1,7 @@
 """The model commands of the CLI: re-score with a judge, fine-tune, evaluate.
 
     python -m core score --dataset "demo (generated)" --max-cots 100 --metrics rv,cd --model SmolLM2-135M-Instruct
+    python -m core score --dataset "demo (generated)" --backend vllm --ray-address auto --ray-replicas 8
     python -m core finetune --recipe my-recipe --name my-run --max-steps 20
     python -m core evaluate --benchmark gsm8k_test --problems 20 --k 1 [--adapter data/models/my-run/adapter]
 
@@ -34,6 +35,18 @@ def cmd_score(args) -> int:
                             benchmarks=tuple(_csv(args.benchmark))).as_dict(),
     }
     ids = score_targets(params, db=args.db)
+    ray_options = {
+        name: value for name, value in (
+            ("replicas", args.ray_replicas), ("gpus_per_replica", args.ray_gpus_per_replica),
+            ("cpus_per_replica", args.ray_cpus_per_replica), ("staging_dir", args.ray_staging_dir))
+        if value is not None
+    }
+    try:
+        address = judge.ray_address_from(args.ray_address)
+    except judge.JudgeError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    if ray_options and address is None:
+        raise SystemExit(f"--ray-* options need a Ray cluster: give --ray-address (or set ${judge.RAY_ADDRESS_ENV})")
     update, close = _bar("score")
     try:
         run = judge.score_cots(
@@ -41,8 +54,10 @@ def cmd_score(args) -> int:
             model=args.model, adapter=args.adapter, template_dir=args.template_dir, batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, max_chars=args.max_chars, guided=args.guided,
             length_fusion=judge.LengthFusion(alpha=args.fusion_alpha) if args.fusion_alpha is not None else None,
-            source_name=args.source_name, progress=update,
+            source_name=args.source_name, progress=update, ray_address=args.ray_address, ray_options=ray_options,
         )
+    except judge.JudgeError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     finally:
         close()
     print(json.dumps({k: v for k, v in vars(run).items() if k != "params"}, default=str))
@@ -92,7 +107,7 @@ def cmd_evaluate(args) -> int:
 
 def add_ml_cli(subparsers) -> None:
     """Register `score`, `finetune` and `evaluate` on the CLI's subparsers."""
-    from core.judge import BACKENDS, DEFAULT_MAX_CHARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_METRICS
+    from core.judge import BACKENDS, DEFAULT_MAX_CHARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_METRICS, RAY_ADDRESS_ENV
 
     p = subparsers.add_parser("score", help="re-score CoTs with an LLM judge as a new score source (resumable)")
     which = p.add_argument_group("which CoTs (default: all)")
@@ -113,6 +128,14 @@ def add_ml_cli(subparsers) -> None:
     p.add_argument("--guided", action="store_true", help="vllm only: constrain the answer to <score>N</score>")
     p.add_argument("--fusion-alpha", type=float, help="also write rv_fused = alpha*judge + (1-alpha)*9*length quantile")
     p.add_argument("--source-name", help="score source name; run again with the same name to resume")
+    ray = p.add_argument_group("on a Ray cluster (core.judge.score_cots_ray)")
+    ray.add_argument("--ray-address", help=f"auto (this machine's cluster), ray://HOST:10001, HOST:6379, local (a "
+                     f"throw-away instance here) or none; default ${RAY_ADDRESS_ENV}, else no Ray")
+    ray.add_argument("--ray-replicas", type=int, help="judge actors (one backend each; default 1)")
+    ray.add_argument("--ray-gpus-per-replica", type=float, help="default 1 for vllm, 0 for transformers")
+    ray.add_argument("--ray-cpus-per-replica", type=float, help="default 1")
+    ray.add_argument("--ray-staging-dir", help="stage the pending CoTs as Parquet here (a folder all nodes see, or "
+                     "s3://...) instead of Ray's object store")
     p.set_defaults(func=cmd_score)
 
     defaults = FinetuneOptions(data="", name="")
