@@ -1,7 +1,11 @@
 """Ingest benchmark: ThoughtScope's ingest and token stage beside bare DuckDB and bare tokenizers.
 
     python bench/bench_ingest.py --cots 20000 --text-scale 0.1 [--format jsonl|parquet] \
-        [--json] [--workdir DIR]
+        [--no-tokens] [--json] [--workdir DIR]
+    python bench/bench_ingest.py --cots 100000 500000 2000000 --text-scale 0.01 --no-tokens
+
+Several ``--cots`` run one after another (one corpus each) and end with a curve table, one
+row per size; with ``--json`` the last line is then {"bench": "ingest-curve", "runs": [...]}.
 
 One run generates an OmniThought-shaped corpus of about ``--cots`` CoTs (core.demo, seed 0;
 ``--text-scale`` shrinks the texts, the long-tailed length distribution stays), then measures,
@@ -202,7 +206,7 @@ def _step(timed: dict, child, *, cots: int, file_mb: float, **extra) -> dict:
     }
 
 
-def run(n_cots: int, text_scale: float, fmt: str, workdir: Path) -> dict:
+def run(n_cots: int, text_scale: float, fmt: str, workdir: Path, tokens: bool = True) -> dict:
     from core import store
     from core.tokens import BATCH_COTS, DEFAULT_TOKENIZER
 
@@ -257,6 +261,11 @@ def run(n_cots: int, text_scale: float, fmt: str, workdir: Path) -> dict:
         "cpu_ratio_vs_per_cot": bare["duckdb_per_cot"]["cpu_seconds"] / ours["cpu_seconds"],
     }
 
+    if not tokens:
+        _remove_store(store_path)
+        result["load_after"] = machine_load()
+        return result
+
     # Token counts: the library on its own, then our stage (which also reads and writes back).
     text_mb = info["full_text_bytes"] / MB
     log("bare tokenizers: encode_batch_fast")
@@ -286,7 +295,7 @@ def run(n_cots: int, text_scale: float, fmt: str, workdir: Path) -> dict:
 
 
 def report(r: dict) -> str:
-    c, ing, tok = r["corpus"], r["ingest"], r["tokens"]
+    c, ing, tok = r["corpus"], r["ingest"], r.get("tokens")
 
     def mb(b: float) -> float:
         return b / MB
@@ -312,6 +321,8 @@ def report(r: dict) -> str:
     load_note = (f"ours = python -m core ingest --no-verify --no-tokens; by stage: {stages}; whole process "
                  f"{ours['process_seconds']:.2f} s; store {mb(ours['store_bytes']):,.1f} MB; peak RSS "
                  f"{'under' if ours['rss_under_limit'] else 'OVER'} {RSS_LIMIT_BYTES / 1e9:g} GB")
+    if tok is None:
+        return "\n\n".join([head, format_table(headers, rows), load_note, "token stage not run (--no-tokens)"])
     theaders = ["tokens", "tokens", "wall s", "CPU s", "tokens/s", "text MB/s", "ratio", "peak RSS MB"]
     trows = [
         ["bare tokenizers encode_batch_fast", tok["bare"]["tokens"], tok["bare"]["seconds"], tok["bare"]["cpu_seconds"],
@@ -326,34 +337,58 @@ def report(r: dict) -> str:
     return "\n\n".join([head, format_table(headers, rows), load_note, format_table(theaders, trows), tok_note])
 
 
+def curve_table(results: list[dict]) -> str:
+    """One Markdown row per corpus size: the README's curve."""
+    lines = [
+        "| CoTs | JSONL MB | bare DuckDB table s (CPU) | ours s (CPU) | load ratio wall; CPU | "
+        "ours peak RSS MB | token ratio wall; CPU | load avg before/after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ing, tok = r["ingest"], r.get("tokens")
+        bare, ours = ing["duckdb_table"], ing["ours"]
+        tokens = f"{tok['ratio']:.2f}; {tok['cpu_ratio']:.2f}" if tok else "-"
+        lines.append(
+            f"| {r['corpus']['cots']:,} | {r['corpus']['bytes'] / MB:,.0f} | {bare['seconds']:.1f} ({bare['cpu_seconds']:.1f}) | "
+            f"{ours['seconds']:.1f} ({ours['cpu_seconds']:.1f}) | {ing['ratio_vs_table']:.2f}; {ing['cpu_ratio_vs_table']:.2f} | "
+            f"{ours['peak_rss_bytes'] / MB:,.0f} | {tokens} | {r['load_before']['load_1m']:.1f}/{r['load_after']['load_1m']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def _load(load: dict) -> str:
     return f"{load['load_1m']:.2f}/{load['load_5m']:.2f}/{load['load_15m']:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark ThoughtScope's ingest and token stage against bare DuckDB and tokenizers.")
-    parser.add_argument("--cots", type=int, default=20_000, help="about how many CoTs to generate")
+    parser.add_argument("--cots", type=int, nargs="+", default=[20_000],
+                        help="about how many CoTs to generate; several sizes give a curve")
     parser.add_argument("--text-scale", type=float, default=0.05, help="text length multiplier (1 = full OmniThought length)")
     parser.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    parser.add_argument("--no-tokens", action="store_true", help="measure the ingest only, not the token stage")
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON line, last")
     parser.add_argument("--workdir", help="where the corpus, stores and child logs go (kept); default a temporary folder (removed)")
     args = parser.parse_args(argv)
-    if args.cots < 1 or not args.text_scale > 0:
+    if min(args.cots) < 1 or not args.text_scale > 0:
         parser.error("--cots must be >= 1 and --text-scale > 0")
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    results = []
     try:
-        result = run(args.cots, args.text_scale, args.format, workdir)
+        for n_cots in args.cots:
+            results.append(run(n_cots, args.text_scale, args.format, workdir, tokens=not args.no_tokens))
+            print(report(results[-1]) + "\n", flush=True)
     except ChildFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(report(result))
+    print(curve_table(results))
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(results[0] if len(results) == 1 else {"bench": "ingest-curve", "runs": results}))
     return 0
 
 

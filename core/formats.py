@@ -19,9 +19,11 @@ try:  # orjson parses long CoT lines several times faster; json is the fallback
     import orjson
 
     _loads = orjson.loads
+    _LOADS_BYTES = True  # orjson takes UTF-8 bytes as they are
     _JSONDecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
 except ImportError:  # pragma: no cover
     _loads = json.loads
+    _LOADS_BYTES = False  # json.loads would guess UTF-16/32 from bytes: decode first
     _JSONDecodeError = (json.JSONDecodeError,)
 
 from core.records import CotRecord, IngestError, Label, ProblemRecord
@@ -72,20 +74,21 @@ def iter_jsonl(path: Path, max_line_mb: float) -> Iterator[Row | IngestError]:
                     "raise it with --max-line-mb if the line is meant to be this long",
                 )
                 continue
-            if not raw.strip():
+            if not raw or raw.isspace():  # blank line (isspace: no copy of a long line)
                 continue
             seen_any = True
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield IngestError(
-                    path, line_no, None,
-                    f"not valid UTF-8 (byte {exc.start} of the line: {raw[exc.start:exc.start + 4]!r})",
-                )
-                continue
-            try:
-                data = _loads(text)
-            except _JSONDecodeError as exc:
+                # orjson reads the bytes and checks the UTF-8 itself: no decoded copy of the line
+                data = _loads(raw if _LOADS_BYTES else raw.decode("utf-8"))
+            except (UnicodeDecodeError, *_JSONDecodeError) as exc:
+                try:  # name the bad byte when that is what is wrong
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    yield IngestError(
+                        path, line_no, None,
+                        f"not valid UTF-8 (byte {bad.start} of the line: {raw[bad.start:bad.start + 4]!r})",
+                    )
+                    continue
                 yield IngestError(path, line_no, None, f"broken JSON: {exc}")
                 continue
             if not isinstance(data, dict):
@@ -255,6 +258,27 @@ _OMNI_COT_KEYS = {
 }
 
 
+_RAW_CACHE: dict[tuple, str] = {}
+
+
+def _raw_judge_object(value: dict) -> str | None:
+    """_opt_str of a {level, judge} object. A corpus holds a few distinct ones, so each is
+    serialised once (json.dumps was ~8% of the read pass, twice per OmniThought CoT)."""
+    types = tuple(map(type, value.values()))
+    if float in types:  # 0.0 == -0.0 but they print apart: not worth a cache entry
+        return _opt_str(value)
+    try:
+        key = (tuple(value.items()), types)  # the types keep {"level": 1} and {"level": true} apart
+        raw = _RAW_CACHE.get(key)
+    except TypeError:  # a list or object inside: unhashable
+        return _opt_str(value)
+    if raw is None:
+        raw = _opt_str(value)
+        if len(_RAW_CACHE) < 4096:
+            _RAW_CACHE[key] = raw
+    return raw
+
+
 def _judge_level(row: Row, where: str, value: Any) -> tuple[float | None, str | None]:
     if isinstance(value, dict):
         return _level(row, f"{where}.level", value.get("level")), _opt_str(value.get("judge"))
@@ -271,32 +295,41 @@ def normalize_omnithought(row: Row, opts: ReadOptions) -> ProblemRecord:
         extra={k: v for k, v in row.data.items() if k not in ("question", "reasoning", "reference_answer", "answer")},
     )
     for i, cot in enumerate(reasoning):
-        where = f"reasoning[{i}]"
+        # The usual row takes the checks inline; anything unusual goes through the general
+        # helpers, which name the field (the location strings are built only then).
         if not isinstance(cot, dict):
-            raise IngestError(row.file, row.line, where, f"expected an object, got {type(cot).__name__}", unit=row.unit)
-        thought, solution, full = cot.get("thought"), cot.get("solution"), cot.get("full_response")
+            raise IngestError(row.file, row.line, f"reasoning[{i}]", f"expected an object, got {type(cot).__name__}", unit=row.unit)
+        get = cot.get
+        thought, solution, full = get("thought"), get("solution"), get("full_response")
         for name, value in (("thought", thought), ("solution", solution), ("full_response", full)):
             if value is not None and not isinstance(value, str):
-                raise IngestError(row.file, row.line, f"{where}.{name}", f"expected str, got {type(value).__name__}", unit=row.unit)
-        if not full and not thought and not solution:
-            raise IngestError(row.file, row.line, f"{where}.full_response", "no text: full_response, thought and solution are all missing", unit=row.unit)
+                raise IngestError(row.file, row.line, f"reasoning[{i}].{name}", f"expected str, got {type(value).__name__}", unit=row.unit)
         if not full:
+            if not thought and not solution:
+                raise IngestError(row.file, row.line, f"reasoning[{i}].full_response", "no text: full_response, thought and solution are all missing", unit=row.unit)
             full = f"<think>\n{thought or ''}\n</think>\n\n{solution or ''}"
-        teacher = _opt_str(cot.get("teacher")) or opts.model
+        teacher = _opt_str(get("teacher")) or opts.model
         labels: list[Label] = []
-        verify = _bool_value(row, f"{where}.thought_correctness_verify", cot.get("thought_correctness_verify"))
-        if verify is not None:
-            labels.append(Label("omnithought", "correct", verify, _opt_str(cot.get("thought_correctness_verify"))))
+        given = get("thought_correctness_verify")
+        if given is not None:
+            verify = float(given) if type(given) is bool else _bool_value(row, f"reasoning[{i}].thought_correctness_verify", given)
+            labels.append(Label("omnithought", "correct", verify, _opt_str(given)))
         for key, metric in (("Reasoning_Verbosity", "rv"), ("Cognitive_Difficulty", "cd")):
-            if cot.get(key) is None:
+            value = get(key)
+            if value is None:
                 continue
-            level, judge = _judge_level(row, f"{where}.{key}", cot[key])
+            level = value.get("level") if type(value) is dict else None
+            judge = value.get("judge") if type(value) is dict else None
+            if type(level) is int and 0 <= level <= 9 and (judge is None or type(judge) is str):
+                level = float(level)
+            else:
+                level, judge = _judge_level(row, f"reasoning[{i}].{key}", value)
             source = f"omnithought ({judge})" if judge else "omnithought"
-            labels.append(Label(source, metric, level, _opt_str(cot[key])))
+            labels.append(Label(source, metric, level, _raw_judge_object(value) if isinstance(value, dict) else _opt_str(value)))
         problem.cots.append(CotRecord(
             full_text=full, sample_idx=i, model=teacher,
             thinking=thought, solution=solution, labels=labels,
-            extra={k: v for k, v in cot.items() if k not in _OMNI_COT_KEYS},
+            extra={} if cot.keys() <= _OMNI_COT_KEYS else {k: v for k, v in cot.items() if k not in _OMNI_COT_KEYS},
         ))
     return problem
 

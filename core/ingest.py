@@ -4,8 +4,9 @@ Stages:
 1. hash the input; a content hash already in the store means nothing to do;
 2. read and validate every row, deriving the per-CoT signals, into Parquet files in a staging
    folder (the store is not touched, so bad input leaves it exactly as it was);
-3. load the staged chunks in short transactions under a dataset row marked ``loading``
-   (invisible to every query), then flip it to ``ready`` in one last short transaction;
+3. load the staged chunks, about one DuckDB row group (LOAD_COTS) per transaction, under a
+   dataset row marked ``loading`` (invisible to every query), then flip it to ``ready`` in
+   one last short transaction;
 4. verify answers with math-verify and count tokens, each its own resumable stage
    (core.verify, core.tokens), so the data can be browsed while they fill in.
 """
@@ -37,12 +38,20 @@ from core.formats import (
 )
 from core.jobs import worker_alive
 from core.records import IngestError, ProblemRecord
-from core.text import MarkerCounter, count_paragraphs, extract_answer, load_markers, split_thinking
+from core.text import (
+    MarkerCounter,
+    count_paragraphs,
+    extract_answer,
+    load_markers,
+    split_thinking,
+    thinking_unclosed,
+)
 
 # (stage, done, total): the CLI draws a progress bar from it, the app a st.progress.
 ProgressFn = Callable[[str, int, int | None], None]
 
-CHUNK_COTS = 5000  # CoTs per staged Parquet chunk and per load transaction
+CHUNK_COTS = 5000  # CoTs per staged Parquet chunk (bounds the read pass's memory)
+LOAD_COTS = 122_880  # CoTs per load transaction, at least: one DuckDB row group
 
 PROBLEM_SCHEMA = pa.schema([
     ("problem_id", pa.int64()), ("dataset_id", pa.int32()), ("problem_key", pa.string()),
@@ -115,12 +124,20 @@ class _Stager:
         self.samples: dict[tuple, set[int]] = {}
         self.n_cots = 0
         self.chunk = 0
+        self.chunk_cots: list[int] = []  # CoTs in each staged chunk
         self._reset()
 
     def _reset(self):
-        self.p_rows: list[dict] = []
-        self.c_rows: list[dict] = []
-        self.s_rows: list[dict] = []
+        # Column lists, turned into Arrow arrays at flush: building a table column by column
+        # costs about a sixteenth of pa.Table.from_pylist over row dicts (measured at 13.5k CoTs).
+        self.p_cols: dict[str, list] = {name: [] for name in PROBLEM_SCHEMA.names}
+        self.c_cols: dict[str, list] = {name: [] for name in COT_SCHEMA.names if name != "reflections"}
+        self.c_marker_counts: list[int] = []  # len(markers.names) per CoT, in that order
+        self.s_cols: dict[str, list] = {name: [] for name in SCORE_SCHEMA.names}
+
+    @property
+    def pending_cots(self) -> int:
+        return len(self.c_cols["cot_id"])
 
     def add(self, rec: ProblemRecord, fmt: str) -> None:
         known = self.problems.get(rec.key)
@@ -135,17 +152,20 @@ class _Stager:
         else:
             problem_id = self.base + len(self.problems)
             self.problems[rec.key] = (problem_id, rec.question, rec.file, rec.line)
-            self.p_rows.append({
-                "problem_id": problem_id, "dataset_id": self.dataset_id, "problem_key": rec.key,
-                "benchmark": rec.benchmark, "question": rec.question,
-                "reference_answer": rec.reference_answer, "reference_solution": rec.reference_solution,
-                "extra": _json_or_none(rec.extra),
-            })
+            p = self.p_cols
+            p["problem_id"].append(problem_id)
+            p["dataset_id"].append(self.dataset_id)
+            p["problem_key"].append(rec.key)
+            p["benchmark"].append(rec.benchmark)
+            p["question"].append(rec.question)
+            p["reference_answer"].append(rec.reference_answer)
+            p["reference_solution"].append(rec.reference_solution)
+            p["extra"].append(_json_or_none(rec.extra))
         for cot in rec.cots:
             if merging:
                 self._assign_sample(rec, cot, fmt)
             self._add_cot(problem_id, cot)
-        if len(self.c_rows) >= CHUNK_COTS:
+        if self.pending_cots >= CHUNK_COTS:
             self.flush()
 
     def _assign_sample(self, rec: ProblemRecord, cot, fmt: str) -> None:
@@ -166,35 +186,70 @@ class _Stager:
     def _add_cot(self, problem_id: int, cot) -> None:
         cot_id = self.base + (1 << 31) + self.n_cots  # CoT ids sit above the problem ids
         self.n_cots += 1
-        thinking, solution, unclosed = split_thinking(cot.full_text)
-        if cot.thinking is not None or cot.solution is not None:
-            thinking = cot.thinking if cot.thinking is not None else thinking
-            solution = cot.solution if cot.solution is not None else solution
-        counts = self.markers.count(cot.full_text)
+        full_text = cot.full_text
+        if cot.thinking is not None and cot.solution is not None:  # given (OmniThought)
+            thinking, solution, unclosed = cot.thinking, cot.solution, thinking_unclosed(full_text)
+        else:
+            thinking, solution, unclosed = split_thinking(full_text)
+            if cot.thinking is not None or cot.solution is not None:
+                thinking = cot.thinking if cot.thinking is not None else thinking
+                solution = cot.solution if cot.solution is not None else solution
+        counts = self.markers.counts(full_text)
         finish = cot.finish_reason
-        self.c_rows.append({
-            "cot_id": cot_id, "problem_id": problem_id, "dataset_id": self.dataset_id,
-            "model": cot.model, "sample_idx": cot.sample_idx, "thinking": thinking,
-            "solution": solution, "full_text": cot.full_text, "thinking_unclosed": unclosed,
-            "truncated": unclosed or (finish or "").lower() in ("length", "max_tokens", "truncated"),
-            "finish_reason": finish, "answer": extract_answer(solution or cot.full_text),
-            "n_chars": len(cot.full_text), "n_paragraphs": count_paragraphs(cot.full_text),
-            "n_reflections": sum(counts.values()), "reflections": list(counts.items()),
-            "extra": _json_or_none(cot.extra),
-        })
+        c = self.c_cols
+        c["cot_id"].append(cot_id)
+        c["problem_id"].append(problem_id)
+        c["dataset_id"].append(self.dataset_id)
+        c["model"].append(cot.model)
+        c["sample_idx"].append(cot.sample_idx)
+        c["thinking"].append(thinking)
+        c["solution"].append(solution)
+        c["full_text"].append(full_text)
+        c["thinking_unclosed"].append(unclosed)
+        c["truncated"].append(unclosed or (finish or "").lower() in ("length", "max_tokens", "truncated"))
+        c["finish_reason"].append(finish)
+        c["answer"].append(extract_answer(solution or full_text))
+        c["n_chars"].append(len(full_text))
+        c["n_paragraphs"].append(count_paragraphs(full_text))
+        c["n_reflections"].append(sum(counts))
+        c["extra"].append(_json_or_none(cot.extra))
+        self.c_marker_counts.extend(counts)
+        s = self.s_cols
         for label in cot.labels:
-            self.s_rows.append({
-                "cot_id": cot_id, "source": label.source, "kind": label.kind,
-                "metric": label.metric, "value": label.value, "raw": label.raw,
-            })
+            s["cot_id"].append(cot_id)
+            s["source"].append(label.source)
+            s["kind"].append(label.kind)
+            s["metric"].append(label.metric)
+            s["value"].append(label.value)
+            s["raw"].append(label.raw)
+
+    def _reflections_array(self, n: int) -> pa.MapArray:
+        names = self.markers.names
+        k = len(names)
+        return pa.MapArray.from_arrays(
+            pa.array(range(0, n * k + 1, k), pa.int32()),
+            pa.array(names * n, pa.string()),
+            pa.array(self.c_marker_counts, pa.int32()),
+        )
 
     def flush(self) -> None:
-        if not (self.p_rows or self.c_rows):
+        n = self.pending_cots
+        if not (self.p_cols["problem_id"] or n):
             return
         name = f"{self.chunk:06d}"
-        for table, rows, schema in (("problems", self.p_rows, PROBLEM_SCHEMA), ("cots", self.c_rows, COT_SCHEMA), ("scores", self.s_rows, SCORE_SCHEMA)):
+        cot_arrays = [
+            self._reflections_array(n) if f.name == "reflections" else pa.array(self.c_cols[f.name], f.type)
+            for f in COT_SCHEMA
+        ]
+        tables = {
+            "problems": pa.Table.from_arrays([pa.array(self.p_cols[f.name], f.type) for f in PROBLEM_SCHEMA], schema=PROBLEM_SCHEMA),
+            "cots": pa.Table.from_arrays(cot_arrays, schema=COT_SCHEMA),
+            "scores": pa.Table.from_arrays([pa.array(self.s_cols[f.name], f.type) for f in SCORE_SCHEMA], schema=SCORE_SCHEMA),
+        }
+        for table, data in tables.items():
             (self.folder / table).mkdir(exist_ok=True)
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), self.folder / table / f"{name}.parquet", compression="zstd")
+            pq.write_table(data, self.folder / table / f"{name}.parquet", compression="zstd")
+        self.chunk_cots.append(n)
         self.chunk += 1
         self._reset()
 
@@ -234,19 +289,39 @@ def _allocate_dataset(db, name: str, source: str, fmt: str, digest: str, options
     return dataset_id, None
 
 
-def _load_chunks(db, folder: Path, dataset_id: int, chunks: int, progress: ProgressFn | None) -> None:
-    sources = {}
+def _load_groups(folder: Path, chunks: int) -> list[list[str]]:
+    """Consecutive staged chunks, grouped so that each group holds at least LOAD_COTS CoTs."""
+    groups: list[list[str]] = [[]]
+    held = 0
     for i in range(chunks):
         name = f"{i:06d}.parquet"
+        if held >= LOAD_COTS:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += pq.read_metadata(folder / "cots" / name).num_rows
+    return groups if groups[0] else []
+
+
+def _load_chunks(db, folder: Path, dataset_id: int, chunks: int, progress: ProgressFn | None) -> None:
+    """Load the staged chunks, one transaction per group of about a row group of CoTs.
+
+    Every commit rewrites the table's last, partly filled row group; loading a whole row
+    group a transaction instead of one 5,000-CoT chunk cut the load's CPU ~2x at 2M CoTs,
+    while a reader waits for at most one group's insert."""
+    sources = {}
+    groups = _load_groups(folder, chunks)
+    for done, names in enumerate(groups, start=1):
+        files = {table: [str(folder / table / name) for name in names] for table in ("problems", "cots", "scores")}
         with store.connect(db, read_only=False) as con:
             con.execute("BEGIN")
-            con.execute("INSERT INTO problems SELECT * FROM read_parquet(?)", [str(folder / "problems" / name)])
+            con.execute("INSERT INTO problems SELECT * FROM read_parquet(?)", [files["problems"]])
             con.execute(
                 f"INSERT INTO cots ({', '.join(COT_SCHEMA.names)}) "
-                "SELECT * FROM read_parquet(?)", [str(folder / 'cots' / name)]
+                "SELECT * FROM read_parquet(?)", [files["cots"]]
             )
             staged = con.execute(
-                "SELECT DISTINCT source, kind FROM read_parquet(?)", [str(folder / 'scores' / name)]
+                "SELECT DISTINCT source, kind FROM read_parquet(?)", [files["scores"]]
             ).fetchall()
             for source, kind in staged:
                 if source not in sources:
@@ -258,12 +333,12 @@ def _load_chunks(db, folder: Path, dataset_id: int, chunks: int, progress: Progr
                     "INSERT INTO scores (cot_id, source_id, metric, value, raw) "
                     "SELECT s.cot_id, i.source_id, s.metric, s.value, s.raw FROM read_parquet(?) s "
                     "JOIN source_ids i ON i.name = s.source",
-                    [str(folder / "scores" / name)],
+                    [files["scores"]],
                 )
                 con.execute("DROP TABLE source_ids")
             con.execute("COMMIT")
         if progress:
-            progress("load", i + 1, chunks)
+            progress("load", done, len(groups))
 
 
 def ingest(

@@ -64,6 +64,18 @@ def split_thinking(full_text: str) -> tuple[str | None, str, bool]:
     return None, full_text, False
 
 
+def thinking_unclosed(full_text: str) -> bool:
+    """split_thinking(full_text)[2] without building the split texts (the ingest needs only
+    this flag when the source gives thinking and solution itself)."""
+    for open_marker, close_marker in ((THINK_OPEN, THINK_CLOSE), (THOUGHT_OPEN, THOUGHT_CLOSE)):
+        open_at = full_text.find(open_marker)
+        if open_at >= 0:
+            return full_text.find(close_marker, open_at + len(open_marker)) < 0
+        if full_text.find(close_marker) >= 0:
+            return False
+    return False
+
+
 # --------------------------------------------------------------------------- paragraphs
 
 
@@ -135,8 +147,12 @@ class MarkerCounter:
             )
 
     def count(self, text: str) -> dict[str, int]:
+        return dict(zip(self.names, self.counts(text)))
+
+    def counts(self, text: str) -> list[int]:
+        """The counts in the order of ``names`` (the ingest's hot path: no dict per text)."""
         lowered = text.lower()  # case-insensitive matching without re.IGNORECASE's slow path
-        return {name: _count_word_matches(pattern, lowered) for name, pattern in self._patterns.items()}
+        return [_count_word_matches(pattern, lowered) for pattern in self._patterns.values()]
 
 
 def _count_word_matches(pattern: re.Pattern[str] | None, text: str) -> int:

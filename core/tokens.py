@@ -11,6 +11,7 @@ import importlib.util
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +20,12 @@ from core import store
 
 DEFAULT_TOKENIZER = "SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BATCH_COTS = 2048
+# A batch is read, encoded and committed as one: fewer, larger batches mean fewer store
+# connections and commits (each commit checkpoints the updated columns). Long CoTs shrink a
+# batch so that it holds about BATCH_CHARS characters (memory stays bounded at full length).
+BATCH_COTS = 8192
+BATCH_CHARS = 32_000_000
+MIN_BATCH_COTS = 64
 
 
 def smollm2_gguf_folder() -> Path:
@@ -73,7 +79,7 @@ def count_tokens_stage(
     tokenizer: str = DEFAULT_TOKENIZER,
     dataset_id: int | None = None,
     recount: bool = False,
-    batch_cots: int = BATCH_COTS,
+    batch_cots: int = BATCH_COTS,  # CoTs per batch at most (fewer when they are long)
     progress: Callable[[str, int, int | None], None] | None = None,
 ) -> dict:
     """Count tokens of every CoT without a count (or counted by another tokenizer when
@@ -89,32 +95,42 @@ def count_tokens_stage(
     total = store.read_rows(f"SELECT count(*) FROM cots WHERE {where}", params, db=db)[0][0]
     done = n_tokens = 0
     started = time.perf_counter()
-    last_id = -1
-    while True:
+
+    def read_batch(after_id: int, limit: int) -> list[tuple]:
         with store.connect(db, read_only=True) as con:
-            rows = con.execute(
+            return con.execute(
                 f"SELECT cot_id, full_text FROM cots WHERE {where} AND cot_id > ? ORDER BY cot_id LIMIT ?",
-                [*params, last_id, batch_cots],
+                [*params, after_id, limit],
             ).fetchall()
-        if not rows:
-            break
-        ids = [r[0] for r in rows]
-        # encode_batch_fast skips offset tracking, which a count does not need
-        encodings = tok.encode_batch_fast([r[1] for r in rows], add_special_tokens=False)
-        counts = [len(e.ids) for e in encodings]
-        n_tokens += sum(counts)
-        with store.connect(db, read_only=False) as con:
-            con.execute("BEGIN")
-            con.register("token_batch", pa.table({"cot_id": pa.array(ids, pa.int64()), "n": pa.array(counts, pa.int32())}))
-            con.execute(
-                "UPDATE cots SET n_tokens = token_batch.n, tokenizer = ? FROM token_batch "
-                "WHERE cots.cot_id = token_batch.cot_id",
-                [tokenizer],
-            )
-            con.unregister("token_batch")
-            con.execute("COMMIT")
-        done += len(rows)
-        last_id = ids[-1]
-        if progress:
-            progress("tokens", done, total)
+
+    # The next batch is read in a thread while this one encodes: encode_batch_fast releases
+    # the GIL, so reading no longer adds to the stage's wall time. Batches still commit in
+    # cot_id order, so a stopped run resumes after the last committed one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-read") as reader:
+        pending = reader.submit(read_batch, -1, batch_cots)
+        while rows := pending.result():
+            ids = [r[0] for r in rows]
+            texts = [r[1] for r in rows]
+            del rows
+            mean_chars = max(1, sum(map(len, texts)) // len(texts))
+            limit = max(min(batch_cots, MIN_BATCH_COTS), min(batch_cots, BATCH_CHARS // mean_chars))
+            pending = reader.submit(read_batch, ids[-1], limit)
+            # encode_batch_fast skips offset tracking, which a count does not need; len() of
+            # an Encoding is its token count without building the Python list of ids
+            counts = [len(e) for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
+            del texts
+            n_tokens += sum(counts)
+            with store.connect(db, read_only=False) as con:
+                con.execute("BEGIN")
+                con.register("token_batch", pa.table({"cot_id": pa.array(ids, pa.int64()), "n": pa.array(counts, pa.int32())}))
+                con.execute(
+                    "UPDATE cots SET n_tokens = token_batch.n, tokenizer = ? FROM token_batch "
+                    "WHERE cots.cot_id = token_batch.cot_id",
+                    [tokenizer],
+                )
+                con.unregister("token_batch")
+                con.execute("COMMIT")
+            done += len(ids)
+            if progress:
+                progress("tokens", done, total)
     return {"cots": done, "tokens": n_tokens, "seconds": time.perf_counter() - started, "tokenizer": tokenizer}

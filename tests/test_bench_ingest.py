@@ -71,6 +71,26 @@ def test_table_is_printed_and_workdir_keeps_the_corpus(bench_run):
     assert not (workdir / "ours.duckdb").exists()  # stores are removed, the corpus is kept
 
 
+def test_several_sizes_make_one_curve_table(tmp_path):
+    """Several --cots run one after another and end with one Markdown row per size."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_ingest.py"), "--cots", "150", "300", "--text-scale", "0.02",
+         "--no-tokens", "--json", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["bench"] == "ingest-curve"
+    assert [r["cots_requested"] for r in result["runs"]] == [150, 300]
+    for run in result["runs"]:
+        assert "tokens" not in run and run["ingest"]["cpu_ratio_vs_table"] > 0
+        assert run["ingest"]["ours"]["cots"] == run["corpus"]["cots"]
+    curve = [line for line in lines[:-1] if line.startswith("| ")]
+    assert curve[0].startswith("| CoTs |") and len(curve) == 3  # header + one row per size
+    assert [row.split("|")[1].strip() for row in curve[1:]] == [f"{r['corpus']['cots']:,}" for r in result["runs"]]
+
+
 def _touch(size: int) -> bytearray:
     block = bytearray(size)
     block[::4096] = b"x" * len(block[::4096])  # make the pages resident

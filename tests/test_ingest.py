@@ -720,6 +720,7 @@ def test_same_file_other_mapping_is_new(tmp_path):
 
 def _chunked_input(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setattr(ingest_mod, "CHUNK_COTS", 3)
+    monkeypatch.setattr(ingest_mod, "LOAD_COTS", 3)  # one transaction per staged chunk
     return write_jsonl(tmp_path / "chunky.jsonl", omni_rows(10, 2))  # 10 problems x 2 CoTs: 5 chunks of 4
 
 
@@ -795,6 +796,36 @@ def test_failed_load_leaves_no_new_score_sources(tmp_path, monkeypatch):
     after = snapshot(db)
     assert {t: v for t, v in after.items() if t != "score_sources"} == {t: v for t, v in before.items() if t != "score_sources"}
     assert after["score_sources"] == before["score_sources"]
+
+
+def test_chunks_load_in_groups_of_a_row_group_with_the_same_rows(tmp_path, monkeypatch):
+    """Staged chunks of 4 CoTs load in transactions of at least LOAD_COTS (8) CoTs: 5 chunks
+    make 3 transactions, and the store holds exactly what one transaction per chunk gives."""
+    from core.text import MarkerCounter, load_markers
+
+    src = write_jsonl(tmp_path / "chunky.jsonl", omni_rows(10, 2))
+    monkeypatch.setattr(ingest_mod, "CHUNK_COTS", 3)
+    tables = {}
+    for load_cots in (3, 8):
+        monkeypatch.setattr(ingest_mod, "LOAD_COTS", load_cots)
+        db = tmp_path / f"s{load_cots}.duckdb"
+        seen = []
+        res = ingest(str(src), db=db, progress=lambda stage, done, total: stage == "load" and seen.append((done, total)))
+        assert res.cots == 20
+        assert seen == [(i, 5 if load_cots == 3 else 3) for i in range(1, len(seen) + 1)]
+        tables[load_cots] = {
+            "problems": rows("SELECT * FROM problems ORDER BY problem_id", db=db),
+            "cots": rows("SELECT * EXCLUDE (reflections), map_entries(reflections) FROM cots ORDER BY cot_id", db=db),
+            # source ids follow the order sources are first met, which DISTINCT leaves open
+            "scores": rows("SELECT s.* EXCLUDE (source_id), ss.name FROM scores s JOIN score_sources ss USING (source_id) ORDER BY ALL", db=db),
+        }
+    assert tables[3] == tables[8]
+    # the column-wise reflections map holds every marker name with its count, in order
+    counter = MarkerCounter(load_markers())
+    for row in rows("SELECT full_text, map_entries(reflections), n_reflections FROM cots", db=tmp_path / "s8.duckdb"):
+        expected = counter.count(row[0])
+        assert [(e["key"], e["value"]) for e in row[1]] == list(expected.items())
+        assert row[2] == sum(expected.values())
 
 
 # --------------------------------------------------------------------------- abandoned loads

@@ -5,6 +5,11 @@ import threading
 import pytest
 
 from core.text import (
+    SOLUTION_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    THOUGHT_CLOSE,
+    THOUGHT_OPEN,
     MarkerCounter,
     count_paragraphs,
     extract_answer,
@@ -222,3 +227,16 @@ def test_verify_answer_in_worker_thread():
     worker.start()
     worker.join()
     assert results == [True, True]
+
+
+def test_thinking_unclosed_agrees_with_split_thinking():
+    """The ingest's shortcut for sources that give thinking and solution themselves."""
+    import random
+
+    from core.text import thinking_unclosed
+
+    parts = [THINK_OPEN, THINK_CLOSE, THOUGHT_OPEN, THOUGHT_CLOSE, SOLUTION_OPEN, "x", " ", "\n"]
+    rng = random.Random(1)
+    for _ in range(20_000):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 7)))
+        assert thinking_unclosed(text) == split_thinking(text)[2], repr(text)
