@@ -186,7 +186,7 @@ def _count_forms() -> None:
 
 def _job_card(job: dict) -> None:
     state = job["state"]
-    with st.container(border=True):
+    with st.container(border=True, key=f"jobs_card_{job['id']}"):  # the key also names it in the page (class st-key-...)
         head, buttons = st.columns([5, 1])
         head.markdown(f"{STATE_ICONS.get(state, '')} **Job {job['id']} · {job['kind']}** — {state}")
         params = {k: v for k, v in job["params"].items() if v not in (None, "", {}, [])}
@@ -250,6 +250,13 @@ def _results(job: dict) -> None:
         st.caption(f"Model '{result.get('model')}', now the dataset '{result.get('dataset')}': compare it with other "
                    "models on the Distributions page (filter by dataset or model).")
     elif job["kind"] == "score" and job["state"] == "done" and result:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Scores written", f"{result.get('scored', 0):,}",
+                  help="(CoT, metric) pairs judged by this run; pairs an earlier run of the job committed are not counted again.")
+        c2.metric("With a value", f"{result.get('with_value', 0):,}")
+        c3.metric("Without a usable value", f"{result.get('errors', 0):,}",
+                  help="The judge's answer had no parseable score; its raw text is kept with the reason.")
+        c4.metric("Judging (s)", f"{result.get('seconds') or 0:.0f}")
         st.caption(f"Score source '{result.get('source')}': {result.get('scored', 0):,} (CoT, metric) pairs judged now, "
                    f"{result.get('already_done', 0):,} before, {result.get('errors', 0):,} without a usable value"
                    + (f", {result['fused']:,} fused RV values" if result.get("fused") is not None else "")
