@@ -5,6 +5,7 @@
     python -m core tokens [--tokenizer NAME] [--recount]
     python -m core verify
     python -m core demo [--problems N] [--out FILE]
+    python -m core index [--path DIR] [--json]
     python -m core score|finetune|evaluate ...   (see core/ml_cli.py)
     python -m core jobs [--json]
 
@@ -82,6 +83,10 @@ def cmd_ingest(args) -> int:
         close()
         print(f"error: {exc}\nThe store was not changed.", file=sys.stderr)
         return 2
+    if not getattr(args, "no_index", False):
+        from core.search import build_quietly
+
+        build_quietly(args.db, log=lambda message: print(message, file=sys.stderr))
     close()
     print(f"Ingested '{result.name}' (id {result.dataset_id}, format {result.format}): "
           f"{result.problems} problems, {result.cots} CoTs.")
@@ -124,6 +129,29 @@ def cmd_verify(args) -> int:
     result = verify_stage(db=args.db, progress=update)
     close()
     print(json.dumps(result))
+    return 0
+
+
+def cmd_index(args) -> int:
+    """Bring the full-text search index up to date (only datasets not indexed yet)."""
+    from core.search import IndexBusy, build
+
+    update, close = _bar("search index")
+    try:
+        result = build(args.db, path=args.path, progress=update)
+    except IndexBusy as exc:
+        close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    close()
+    if args.json:
+        print(json.dumps(result))
+    elif result["indexed"] or result["removed"]:
+        print(f"Indexed {result['cots']:,} CoTs and {result['problems']:,} questions of {len(result['indexed'])} "
+              f"dataset(s) ({result['text_bytes'] / 1e6:,.0f} MB of text) in {result['seconds']:.1f} s; "
+              f"removed {len(result['removed'])}; index {result['index']}")
+    else:
+        print(f"The search index {result['index']} already covers every ready dataset.")
     return 0
 
 
@@ -170,8 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="HF id, local path, or the offline default")
     p.add_argument("--no-tokens", action="store_true", help="skip the token-count stage (run `tokens` later)")
     p.add_argument("--no-verify", action="store_true", help="skip math-verify (run `verify` later)")
+    p.add_argument("--no-index", action="store_true", help="skip the search index (run `index` later)")
     p.add_argument("--generated", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("index", help="build the full-text search index of datasets not indexed yet (resumable)")
+    p.add_argument("--path", help="index folder (default <store file>.search or $THOUGHTSCOPE_SEARCH_INDEX)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("summary", help="per dataset and model: counts, accuracy, tokens")
     p.add_argument("--json", action="store_true")

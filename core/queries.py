@@ -36,7 +36,7 @@ class CotFilter:
     tokens_range: tuple[int, int] | None = None
     reflections_range: tuple[int, int] | None = None
     truncated: bool | None = None
-    text: str = ""  # substring of the question or the CoT text, case-insensitive
+    text: str = ""  # words of the question or the CoT text (see text_search_mode), case-insensitive
     problem_ids: tuple[int, ...] = ()
 
     # ---- URL round trip: a view can be shared and reloaded
@@ -114,9 +114,12 @@ def _score_join(alias: str, source: str | None, metric: str, params: list) -> tu
     return f", {alias}_s.value AS {alias}", join
 
 
-def matching_sql(f: CotFilter, *, text_columns: bool = False) -> tuple[str, list]:
+def matching_sql(f: CotFilter, *, text_columns: bool = False, db=None) -> tuple[str, list]:
     """SQL for every CoT the filter matches, one row per CoT with its metadata and the
-    chosen RV, CD and correctness values; plus its bound parameters."""
+    chosen RV, CD and correctness values; plus its bound parameters.
+
+    A text search goes through the store's full-text index (core.search) when it covers every
+    ready dataset, else through a substring scan; ``db`` says which store's index to use."""
     params: list = []
     select = (
         "SELECT c.cot_id, c.problem_id, c.dataset_id, d.name AS dataset, d.generated, c.model, "
@@ -154,8 +157,9 @@ def matching_sql(f: CotFilter, *, text_columns: bool = False) -> tuple[str, list
         where.append("c.truncated = ?")
         params.append(f.truncated)
     if f.text:
-        where.append("(contains(lower(p.question), lower(?)) OR contains(lower(c.full_text), lower(?)))")
-        params.extend([f.text, f.text])
+        condition, text_params = _text_condition(f.text, db)
+        where.append(condition)
+        params.extend(text_params)
     sql = (
         f"{select} FROM cots c JOIN datasets d ON d.dataset_id = c.dataset_id "
         f"JOIN problems p ON p.problem_id = c.problem_id{joins} WHERE {' AND '.join(where)}"
@@ -175,10 +179,65 @@ def matching_sql(f: CotFilter, *, text_columns: bool = False) -> tuple[str, list
     return sql, params
 
 
+SUBSTRING_SQL = "(contains(lower(p.question), lower(?)) OR contains(lower(c.full_text), lower(?)))"
+
+
+def _text_condition(text: str, db) -> tuple[str, list]:
+    """The text search as SQL: the index's hits where it can answer, else the substring scan."""
+    from core import search
+
+    indexed = search.hit_filter_sql(text, db)
+    return indexed if indexed is not None else (SUBSTRING_SQL, [text, text])
+
+
+def text_search_mode(text: str, *, db=None) -> str:
+    """How a text search runs, for the page to say: 'index' (whole words, through the
+    full-text index) or 'substring' (a scan of all the text), with why."""
+    from core import search
+
+    if not text:
+        return ""
+    if not search.words(text):
+        return "substring: the search has no word for the index to look up"
+    cov = search.coverage(db)
+    return "index: whole words, case-insensitive" if cov.complete else cov.describe()
+
+
+def _scores_only_shown(f: CotFilter) -> CotFilter | None:
+    """``f`` without its score sources when the scores only add columns (no RV / CD range, no
+    correctness constraint): the same rows, without joining every score of the store (each
+    join aggregates a whole source, seconds at 2M CoTs). None when the scores decide rows."""
+    if (f.rv_source and f.rv_range) or (f.cd_source and f.cd_range) or (f.correct_source and f.correct != "any"):
+        return None
+    return f.with_(rv_source=None, cd_source=None, correct_source=None)
+
+
 def count(f: CotFilter, *, db=None) -> dict[str, int]:
-    sql, params = matching_sql(f)
+    sql, params = matching_sql(_scores_only_shown(f) or f, db=db)
     row = store.read_rows(f"SELECT count(*), count(DISTINCT problem_id) FROM ({sql})", params, db=db)[0]
     return {"cots": row[0], "problems": row[1]}
+
+
+def _page_scores(f: CotFilter, rows: pl.DataFrame, con) -> pl.DataFrame:
+    """``rows`` (a page read without score joins) with its rv, cd, correct_value and correct
+    filled from ``f``'s sources: a look-up of the page's few ids, as the joins would give."""
+    wanted = [(alias, source, metric) for alias, source, metric in
+              (("rv", f.rv_source, "rv"), ("cd", f.cd_source, "cd"), ("correct_value", f.correct_source, "correct"))
+              if source]
+    if not wanted or rows.height == 0:
+        return rows
+    picks = " ".join(f"any_value(s.value) FILTER (WHERE ss.name = ? AND s.metric = ?) AS {a}," for a, _, _ in wanted)
+    params: list = [p for _, source, metric in wanted for p in (source, metric)]
+    values = store.fetch_pl(
+        con, f"SELECT s.cot_id, {picks.rstrip(',')} FROM scores s JOIN score_sources ss USING (source_id) "
+        f"WHERE s.cot_id IN (SELECT unnest(?::BIGINT[])) GROUP BY s.cot_id",
+        [*params, rows["cot_id"].to_list()],
+    )
+    filled = rows.drop([a for a, _, _ in wanted]).join(values, on="cot_id", how="left", maintain_order="left")
+    filled = filled.with_columns(pl.col(a).cast(pl.Float64) for a, _, _ in wanted)
+    if f.correct_source:
+        filled = filled.with_columns((pl.col("correct_value") == 1).alias("correct"))
+    return filled.select(rows.columns)
 
 
 def page(
@@ -193,18 +252,23 @@ def page(
     """One page of matching CoTs for the table, with the question's opening words."""
     if sort_by not in SORTABLE:
         raise ValueError(f"cannot sort by {sort_by!r}; choose one of {', '.join(SORTABLE)}")
-    sql, params = matching_sql(f)
+    # Sorted by a column of its own, the page is found without the score joins and its few
+    # rows get their scores afterwards (same rows, same order, a fraction of the work).
+    lean = _scores_only_shown(f) if sort_by not in ("rv", "cd", "correct") else None
+    sql, params = matching_sql(lean or f, db=db)
     order = f"{sort_by} {'DESC' if descending else 'ASC'} NULLS LAST, cot_id"
-    return store.read_df(
-        f"SELECT m.*, left(p.question, 120) AS question FROM ({sql}) m "
-        f"JOIN problems p ON p.problem_id = m.problem_id ORDER BY {order} LIMIT ? OFFSET ?",
-        [*params, int(limit), int(offset)], db=db,
-    )
+    with store.connect(db, read_only=True) as con:
+        rows = store.fetch_pl(
+            con, f"SELECT m.*, left(p.question, 120) AS question FROM ({sql}) m "
+            f"JOIN problems p ON p.problem_id = m.problem_id ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, int(limit), int(offset)],
+        )
+        return _page_scores(f, rows, con) if lean is not None else rows
 
 
 def metric_frame(f: CotFilter, *, db=None) -> pl.DataFrame:
     """Every matching CoT's numbers (no text) for the metrics in core.metrics."""
-    sql, params = matching_sql(f)
+    sql, params = matching_sql(f, db=db)
     return store.read_df(
         f"SELECT cot_id, problem_id, dataset, model, benchmark, n_tokens, n_reflections, "
         f"truncated, rv, cd, correct FROM ({sql})", params, db=db,
@@ -213,7 +277,7 @@ def metric_frame(f: CotFilter, *, db=None) -> pl.DataFrame:
 
 def neighbours(f: CotFilter, problem_id: int, *, db=None) -> tuple[int | None, int | None]:
     """The previous and next problem within the filter (for the Reader's buttons)."""
-    sql, params = matching_sql(f)
+    sql, params = matching_sql(f, db=db)
     row = store.read_rows(
         f"SELECT max(problem_id) FILTER (WHERE problem_id < ?), min(problem_id) FILTER (WHERE problem_id > ?) "
         f"FROM ({sql})", [problem_id, problem_id, *params], db=db,  # FILTER params come first

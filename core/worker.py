@@ -142,13 +142,14 @@ class JobContext:
 
 
 def ingest_job(params: dict[str, Any], ctx: JobContext) -> dict:
-    """Ingest params['source'] as a new dataset, then verify answers and count tokens.
+    """Ingest params['source'] as a new dataset, then verify answers, count tokens and bring
+    the full-text search index up to date.
 
     Params: source, format, name, mapping {role: column}, model, split, max_line_mb, skip_bad,
-    verify (default true), tokens (default true), tokenizer. Run again after a crash, the
-    ingest first removes the dead run's invisible 'loading' dataset; after a finished load it
-    finds the same content already stored and goes on with verify and tokens, which skip
-    CoTs already done.
+    verify (default true), tokens (default true), index (default true), tokenizer. Run again
+    after a crash, the ingest first removes the dead run's invisible 'loading' dataset; after a
+    finished load it finds the same content already stored and goes on with verify, tokens and
+    the index, which skip what is already done.
     """
     from core.formats import ReadOptions
     from core.ingest import ingest
@@ -179,6 +180,10 @@ def ingest_job(params: dict[str, Any], ctx: JobContext) -> dict:
             dataset_id=result.dataset_id, progress=ctx.progress,
         )
         ctx.log(f"counted tokens of {outcome['tokens']['cots']:,} CoTs")
+    if params.get("index", True):
+        from core.search import build_quietly
+
+        outcome["index"] = build_quietly(ctx.db, log=ctx.log)
     return outcome
 
 
@@ -232,7 +237,7 @@ def score_targets(params: dict[str, Any], *, db=None) -> list[int]:
         ids = recipes.apply(recipes.load(params["recipe"]), db=db).sort().to_list()
     else:
         f = recipes.filter_from_dict(params.get("filter") or {})
-        sql, sql_params = queries.matching_sql(f)
+        sql, sql_params = queries.matching_sql(f, db=db)
         ids = [r[0] for r in store.read_rows(f"SELECT DISTINCT cot_id FROM ({sql}) ORDER BY cot_id", sql_params, db=db)]
     if params.get("max_cots"):
         ids = ids[: int(params["max_cots"])]
