@@ -54,8 +54,8 @@ _PICK = (
 )
 
 
-def _pairs_sql(a: Side, b: Side, f: CotFilter | None) -> tuple[str, list]:
-    matching, params = matching_sql(f or CotFilter())
+def _pairs_sql(a: Side, b: Side, f: CotFilter | None, db=None) -> tuple[str, list]:
+    matching, params = matching_sql(f or CotFilter(), db=db)
     sql = (
         f"WITH side_a AS ({_PICK}), side_b AS ({_PICK}) "
         "SELECT m.cot_id, m.problem_id, m.dataset, m.model, m.benchmark, m.n_tokens, "
@@ -69,7 +69,7 @@ def _pairs_sql(a: Side, b: Side, f: CotFilter | None) -> tuple[str, list]:
 def pairs(a: Side, b: Side, f: CotFilter | None = None, *, db=None) -> pl.DataFrame:
     """Every CoT matching ``f`` that both sides scored: cot_id, problem_id, dataset, model,
     benchmark, n_tokens, a, b (values) and a_level, b_level (rounded to integers)."""
-    sql, params = _pairs_sql(a, b, f)
+    sql, params = _pairs_sql(a, b, f, db=db)
     return store.read_df(f"{sql} ORDER BY m.cot_id", params, db=db)
 
 
@@ -77,7 +77,7 @@ def cell_page(a: Side, b: Side, f: CotFilter | None, a_level: int, b_level: int,
               limit: int = 25, db=None) -> tuple[pl.DataFrame, int]:
     """One page of the CoTs in a confusion-matrix cell (with the question's opening words),
     and how many the cell holds."""
-    sql, params = _pairs_sql(a, b, f)
+    sql, params = _pairs_sql(a, b, f, db=db)
     cell = f"SELECT * FROM ({sql}) WHERE a_level = ? AND b_level = ?"
     cell_params = [*params, int(a_level), int(b_level)]
     total = store.read_rows(f"SELECT count(*) FROM ({cell})", cell_params, db=db)[0][0]

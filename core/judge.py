@@ -520,7 +520,7 @@ def _target_ids(db, cots: Sequence[int] | CotFilter | None) -> list[int]:
     if cots is None:
         cots = CotFilter()
     if isinstance(cots, CotFilter):
-        sql, params = matching_sql(cots)
+        sql, params = matching_sql(cots, db=db)
         return [r[0] for r in store.read_rows(f"SELECT DISTINCT cot_id FROM ({sql}) ORDER BY cot_id", params, db=db)]
     wanted = sorted({int(c) for c in cots})
     if not wanted:

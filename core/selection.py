@@ -285,14 +285,14 @@ def pool_key(sel: Selection) -> str:
     }, sort_keys=True)
 
 
-def pool_sql(sel: Selection) -> tuple[str, list]:
+def pool_sql(sel: Selection, *, db=None) -> tuple[str, list]:
     """SQL for the pool (POOL_COLUMNS) of a selection, with its parameters.
 
     The scores table is long (one row per CoT, source and metric), so RV, CD, correctness and
     the rule's score are pivoted in one pass over it: every wanted (source, metric) pair gets
     a column alias and a priority, and each alias takes the value of its best-priority source
     (arg_min) among the pairs that scored the CoT."""
-    base_sql, params = queries.matching_sql(sel.base)
+    base_sql, params = queries.matching_sql(sel.base, db=db)
     score = _rule_score(sel.rule)
     picks = [("rv", "rv", sel.sources.rv), ("cd", "cd", sel.sources.cd), ("correct", "correct", sel.sources.correct)]
     if score is not None and score.source is not None:
@@ -414,7 +414,7 @@ class LoadedPool:
 def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS) -> LoadedPool:
     """The selection's pool read once from the store (ids and numbers, no text) and held in
     memory (LoadedPool), tagged with its pool_key so a mismatched reuse is caught."""
-    sql, params = pool_sql(sel)
+    sql, params = pool_sql(sel, db=db)
     with store.connect(db, read_only=True) as con:
         table = con.sql(sql, params=params).to_arrow_table()
     return LoadedPool(pool_key(sel), table, token_bins=token_bins)
@@ -432,7 +432,7 @@ def _pool_connection(sel: Selection, pool, db) -> Iterator[duckdb.DuckDBPyConnec
         finally:
             con.close()
     else:
-        sql, params = pool_sql(sel)
+        sql, params = pool_sql(sel, db=db)
         with store.connect(db, read_only=True) as con:
             con.execute(f"CREATE TEMP TABLE pool_in AS {sql}", params).fetchall()
             yield con
