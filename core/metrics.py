@@ -212,14 +212,17 @@ def mean_and_pass_at_k(
             pl.col("_ok").cast(pl.Int64).sum().cast(pl.Int64).alias("_c"),
         )
     )
-    ns = per_problem["_n"].to_list()
-    cs = per_problem["_c"].to_list()
-    per_problem = per_problem.with_columns(
-        pl.Series("_kept", [n >= k for n in ns], dtype=pl.Boolean),
-        pl.Series("_mean", [c / n if n >= k else None for n, c in zip(ns, cs)], dtype=pl.Float64),
-        pl.Series(
-            "_pass", [pass_at_k(n, c, k) if n >= k else None for n, c in zip(ns, cs)], dtype=pl.Float64
-        ),
+    # pass_at_k runs once per distinct (n, c) pair, not per problem: a few hundred pairs for
+    # millions of CoTs, and the very same float as calling it per problem.
+    pairs = per_problem.select("_n", "_c").unique().filter(pl.col("_n") >= k)
+    pairs = pairs.with_columns(pl.Series(
+        "_pass", [pass_at_k(n, c, k) for n, c in zip(pairs["_n"].to_list(), pairs["_c"].to_list())],
+        dtype=pl.Float64,
+    ))
+    kept = pl.col("_n") >= k
+    per_problem = per_problem.join(pairs, on=["_n", "_c"], how="left", maintain_order="left").with_columns(
+        kept.alias("_kept"),
+        pl.when(kept).then(pl.col("_c") / pl.col("_n")).otherwise(None).cast(pl.Float64).alias("_mean"),
     )
     out = (
         per_problem.group_by(gkeys, maintain_order=True)
@@ -281,16 +284,21 @@ def accuracy_at_budgets(
         (pl.col("_ok").filter(v).cast(pl.Float64).mean()).alias("full_accuracy"),
     ]
     frames = []
-    for b in bs:
-        solved = (pl.col("_ok") & (pl.col("_tok") <= b)).filter(v)
-        trunc = ((pl.col("_tok") > b) | pl.col("_trunc")).filter(v)
-        frames.append(
-            base.group_by(gkeys, maintain_order=True).agg(
-                *common,
-                solved.cast(pl.Float64).mean().alias("accuracy"),
-                trunc.cast(pl.Float64).mean().alias("truncation_rate"),
-            ).with_columns(pl.lit(b, dtype=pl.Int64).alias("budget"))
-        )
+    if bs:
+        # one pass over the rows for every budget (a group_by per budget costs a pass each)
+        per_budget = []
+        for i, b in enumerate(bs):
+            solved = (pl.col("_ok") & (pl.col("_tok") <= b)).filter(v)
+            trunc = ((pl.col("_tok") > b) | pl.col("_trunc")).filter(v)
+            per_budget += [solved.cast(pl.Float64).mean().alias(f"_acc{i}"),
+                           trunc.cast(pl.Float64).mean().alias(f"_trunc{i}")]
+        wide = base.group_by(gkeys, maintain_order=True).agg(*common, *per_budget)
+        for i, b in enumerate(bs):
+            frames.append(wide.select(
+                *gkeys, "n", "excluded", "full_accuracy",
+                pl.col(f"_acc{i}").alias("accuracy"), pl.col(f"_trunc{i}").alias("truncation_rate"),
+                pl.lit(b, dtype=pl.Int64).alias("budget"),
+            ))
     cols = [*gkeys, "budget", "n", "accuracy", "truncation_rate", "excluded", "full_accuracy"]
     if not frames:
         out = base.head(0).select(*gkeys).with_columns(

@@ -17,22 +17,19 @@ BUDGET_CHOICES = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 PERCENT = st.column_config.NumberColumn(format="percent")
 
 
-@st.cache_data(ttl=600, show_spinner=False, max_entries=32)
-def budgets_and_k(filter_key: str, db: str, stamp: tuple[float, float], budgets: tuple[int, ...], k: int,
-                  _df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Accuracy at budgets and Mean@k / Pass@k per dataset, model and benchmark (seconds on
-    millions of rows, so cached under the frame's own key)."""
-    del filter_key, db, stamp
-    acc = metrics.accuracy_at_budgets(_df, budgets=budgets, group_by=charts.GROUP_COLUMNS)
-    mp = metrics.mean_and_pass_at_k(_df, k=k, group_by=charts.GROUP_COLUMNS)
-    return acc, mp
+def budgets_and_k(f: CotFilter, budgets: tuple[int, ...], k: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Accuracy at budgets and Mean@k / Pass@k per dataset, model and benchmark (cached: a pass
+    over every matching CoT)."""
+    return frames.derived("budgets_and_k", f, lambda df: (
+        metrics.accuracy_at_budgets(df, budgets=budgets, group_by=charts.GROUP_COLUMNS),
+        metrics.mean_and_pass_at_k(df, k=k, group_by=charts.GROUP_COLUMNS),
+    ), budgets, k)
 
 
-@st.cache_data(ttl=600, show_spinner=False, max_entries=16)
-def per_problem(filter_key: str, db: str, stamp: tuple[float, float], _df: pl.DataFrame) -> tuple[int, pl.DataFrame]:
+def per_problem(f: CotFilter) -> tuple[int, pl.DataFrame]:
     """The largest usable k and the per-problem pass rates (cached like budgets_and_k)."""
-    del filter_key, db, stamp
-    return charts.max_samples_per_problem(_df), metrics.problem_pass_rates(_df, group_by=charts.GROUP_COLUMNS)
+    return frames.derived("per_problem", f, lambda df: (
+        charts.max_samples_per_problem(df), metrics.problem_pass_rates(df, group_by=charts.GROUP_COLUMNS)))
 
 
 def _selection_key(name: str) -> str:
@@ -96,7 +93,6 @@ st.title("Distributions")
 with common.guard():
     f = common.sidebar_filter()
     cat = common.catalogue(common.store_stamp())
-    key, db, stamp = frames.cache_key(f)
     df = frames.metric_frame(f)
     if df.height == 0:
         if not cat["datasets"]:
@@ -104,7 +100,8 @@ with common.guard():
         else:
             st.info("No CoT matches the filter; widen it in the sidebar.")
         st.stop()
-    st.caption(f"{df.height:,} CoTs of {df['problem_id'].n_unique():,} problems match the filter; every chart "
+    n_problems = frames.derived("n_problems", f, lambda d: d["problem_id"].n_unique())
+    st.caption(f"{df.height:,} CoTs of {n_problems:,} problems match the filter; every chart "
                "below is computed on all of them. Click a bar or a heatmap cell to narrow the filter.")
 
     # ---------------------------------------------------------------- length by correctness
@@ -112,24 +109,14 @@ with common.guard():
     facet_choices = [name for name, col in charts.FACETS.items() if col != "cd" or f.cd_source]
     c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
     facet_name = c1.selectbox("Facet by", facet_choices, key="dist_facet")
-    kind = c2.radio("Show as", ["histogram", "ECDF"], horizontal=True, key="dist_kind")
+    kind = c2.radio("Show as", ["histogram", "ECDF"], horizontal=True, key="dist_kind").lower()
     log_x = c3.checkbox("Log x", key="dist_log_x")
-    bins = c4.number_input("Bins", min_value=5, max_value=200, value=40, step=5, key="dist_bins")
-    length_frame = charts.length_distribution_frame(
-        df, facet_by=charts.FACETS[facet_name], kind=kind.lower(), bins=int(bins), log=log_x
-    )
-    # CoTs the length chart cannot place: no token count, or a count of 0 on a log axis
-    no_length = int(df["n_tokens"].is_null().sum()) + (int((df["n_tokens"] <= 0).sum()) if log_x else 0)
-    st.plotly_chart(
-        charts.length_distribution_figure(
-            length_frame, kind=kind.lower(), n_cots=df.height, facet_label=facet_name if facet_name != "none" else None,
-            log_x=log_x, no_length=no_length, correctness_source=f.correct_source,
-        ),
-        key="dist_length", width="stretch",
-    )
+    bins = int(c4.number_input("Bins", min_value=5, max_value=200, value=40, step=5, key="dist_bins"))
+    st.plotly_chart(frames.length_figure(f, facet_name=facet_name, kind=kind, bins=bins, log_x=log_x),
+                    key="dist_length", width="stretch")
     with st.expander("Length statistics by correctness"):
-        group = [c for c in ("model",) if c in df.columns]
-        st.dataframe(metrics.length_by_correctness(df, group_by=group), hide_index=True, key="dist_length_table")
+        st.dataframe(frames.derived("length_by_correctness", f, lambda d: metrics.length_by_correctness(
+            d, group_by=[c for c in ("model",) if c in d.columns])), hide_index=True, key="dist_length_table")
 
     # ---------------------------------------------------------------- RV / CD
     st.subheader("Reasoning Verbosity and Cognitive Difficulty")
@@ -139,17 +126,18 @@ with common.guard():
     left, right = st.columns(2)
     if f.rv_source:
         with left:
-            _selectable_chart(charts.score_histogram_figure(
-                metrics.score_histogram(df, col="rv"), metric="rv", source=f.rv_source, n_cots=df.height,
-                unscored=metrics.score_null_count(df, col="rv")), "rv_hist", "rv")
+            _selectable_chart(frames.derived("rv_hist", f, lambda d: charts.score_histogram_figure(
+                metrics.score_histogram(d, col="rv"), metric="rv", source=f.rv_source, n_cots=d.height,
+                unscored=metrics.score_null_count(d, col="rv"))), "rv_hist", "rv")
     if f.cd_source:
         with right:
-            _selectable_chart(charts.score_histogram_figure(
-                metrics.score_histogram(df, col="cd"), metric="cd", source=f.cd_source, n_cots=df.height,
-                unscored=metrics.score_null_count(df, col="cd")), "cd_hist", "cd")
+            _selectable_chart(frames.derived("cd_hist", f, lambda d: charts.score_histogram_figure(
+                metrics.score_histogram(d, col="cd"), metric="cd", source=f.cd_source, n_cots=d.height,
+                unscored=metrics.score_null_count(d, col="cd"))), "cd_hist", "cd")
     if f.rv_source and f.cd_source:
-        _selectable_chart(charts.rv_cd_heatmap(metrics.rv_cd_matrix(df), rv_source=f.rv_source,
-                                               cd_source=f.cd_source, n_cots=df.height), "rv_cd", "heatmap")
+        _selectable_chart(frames.derived("rv_cd", f, lambda d: charts.rv_cd_heatmap(
+            metrics.rv_cd_matrix(d), rv_source=f.rv_source, cd_source=f.cd_source, n_cots=d.height)),
+            "rv_cd", "heatmap")
 
     # ---------------------------------------------------------------- budgets and Mean@k
     st.subheader("Accuracy across token budgets")
@@ -160,7 +148,7 @@ with common.guard():
         c1, c2 = st.columns([3, 1])
         budgets = c1.multiselect("Budgets (tokens)", BUDGET_CHOICES, default=list(metrics.DEFAULT_BUDGETS),
                                  format_func=charts.budget_label, key="dist_budgets")
-        max_samples, pass_rates = per_problem(key, db, stamp, df)
+        max_samples, pass_rates = per_problem(f)
         max_k = max(1, max_samples)
         # a narrower filter can lower the largest usable k below the one chosen before
         st.session_state["dist_k"] = min(int(st.session_state.get("dist_k", 1)), max_k)
@@ -168,10 +156,11 @@ with common.guard():
                                 help=f"Up to {max_k}: the most CoTs one problem has within one model."))
         if not budgets:
             st.info("Pick at least one budget.")
-            acc, mp = budgets_and_k(key, db, stamp, (), k, df)
+            acc, mp = budgets_and_k(f, (), k)
         else:
-            acc, mp = budgets_and_k(key, db, stamp, tuple(sorted(budgets)), k, df)
-            st.plotly_chart(charts.budget_figure(acc, n_cots=df.height), key="dist_budget", width="stretch")
+            acc, mp = budgets_and_k(f, tuple(sorted(budgets)), k)
+            st.plotly_chart(frames.derived("budget_figure", f, lambda d: charts.budget_figure(acc, n_cots=d.height),
+                                           tuple(sorted(budgets)), k), key="dist_budget", width="stretch")
             st.caption("Accuracy and truncation rate per dataset, model and benchmark at each budget; "
                        "`full_accuracy` is without a budget and matches the `acc[source]` of "
                        "`python -m core summary` for the chosen correctness source.")
@@ -180,11 +169,13 @@ with common.guard():
                          column_config={c: PERCENT for c in table.columns if c.startswith(("acc", "trunc", "full"))})
 
         st.subheader(f"Mean@{k} and Pass@{k}")
-        _selectable_chart(charts.mean_pass_at_k_figure(mp, n_cots=df.height, k=k), "mean_pass", "model")
+        _selectable_chart(frames.derived("mean_pass_figure", f, lambda d: charts.mean_pass_at_k_figure(
+            mp, n_cots=d.height, k=k), k), "mean_pass", "model")
         st.caption(f"Mean@{k}: per-sample accuracy averaged over problems with at least {k} judged samples; "
                    f"Pass@{k}: the unbiased estimate 1 − C(n−c, {k}) / C(n, {k}). Correctness: {f.correct_source}.")
         st.dataframe(mp, hide_index=True, key="dist_mean_pass_table",
                      column_config={"mean_at_k": PERCENT, "pass_at_k": PERCENT})
 
         st.subheader("Per-problem pass rate against mean length")
-        _selectable_chart(charts.pass_rate_scatter(pass_rates, n_cots=df.height, log_x=log_x), "pass_rate", "problem")
+        _selectable_chart(frames.derived("pass_rate_scatter", f, lambda d: charts.pass_rate_scatter(
+            pass_rates, n_cots=d.height, log_x=log_x), log_x), "pass_rate", "problem")

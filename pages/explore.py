@@ -51,7 +51,7 @@ with common.guard():
     left, right, note = st.columns([1, 1, 3])
     left.metric("Matching CoTs", f"{counts['cots']:,}")
     right.metric("Problems", f"{counts['problems']:,}")
-    generated = [d["name"] for d in queries.datasets().iter_rows(named=True) if d["generated"]]
+    generated = common.catalogue(stamp)["generated"]
     shown_generated = [d for d in generated if not f.datasets or d in f.datasets]
     if shown_generated:
         note.caption(

@@ -108,7 +108,7 @@ def _ingest_progress(jobs, job_id) -> None:
 st.title("Overview")
 with common.guard():
     f = common.sidebar_filter()
-    datasets = queries.datasets()
+    datasets = common.per_stamp("datasets", queries.datasets)
     if datasets.height == 0:
         st.info(HOW_TO_INGEST)
     else:
@@ -145,7 +145,7 @@ with common.guard():
                     "reference answers); ingest model outputs to see models here.")
 
         st.subheader("Score sources")
-        sources = queries.score_sources()
+        sources = common.per_stamp("score_sources", queries.score_sources)
         if sources.height:
             st.dataframe(sources, hide_index=True, key="overview_sources")
         else:
@@ -158,12 +158,7 @@ with common.guard():
         elif df.height == 0:
             st.info("No CoT matches the sidebar filter; widen it to see the headline chart.")
         else:
-            frame = charts.length_distribution_frame(df, kind="histogram", bins=40)
-            fig = charts.length_distribution_figure(
-                frame, kind="histogram", n_cots=df.height, no_length=int(df["n_tokens"].is_null().sum()),
-                correctness_source=f.correct_source, panel_height=200,
-            )
-            fig.update_layout(height=340)
+            fig = frames.length_figure(f, kind="histogram", bins=40, panel_height=200, height=340)
             st.plotly_chart(fig, key="overview_lengths", width="stretch")
             st.caption("All CoTs the sidebar filter matches; the Distributions page facets this by model, "
                        "CD level or dataset and adds RV / CD, token budgets and Mean@k.")

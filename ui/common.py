@@ -31,8 +31,10 @@ def store_stamp() -> tuple[float, float]:
 def catalogue(stamp: tuple[float, float]) -> dict:
     """Datasets, models, benchmarks and score sources for the filter widgets."""
     del stamp  # only the cache key
+    sets = queries.datasets()
     return {
-        "datasets": queries.datasets()["name"].to_list(),
+        "datasets": sets["name"].to_list(),
+        "generated": sets.filter(sets["generated"])["name"].to_list(),  # synthetic data, labelled as such
         "models": queries.distinct_values("model"),
         "benchmarks": queries.distinct_values("benchmark"),
         "rv": queries.sources("rv"),
@@ -41,6 +43,18 @@ def catalogue(stamp: tuple[float, float]) -> dict:
         "max_tokens": int(store.read_rows("SELECT coalesce(max(n_tokens), 0) FROM cots")[0][0]),
         "max_reflections": int(store.read_rows("SELECT coalesce(max(n_reflections), 0) FROM cots")[0][0]),
     }
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=32)
+def _per_stamp(name: str, db: str, stamp: tuple[float, float], _query):
+    del name, db, stamp  # the cache key only
+    return _query()
+
+
+def per_stamp(name: str, query):
+    """``query()`` (a store read that depends on nothing but the store), cached until the store
+    is written: a rerun then does not open the store at all."""
+    return _per_stamp(name, str(db_file()), store_stamp(), query)
 
 
 @contextlib.contextmanager
@@ -62,7 +76,8 @@ _TRUNC = {None: "any", True: "only truncated", False: "only complete"}
 
 def _initial_state(start: CotFilter, cat: dict) -> dict:
     """Widget values for a filter (the URL's, on a session's first run)."""
-    src = queries.default_sources()
+    # queries.default_sources() (the first source per metric), from the cached catalogue
+    src = {metric: (cat[metric] or [None])[0] for metric in ("rv", "cd", "correct")}
 
     def source(current, metric):
         return current if current in cat[metric] else (src[metric] or _NONE)

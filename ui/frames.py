@@ -1,6 +1,17 @@
-"""The matching CoTs' numbers, cached for the pages that chart them (Distributions, Overview)."""
+"""The matching CoTs' numbers, and what the pages compute from them, cached for the pages that
+chart them (Distributions, Overview).
+
+Both caches are ``st.cache_resource``: one object shared by every rerun and session, never
+copied. ``st.cache_data`` would pickle a 2M-row frame into the cache and unpickle a fresh copy
+on every rerun (about a second and a copy of the frame per session at 2M CoTs). Sharing is safe
+because nothing mutates what is cached: polars frames are immutable, and a cached figure is
+only handed to ``st.plotly_chart``, which serialises it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 import polars as pl
 import streamlit as st
@@ -9,13 +20,17 @@ from core import charts, queries
 from core.queries import CotFilter
 from ui import common
 
+T = TypeVar("T")
 
-@st.cache_data(ttl=600, show_spinner="Reading the matching CoTs…", max_entries=16)
+# A 2M-CoT frame is ~135 MB (plus what DuckDB needs to make it); keeping two bounds the memory.
+FRAMES_KEPT = 2
+
+
+@st.cache_resource(ttl=600, show_spinner="Reading the matching CoTs…", max_entries=FRAMES_KEPT)
 def _load(filter_key: str, db: str, stamp: tuple[float, float], _f: CotFilter) -> pl.DataFrame:
     del filter_key, db, stamp  # the cache key only
     frame = queries.metric_frame(_f)
-    generated = queries.datasets().filter(pl.col("generated"))["name"].to_list()
-    return charts.label_generated(frame, generated)
+    return charts.label_generated(frame, common.catalogue(common.store_stamp())["generated"])
 
 
 def cache_key(f: CotFilter) -> tuple[str, str, tuple[float, float]]:
@@ -28,3 +43,41 @@ def cache_key(f: CotFilter) -> tuple[str, str, tuple[float, float]]:
 def metric_frame(f: CotFilter) -> pl.DataFrame:
     """``queries.metric_frame`` for every CoT ``f`` matches, generated datasets labelled."""
     return _load(*cache_key(f), f)
+
+
+@st.cache_resource(ttl=600, show_spinner=False, max_entries=64)
+def _derived(name: str, params: tuple, filter_key: str, db: str, stamp: tuple[float, float], _f: CotFilter,
+             _compute: Callable[[pl.DataFrame], T]) -> T:
+    del name, params, filter_key, db, stamp  # the cache key only
+    return _compute(metric_frame(_f))
+
+
+def derived(name: str, f: CotFilter, compute: Callable[[pl.DataFrame], T], *params) -> T:
+    """``compute(metric_frame(f))``, cached until the filter, the store or ``params`` change.
+
+    ``name`` and ``params`` are the key: ``compute`` must depend on nothing else than the frame
+    and ``params`` (a lambda over the page's widget values, with those values in ``params``).
+    A rerun that changes nothing then costs a dictionary look-up instead of a pass over every
+    matching CoT."""
+    return _derived(name, tuple(params), *cache_key(f), f, compute)
+
+
+def length_figure(f: CotFilter, *, facet_name: str = "none", kind: str = "histogram", bins: int = 40,
+                  log_x: bool = False, panel_height: int | None = None, height: int | None = None):
+    """The length-by-correctness figure over every CoT ``f`` matches (Distributions, Overview),
+    cached per filter and display choice."""
+
+    def build(df: pl.DataFrame):
+        frame = charts.length_distribution_frame(df, facet_by=charts.FACETS[facet_name], kind=kind, bins=bins, log=log_x)
+        # CoTs the chart cannot place: no token count, or a count of 0 on a log axis
+        no_length = int(df["n_tokens"].is_null().sum()) + (int((df["n_tokens"] <= 0).sum()) if log_x else 0)
+        fig = charts.length_distribution_figure(
+            frame, kind=kind, n_cots=df.height, facet_label=facet_name if facet_name != "none" else None,
+            log_x=log_x, no_length=no_length, correctness_source=f.correct_source,
+            **({"panel_height": panel_height} if panel_height else {}),
+        )
+        if height:
+            fig.update_layout(height=height)
+        return fig
+
+    return derived("length_figure", f, build, facet_name, kind, bins, log_x, panel_height, height)
