@@ -21,7 +21,7 @@ from core.demo import write_omnithought
 
 from helpers import REPO
 
-N_PROBLEMS = 8700  # ~59k CoTs: 12 load chunks at the default CHUNK_COTS, ~29 token batches
+N_PROBLEMS = 8700  # ~59k CoTs: one load transaction (a row group holds 122,880), ~8 token batches
 TEXT_SCALE = float(os.environ.get("THOUGHTSCOPE_TEST_TEXT_SCALE", "0.02"))
 MIN_READS_DURING_INGEST = 20
 INGEST_TIMEOUT_S = int(os.environ.get("THOUGHTSCOPE_TEST_INGEST_TIMEOUT", "540"))
