@@ -145,7 +145,7 @@ def shape(batch: pl.DataFrame, fmt: str, style: str) -> pl.DataFrame:
 
 def _filter_numbers(f: CotFilter, *, db=None) -> pl.DataFrame:
     """Ids and numbers of every CoT a plain filter matches (its own sources' rv, cd, correct)."""
-    sql, params = queries.matching_sql(f)
+    sql, params = queries.matching_sql(f, db=db)
     return store.read_df(
         f"SELECT cot_id, problem_id, dataset, model, n_tokens, rv, cd, correct, NULL::DOUBLE AS score, "
         f"NULL::DOUBLE AS weight FROM ({sql}) ORDER BY cot_id", params, db=db,

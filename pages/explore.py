@@ -51,6 +51,8 @@ with common.guard():
     left, right, note = st.columns([1, 1, 3])
     left.metric("Matching CoTs", f"{counts['cots']:,}")
     right.metric("Problems", f"{counts['problems']:,}")
+    if f.text:  # whole-word index search and substring scan can give different matches
+        st.caption(f"Text search: {queries.text_search_mode(f.text)}")
     generated = common.catalogue(stamp)["generated"]
     shown_generated = [d for d in generated if not f.datasets or d in f.datasets]
     if shown_generated:
