@@ -115,16 +115,25 @@ def _max_tokens(db: str) -> int:
     return int(store.read_rows("SELECT coalesce(max(n_tokens), 0) FROM cots", db=db)[0][0])
 
 
+def _read_pool_table(db: str, base) -> tuple:
+    """The selection's pool as Arrow (what selection.load_pool reads) and the seconds it took:
+    both children start from the same read, timed apart from building their own structures."""
+    from core import selection, store
+
+    started = time.perf_counter()
+    sql, params = selection.pool_sql(base, db=db)
+    with store.connect(db, read_only=True) as con:
+        table = con.sql(sql, params=params).to_arrow_table()
+    return table, time.perf_counter() - started
+
+
 def _child_ours(args: dict) -> dict:
     from core import selection, store
 
     db = args["db"]
     base = _selection(db)
     started = time.perf_counter()
-    sql, params = selection.pool_sql(base)
-    with store.connect(db, read_only=True) as con:
-        table = con.sql(sql, params=params).to_arrow_table()
-    read_s = time.perf_counter() - started
+    table, read_s = _read_pool_table(db, base)
     pool = selection.LoadedPool(selection.pool_key(base), table)
     del table
     load_s = time.perf_counter() - started
@@ -195,9 +204,7 @@ def _child_duckdb(args: dict) -> dict:
     db = args["db"]
     base = _selection(db)
     started = time.perf_counter()
-    sql, params = selection.pool_sql(base)
-    with store.connect(db, read_only=True) as con:
-        table = con.sql(sql, params=params).to_arrow_table()
+    table, read_s = _read_pool_table(db, base)
     con = duckdb.connect()
     con.register("pool_arrow", table)
     con.execute("CREATE TABLE meta AS SELECT * EXCLUDE (dataset, model), CAST(dataset AS VARCHAR) AS dataset, "
