@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS cots (
 CREATE TABLE IF NOT EXISTS score_sources (
     source_id INTEGER PRIMARY KEY,
     name VARCHAR NOT NULL UNIQUE,
-    kind VARCHAR NOT NULL,            -- label (the dataset's own) | judge | verifier
+    kind VARCHAR NOT NULL,            -- label (the dataset's own) | judge | verifier | human | stage
     model VARCHAR,
     template_hash VARCHAR,
     params JSON,
@@ -99,6 +99,18 @@ CREATE TABLE IF NOT EXISTS scores (
     value DOUBLE,                     -- NULL when the source gave no usable value
     raw VARCHAR,                      -- raw judge output or label as given
     error VARCHAR                     -- why value is NULL
+);
+
+-- Problem-level numbers (difficulty, contamination, near-duplicate cluster, ...), long format
+-- like scores and under the same score sources: the stage that computes them owns a source
+-- (kind 'stage'), and a filter or a selection rule looks a metric up by (source, metric).
+CREATE TABLE IF NOT EXISTS problem_scores (
+    problem_id BIGINT NOT NULL,
+    source_id INTEGER NOT NULL,
+    metric VARCHAR NOT NULL,
+    value DOUBLE,
+    raw VARCHAR,                      -- detail as text (e.g. which benchmark problem matched)
+    error VARCHAR
 );
 
 -- The eval harness's own figures (Qwen2.5-Math *_metrics.json), shown beside ours.
@@ -232,6 +244,7 @@ def delete_dataset_rows(con: duckdb.DuckDBPyConnection, dataset_id: int) -> None
     """Remove every row an ingest of ``dataset_id`` wrote (used to undo a failed load)."""
     lo, hi = dataset_id << ID_SHIFT, (dataset_id + 1) << ID_SHIFT
     con.execute("DELETE FROM scores WHERE cot_id >= ? AND cot_id < ?", [lo, hi])
+    con.execute("DELETE FROM problem_scores WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
     con.execute("DELETE FROM cots WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM problems WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM run_metrics WHERE dataset_id = ?", [dataset_id])
