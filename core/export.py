@@ -43,6 +43,7 @@ from typing import Any
 import polars as pl
 
 from core import queries, store
+from core.errors import UserError
 from core.queries import CotFilter
 from core.recipes import Recipe, slug
 from core.selection import Selection, kept_numbers
@@ -83,7 +84,7 @@ RECORD_COLUMNS = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export that cannot be made as asked."""
 
 
