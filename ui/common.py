@@ -41,8 +41,7 @@ def catalogue(stamp: tuple[float, float]) -> dict:
         "rv": queries.sources("rv"),
         "cd": queries.sources("cd"),
         "correct": queries.sources("correct"),
-        "max_tokens": int(store.read_rows("SELECT coalesce(max(n_tokens), 0) FROM cots")[0][0]),
-        "max_reflections": int(store.read_rows("SELECT coalesce(max(n_reflections), 0) FROM cots")[0][0]),
+        **queries.slider_maxima(),
     }
 
 
