@@ -10,13 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 
 from core import store
+from core.progress import ProgressFn
 
 DEFAULT_TOKENIZER = "SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -80,7 +80,7 @@ def count_tokens_stage(
     dataset_id: int | None = None,
     recount: bool = False,
     batch_cots: int = BATCH_COTS,  # CoTs per batch at most (fewer when they are long)
-    progress: Callable[[str, int, int | None], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict:
     """Count tokens of every CoT without a count (or counted by another tokenizer when
     ``recount``); returns {'cots': n, 'tokens': t, 'seconds': s}."""

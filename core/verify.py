@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import pyarrow as pa
 
 from core import store
+from core.progress import ProgressFn
 
 SOURCE = "math-verify"
 BATCH_COTS = 512
@@ -50,7 +50,7 @@ def verify_stage(
     db=None,
     dataset_id: int | None = None,
     workers: int | None = None,
-    progress: Callable[[str, int, int | None], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict:
     where_ds = " AND c.dataset_id = ?" if dataset_id is not None else ""
     params = [SOURCE] + ([dataset_id] if dataset_id is not None else [])
