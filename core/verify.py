@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from core import store
+from core.options import option
 from core.progress import ProgressFn
 
 SOURCE = "math-verify"
@@ -23,6 +25,13 @@ _TODO = """
       AND c.cot_id NOT IN (SELECT s.cot_id FROM scores s JOIN score_sources ss USING (source_id)
                            WHERE ss.name = ? AND s.metric = 'correct')
 """
+
+
+@dataclass
+class VerifyOptions:
+    """A verification job (``python -m core verify``)."""
+
+    dataset_id: int | None = option(None, help="only this dataset's CoTs (default: every dataset)")
 
 
 def _check(item: tuple[int, str | None, str]) -> tuple[int, float | None, str | None]:

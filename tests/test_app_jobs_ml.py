@@ -4,7 +4,6 @@ model card appear), then evaluate the tuned model on a benchmark (its accuracy a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from core import export, jobs, store
 from core.ingest import ingest
 from core.queries import CotFilter
-from test_finetune import build_tiny_llama
+from helpers import build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 600
@@ -55,6 +54,7 @@ def _submit(at: AppTest, label: str) -> tuple[AppTest, int]:
     return at, int(started[0].split()[2].rstrip(":"))
 
 
+@pytest.mark.spawns_processes
 def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, tiny_model, tmp_path, kill_workers_after, capsys):
     app_store(demo_store)
     bench = tmp_path / "mini_gsm8k_test.jsonl"
@@ -98,11 +98,9 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
                            [source], db=demo_store)[0][0] == 4  # 2 CoTs x (rv, logic)
     # the command line runs the same job: under the job's source name, with the same settings,
     # it finds every pair already scored and judges nothing again
-    from core.ml_cli import add_ml_cli
+    from core.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--db")
-    add_ml_cli(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     ids = [r[0] for r in store.read_rows("SELECT DISTINCT cot_id FROM scores JOIN score_sources USING (source_id) "
                                          "WHERE name = ? ORDER BY 1", [source], db=demo_store)]
     args = parser.parse_args(["--db", str(demo_store), "score", "--cot-ids", ",".join(map(str, ids)), "--metrics", "rv,logic",
