@@ -14,6 +14,19 @@ from helpers import QWEN_OUTPUTS, REPO, build_tiny_llama, judge_corpus, judge_ro
 
 ROOT = REPO
 
+# Time limits by marker (pytest.ini's timeout = 120 s is for everything else); a test's own
+# @pytest.mark.timeout(N) wins. Generous: the suite shares small, busy machines.
+MARKER_TIMEOUTS = {"spawns_processes": 600, "slow": 900, "browser": 1800, "vllm": 1800}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        limits = [seconds for marker, seconds in MARKER_TIMEOUTS.items() if item.get_closest_marker(marker)]
+        if limits:
+            item.add_marker(pytest.mark.timeout(max(limits)))
+
 
 def _build_store(path: Path, builder) -> Path:
     """Build once per pytest run and cache the file, so every test starts from a copy."""

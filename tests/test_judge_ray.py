@@ -20,6 +20,8 @@ from core.tokens import tokenizer_cache_dir
 from helpers import cot_ids as _cot_ids
 from helpers import source_scores as _scores
 
+pytestmark = pytest.mark.spawns_processes
+
 ray = pytest.importorskip("ray")
 
 OBJECT_STORE_BYTES = 200 * 2**20  # /dev/shm holds it; 200 MB is far more than six CoTs need
