@@ -242,8 +242,8 @@ class TransformersBackend:
             with torch.inference_mode():
                 generated = self.model.generate(**enc, **options, stopping_criteria=StoppingCriteriaList([watch]))
             if watch.stopped:
-                raise JobCancelled(f"generation stopped at decoding step {watch.steps} of at most {max_new_tokens}, "
-                                   f"batch {b + 1} of {len(batches)}")
+                raise JobCancelled(f"generation stopped at decoding step {watch.steps} of at most {max_new_tokens}"
+                                   + (f", in batch {b + 1} of {len(batches)} of this call" if len(batches) > 1 else ""))
             prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
             new = generated[:, enc["input_ids"].shape[1]:].tolist()
             batch_tokens = 0

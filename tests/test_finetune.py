@@ -105,6 +105,7 @@ def _checkpoint_steps(name: str) -> list[int]:
 
 
 @pytest.mark.spawns_processes
+@pytest.mark.timeout(900)  # 300 training steps in three workers: 520 s once at a load average of 12
 def test_a_finetune_job_survives_a_kill_and_a_cancel(tiny_llama, messages, tmp_path, monkeypatch):
     monkeypatch.setenv("THOUGHTSCOPE_DB", str(tmp_path / "store.duckdb"))
     store.init_store()

@@ -361,3 +361,37 @@ def test_a_smollm2_score_job_cancelled_mid_batch_stops_there_and_keeps_committed
     rows = source_scores(judge_store, source)
     assert len(rows) == 3 and len({r[:2] for r in rows}) == 3
     assert (job["result"]["already_done"], job["result"]["scored"]) == (1, 2)
+
+
+@pytest.mark.spawns_processes
+def test_a_killed_score_job_shows_only_committed_pairs_and_resumes_from_them(judge_store, tiny_llama, monkeypatch):
+    """Issue 9: the judge job's count was ahead of its commits (1 of 4 shown, 4 of 4 still to do
+    after a kill). Every count the job shows must already be in the store, and after a SIGKILL
+    the resumed job starts from exactly what was committed."""
+    from helpers import cot_ids, source_scores
+
+    monkeypatch.setenv("THOUGHTSCOPE_DB", str(judge_store))
+    ids = cot_ids(judge_store)
+    job_id = jobs.submit("score", {"cot_ids": ids, "metrics": ["rv", "logic"], "model": str(tiny_llama), "batch_size": 1,
+                                   "max_new_tokens": 48})
+    source = f"judge:{tiny_llama.name}:job{job_id}"
+
+    def committed() -> int:
+        return len(source_scores(judge_store, source)) if store.read_rows(
+            "SELECT 1 FROM score_sources WHERE name = ?", [source], db=judge_store) else 0
+
+    def shown_is_committed_and_two_done(job) -> bool:
+        if job["done"]:
+            assert committed() >= job["done"], f"the job shows {job['done']} pairs, the store holds {committed()}"
+        return (job["done"] or 0) >= 2
+
+    job = wait_for(job_id, shown_is_committed_and_two_done, "two committed pairs")
+    os.kill(job["pid"], signal.SIGKILL)
+    job = wait_for(job_id, lambda j: j["state"] == "interrupted", "the kill to be noticed", timeout=120)
+    at_kill = committed()
+    assert at_kill >= job["done"] >= 2
+    jobs.resume(job_id)
+    job = wait_for(job_id, lambda j: j["state"] == "done", "the resumed job's end")
+    assert (job["result"]["already_done"], job["result"]["scored"], job["result"]["total"]) == (at_kill, 12 - at_kill, 12)
+    rows = source_scores(judge_store, source)
+    assert len(rows) == 12 and len({r[:2] for r in rows}) == 12

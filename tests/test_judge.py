@@ -514,11 +514,12 @@ def test_cancel_stops_the_generation_mid_batch_and_keeps_what_was_committed(judg
     stops at that step (nothing of it is committed), and the batches before it stay."""
 
     class CancelInSecondBatch:
-        def __init__(self):
+        def __init__(self, watcher):
+            self.watcher = watcher  # its last progress call says what is committed
             self.asked_after_commit, self.asked_after_yes = 0, 0
 
         def __call__(self):
-            if len(_scores(judge_store, "stopped mid-batch")) < 4:
+            if not self.watcher.calls or self.watcher.calls[-1][1] < 4:
                 return False  # the first batch is still generating
             if self.asked_after_yes:
                 self.asked_after_yes += 1
@@ -530,13 +531,13 @@ def test_cancel_stops_the_generation_mid_batch_and_keeps_what_was_committed(judg
                 return True
             return False
 
-    cancel = CancelInSecondBatch()
     counting = CountingBackend(tiny_backend)
     watcher = StoreWatcher(judge_store, "stopped mid-batch")
+    cancel = CancelInSecondBatch(watcher)
     run = score_cots(judge_store, _cot_ids(judge_store), backend=counting, model="tiny-llama", metrics=["rv", "logic"],
-                     source_name="stopped mid-batch", max_new_tokens=200, batch_size=4, cancelled=cancel, progress=watcher)
+                     source_name="stopped mid-batch", max_new_tokens=64, batch_size=4, cancelled=cancel, progress=watcher)
     assert run.cancelled and run.scored == 4 and counting.calls == 2
-    assert run.stopped == "generation stopped at decoding step 3 of at most 200, batch 1 of 1"
+    assert run.stopped == "generation stopped at decoding step 3 of at most 64"
     assert cancel.asked_after_yes == 1  # no step ran after the flag went up
     assert len(_scores(judge_store, "stopped mid-batch")) == 4  # the first batch, committed before
     # the run's tokens are the first batch's: the stopped batch's answers were thrown away
@@ -545,7 +546,7 @@ def test_cancel_stops_the_generation_mid_batch_and_keeps_what_was_committed(judg
     assert watcher.calls[-1][1:3] == (4, 4)  # the last count shown: the committed pairs
     # a resume judges the 8 pairs left, each once
     again = score_cots(judge_store, _cot_ids(judge_store), backend=counting, model="tiny-llama", metrics=["rv", "logic"],
-                       source_name="stopped mid-batch", max_new_tokens=200, batch_size=4)
+                       source_name="stopped mid-batch", max_new_tokens=64, batch_size=4)
     assert (again.already_done, again.scored) == (4, 8)
     rows = _scores(judge_store, "stopped mid-batch")
     assert len(rows) == 12 and len({r[:2] for r in rows}) == 12
