@@ -126,10 +126,11 @@ def _messages(question: str) -> list[dict]:
 
 
 def generate_answers(opts: EvalOptions, problems: list[dict], temperature: float, *, on_step=None,
-                     cancelled: CancelledFn | None = None) -> list[list[Generation]]:
+                     cancelled: CancelledFn | None = None, backend_options: dict | None = None) -> list[list[Generation]]:
     """k answers per problem (in order), from the backend this process keeps open for the
-    model+adapter (core.generation)."""
-    options = {"adapter": opts.adapter, "batch_size": opts.batch_size}
+    model+adapter (core.generation); ``backend_options`` go to the backend's constructor
+    (e.g. ``dtype="float32"`` for a vLLM engine, which on a CPU would pick bfloat16)."""
+    options = {**(backend_options or {}), "adapter": opts.adapter, "batch_size": opts.batch_size}
     if opts.backend == "vllm":
         options["seed"] = opts.seed
     engine = cached_backend(opts.backend, opts.model, **options)

@@ -146,7 +146,9 @@ from core.evaluate import EvalOptions, generate_answers
 if __name__ == "__main__":  # vLLM's engine spawns processes
     problems = json.loads(open({problems!r}).read())
     opts = EvalOptions(benchmark="gsm8k_test", problems=len(problems), k=1, max_new_tokens={max_new_tokens}, backend="vllm")
-    answers = generate_answers(opts, problems, 0.0)
+    # float32 like transformers on a CPU: vLLM would otherwise run bfloat16, and greedy answers
+    # part at the first near-tie (2 of these 4 did)
+    answers = generate_answers(opts, problems, 0.0, backend_options={{"dtype": "float32"}})
     print("RESULT " + json.dumps([[(g.text, g.finish_reason) for g in samples] for samples in answers]))
 """
 
@@ -179,7 +181,7 @@ def test_vllm_generation_matches_transformers_greedy(tmp_path, monkeypatch):
               generate_answers(EvalOptions(benchmark="gsm8k_test", problems=4, k=1, max_new_tokens=32), problems, 0.0)]
     assert [len(samples) for samples in vllm_out] == [1, 1, 1, 1]
     same = sum(v[0][0].strip() == t[0][0].strip() for v, t in zip(vllm_out, tf_out))
-    # greedy in fp32 on both sides; a near-tie between two tokens may still split one answer
+    # greedy in float32 on both sides; a near-tie between two tokens may still split one answer
     assert same >= 3, [(v[0][0], t[0][0]) for v, t in zip(vllm_out, tf_out)]
     assert all(v[0][1] == t[0][1] for v, t in zip(vllm_out, tf_out) if v[0][0].strip() == t[0][0].strip())
 
