@@ -1,12 +1,12 @@
-# ThoughtScope: `make run` starts the app, `make test` runs the whole suite. Both set
-# everything up first (a virtual environment in .venv; for `make test` also vLLM's CPU build
-# in .venv-vllm) and work on a fresh machine.
+# ThoughtScope: `make run` starts the app, `make test` runs the linter and the whole suite,
+# `make test-fast` the edit-test loop. They set everything up first (a virtual environment in
+# .venv; for `make test` also vLLM's CPU build in .venv-vllm) and work on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: setup vllm-env run test demo browser bench clean-store
+.PHONY: setup vllm-env run test test-fast lint demo browser bench clean-store
 
 $(INSTALLED): requirements.txt
 	python3 -m venv $(VENV)
@@ -55,9 +55,18 @@ run: demo
 	$(PY) -m ui.serve --server.port $(PORT) --server.headless true \
 	  --browser.gatherUsageStats false
 
+# ruff, configured in pyproject.toml
+lint: setup
+	$(PY) -m ruff check .
+
 # THOUGHTSCOPE_REQUIRE_VLLM=1: a vllm-marked test fails, rather than skips, if .venv-vllm is missing
-test: setup vllm-env browser
+test: setup vllm-env browser lint
 	THOUGHTSCOPE_REQUIRE_VLLM=1 $(PY) -m pytest
+
+# The edit-test loop: no browser, no vLLM, no real model, no worker process or subprocess
+# (markers in pytest.ini); a few minutes instead of the whole suite's quarter of an hour.
+test-fast: setup
+	$(PY) -m pytest -q -m "not browser and not vllm and not slow and not spawns_processes"
 
 bench: setup
 	$(PY) bench/bench_ingest.py --cots 200000 --text-scale 0.02

@@ -59,6 +59,7 @@ def build_prompts(n: int, max_chars: int) -> list[dict]:
 def worker(args) -> None:
     """Child side: open one backend, answer every prompt, print one JSON line."""
     from core import judge
+    from core.generation import open_backend
 
     prompts = json.loads(Path(args.prompts_file).read_text())
     options = {"batch_size": args.batch_size}
@@ -71,7 +72,7 @@ def worker(args) -> None:
     else:
         options["dtype"] = args.dtype
     started = time.perf_counter()
-    engine = judge.open_backend(args.worker, args.model, **options)
+    engine = open_backend(args.worker, args.model, **options)
     opened = time.perf_counter()
     regexes = None
     if args.guided:
@@ -82,7 +83,7 @@ def worker(args) -> None:
     done = time.perf_counter()
     print(json.dumps({
         "backend": args.worker, "open_s": opened - started, "generate_s": done - opened,
-        "generated_tokens": engine.generated_tokens, "answers": answers,
+        "generated_tokens": engine.generated_tokens, "answers": [a.text for a in answers],
     }))
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from core import store
+from core.errors import UserError
 from core.queries import CotFilter, matching_sql
 
 PAGE_SQL_COLUMNS = ("cot_id", "problem_id", "dataset", "model", "benchmark", "n_tokens", "a", "b", "question")
@@ -37,9 +38,9 @@ class Side:
     def __post_init__(self):
         object.__setattr__(self, "sources", tuple(self.sources))
         if not self.sources:
-            raise ValueError("choose at least one score source for each side")
+            raise UserError("choose at least one score source for each side")
         if not self.metric:
-            raise ValueError("choose a metric for each side")
+            raise UserError("choose a metric for each side")
 
     def label(self) -> str:
         return f"{self.metric} · {' > '.join(self.sources)}"

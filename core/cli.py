@@ -2,14 +2,16 @@
 
     python -m core ingest PATH [--format F] [--name NAME] [--map role=COL,...] [--skip-bad]
     python -m core summary [--json]
-    python -m core tokens [--tokenizer NAME] [--recount]
-    python -m core verify
     python -m core demo [--problems N] [--out FILE]
     python -m core index [--path DIR] [--json]
-    python -m core score|finetune|evaluate ...   (see core/ml_cli.py)
     python -m core jobs [--json]
+    python -m core tokens|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
 
-The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb.
+The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb. The job-kind commands
+run the job's own runner in this process with a progress bar, their flags generated from the
+kind's options classes (core.options), so a command line and a job started from the Jobs page
+take the same options and give the same result; the result is printed as one JSON line. A
+request that cannot go ahead (core.errors.UserError) prints "error: ..." and exits 2.
 """
 
 from __future__ import annotations
@@ -19,29 +21,16 @@ import json
 import sys
 from pathlib import Path
 
-from core import jobs, store
-from core.ml_cli import add_ml_cli
+from core import job_kinds, store
+from core.errors import UserError
+from core.options import add_arguments, from_namespace
+from core.progress import ProgressBar, RunContext
 
 
 def _bar(desc: str):
-    """A tqdm bar per stage, fed by the (stage, done, total) progress callbacks."""
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def update(stage: str, done: int, total: int | None) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=f"{desc}: {stage}", unit={"read": "row", "load": "chunk"}.get(stage, "cot"), file=sys.stderr)
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    def close() -> None:
-        for bar in bars.values():
-            bar.close()
-
-    return update, close
+    """(progress callback, close) for a command: a tqdm bar per stage (core.progress.ProgressBar)."""
+    bar = ProgressBar(desc)
+    return bar, bar.close
 
 
 def parse_mapping(text: str | None) -> dict[str, str]:
@@ -112,26 +101,6 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def cmd_tokens(args) -> int:
-    from core.tokens import count_tokens_stage
-
-    update, close = _bar("tokens")
-    result = count_tokens_stage(db=args.db, tokenizer=args.tokenizer, recount=args.recount, progress=update)
-    close()
-    print(json.dumps(result))
-    return 0
-
-
-def cmd_verify(args) -> int:
-    from core.verify import verify_stage
-
-    update, close = _bar("verify")
-    result = verify_stage(db=args.db, progress=update)
-    close()
-    print(json.dumps(result))
-    return 0
-
-
 def cmd_index(args) -> int:
     """Bring the full-text search index up to date (only datasets not indexed yet)."""
     from core.search import IndexBusy, build
@@ -177,6 +146,50 @@ def cmd_demo(args) -> int:
     return cmd_ingest(args)
 
 
+def cmd_jobs(args) -> int:
+    """The job list, as on the Jobs page."""
+    from core import jobs
+
+    frame = jobs.list_jobs(limit=None)
+    if args.json:
+        print(json.dumps([jobs.get(i) for i in frame["id"].to_list()], indent=1, default=str))
+        return 0
+    if frame.is_empty():
+        print(f"No jobs in {jobs.jobs_db_path()}.")
+        return 0
+    for job_id in frame["id"].to_list():
+        job = jobs.get(job_id)
+        line = f"#{job['id']:<4} {job['kind']:<10} {job['state']:<12} {jobs.progress_text(job)}"
+        if job["error"]:
+            line += f"\n      error: {job['error']}"
+        print(line)
+    return 0
+
+
+def _run_kind(kind: job_kinds.JobKind, args) -> int:
+    """A job kind's runner in this process: options from the flags, a progress bar, the
+    result printed as one JSON line (log lines go to stderr)."""
+    options = tuple(from_namespace(cls, args) for cls in kind.options)
+    if kind.check is not None:
+        kind.check(*options)
+    with ProgressBar(kind.name) as bar:
+        ctx = RunContext(db=args.db, progress=bar, log=lambda message: print(message, file=sys.stderr))
+        result = kind.runner()(*options, ctx)
+    print(json.dumps({k: v for k, v in result.items() if k not in kind.hidden}, default=str))
+    return 0
+
+
+def add_job_commands(subparsers) -> None:
+    """A command per job kind with ``command=True``, its flags from the kind's options."""
+    for kind in job_kinds.KINDS.values():
+        if not kind.command:
+            continue
+        p = subparsers.add_parser(kind.name, help=kind.help, description=kind.help)
+        for cls in kind.options:
+            add_arguments(p, cls, title=getattr(cls, "OPTION_GROUP", cls.__name__) if len(kind.options) > 1 else None)
+        p.set_defaults(func=lambda args, kind=kind: _run_kind(kind, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.tokens import DEFAULT_TOKENIZER
 
@@ -211,14 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("tokens", help="count tokens of CoTs without a count (resumable)")
-    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
-    p.add_argument("--recount", action="store_true", help="also recount CoTs counted by another tokenizer")
-    p.set_defaults(func=cmd_tokens)
-
-    p = sub.add_parser("verify", help="check answers against reference answers with math-verify (resumable)")
-    p.set_defaults(func=cmd_verify)
-
     p = sub.add_parser("demo", help="generate and ingest the OmniThought-shaped demo dataset")
     p.add_argument("--problems", type=int, default=400)
     p.add_argument("--if-empty", action="store_true", help="only when the store holds no dataset yet")
@@ -229,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     p.set_defaults(func=cmd_demo)
 
-    jobs.add_cli(sub)  # worker --job ID, jobs [--json]
-    add_ml_cli(sub)  # score, finetune, evaluate
+    p = sub.add_parser("jobs", help="list background jobs and their state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+
+    add_job_commands(sub)  # tokens, verify, score, finetune, evaluate
     return parser
 
 
@@ -241,3 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     except store.StoreBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -3,55 +3,66 @@
     python -m core evaluate --benchmark gsm8k_test --model SmolLM2-135M-Instruct \
         [--adapter data/models/my-run/adapter] --problems 20 --k 4 --max-new-tokens 512
 
-k samples per problem under a max-new-token budget; vLLM on GPU, transformers on CPU. The
-generations are appended to a JSONL as they come (a killed run resumes without redoing them),
-then ingested as a new dataset with math-verify correctness and token counts, so the
-Distributions page compares base and tuned models side by side.
+k samples per problem under a max-new-token budget, generated through core.generation (vLLM
+on GPU, transformers on CPU). The generations are appended to a JSONL batch by batch (a killed
+or cancelled run resumes without redoing them; a cancel stops the batch's generation within a
+decoding step), then ingested as a new dataset with math-verify correctness and token counts,
+so the Distributions page compares base and tuned models side by side.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core import store
+from core.errors import UserError
+from core.generation import BACKENDS, Generation, RunClock, cached_backend
+from core.models import DEFAULT_MODEL
+from core.options import option
+from core.progress import CancelledFn, LogFn, ProgressFn, raise_if_cancelled, report_activity
 
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
 @dataclass
 class EvalOptions:
-    benchmark: str  # a benchmark dataset's name in the store, or a benchmark file to ingest
-    model: str = "SmolLM2-135M-Instruct"
-    adapter: str | None = None
-    label: str | None = None  # model name shown in the app; default model[+adapter name]
-    problems: int = 20
-    k: int = 1
-    max_new_tokens: int = 512
-    temperature: float | None = None  # default: 0 for k == 1, else 0.7
-    backend: str = "transformers"  # transformers | vllm
-    batch_size: int = 8
-    seed: int = 0
-    run_name: str | None = None
+    """What an evaluation runs (the CLI's ``evaluate`` flags and the Jobs form are made from it)."""
+
+    benchmark: str | None = option(None, help="a benchmark dataset in the store, or a benchmark file to ingest")
+    model: str = option(DEFAULT_MODEL, help="a local folder, a hub id or the offline default")
+    adapter: str | None = option(None, label="LoRA adapter", help="a LoRA adapter folder (data/models/<name>/adapter)")
+    label: str | None = option(None, help="model name shown in the app (default model[+adapter's model name])")
+    problems: int = option(20, label="Problems (the first N)", help="the benchmark's first N problems")
+    k: int = option(1, label="k (samples per problem)", help="k = 1 decodes greedily; k > 1 samples at temperature 0.7")
+    max_new_tokens: int = option(512, help="the token budget of each answer")
+    temperature: float | None = option(None, help="default 0 for k=1, else 0.7")
+    backend: str = option("transformers", choices=BACKENDS, help="transformers runs anywhere; vllm needs a GPU (or the CPU build)")
+    batch_size: int = option(8, help="problems per generate call (transformers)")
+    seed: int = option(0, help="sampling seed")
+    run_name: str | None = option(None, help="the new dataset's name")
+
+    def __post_init__(self):
+        if not self.benchmark:
+            raise UserError("Choose a benchmark dataset (ingest one with the format 'benchmark' first), or give a benchmark file.")
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown generation backend '{self.backend}'; choose transformers or vllm")
+        if self.k < 1 or self.problems < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise UserError("problems, k, max new tokens and the batch size must each be at least 1")
+        if self.temperature is not None and self.temperature < 0:
+            raise UserError(f"the temperature cannot be negative, got {self.temperature}")
 
     @classmethod
     def from_params(cls, params: dict) -> EvalOptions:
         """Options from a job's params (JSON): unknown keys ignored, numbers cast."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in params.items() if k in known and v is not None and v != ""}
-        for name in ("problems", "k", "max_new_tokens", "batch_size", "seed"):
-            if name in kwargs:
-                kwargs[name] = int(kwargs[name])
-        if "temperature" in kwargs:
-            kwargs["temperature"] = float(kwargs["temperature"])
-        if "benchmark" not in kwargs:
-            raise ValueError("An evaluation needs a benchmark: a benchmark dataset in the store, or a file.")
-        return cls(**kwargs)
+        from core.options import from_params
+
+        return from_params(cls, params)
 
 
 # Options that do not change the generations: a resumed run may differ in these.
@@ -106,7 +117,7 @@ def benchmark_problems(benchmark: str, n: int, *, db=None) -> list[dict]:
         [name, n], db=db,
     )
     if not rows:
-        raise ValueError(f"no benchmark dataset named '{benchmark}' with reference answers in the store; ingest one with `python -m core ingest FILE --format benchmark`")
+        raise UserError(f"no benchmark dataset named '{benchmark}' with reference answers in the store; ingest one with `python -m core ingest FILE --format benchmark`")
     return [dict(zip(("key", "benchmark", "question", "reference"), r)) for r in rows]
 
 
@@ -114,95 +125,40 @@ def _messages(question: str) -> list[dict]:
     return [{"role": "user", "content": question + PROMPT_SUFFIX}]
 
 
-def _generate_transformers(opts: EvalOptions, batch: list[dict], temperature: float) -> list[list[tuple[str, str]]]:
-    """k (text, finish_reason) pairs per problem, batched greedy or sampled generate."""
-    import torch
-
-    model, tokenizer, eos = _transformers_model(opts)
-    prompts = [tokenizer.apply_chat_template(_messages(p["question"]), tokenize=False, add_generation_prompt=True) for p in batch]
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    if temperature > 0:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
-    else:
-        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=opts.max_new_tokens, num_return_sequences=opts.k,
-                             pad_token_id=tokenizer.pad_token_id, **sampling)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()
-    results = []
-    for i in range(len(batch)):
-        samples = []
-        for j in range(opts.k):
-            ids = new_tokens[i * opts.k + j]
-            end = next((n for n, tok in enumerate(ids) if tok in eos), None)
-            text = tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True)
-            samples.append((text, "length" if end is None else "stop"))
-        results.append(samples)
-    return results
-
-
-_LOADED: dict[tuple, tuple] = {}
-
-
-def _transformers_model(opts: EvalOptions):
-    """(model, tokenizer, end-of-sequence ids), loaded once per process for a model+adapter."""
-    key = (opts.model, opts.adapter)
-    if key not in _LOADED:
-        from core.models import load_causal_lm
-
-        if opts.adapter and not (Path(opts.adapter) / "adapter_config.json").exists():
-            raise ValueError(f"{opts.adapter} is not a LoRA adapter folder (no adapter_config.json); fine-tune a model first")
-        model, tokenizer = load_causal_lm(opts.model, adapter=opts.adapter)
-        if opts.adapter:
-            model = model.merge_and_unload()  # the same outputs, without LoRA's extra matmuls per token
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"model '{opts.model}' has no chat template; evaluate an instruction-tuned (chat) model")
-        tokenizer.padding_side = "left"  # decoder-only batches pad on the left
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        configured = model.generation_config.eos_token_id
-        eos = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-        eos.add(tokenizer.eos_token_id)
-        _LOADED.clear()  # one model in memory at a time
-        _LOADED[key] = (model, tokenizer, eos)
-    return _LOADED[key]
-
-
-def _generate_vllm(opts: EvalOptions, problems: list[dict], temperature: float) -> list[list[tuple[str, str]]]:
-    """One engine, the whole batch (vLLM schedules it better than we could)."""
-    import torch
-    from vllm import LLM, SamplingParams  # imported only when asked for
-
-    from core.models import resolve_model
-
-    engine: dict = {"seed": opts.seed, "gpu_memory_utilization": 0.9 if torch.cuda.is_available() else 0.2}
-    lora = None
-    if opts.adapter:
-        from vllm.lora.request import LoRARequest
-
-        rank = json.loads((Path(opts.adapter) / "adapter_config.json").read_text()).get("r", 16)
-        engine.update(enable_lora=True, max_lora_rank=max(16, int(rank)))
-        lora = LoRARequest("adapter", 1, opts.adapter)
-    llm = LLM(model=resolve_model(opts.model), **engine)
-    params = SamplingParams(n=opts.k, temperature=temperature, top_p=0.95 if temperature > 0 else 1.0,
-                            max_tokens=opts.max_new_tokens, seed=opts.seed)
-    outputs = llm.chat([_messages(p["question"]) for p in problems], params, lora_request=lora, use_tqdm=False)
-    return [[(c.text, c.finish_reason or "stop") for c in o.outputs] for o in outputs]
+def generate_answers(opts: EvalOptions, problems: list[dict], temperature: float, *, on_step=None,
+                     cancelled: CancelledFn | None = None, backend_options: dict | None = None) -> list[list[Generation]]:
+    """k answers per problem (in order), from the backend this process keeps open for the
+    model+adapter (core.generation); ``backend_options`` go to the backend's constructor
+    (e.g. ``dtype="float32"`` for a vLLM engine, which on a CPU would pick bfloat16)."""
+    options = {**(backend_options or {}), "adapter": opts.adapter, "batch_size": opts.batch_size}
+    if opts.backend == "vllm":
+        options["seed"] = opts.seed
+    engine = cached_backend(opts.backend, opts.model, **options)
+    answers = engine.generate([_messages(p["question"]) for p in problems], n=opts.k, max_new_tokens=opts.max_new_tokens,
+                              temperature=temperature, top_p=0.95 if temperature > 0 else 1.0, seed=opts.seed,
+                              on_step=on_step, cancelled=cancelled)
+    grouped: list[list[Generation]] = [[] for _ in problems]
+    for answer in answers:
+        grouped[answer.prompt_index].append(answer)
+    return grouped
 
 
 def evaluate(
     opts: EvalOptions,
     *,
     db=None,
-    progress: Callable[[str, int, int | None], None] | None = None,
-    log: Callable[[str], None] = print,
+    progress: ProgressFn | None = None,
+    cancelled: CancelledFn | None = None,
+    log: LogFn = print,
 ) -> dict:
     """Generate k answers per problem, ingest them as a new dataset, verify and count them.
 
     Returns the dataset's name and id, the model label, the accuracy (math-verify, percent),
     timings and the summary rows. Generations are appended per batch to
     ``run_dir(opts)/generations.jsonl``; run again with the same options, it generates only
-    the problems that lack their k answers.
+    the problems that lack their k answers. ``progress("generate", done, total)`` counts
+    problems whose answers are written; a cancel (``cancelled()``) stops the current batch's
+    generation within a decoding step and raises :class:`core.progress.JobCancelled`.
     """
     import polars as pl
 
@@ -213,10 +169,6 @@ def evaluate(
     from core.verify import SOURCE as VERIFY_SOURCE
     from core.verify import verify_stage
 
-    if opts.backend not in ("transformers", "vllm"):
-        raise ValueError(f"unknown generation backend '{opts.backend}'; choose transformers or vllm")
-    if opts.k < 1 or opts.problems < 1 or opts.max_new_tokens < 1:
-        raise ValueError("problems, k and max new tokens must each be at least 1")
     temperature = opts.temperature if opts.temperature is not None else (0.0 if opts.k == 1 else 0.7)
     label = _label(opts)
     out_dir = run_dir(opts)
@@ -230,16 +182,23 @@ def evaluate(
     if progress:
         progress("generate", len(problems) - len(todo), len(problems))
     started = time.perf_counter()
-    if opts.backend == "vllm" and todo:
-        _append(generations, todo, _generate_vllm(opts, todo, temperature), label)
+    # vLLM schedules the whole list better than we could; transformers goes batch by batch,
+    # each batch appended (and counted) before the next starts
+    chunk = max(1, len(todo)) if opts.backend == "vllm" else opts.batch_size
+    clock = RunClock(calls=math.ceil(len(todo) / chunk))
+
+    def on_step(status) -> None:
+        report_activity(progress, clock.text(status, unit="answers"), eta_s=clock.eta(status))
+
+    for i in range(0, len(todo), chunk):
+        raise_if_cancelled(cancelled)
+        batch = todo[i:i + chunk]
+        clock.start_call()
+        results = generate_answers(opts, batch, temperature, on_step=on_step if progress else None, cancelled=cancelled)
+        clock.end_call()
+        _append(generations, batch, results, label)
         if progress:
-            progress("generate", len(problems), len(problems))
-    else:
-        for i in range(0, len(todo), opts.batch_size):
-            batch = todo[i:i + opts.batch_size]
-            _append(generations, batch, _generate_transformers(opts, batch, temperature), label)
-            if progress:
-                progress("generate", len(problems) - len(todo) + i + len(batch), len(problems))
+            progress("generate", len(problems) - len(todo) + i + len(batch), len(problems))
     seconds = time.perf_counter() - started
     name = run_name(opts)
     result = ingest(
@@ -265,21 +224,34 @@ def evaluate(
     return outcome
 
 
-def _completed(path: Path, k: int) -> set[str]:
-    """Problems a previous (killed) run finished with all k samples. Lines of unfinished
-    problems, and a line torn by the kill, are dropped so those problems run again whole."""
+def _generated_rows(path: Path) -> list[dict]:
+    """The lines of a generations file; a line torn by a kill is dropped."""
     if not path.exists():
-        return set()
+        return []
     rows = []
     for line in path.read_text().splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue
+    return rows
+
+
+def _complete(rows: list[dict], k: int) -> set[str]:
+    """Problems with all k samples among ``rows``."""
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["id"]] = counts.get(row["id"], 0) + 1
-    complete = {key for key, n in counts.items() if n >= k}
+    return {key for key, n in counts.items() if n >= k}
+
+
+def _completed(path: Path, k: int) -> set[str]:
+    """Problems a previous (killed) run finished with all k samples. Lines of unfinished
+    problems, and a line torn by the kill, are dropped so those problems run again whole."""
+    if not path.exists():
+        return set()
+    rows = _generated_rows(path)
+    complete = _complete(rows, k)
     kept = "".join(json.dumps(r) + "\n" for r in rows if r["id"] in complete)
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(kept)
@@ -295,12 +267,35 @@ def _free_name(name: str, *, db=None) -> str:
     return candidate
 
 
-def _append(path: Path, problems: list[dict], results: list[list[tuple[str, str]]], label: str) -> None:
+def _append(path: Path, problems: list[dict], results: list[list[Generation]], label: str) -> None:
     """One line per sample, flushed per batch: the unit a killed run does not redo."""
     with open(path, "a") as fh:
         for p, samples in zip(problems, results):
-            for j, (text, finish) in enumerate(samples):
+            for j, answer in enumerate(samples):
                 fh.write(json.dumps({"id": p["key"], "benchmark": p["benchmark"], "question": p["question"],
                                      "reference": p["reference"], "model": label, "sample": j,
-                                     "response": text, "finish_reason": finish}) + "\n")
+                                     "response": answer.text, "finish_reason": answer.finish_reason}) + "\n")
         fh.flush()
+
+
+def estimate_cost(opts: EvalOptions, *, db=None):
+    """What this evaluation will cost before it starts (core.generation.RunCost): problems x k
+    answers still to generate, in how many batches, and at most how long at this machine's
+    measured speed. Reads the store and the generations file; loads no model."""
+    from core.generation import RunCost, known_speed
+
+    problems = benchmark_problems(opts.benchmark, opts.problems, db=db) if not Path(opts.benchmark).exists() else None
+    if problems is None:  # a file not ingested yet: its first lines stand for the problems
+        problems = [{"key": str(i), "question": ""} for i in range(opts.problems)]
+    generations = run_dir(opts) / "generations.jsonl"
+    done = _complete(_generated_rows(generations), opts.k)  # read only: a running job may be appending
+    todo = [p for p in problems if p["key"] not in done]
+    chunk = max(1, len(todo)) if opts.backend == "vllm" else opts.batch_size
+    prompt_chars = int(sum(len(p["question"]) for p in todo) / max(1, len(todo)) + len(PROMPT_SUFFIX))
+    notes = [f"{len(problems) - len(todo):,} problems already generated by an earlier run"] if len(todo) < len(problems) else []
+    return RunCost(what=f"{len(todo):,} problems x k={opts.k} = {len(todo) * opts.k:,} answers", answers=len(todo) * opts.k,
+                   batches=math.ceil(len(todo) / chunk), batch_size=chunk, max_new_tokens=opts.max_new_tokens,
+                   prompt_chars=prompt_chars, notes=notes,
+                   speed=known_speed(opts.backend, opts.model, opts.adapter, chunk, opts.k, prompt_chars),
+                   measure={"backend": opts.backend, "model": opts.model, "adapter": opts.adapter, "batch_size": chunk,
+                            "n": opts.k, "prompt_chars": prompt_chars})

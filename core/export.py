@@ -34,7 +34,6 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +42,8 @@ from typing import Any
 import polars as pl
 
 from core import queries, store
+from core.errors import UserError
+from core.progress import ProgressFn
 from core.queries import CotFilter
 from core.recipes import Recipe, slug
 from core.selection import Selection, kept_numbers
@@ -83,7 +84,7 @@ RECORD_COLUMNS = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export that cannot be made as asked."""
 
 
@@ -217,7 +218,7 @@ def export(
     out_dir: str | os.PathLike | None = None,
     batch_size: int = BATCH_ROWS,
     db=None,
-    progress: Callable[[str, int, int | None], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> ExportResult:
     """Write the CoTs ``what`` keeps to ``out_dir`` (default data/exports) in ``fmt`` and a
     manifest beside them; returns where they are and the manifest."""

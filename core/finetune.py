@@ -3,69 +3,83 @@
     python -m core finetune --data data/exports/x.messages.jsonl --name my-run --max-steps 20
     python -m core finetune --recipe my-recipe --name my-run --epochs 1
 
-The training data is a TRL conversational file (`messages` per row, as core.export writes it).
-The adapter, checkpoints, a live loss log and a model card (recipe, data hash, options, losses)
-go under data/models/<name>/. A killed run resumes from its last checkpoint; a cancelled one
-saves a checkpoint first, so it resumes from where it stopped.
+The training data is a TRL conversational file (`messages` per row, as core.export writes it),
+or a saved recipe, exported first (core.worker.finetune_job). The adapter, checkpoints, a live
+loss log and a model card (recipe, data hash, options, losses) go under data/models/<name>/. A
+killed run resumes from its last checkpoint; a cancelled one stops at the end of the current
+optimizer step and saves a checkpoint first, so it resumes from where it stopped.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from core import store
+from core.errors import UserError
 from core.export import sha256_of
-from core.jobs import JobCancelled
+from core.models import DEFAULT_MODEL
+from core.options import option
+from core.progress import CancelledFn, JobCancelled, LogFn, ProgressFn, report_activity
 
 
 @dataclass
 class FinetuneOptions:
-    data: str  # TRL messages JSONL
-    name: str
-    base_model: str = "SmolLM2-135M-Instruct"
-    examples: int | None = None  # first N rows of the file; None = all
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 2e-4
-    max_length: int = 2048
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    batch_size: int = 1
-    grad_accum: int = 1
-    save_steps: int = 5
-    seed: int = 0
-    recipe: str | None = None  # the recipe the data came from, for the model card
+    """A LoRA fine-tune (the CLI's ``finetune`` flags and the Jobs form are made from it)."""
+
+    name: str = option("", help="model folder under data/models", label="Model name (folder under data/models)")
+    data: str | None = option(None, help="TRL messages JSONL (core export format 'trl')")
+    recipe: str | None = option(None, help="a saved recipe: without --data it is exported to TRL messages first; "
+                                           "named in the model card either way")
+    thinking: str = option("think_tags", help="how a recipe export writes the thinking")
+    base_model: str = option(DEFAULT_MODEL, help="the model the adapter is trained on")
+    examples: int | None = option(None, help="first N examples only")
+    epochs: float = option(1.0, help="passes over the data")
+    max_steps: int = option(-1, help="> 0 overrides --epochs")
+    learning_rate: float = option(2e-4, aliases=("--lr",), help="the optimizer's learning rate")
+    max_length: int = option(2048, help="tokens per example (longer are cut)")
+    lora_rank: int = option(8, help="LoRA rank r")
+    lora_alpha: int = option(16, help="LoRA alpha")
+    batch_size: int = option(1, help="examples per device step")
+    grad_accum: int = option(1, help="gradient accumulation steps")
+    save_steps: int = option(5, help="checkpoint every N steps")
+    seed: int = option(0, help="training seed")
+
+    def __post_init__(self):
+        if not self.name.strip():
+            raise UserError("Give the model a name: its adapter goes to data/models/<name>.")
+        model_dir(self.name)  # refuses a name that cannot be a folder
+        if not self.data and not self.recipe:
+            raise UserError("A fine-tune needs training data: a saved recipe (save one on the Select page), exported "
+                            "first, or an exported TRL messages file (export one on the Export page).")
+        for name in ("max_length", "lora_rank", "lora_alpha", "batch_size", "grad_accum", "save_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}.")
+        if self.examples is not None and self.examples < 1:
+            raise UserError(f"examples must be at least 1 (or empty for all), got {self.examples}.")
+        if self.epochs <= 0 or self.learning_rate <= 0:
+            raise UserError("epochs and the learning rate must be positive.")
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> FinetuneOptions:
         """Options from a job's params (JSON), ignoring keys that are not options and
         casting numbers given as strings."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs = {k: v for k, v in params.items() if k in known and v is not None and v != ""}
-        for name in ("examples", "max_steps", "max_length", "lora_rank", "lora_alpha", "batch_size", "grad_accum", "save_steps", "seed"):
-            if name in kwargs:
-                kwargs[name] = int(kwargs[name])
-        for name in ("epochs", "learning_rate"):
-            if name in kwargs:
-                kwargs[name] = float(kwargs[name])
-        missing = [n for n in ("data", "name") if n not in kwargs]
-        if missing:
-            raise ValueError(f"A fine-tune needs {' and '.join(missing)}.")
-        return cls(**kwargs)
+        from core.options import from_params
+
+        return from_params(cls, params)
 
 
 # Options that do not change what is trained: a resumed run may differ in these.
-_RESUME_FREE = ("save_steps",)
+# (``thinking`` only shapes a recipe export, and the data's hash is compared on its own.)
+_RESUME_FREE = ("save_steps", "thinking")
 
 
 def model_dir(name: str) -> Path:
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"'{name}' cannot name a model folder; use letters, digits, '-' or '_'.")
+        raise UserError(f"'{name}' cannot name a model folder; use letters, digits, '-' or '_'.")
     return store.data_dir() / "models" / name
 
 
@@ -143,7 +157,7 @@ def _check_same_run(out: Path, opts: FinetuneOptions, data_sha: str) -> None:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             if previous.get("data_sha256") != data_sha:
                 changed.append("training data")
-            raise ValueError(
+            raise UserError(
                 f"A model named '{opts.name}' already exists in {out} with other settings "
                 f"({', '.join(changed)} differ); choose another name, or delete that folder to start over."
             )
@@ -163,19 +177,22 @@ def _export_manifest(data_path: Path) -> dict | None:
 def finetune(
     opts: FinetuneOptions,
     *,
-    progress: Callable[[str, int, int | None], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
-    log: Callable[[str], None] = print,
+    progress: ProgressFn | None = None,
+    cancelled: CancelledFn | None = None,
+    log: LogFn = print,
 ) -> dict:
     """Train a LoRA adapter on ``opts.data``; returns the model card.
 
     ``progress("train", step, max_steps)`` follows the steps; when ``cancelled()`` turns True,
-    or ``progress`` raises :class:`core.jobs.JobCancelled`, training stops at the end of the
-    current step, a checkpoint is saved and JobCancelled is raised (a resume goes on from it).
+    or ``progress`` raises :class:`core.progress.JobCancelled`, training stops at the end of
+    the current optimizer step (cancel is looked at after every micro-batch too), a checkpoint
+    is saved and JobCancelled is raised (a resume goes on from it).
     """
+    if not opts.data:
+        raise UserError("A fine-tune needs an exported TRL messages file (opts.data); export the recipe first.")
     data_path = Path(opts.data)
     if not data_path.exists():
-        raise FileNotFoundError(f"training data {data_path} does not exist; export a recipe in the TRL messages format first")
+        raise UserError(f"training data {data_path} does not exist; export a recipe in the TRL messages format first")
     out = model_dir(opts.name)
     data_sha = sha256_of(data_path)
     _check_same_run(out, opts, data_sha)
@@ -197,11 +214,11 @@ def finetune(
 
     train = datasets.load_dataset("json", data_files=str(data_path), split="train")
     if "messages" not in train.column_names:
-        raise ValueError(f"{data_path} has no 'messages' column; export with the TRL conversational format")
+        raise UserError(f"{data_path} has no 'messages' column; export with the TRL conversational format")
     if opts.examples:
         train = train.select(range(min(opts.examples, len(train))))
     if len(train) == 0:
-        raise ValueError(f"{data_path} holds no training example")
+        raise UserError(f"{data_path} holds no training example")
     log(f"fine-tuning {base} on {len(train)} examples from {data_path}")
 
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -211,6 +228,7 @@ def finetune(
 
     losses_path = out / "losses.jsonl"
     stop = {"requested": False}
+    saved: dict[str, int | None] = {"step": None}
 
     class LossLogAndCancel(TrainerCallback):
         """Append each logged loss to losses.jsonl so the app can draw the curve live, report
@@ -222,11 +240,18 @@ def finetune(
                     raise JobCancelled()
                 if progress:
                     progress("train", state.global_step, state.max_steps)
+                    # a kill goes back to the last checkpoint: say where that is
+                    report_activity(progress, f"step {state.global_step:,} of {state.max_steps:,}; "
+                                              f"last checkpoint at step {saved['step']:,}" if saved["step"] is not None
+                                    else f"step {state.global_step:,} of {state.max_steps:,}; no checkpoint yet")
             except JobCancelled:
                 stop["requested"] = True
                 control.should_save = True
                 control.should_training_stop = True
             return control
+
+        def on_save(self, args, state, control, **kwargs):
+            saved["step"] = state.global_step
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -260,6 +285,7 @@ def finetune(
     checkpoints = _checkpoints(out)
     resume = str(checkpoints[-1]) if checkpoints else None
     if resume:
+        saved["step"] = int(resume.rsplit("-", 1)[1])
         log(f"resuming from {resume}")
     else:
         losses_path.unlink(missing_ok=True)

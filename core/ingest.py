@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from core.formats import (
     read_records,
     run_metrics_of,
 )
-from core.jobs import worker_alive
+from core.progress import ProgressFn, process_alive
 from core.records import IngestError, ProblemRecord
 from core.text import (
     MarkerCounter,
@@ -46,9 +45,6 @@ from core.text import (
     split_thinking,
     thinking_unclosed,
 )
-
-# (stage, done, total): the CLI draws a progress bar from it, the app a st.progress.
-ProgressFn = Callable[[str, int, int | None], None]
 
 CHUNK_COTS = 5000  # CoTs per staged Parquet chunk (bounds the read pass's memory)
 LOAD_COTS = 122_880  # CoTs per load transaction, at least: one DuckDB row group
@@ -257,7 +253,7 @@ class _Stager:
 def clean_abandoned_loads(db=None) -> list[int]:
     """Remove datasets left 'loading' by an ingest whose process died (SIGKILL, power loss)."""
     rows = store.read_rows("SELECT dataset_id, options FROM datasets WHERE status = 'loading'", db=db)
-    dead = [d for d, opts in rows if not worker_alive(int(json.loads(opts or "{}").get("pid", 0) or 0))]
+    dead = [d for d, opts in rows if not process_alive(int(json.loads(opts or "{}").get("pid", 0) or 0))]
     for dataset_id in dead:
         store.drop_dataset(dataset_id, db=db)
         for staging in store.db_path(db).parent.glob(f"ingest-{dataset_id}-*"):

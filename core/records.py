@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.errors import UserError
 
-class IngestError(ValueError):
+
+class IngestError(UserError):
     """Bad input, located: which file, which line (or row), which field, and what is wrong."""
 
     def __init__(

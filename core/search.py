@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core import store
+from core.progress import ProgressFn
 
 SCHEMA_VERSION = 2
 BATCH_ROWS = 20_000  # CoTs read per short read-only connection while building
@@ -259,7 +260,7 @@ def build(
     batch_rows: int = BATCH_ROWS,
     heap_bytes: int = WRITER_HEAP_BYTES,
     threads: int = 0,
-    progress: Callable[[str, int, int | None], None] | None = None,
+    progress: ProgressFn | None = None,
     after_dataset: Callable[[int], None] | None = None,
 ) -> dict:
     """Bring the index up to date with the store's ready datasets; idempotent and resumable.

@@ -25,6 +25,7 @@ import duckdb
 import polars as pl
 
 from core import store
+from core.errors import UserError
 
 DEFAULT_LIMIT = 10_000
 DEFAULT_TIMEOUT_S = 60.0
@@ -127,11 +128,11 @@ def _check_select(sql: str) -> None:
     _walk(tree.get("statements", []), found)
     for kind, name in found:
         if kind == "function" and name in FILE_FUNCTIONS:
-            raise ValueError(f"The console cannot read files: {name}() is not allowed; query the store's tables instead.")
+            raise UserError(f"The console cannot read files: {name}() is not allowed; query the store's tables instead.")
         if kind == "function" and name in SQL_STRING_FUNCTIONS:
-            raise ValueError(f"The console does not run SQL given as a string: {name}() is not allowed; write the query out.")
+            raise UserError(f"The console does not run SQL given as a string: {name}() is not allowed; write the query out.")
         if kind == "table" and re.search(r"[./\\:*?]", name):
-            raise ValueError(
+            raise UserError(
                 f"The console cannot read files: '{name}' in FROM names a file, not a table; "
                 "the tables are datasets, problems, cots, score_sources, scores and run_metrics."
             )
@@ -142,23 +143,23 @@ def check_readonly(sql: str) -> str:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise ValueError(f"DuckDB could not parse the query: {_first_line(exc)}") from exc
+        raise UserError(f"DuckDB could not parse the query: {_first_line(exc)}") from exc
     if not statements:
-        raise ValueError("There is no query to run; write a SELECT statement.")
+        raise UserError("There is no query to run; write a SELECT statement.")
     if len(statements) > 1:
-        raise ValueError(f"The console runs one statement at a time; this text holds {len(statements)} (separated by ';').")
+        raise UserError(f"The console runs one statement at a time; this text holds {len(statements)} (separated by ';').")
     statement = statements[0]
     kind = statement.type.name
     text = statement.query.strip().rstrip(";").strip()
     if kind == "EXPLAIN":
         inner = _EXPLAIN.sub("", text, count=1)
         if not inner.strip() or inner == text:
-            raise ValueError("The console only explains SELECT statements: EXPLAIN [ANALYZE] SELECT ...")
+            raise UserError("The console only explains SELECT statements: EXPLAIN [ANALYZE] SELECT ...")
         check_readonly(inner)
         return text
     if kind != "SELECT":
         what = _REFUSED.get(kind, f"{kind} statements")
-        raise ValueError(f"The console is read-only and does not allow {what}. Only SELECT (and EXPLAIN SELECT) queries run here.")
+        raise UserError(f"The console is read-only and does not allow {what}. Only SELECT (and EXPLAIN SELECT) queries run here.")
     _check_select(text)
     return text
 
@@ -186,7 +187,7 @@ def run_query(
     """Run one read-only statement; return rows ``offset`` .. ``offset + limit`` and how many
     rows the whole result has. Raises ValueError with a sentence for anything refused or failed."""
     if limit < 1 or offset < 0:
-        raise ValueError("limit must be at least 1 and offset at least 0.")
+        raise UserError("limit must be at least 1 and offset at least 0.")
     text = check_readonly(sql)
     explain = _EXPLAIN.match(text) is not None
     started = time.perf_counter()
@@ -209,7 +210,7 @@ def run_query(
                     total = con.execute(f"SELECT count(*) FROM ({text}\n)").fetchone()[0]
                 frame = frame.head(limit)
         except duckdb.Error as exc:
-            raise ValueError(_explain_sentence(exc)) from exc
+            raise UserError(_explain_sentence(exc)) from exc
         finally:
             timer.cancel()
     return QueryResult(frame, int(total), offset, time.perf_counter() - started)
@@ -243,15 +244,15 @@ def quick_chart(frame: pl.DataFrame, *, x: str, y: str, kind: str = "bar", color
     import plotly.express as px
 
     if kind not in CHART_KINDS:
-        raise ValueError(f"Chart kind must be one of {', '.join(CHART_KINDS)}.")
+        raise UserError(f"Chart kind must be one of {', '.join(CHART_KINDS)}.")
     for column in (x, y, color):
         if column is not None and column not in frame.columns:
-            raise ValueError(f"The result has no column '{column}'.")
+            raise UserError(f"The result has no column '{column}'.")
     draw = {"bar": px.bar, "line": px.line, "scatter": px.scatter}[kind]
     try:
         fig = draw(frame, x=x, y=y, color=color)
     except (TypeError, ValueError) as exc:  # e.g. a list or map column
-        raise ValueError(f"These columns cannot be charted ({exc}); choose plain numbers and labels.") from exc
+        raise UserError(f"These columns cannot be charted ({exc}); choose plain numbers and labels.") from exc
     if kind == "bar" and color is not None:
         fig.update_layout(barmode="group")
     fig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": 10})

@@ -10,13 +10,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
 from core import store
+from core.errors import UserError
+from core.options import option
+from core.progress import ProgressFn
 
 DEFAULT_TOKENIZER = "SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -73,6 +76,24 @@ def load_tokenizer(name: str = DEFAULT_TOKENIZER):
     return tok.backend_tokenizer
 
 
+@dataclass
+class TokensOptions:
+    """A token-count job (``python -m core tokens``)."""
+
+    tokenizer: str = option(DEFAULT_TOKENIZER, help="a Hugging Face hub id (network the first time), a local folder or "
+                                                   "tokenizer.json, or the offline default")
+    recount: bool = option(False, label="Also recount CoTs counted with another tokenizer",
+                           help="also recount CoTs counted by another tokenizer")
+    dataset_id: int | None = option(None, help="only this dataset's CoTs (default: every dataset)")
+    batch_cots: int = option(BATCH_COTS, help="CoTs per batch at most (fewer when they are long)")
+
+    def __post_init__(self):
+        if not self.tokenizer.strip():
+            self.tokenizer = DEFAULT_TOKENIZER
+        if self.batch_cots < 1:
+            raise UserError(f"batch cots must be at least 1, got {self.batch_cots}.")
+
+
 def count_tokens_stage(
     *,
     db=None,
@@ -80,7 +101,7 @@ def count_tokens_stage(
     dataset_id: int | None = None,
     recount: bool = False,
     batch_cots: int = BATCH_COTS,  # CoTs per batch at most (fewer when they are long)
-    progress: Callable[[str, int, int | None], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict:
     """Count tokens of every CoT without a count (or counted by another tokenizer when
     ``recount``); returns {'cots': n, 'tokens': t, 'seconds': s}."""

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from core import store
+from core.options import option
+from core.progress import ProgressFn
 
 SOURCE = "math-verify"
 BATCH_COTS = 512
@@ -23,6 +25,13 @@ _TODO = """
       AND c.cot_id NOT IN (SELECT s.cot_id FROM scores s JOIN score_sources ss USING (source_id)
                            WHERE ss.name = ? AND s.metric = 'correct')
 """
+
+
+@dataclass
+class VerifyOptions:
+    """A verification job (``python -m core verify``)."""
+
+    dataset_id: int | None = option(None, help="only this dataset's CoTs (default: every dataset)")
 
 
 def _check(item: tuple[int, str | None, str]) -> tuple[int, float | None, str | None]:
@@ -50,7 +59,7 @@ def verify_stage(
     db=None,
     dataset_id: int | None = None,
     workers: int | None = None,
-    progress: Callable[[str, int, int | None], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict:
     where_ds = " AND c.dataset_id = ?" if dataset_id is not None else ""
     params = [SOURCE] + ([dataset_id] if dataset_id is not None else [])

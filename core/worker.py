@@ -1,17 +1,18 @@
 """The job worker: runs one job recorded in data/jobs.sqlite, in its own process.
 
     python -m core.worker --job ID        # what core.jobs.submit() starts
-    python -m core worker --job ID        # the same through the CLI
 
-A job function takes ``(params, ctx)`` and returns a JSON-able dict. ``ctx.progress(stage,
-done, total)`` is the ``progress=`` callback every stage in core/ accepts; it records
-progress (at most a few times a second, with throughput and ETA) and raises
-:class:`core.jobs.JobCancelled` once cancelling was asked for, so a long stage stops at its
-next batch. Job functions must be resumable: run again after a crash, they skip the work
-an earlier run committed.
-
-To add a kind, write ``def my_job(params, ctx) -> dict`` (import heavy libraries inside it)
-and add it to ``JOB_KINDS``.
+The job's kind (core.job_kinds) names its runner, ``run(*options, ctx)`` -- or
+``run(params, ctx)`` for a kind without options classes -- which returns a JSON-able dict.
+``ctx`` is a :class:`JobContext`: ``ctx.db``, ``ctx.log``, ``ctx.cancelled`` and
+``ctx.progress``, the ``progress=`` callback every stage in core/ accepts. It records
+committed progress (at most a few times a second, with throughput and ETA), takes work in
+flight through :func:`core.progress.report_activity`, and raises
+:class:`core.progress.JobCancelled` once cancelling was asked for; ``ctx.cancelled()`` turns
+True within a second of a cancel, and generation and training look at it as they go. Job
+functions must be resumable: run again after a crash, they skip the work an earlier run
+committed. The CLI runs the same runners in its own process (core.cli), with a
+:class:`core.progress.RunContext` in place of the job's context.
 """
 
 from __future__ import annotations
@@ -24,19 +25,36 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from core import jobs, store
-from core.jobs import JobCancelled
+from core import job_kinds, jobs, store
+from core.errors import UserError
+from core.progress import JobCancelled, ProgressFn
 
 PROGRESS_EVERY_S = 0.25  # at most ~4 progress writes a second
 RATE_WINDOW_S = 10.0  # throughput is measured over the last seconds of the stage
+ACTIVITY_FRESH_S = 30.0  # an estimate of the time left from work in flight counts this long
+
+
+class _JobProgress:
+    """``ctx.progress``: committed progress as ``(stage, done, total)``, work in flight as
+    ``activity(text, eta_s=)`` (core.progress.report_activity)."""
+
+    def __init__(self, ctx: JobContext):
+        self._ctx = ctx
+
+    def __call__(self, stage: str, done: int, total: int | None = None) -> None:
+        self._ctx._progress(stage, done, total)
+
+    def activity(self, text: str, *, eta_s: float | None = None) -> None:
+        self._ctx._activity(text, eta_s)
 
 
 class JobContext:
-    """What a job function gets besides its params: progress, log, cancelled(), db."""
+    """What a job function gets besides its params: progress, log, cancelled(), db, job_id."""
 
     def __init__(self, job_id: int, pid: int, db: Path, params: dict[str, Any]):
         self.job_id = job_id
@@ -51,20 +69,24 @@ class JobContext:
         self._samples: deque[tuple[float, int]] = deque()
         self._last_call = time.monotonic()
         self._last_write = 0.0
+        self._activity_text: str | None = None
+        self._activity_eta: tuple[float, float] | None = None  # (when, seconds left)
         self.superseded = False
+        self.progress: ProgressFn = _JobProgress(self)
 
     # ---------------------------------------------------------------- the job's side
 
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
-    def progress(self, stage: str, done: int, total: int | None = None) -> None:
+    def _progress(self, stage: str, done: int, total: int | None = None) -> None:
         if self._cancel.is_set():
             raise JobCancelled()
         now = time.monotonic()
         new_stage = stage != self._stage
         if new_stage:
             self._stage = stage
+            self._activity_text = self._activity_eta = None
             # The stage's first batch started when the previous call returned.
             self._samples = deque([(self._last_call, 0)])
             self.log(f"stage {stage}" + (f": {total:,} to do" if total else ""))
@@ -79,6 +101,17 @@ class JobContext:
         if new_stage or now - self._last_write >= PROGRESS_EVERY_S or (total is not None and done >= total):
             self._write_progress()
 
+    def _activity(self, text: str, eta_s: float | None) -> None:
+        """Work in flight: shown beside the committed counts; its estimate of the time left,
+        made from the rate inside the current batch, wins over the committed rate's. (It
+        never raises: a generation learns of a cancel from ctx.cancelled, at its next step.)"""
+        now = time.monotonic()
+        self._activity_text = text[:300]
+        if eta_s is not None:
+            self._activity_eta = (now, eta_s)
+        if now - self._last_write >= PROGRESS_EVERY_S:
+            self._write_progress()
+
     def log(self, message: str) -> None:
         """A line in the job's log file; the latest also shows as the job's message."""
         print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
@@ -91,13 +124,16 @@ class JobContext:
         if self._latest is None:
             return
         stage, done, total, rate, eta = self._latest
+        now = time.monotonic()
+        if self._activity_eta is not None and now - self._activity_eta[0] < ACTIVITY_FRESH_S:
+            eta = max(0.0, self._activity_eta[1] - (now - self._activity_eta[0]))
         with jobs.connect(write=True) as con:
             con.execute(
-                "UPDATE jobs SET stage = ?, done = ?, total = ?, throughput = ?, eta_s = ?, heartbeat_at = ? "
+                "UPDATE jobs SET stage = ?, done = ?, total = ?, throughput = ?, eta_s = ?, activity = ?, heartbeat_at = ? "
                 "WHERE id = ? AND pid = ?",
-                [stage, done, total, rate, eta, time.time(), self.job_id, self.pid],
+                [stage, done, total, rate, eta, self._activity_text, time.time(), self.job_id, self.pid],
             )
-        self._last_write = time.monotonic()
+        self._last_write = now
 
     def start_heartbeat(self) -> None:
         self._heartbeat = threading.Thread(target=self._beat, name=f"job-{self.job_id}-heartbeat", daemon=True)
@@ -132,7 +168,7 @@ class JobContext:
         with jobs.connect(write=True) as con:
             con.execute(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, message = coalesce(?, message), "
-                "finished_at = ?, eta_s = NULL, heartbeat_at = ? WHERE id = ? AND pid = ?",
+                "finished_at = ?, eta_s = NULL, activity = NULL, heartbeat_at = ? WHERE id = ? AND pid = ?",
                 [state, json.dumps(result, default=str) if result is not None else None, error, message,
                  time.time(), time.time(), self.job_id, self.pid],
             )
@@ -187,100 +223,74 @@ def ingest_job(params: dict[str, Any], ctx: JobContext) -> dict:
     return outcome
 
 
-def tokens_job(params: dict[str, Any], ctx: JobContext) -> dict:
+def tokens_job(opts, ctx) -> dict:
     """Count tokens of CoTs without a count; with recount, also of those counted by another
-    tokenizer. Params: tokenizer, recount, dataset_id, batch_cots. Each batch commits, so a
-    re-run starts at the first CoT still to do."""
-    from core.tokens import BATCH_COTS, DEFAULT_TOKENIZER, count_tokens_stage, load_tokenizer
+    tokenizer (core.tokens.TokensOptions). Each batch commits, so a re-run starts at the
+    first CoT still to do."""
+    from core.tokens import count_tokens_stage, load_tokenizer
 
-    tokenizer = params.get("tokenizer") or DEFAULT_TOKENIZER
     try:  # loaded once here only to say clearly what is wrong with a bad name or file
-        load_tokenizer(tokenizer)
+        load_tokenizer(opts.tokenizer)
     except Exception as exc:
-        raise RuntimeError(
-            f"The tokenizer '{tokenizer}' could not be loaded ({type(exc).__name__}: {exc}); give a Hugging Face "
+        raise UserError(
+            f"The tokenizer '{opts.tokenizer}' could not be loaded ({type(exc).__name__}: {exc}); give a Hugging Face "
             "hub id (needs the network the first time), a folder with tokenizer.json, or the default"
         ) from exc
-    ctx.log(f"counting tokens with {tokenizer}" + (" (recount)" if params.get("recount") else ""))
-    result = count_tokens_stage(
-        db=ctx.db, tokenizer=tokenizer, dataset_id=params.get("dataset_id"),
-        recount=bool(params.get("recount")), batch_cots=int(params.get("batch_cots") or BATCH_COTS),
-        progress=ctx.progress,
-    )
+    ctx.log(f"counting tokens with {opts.tokenizer}" + (" (recount)" if opts.recount else ""))
+    result = count_tokens_stage(db=ctx.db, tokenizer=opts.tokenizer, dataset_id=opts.dataset_id, recount=opts.recount,
+                                batch_cots=opts.batch_cots, progress=ctx.progress)
     ctx.log(f"counted {result['cots']:,} CoTs, {result['tokens']:,} tokens")
     return result
 
 
-def verify_job(params: dict[str, Any], ctx: JobContext) -> dict:
+def verify_job(opts, ctx) -> dict:
     """Check final answers against reference answers with math-verify (CoTs not yet
-    verified only). Params: dataset_id."""
+    verified only; core.verify.VerifyOptions)."""
     from core.verify import verify_stage
 
     ctx.log("verifying answers with math-verify")
-    result = verify_stage(db=ctx.db, dataset_id=params.get("dataset_id"), progress=ctx.progress)
+    result = verify_stage(db=ctx.db, dataset_id=opts.dataset_id, progress=ctx.progress)
     ctx.log(f"verified {result['cots']:,} CoTs, {result['correct']:,} correct")
     return result
 
 
-def _job_file(ctx: JobContext, suffix: str) -> Path:
+def _job_file(ctx, suffix: str) -> Path:
     return store.data_dir() / "jobs" / f"{ctx.job_id}.{suffix}"
 
 
-def score_targets(params: dict[str, Any], *, db=None) -> list[int]:
-    """The CoT ids a score job judges: ``cot_ids``, else what ``recipe`` keeps, else what
-    ``filter`` (CotFilter fields) matches, else every CoT; the first ``max_cots`` by id."""
-    from core import queries, recipes
+def score_job(target, options, ray, ctx) -> dict:
+    """Re-score CoTs with an LLM judge as a new score source: core.judge.score_cots, or
+    core.judge_ray.score_cots_ray when a Ray address is given (``target``: which CoTs,
+    ``options``: the judge's settings, ``ray``: the cluster).
 
-    if params.get("cot_ids"):
-        ids = sorted({int(c) for c in params["cot_ids"]})
-    elif params.get("recipe"):
-        ids = recipes.apply(recipes.load(params["recipe"]), db=db).sort().to_list()
-    else:
-        f = recipes.filter_from_dict(params.get("filter") or {})
-        sql, sql_params = queries.matching_sql(f, db=db)
-        ids = [r[0] for r in store.read_rows(f"SELECT DISTINCT cot_id FROM ({sql}) ORDER BY cot_id", sql_params, db=db)]
-    if params.get("max_cots"):
-        ids = ids[: int(params["max_cots"])]
-    if not ids:
-        raise ValueError("No CoT matches what was chosen to score; widen the filter or pick another recipe.")
-    return ids
-
-
-def score_job(params: dict[str, Any], ctx: JobContext) -> dict:
-    """Re-score CoTs with an LLM judge as a new score source (core.judge.score_cots).
-
-    Params: which CoTs (cot_ids | recipe | filter, max_cots), metrics, backend, model, adapter,
-    template_dir, batch_size, max_new_tokens, max_chars, fusion_alpha (RV blended with length),
-    source_name (default judge:<model>:job<id>). The CoT ids are fixed on the first run (kept
-    beside the job's log) and the source name is the job's own, so a resumed job judges
-    exactly the pairs the killed one had not committed.
+    As a job, the CoT ids are fixed on the first run (kept beside the job's log) and the
+    source name defaults to the job's own (judge:<model>:job<id>), so a resumed job judges
+    exactly the pairs the killed one had not committed. From the command line the default
+    name is new per run (give --source-name to resume).
     """
-    from core import judge
+    from core import judge, judge_ray
 
-    ids_file = _job_file(ctx, "cots.json")
-    if ids_file.exists():
-        ids = json.loads(ids_file.read_text())
+    if ctx.job_id is not None:
+        ids_file = _job_file(ctx, "cots.json")
+        if ids_file.exists():
+            ids = json.loads(ids_file.read_text())
+        else:
+            ids = target.resolve(ctx.db)
+            ids_file.write_text(json.dumps(ids))
+        if not options.source_name:
+            short = Path(options.model).name if Path(options.model).exists() else options.model
+            options = replace(options, source_name=f"judge:{short}:job{ctx.job_id}")
     else:
-        ids = score_targets(params, db=ctx.db)
-        ids_file.write_text(json.dumps(ids))
-    model = params.get("model") or judge.DEFAULT_MODEL
-    short = Path(model).name if Path(model).exists() else model
-    source = params.get("source_name") or f"judge:{short}:job{ctx.job_id}"
-    alpha = params.get("fusion_alpha")
-    metrics = list(params.get("metrics") or judge.DEFAULT_METRICS)
-    options: dict[str, Any] = {}
-    for name, cast in (("max_new_tokens", int), ("max_chars", int), ("batch_size", int)):
-        if params.get(name) not in (None, ""):
-            options[name] = cast(params[name])
-    ctx.log(f"judging {len(ids):,} CoTs on {', '.join(metrics)} with {model} ({params.get('backend') or 'transformers'}) "
-            f"as source '{source}'")
-    run = judge.score_cots(
-        ctx.db, ids, metrics=metrics, backend=params.get("backend") or "transformers", model=model,
-        adapter=params.get("adapter") or None, template_dir=params.get("template_dir") or None,
-        length_fusion=judge.LengthFusion(alpha=float(alpha)) if alpha not in (None, "") else None,
-        source_name=source, progress=ctx.progress, cancelled=ctx.cancelled, **options,
-    )
+        ids = target.resolve(ctx.db)
+    address = ray.resolved_address()
+    ctx.log(f"judging {len(ids):,} CoTs on {', '.join(options.metrics)} with {options.model} ({options.backend})"
+            + (f" on Ray at {address}" if address else "") + (f" as source '{options.source_name}'" if options.source_name else ""))
+    if address is not None:
+        run = judge_ray.score_cots_ray(ctx.db, ids, options, ray, progress=ctx.progress, cancelled=ctx.cancelled)
+    else:
+        run = judge.score_cots(ctx.db, ids, options, progress=ctx.progress, cancelled=ctx.cancelled)
     if run.cancelled:
+        ctx.log(f"cancelled ({run.stopped}); {run.scored:,} pairs committed by this run are kept")
         raise JobCancelled()
     ctx.log(f"scored {run.scored:,} pairs ({run.errors:,} without a usable value) into '{run.source}'")
     outcome = asdict(run)
@@ -309,47 +319,46 @@ def recipe_export(name: str, recipe_name: str, thinking: str = "think_tags", *, 
     if result.rows == 0:
         result.path.unlink(missing_ok=True)
         result.manifest_path.unlink(missing_ok=True)
-        raise ValueError(f"Recipe '{recipe_name}' keeps no CoT in this store; nothing to train on.")
+        raise UserError(f"Recipe '{recipe_name}' keeps no CoT in this store; nothing to train on.")
     log(f"exported {result.rows:,} CoTs to {result.path}")
     return str(result.path)
 
 
-def finetune_job(params: dict[str, Any], ctx: JobContext) -> dict:
-    """LoRA SFT (core.finetune). Params: FinetuneOptions fields; with ``recipe`` and no
-    ``data``, the recipe is first exported to TRL messages (``thinking`` style, default
-    think_tags). Resumes from the last checkpoint; a cancel saves one first."""
-    from core.finetune import FinetuneOptions, finetune
+def finetune_job(opts, ctx) -> dict:
+    """LoRA SFT (core.finetune); with a ``recipe`` and no ``data``, the recipe is first
+    exported to TRL messages (``thinking`` style). Resumes from the last checkpoint; a cancel
+    saves one first."""
+    from core.finetune import finetune
 
-    params = dict(params)
-    if not params.get("name"):
-        raise ValueError("A fine-tune needs a name for its model folder.")
-    if not params.get("data"):
-        if not params.get("recipe"):
-            raise ValueError("A fine-tune needs training data: an exported TRL messages file, or a recipe to export.")
-        params["data"] = recipe_export(params["name"], params["recipe"], params.get("thinking") or "think_tags",
-                                       db=ctx.db, log=ctx.log, progress=ctx.progress)
-    opts = FinetuneOptions.from_params(params)
+    if not opts.data:
+        opts = replace(opts, data=recipe_export(opts.name, opts.recipe, opts.thinking, db=ctx.db, log=ctx.log,
+                                                progress=ctx.progress))
     return finetune(opts, progress=ctx.progress, cancelled=ctx.cancelled, log=ctx.log)
 
 
-def evaluate_job(params: dict[str, Any], ctx: JobContext) -> dict:
+def evaluate_job(opts, ctx) -> dict:
     """Evaluate a model (with an optional LoRA adapter) on a benchmark (core.evaluate).
-    Params: EvalOptions fields. Generations already made are kept on a resume."""
-    from core.evaluate import EvalOptions, evaluate
+    Generations already made are kept on a resume; a cancel stops the batch's generation."""
+    from core.evaluate import evaluate
 
-    return evaluate(EvalOptions.from_params(params), db=ctx.db, progress=ctx.progress, log=ctx.log)
+    return evaluate(opts, db=ctx.db, progress=ctx.progress, cancelled=ctx.cancelled, log=ctx.log)
 
 
-JobFn = Callable[[dict[str, Any], JobContext], dict]
+JobFn = Callable[..., dict]
 
-JOB_KINDS: dict[str, JobFn] = {
-    "ingest": ingest_job,
-    "tokens": tokens_job,
-    "verify": verify_job,
-    "score": score_job,
-    "finetune": finetune_job,
-    "evaluate": evaluate_job,
-}
+
+def _bind(kind: job_kinds.JobKind) -> JobFn:
+    """A kind's runner as ``fn(params, ctx)``: options kinds get their options parsed first."""
+    def run(params: dict[str, Any], ctx) -> dict:
+        fn = kind.runner()
+        return fn(*kind.parse(params), ctx) if kind.options else fn(params, ctx)
+
+    run.__name__ = f"{kind.name}_job"
+    return run
+
+
+# Every registered kind, as fn(params, ctx); tests add their own kinds here.
+JOB_KINDS: dict[str, JobFn] = {name: _bind(kind) for name, kind in job_kinds.KINDS.items()}
 
 
 # --------------------------------------------------------------------------- running one
@@ -364,7 +373,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, store.StoreBusy):
         return str(exc)
     text = str(exc).strip() or type(exc).__name__
-    if not isinstance(exc, (ValueError, RuntimeError, OSError)):
+    if not isinstance(exc, (ValueError, RuntimeError, OSError)):  # UserError is a ValueError
         text = f"{type(exc).__name__}: {text}"
     return text if text.endswith((".", "!", "?")) else text + "."
 
@@ -413,11 +422,11 @@ def run_job(job_id: int) -> str:
         if fn is None:
             raise ValueError(f"There is no job kind '{row['kind']}' in this version of ThoughtScope.")
         result = fn(params, ctx)
-    except JobCancelled:
+    except JobCancelled as exc:
         if ctx.superseded:
             print("another worker has taken this job over; stopping", flush=True)
             return "superseded"
-        ctx.log("cancelled; work committed so far is kept, a half-loaded dataset is removed")
+        ctx.log("cancelled" + (f" ({exc})" if str(exc) else "") + "; work committed so far is kept, a half-loaded dataset is removed")
         ctx.finish("cancelled")
         return "cancelled"
     except Exception as exc:

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import export, finetune, jobs, judge, queries, recipes
-from core.models import DEFAULT_MODEL
-from core.tokens import DEFAULT_TOKENIZER
+from core import evaluate, export, finetune, generation, job_kinds, jobs, judge, queries, recipes
+from core.errors import UserError
+from core.options import defaults
 from ui import common
+from ui.job_forms import options_form
 
 SHOWN_FINISHED = 5  # finished jobs shown as cards; the table below lists every job
 STATE_ICONS = {
     "queued": ":material/schedule:", "running": ":material/play_circle:", "done": ":material/check_circle:",
     "failed": ":material/error:", "cancelled": ":material/cancel:", "interrupted": ":material/warning:",
 }
-
-
+FIRST_COTS = 100  # the form's "at most this many CoTs": a first run stays small unless asked
 NO_ADAPTER = "(base model only)"
+LONG_HELP = ("Jobs estimated to run over an hour, or with many answers and no measured speed, start only with this "
+             "ticked: nobody starts a 9-hour job by accident.")
 
 
 def _trl_exports() -> list[str]:
@@ -31,9 +33,34 @@ def _trl_exports() -> list[str]:
     return [] if listed.is_empty() else listed.filter(listed["format"] == "trl")["path"].to_list()
 
 
+def _cost_buttons(prefix: str, start: str) -> tuple[bool, bool, bool, bool]:
+    """(estimate, measure, start, confirmed): the buttons every generation form ends with."""
+    long_ok = st.checkbox("Start even if it is long", key=f"{prefix}_long", help=LONG_HELP)
+    c1, c2, c3 = st.columns(3)
+    estimate = c1.form_submit_button("Estimate the cost")
+    measure = c2.form_submit_button("Measure the speed here", help="Times one batch of this model on this machine "
+                                    "(in a separate process, a minute or so); the estimate then says how long the job takes.")
+    started = c3.form_submit_button(start, type="primary")
+    return estimate, measure, started, long_ok
+
+
+def _cost(kind: str, params: dict, estimate, *, measure: bool, key: str):
+    """The job's cost (core.generation.RunCost), after timing one batch here when asked; kept
+    in the session so the form shows it until the next press."""
+    options = job_kinds.get(kind).parse(params)
+    cost = estimate(*options)
+    if measure:
+        with st.spinner("Timing one batch of the model on this machine…"):
+            generation.measure_speed_in_subprocess(**cost.measure)
+        cost = estimate(*options)
+    st.session_state[key] = cost.text()
+    return cost
+
+
 def _score_form() -> None:
     current = st.session_state.get("current_filter")
     saved = recipes.list_recipes()
+    default = defaults(judge.JudgeOptions)
     with st.form("jobs_score_form"):
         st.markdown("**Re-score CoTs with an LLM judge** (a new score source; resumable)")
         choices = ["current filter", "a saved recipe"]
@@ -45,42 +72,50 @@ def _score_form() -> None:
         recipe = st.selectbox("Recipe", saved, key="jobs_score_recipe", index=None,
                               placeholder="no saved recipe" if not saved else "choose a recipe")
         c1, c2 = st.columns(2)
-        max_cots = c1.number_input("At most this many CoTs (the first by id)", min_value=1, value=100, step=10, key="jobs_score_max")
-        metrics = c2.multiselect("Metrics", sorted(judge.load_templates()), default=list(judge.DEFAULT_METRICS), key="jobs_score_metrics",
-                                 help="RV and CD on 0-9, logic 1/0; templates live in core/judge_templates.")
+        max_cots = c1.number_input("At most this many CoTs (the first by id)", min_value=1, value=FIRST_COTS, step=10,
+                                   key="jobs_score_max")
+        metrics = c2.multiselect("Metrics", sorted(judge.load_templates()), default=list(default["metrics"]),
+                                 key="jobs_score_metrics", help="RV and CD on 0-9, logic 1/0; templates live in core/judge_templates.")
         c1, c2 = st.columns(2)
-        model = c1.text_input("Judge model", value=DEFAULT_MODEL, key="jobs_score_model",
+        model = c1.text_input("Judge model", value=default["model"], key="jobs_score_model",
                               help="A local folder with a Hugging Face checkpoint, a hub id (network the first time), or the offline default.")
-        backend = c2.selectbox("Backend", list(judge.BACKENDS), key="jobs_score_backend",
-                               help="transformers runs anywhere; vllm needs a GPU (or the separate CPU build).")
+        backend = c2.selectbox("Backend", list(generation.BACKENDS), index=generation.BACKENDS.index(default["backend"]),
+                               key="jobs_score_backend", help="transformers runs anywhere; vllm needs a GPU (or the separate CPU build).")
         c1, c2, c3 = st.columns(3)
-        alpha = c1.number_input("Length-fusion alpha (empty: none)", min_value=0.0, max_value=1.0, value=None, step=0.1,
-                                key="jobs_score_alpha", help="Also writes rv_fused = alpha × judge RV + (1 − alpha) × 9 × length quantile.")
-        batch = c2.number_input("Batch size", min_value=1, value=8, key="jobs_score_batch")
-        new_tokens = c3.number_input("Max new tokens", min_value=1, value=judge.DEFAULT_MAX_NEW_TOKENS, key="jobs_score_tokens")
-        if st.form_submit_button("Start re-scoring"):
-            params = {"metrics": metrics, "model": model.strip() or DEFAULT_MODEL, "backend": backend,
-                      "max_cots": int(max_cots), "batch_size": int(batch), "max_new_tokens": int(new_tokens),
-                      "fusion_alpha": alpha}
-            if not metrics:
-                raise ValueError("Choose at least one metric to score.")
-            if alpha is not None and "rv" not in metrics:
-                raise ValueError("Length fusion blends the judge's RV with length: include 'rv' in the metrics, or empty the alpha.")
-            if which == choices[1]:
-                if not recipe:
-                    raise ValueError("Choose a saved recipe (save one on the Select page), or score the current filter.")
-                params["recipe"] = recipe
-            else:
-                # only the constraints: a short, readable record on the job card
-                chosen = (current or queries.CotFilter()).as_dict()
-                params["filter"] = {k: v for k, v in chosen.items() if v not in (None, (), [], "", "any")}
-            job_id = jobs.submit("score", params)
-            st.session_state.jobs_started = f"Started job {job_id}: re-scoring with {params['model']}."
+        alpha = c1.number_input("Length-fusion alpha (empty: none)", min_value=0.0, max_value=1.0, value=default["fusion_alpha"],
+                                step=0.1, key="jobs_score_alpha",
+                                help="Also writes rv_fused = alpha × judge RV + (1 − alpha) × 9 × length quantile.")
+        batch = c2.number_input("Batch size", min_value=1, value=default["batch_size"], key="jobs_score_batch",
+                                placeholder=f"{generation.DEFAULT_BATCH['transformers']} (vllm: {generation.DEFAULT_BATCH['vllm']})")
+        new_tokens = c3.number_input("Max new tokens", min_value=1, value=default["max_new_tokens"], key="jobs_score_tokens")
+        estimate, measure, start, long_ok = _cost_buttons("jobs_score", "Start re-scoring")
+    if not (estimate or measure or start):
+        return
+    params = {"metrics": metrics, "model": model.strip() or None, "backend": backend, "max_cots": max_cots,
+              "batch_size": batch, "max_new_tokens": new_tokens, "fusion_alpha": alpha}
+    if which == choices[1]:
+        if not recipe:
+            raise UserError("Choose a saved recipe (save one on the Select page), or score the current filter.")
+        params["recipe"] = recipe
+    else:
+        # only the constraints: a short, readable record on the job card
+        chosen = (current or queries.CotFilter()).as_dict()
+        params["filter"] = {k: v for k, v in chosen.items() if v not in (None, (), [], "", "any")}
+    params = {k: v for k, v in params.items() if v is not None}
+    cost = _cost("score", params, lambda target, options, ray: judge.estimate_cost(None, target, options),
+                 measure=measure, key="jobs_score_cost")
+    if start:
+        generation.check_cost(cost, confirmed=long_ok)
+        job_id = jobs.submit("score", params)
+        st.session_state.jobs_started = f"Started job {job_id}: re-scoring with {params.get('model', default['model'])}."
+        st.session_state.pop("jobs_score_cost", None)
 
 
 def _finetune_form() -> None:
     saved = recipes.list_recipes()
     trl_exports = _trl_exports()
+    default = defaults(finetune.FinetuneOptions)
+    ranks = sorted({4, 8, 16, 32, 64, default["lora_rank"]})
     with st.form("jobs_finetune_form"):
         st.markdown("**Fine-tune (LoRA SFT)** on a recipe or an exported TRL messages file (resumable)")
         choices = ["a saved recipe", "an export file"]
@@ -92,40 +127,34 @@ def _finetune_form() -> None:
                             placeholder="no TRL export yet" if not trl_exports else "choose a file")
         c1, c2 = st.columns(2)
         name = c1.text_input("Model name (folder under data/models)", key="jobs_ft_name")
-        base = c2.text_input("Base model", value=DEFAULT_MODEL, key="jobs_ft_base")
+        base = c2.text_input("Base model", value=default["base_model"], key="jobs_ft_base")
         c1, c2, c3, c4 = st.columns(4)
-        examples = c1.number_input("Examples (empty: all)", min_value=1, value=None, key="jobs_ft_examples")
-        epochs = c2.number_input("Epochs", min_value=0.1, value=1.0, step=0.5, key="jobs_ft_epochs")
-        max_steps = c3.number_input("Max steps (empty: by epochs)", min_value=1, value=None, key="jobs_ft_steps")
-        save_steps = c4.number_input("Checkpoint every (steps)", min_value=1, value=5, key="jobs_ft_save")
+        examples = c1.number_input("Examples (empty: all)", min_value=1, value=default["examples"], key="jobs_ft_examples")
+        epochs = c2.number_input("Epochs", min_value=0.1, value=default["epochs"], step=0.5, key="jobs_ft_epochs")
+        max_steps = c3.number_input("Max steps (empty: by epochs)", min_value=1,
+                                    value=default["max_steps"] if default["max_steps"] > 0 else None, key="jobs_ft_steps")
+        save_steps = c4.number_input("Checkpoint every (steps)", min_value=1, value=default["save_steps"], key="jobs_ft_save")
         c1, c2, c3 = st.columns(3)
-        lr = c1.number_input("Learning rate", min_value=1e-7, max_value=1.0, value=2e-4, format="%.1e", key="jobs_ft_lr")
-        max_length = c2.number_input("Max length (tokens)", min_value=64, value=2048, step=256, key="jobs_ft_maxlen")
-        rank = c3.selectbox("LoRA rank", [4, 8, 16, 32, 64], index=1, key="jobs_ft_rank")
-        if st.form_submit_button("Start fine-tune"):
-            if not name.strip():
-                raise ValueError("Give the model a name: its adapter goes to data/models/<name>.")
-            params = {"name": name.strip(), "base_model": base.strip() or DEFAULT_MODEL, "examples": examples,
-                      "epochs": float(epochs), "max_steps": int(max_steps) if max_steps else -1, "learning_rate": float(lr),
-                      "max_length": int(max_length), "lora_rank": int(rank), "lora_alpha": 2 * int(rank),
-                      "save_steps": int(save_steps)}
-            finetune.model_dir(params["name"])  # refuses a name that cannot be a folder, before starting
-            if which == choices[0]:
-                if not recipe:
-                    raise ValueError("Choose a saved recipe (save one on the Select page), or an export file.")
-                params["recipe"] = recipe
-            else:
-                if not data:
-                    raise ValueError("Choose an export file (export a recipe in the TRL format on the Export page).")
-                params["data"] = data
-            job_id = jobs.submit("finetune", params)
-            st.session_state.jobs_started = f"Started job {job_id}: fine-tune '{params['name']}'."
+        lr = c1.number_input("Learning rate", min_value=1e-7, max_value=1.0, value=default["learning_rate"], format="%.1e",
+                             key="jobs_ft_lr")
+        max_length = c2.number_input("Max length (tokens)", min_value=64, value=default["max_length"], step=256, key="jobs_ft_maxlen")
+        rank = c3.selectbox("LoRA rank", ranks, index=ranks.index(default["lora_rank"]), key="jobs_ft_rank")
+        start = st.form_submit_button("Start fine-tune")
+    if not start:
+        return
+    params = {"name": name.strip(), "base_model": base.strip() or None, "examples": examples, "epochs": epochs,
+              "max_steps": max_steps if max_steps else -1, "learning_rate": lr, "max_length": max_length,
+              "lora_rank": rank, "lora_alpha": 2 * rank, "save_steps": save_steps}
+    params["recipe" if which == choices[0] else "data"] = recipe if which == choices[0] else data
+    job_id = jobs.submit("finetune", {k: v for k, v in params.items() if v is not None})  # core checks them
+    st.session_state.jobs_started = f"Started job {job_id}: fine-tune '{params['name']}'."
 
 
 def _evaluate_form() -> None:
     sets = queries.datasets()
     benchmarks = sets.filter(sets["format"] == "benchmark")["name"].to_list()
     adapters = {m["name"]: m["adapter"] for m in finetune.list_models() if m["adapter"]}
+    default = defaults(evaluate.EvalOptions)
     with st.form("jobs_eval_form"):
         st.markdown("**Evaluate a model** on a benchmark: k answers per problem, ingested as a new dataset, "
                     "verified with math-verify (resumable)")
@@ -135,53 +164,49 @@ def _evaluate_form() -> None:
         c1, c2, c3 = st.columns(3)
         benchmark = c1.selectbox("Benchmark", benchmarks, index=None, key="jobs_eval_benchmark",
                                  placeholder="no benchmark dataset" if not benchmarks else "choose a benchmark")
-        model = c2.text_input("Model", value=DEFAULT_MODEL, key="jobs_eval_model")
+        model = c2.text_input("Model", value=default["model"], key="jobs_eval_model")
         adapter = c3.selectbox("LoRA adapter", [NO_ADAPTER, *adapters], key="jobs_eval_adapter",
                                help="A fine-tune's adapter (data/models/<name>/adapter) on top of the model.")
         c1, c2, c3, c4 = st.columns(4)
-        problems = c1.number_input("Problems (the first N)", min_value=1, value=20, key="jobs_eval_problems")
-        k = c2.number_input("k (samples per problem)", min_value=1, value=1, key="jobs_eval_k",
+        problems = c1.number_input("Problems (the first N)", min_value=1, value=default["problems"], key="jobs_eval_problems")
+        k = c2.number_input("k (samples per problem)", min_value=1, value=default["k"], key="jobs_eval_k",
                             help="k = 1 decodes greedily; k > 1 samples at temperature 0.7.")
-        new_tokens = c3.number_input("Max new tokens", min_value=1, value=512, step=64, key="jobs_eval_tokens")
-        backend = c4.selectbox("Backend", ["transformers", "vllm"], key="jobs_eval_backend")
-        if st.form_submit_button("Start evaluation"):
-            if not benchmark:
-                raise ValueError("Choose a benchmark dataset (ingest one with the format 'benchmark' first).")
-            params = {"benchmark": benchmark, "model": model.strip() or DEFAULT_MODEL,
-                      "adapter": adapters.get(adapter), "problems": int(problems), "k": int(k),
-                      "max_new_tokens": int(new_tokens), "backend": backend}
-            job_id = jobs.submit("evaluate", params)
-            st.session_state.jobs_started = f"Started job {job_id}: evaluation of {params['model']}" + (
-                f" + {adapter}" if adapter != NO_ADAPTER else "") + f" on {benchmark}."
+        new_tokens = c3.number_input("Max new tokens", min_value=1, value=default["max_new_tokens"], step=64, key="jobs_eval_tokens")
+        backend = c4.selectbox("Backend", list(generation.BACKENDS), index=generation.BACKENDS.index(default["backend"]),
+                               key="jobs_eval_backend")
+        estimate, measure, start, long_ok = _cost_buttons("jobs_eval", "Start evaluation")
+    if not (estimate or measure or start):
+        return
+    params = {"benchmark": benchmark, "model": model.strip() or None, "adapter": adapters.get(adapter),
+              "problems": problems, "k": k, "max_new_tokens": new_tokens, "backend": backend}
+    params = {k: v for k, v in params.items() if v is not None}
+    cost = _cost("evaluate", params, lambda options: evaluate.estimate_cost(options), measure=measure, key="jobs_eval_cost")
+    if start:
+        generation.check_cost(cost, confirmed=long_ok)
+        job_id = jobs.submit("evaluate", params)
+        st.session_state.jobs_started = f"Started job {job_id}: evaluation of {params.get('model', default['model'])}" + (
+            f" + {adapter}" if adapter != NO_ADAPTER else "") + f" on {benchmark}."
+        st.session_state.pop("jobs_eval_cost", None)
 
 
 def _start_forms() -> None:
     tabs = st.tabs(["Re-score with a judge", "Fine-tune", "Evaluate", "Tokens and verification"])
-    for tab, form in zip(tabs, (_score_form, _finetune_form, _evaluate_form, _count_forms)):
+    for tab, form, cost_key in ((tabs[0], _score_form, "jobs_score_cost"), (tabs[1], _finetune_form, None),
+                                (tabs[2], _evaluate_form, "jobs_eval_cost"), (tabs[3], _count_forms, None)):
         with tab, common.guard():  # a refused submission shows its reason and keeps the other forms
             form()
+            if cost_key and st.session_state.get(cost_key):
+                st.info(f"What this job will cost: {st.session_state[cost_key]}")
 
 
 def _count_forms() -> None:
     left, right = st.columns(2)
-    with left.form("jobs_tokens_form"):
-        st.markdown("**Count tokens**")
-        tokenizer = st.text_input(
-            "Tokenizer", value=DEFAULT_TOKENIZER, key="jobs_tokenizer",
-            help="A Hugging Face hub id (needs the network the first time), a local folder or "
-                 "tokenizer.json, or the offline default.",
-        )
-        recount = st.checkbox("Also recount CoTs counted with another tokenizer", key="jobs_recount")
-        if st.form_submit_button("Start token count"):
-            job_id = jobs.submit("tokens", {"tokenizer": tokenizer.strip() or DEFAULT_TOKENIZER, "recount": recount})
-            st.session_state.jobs_started = f"Started job {job_id}: token count."
-    with right.form("jobs_verify_form"):
-        st.markdown("**Verify answers**")
-        st.caption("Checks each CoT's final answer against its problem's reference answer with math-verify "
-                   "(source 'math-verify'); CoTs already verified are skipped.")
-        if st.form_submit_button("Start verification"):
-            job_id = jobs.submit("verify", {})
-            st.session_state.jobs_started = f"Started job {job_id}: verification."
+    with left:
+        options_form("tokens", fields=("tokenizer", "recount"), title="**Count tokens**", submit="Start token count")
+    with right:
+        options_form("verify", fields=(), title="**Verify answers**", submit="Start verification",
+                     caption="Checks each CoT's final answer against its problem's reference answer with math-verify "
+                             "(source 'math-verify'); CoTs already verified are skipped.")
 
 
 def _job_card(job: dict) -> None:
@@ -214,7 +239,8 @@ def _job_card(job: dict) -> None:
                 jobs.resume(job["id"])
                 st.rerun(scope="fragment")
         if job["cancel_requested"] and state in ("queued", "running"):
-            st.caption("Cancelling: it stops at its next batch.")
+            st.caption("Cancelling: it stops within seconds (a generation at its next token, a training at the end "
+                       "of its step); what it committed is kept.")
         _results(job)
         with st.expander("Log (last lines)"):
             st.code(job["log_tail"] or "(empty)", language=None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from core import charts, queries, store, summary
+from core import charts, jobs, queries, store, summary
 from core.formats import FORMATS
 from ui import common, frames
 
@@ -32,19 +32,6 @@ def store_summary(db: str, stamp: tuple[float, float]) -> pl.DataFrame:
     """core.summary.summary(), recomputed whenever the store is written (``stamp``)."""
     del stamp  # the cache key only
     return summary.summary(db=db)
-
-
-def _jobs_api():
-    """core.jobs if it offers submit and get; None while it does not exist yet."""
-    try:
-        from core import jobs
-    except ModuleNotFoundError as exc:
-        if exc.name == "core.jobs":
-            return None
-        raise
-    if callable(getattr(jobs, "submit", None)) and callable(getattr(jobs, "get", None)):
-        return jobs
-    return None
 
 
 def _save_upload(upload) -> Path:
@@ -164,30 +151,25 @@ with common.guard():
                        "CD level or dataset and adds RV / CD, token budgets and Mean@k.")
 
     st.subheader("Ingest a dataset")
-    jobs = _jobs_api()
-    if jobs is None:
-        st.info("Background ingest is not available yet")
-        st.caption("Meanwhile, on the server: `python -m core ingest PATH [--format F] [--name N] [--skip-bad]`.")
-    else:
-        _ingest_form(jobs)
-        job_id = st.session_state.get("overview_ingest_job")
-        if job_id is not None:
-            info = jobs.get(job_id)
-            source = st.session_state.get("overview_ingest_source", "")
-            if not _job_finished(info):
-                st.caption(f"Ingesting {source} (job {job_id}); the page updates when it finishes.")
-                _ingest_progress(jobs, job_id)
-            elif info.get("error") or str(info.get("state", "")).lower() in JOB_FAILED:
-                st.error(f"The ingest of {source} did not finish ({info.get('state')}): "
-                         f"{info.get('error') or info.get('message') or 'no reason was recorded'}. "
-                         "The Jobs page can resume it.")
+    _ingest_form(jobs)
+    job_id = st.session_state.get("overview_ingest_job")
+    if job_id is not None:
+        info = jobs.get(job_id)
+        source = st.session_state.get("overview_ingest_source", "")
+        if not _job_finished(info):
+            st.caption(f"Ingesting {source} (job {job_id}); the page updates when it finishes.")
+            _ingest_progress(jobs, job_id)
+        elif info.get("error") or str(info.get("state", "")).lower() in JOB_FAILED:
+            st.error(f"The ingest of {source} did not finish ({info.get('state')}): "
+                     f"{info.get('error') or info.get('message') or 'no reason was recorded'}. "
+                     "The Jobs page can resume it.")
+        else:
+            result = info.get("result") or {}
+            result = result.get("ingest", result) if isinstance(result, dict) else result
+            if isinstance(result, dict) and result.get("already_present"):
+                st.success(f"{source} is already in the store as '{result.get('name')}'.")
+            elif isinstance(result, dict) and result.get("name"):
+                st.success(f"Ingested '{result['name']}': {result.get('problems', 0):,} problems, "
+                           f"{result.get('cots', 0):,} CoTs.")
             else:
-                result = info.get("result") or {}
-                result = result.get("ingest", result) if isinstance(result, dict) else result
-                if isinstance(result, dict) and result.get("already_present"):
-                    st.success(f"{source} is already in the store as '{result.get('name')}'.")
-                elif isinstance(result, dict) and result.get("name"):
-                    st.success(f"Ingested '{result['name']}': {result.get('problems', 0):,} problems, "
-                               f"{result.get('cots', 0):,} CoTs.")
-                else:
-                    st.success(f"Ingest of {source} finished.")
+                st.success(f"Ingest of {source} finished.")

@@ -1,22 +1,31 @@
-"""Shared fixtures: real stores built through the real ingest (never mocked)."""
+"""Shared fixtures: real stores built through the real ingest (never mocked), the tiny
+models and the judge's store. What they are built from is in tests/helpers.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-REALDATA = ROOT.parent / "shared" / "realdata"
-QWEN_OUTPUTS = REALDATA / "qwen25_math_eval" / "outputs"
-BENCHMARKS = REALDATA / "benchmarks"
+from helpers import QWEN_OUTPUTS, REPO, build_tiny_llama, judge_corpus, judge_rows, require_realdata
+
+ROOT = REPO
+
+# Time limits by marker (pytest.ini's timeout = 120 s is for everything else); a test's own
+# @pytest.mark.timeout(N) wins. Generous: the suite shares small, busy machines.
+MARKER_TIMEOUTS = {"spawns_processes": 600, "slow": 900, "browser": 1800, "vllm": 1800}
 
 
-def require_realdata() -> None:
-    if not QWEN_OUTPUTS.exists():
-        pytest.skip(f"real data not found at {REALDATA} (it sits beside the repo in ThoughtScope's CI)")
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        limits = [seconds for marker, seconds in MARKER_TIMEOUTS.items() if item.get_closest_marker(marker)]
+        if limits:
+            item.add_marker(pytest.mark.timeout(max(limits)))
 
 
 def _build_store(path: Path, builder) -> Path:
@@ -29,7 +38,7 @@ def _build_store(path: Path, builder) -> Path:
 @pytest.fixture(scope="session")
 def qwen_store_template(tmp_path_factory) -> Path:
     """A store holding every Qwen2.5-Math eval run of ../shared/realdata, verified and counted."""
-    require_realdata()
+    require_realdata(QWEN_OUTPUTS)
     from core.ingest import ingest
     from core.tokens import count_tokens_stage
     from core.verify import verify_stage
@@ -101,3 +110,43 @@ def _isolated_data_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("THOUGHTSCOPE_DATA", str(tmp_path / "data"))
     # the tokenizer cache is safe to share and slow to rebuild
     monkeypatch.setenv("THOUGHTSCOPE_CACHE", os.environ.get("THOUGHTSCOPE_CACHE", str(ROOT / "data" / "cache")))
+
+
+# --------------------------------------------------------------------------- models and the judge's store
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama with a BPE tokenizer trained here (on the judge's
+    CoTs and templates and a few math lines), saved with save_pretrained: proves the plain
+    `from_pretrained` path works for any local folder."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), corpus=judge_corpus())
+
+
+@pytest.fixture(scope="session")
+def judge_store_template(tmp_path_factory) -> Path:
+    """A store ingested (by the real ingest) from a six-CoT OmniThought JSONL, token-counted."""
+    from core.ingest import ingest
+    from core.tokens import count_tokens_stage
+
+    folder = tmp_path_factory.mktemp("judge-store")
+    src = folder / "tiny-omnithought.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in judge_rows()))
+    db = folder / "judge.duckdb"
+    ingest(str(src), name="tiny omnithought", db=db)
+    count_tokens_stage(db=db)
+    return db
+
+
+@pytest.fixture
+def judge_store(judge_store_template, tmp_path) -> Path:
+    target = tmp_path / "judge.duckdb"
+    shutil.copy(judge_store_template, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_llama):
+    from core.generation import open_backend
+
+    return open_backend("transformers", str(tiny_llama), device="cpu", batch_size=4)

@@ -252,16 +252,13 @@ def test_overview_of_an_empty_store_explains_how_to_ingest(tmp_path, app_store):
     at = _open("pages/overview.py")
     assert any("The store is empty" in i.value and "python -m core ingest" in i.value for i in at.info)
     assert not at.dataframe and not at.get("plotly_chart")
-    # the ingest form (or the sentence saying background ingest is not there yet)
-    has_form = any(t.key == "ingest_path" for t in at.text_input)
-    assert has_form or any("Background ingest is not available yet" in i.value for i in at.info)
+    assert any(t.key == "ingest_path" for t in at.text_input)  # the ingest form
 
 
 def test_overview_ingest_form_runs_a_background_ingest(tmp_path, app_store):
-    from tests.conftest import BENCHMARKS, require_realdata
+    from helpers import BENCHMARKS, require_realdata
 
-    require_realdata()
-    pytest.importorskip("core.jobs")
+    require_realdata(BENCHMARKS)
     db = app_store(tmp_path / "ingest.duckdb")
     at = _open("pages/overview.py")
     source = str(BENCHMARKS / "aime24_test.jsonl")

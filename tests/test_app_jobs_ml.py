@@ -4,7 +4,6 @@ model card appear), then evaluate the tuned model on a benchmark (its accuracy a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from core import export, jobs, store
 from core.ingest import ingest
 from core.queries import CotFilter
-from test_finetune import build_tiny_llama
+from helpers import build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 600
@@ -55,6 +54,7 @@ def _submit(at: AppTest, label: str) -> tuple[AppTest, int]:
     return at, int(started[0].split()[2].rstrip(":"))
 
 
+@pytest.mark.spawns_processes
 def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, tiny_model, tmp_path, kill_workers_after, capsys):
     app_store(demo_store)
     bench = tmp_path / "mini_gsm8k_test.jsonl"
@@ -98,11 +98,9 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
                            [source], db=demo_store)[0][0] == 4  # 2 CoTs x (rv, logic)
     # the command line runs the same job: under the job's source name, with the same settings,
     # it finds every pair already scored and judges nothing again
-    from core.ml_cli import add_ml_cli
+    from core.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--db")
-    add_ml_cli(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     ids = [r[0] for r in store.read_rows("SELECT DISTINCT cot_id FROM scores JOIN score_sources USING (source_id) "
                                          "WHERE name = ? ORDER BY 1", [source], db=demo_store)]
     args = parser.parse_args(["--db", str(demo_store), "score", "--cot-ids", ",".join(map(str, ids)), "--metrics", "rv,logic",
@@ -155,3 +153,68 @@ def test_forms_explain_what_is_missing(app_store, demo_store):
     at = next(b for b in at.button if b.label == "Start re-scoring").click().run()
     assert any("Choose a saved recipe" in e.value for e in at.error)
     assert jobs.list_jobs().height == 0
+
+
+def test_forms_start_from_the_options_defaults(app_store, demo_store):
+    """The forms read their defaults from the options dataclasses the CLI and the jobs use."""
+    from core.evaluate import EvalOptions
+    from core.finetune import FinetuneOptions
+    from core.judge import JudgeOptions
+
+    app_store(demo_store)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at = at.switch_page("pages/jobs.py").run()
+    judge, tune, evaluation = JudgeOptions(), FinetuneOptions(name="x", data="x"), EvalOptions(benchmark="b")
+    assert at.number_input(key="jobs_score_tokens").value == judge.max_new_tokens
+    assert at.text_input(key="jobs_score_model").value == judge.model
+    assert at.multiselect(key="jobs_score_metrics").value == list(judge.metrics)
+    assert at.selectbox(key="jobs_score_backend").value == judge.backend
+    assert at.number_input(key="jobs_ft_save").value == tune.save_steps
+    assert at.number_input(key="jobs_ft_lr").value == tune.learning_rate
+    assert at.selectbox(key="jobs_ft_rank").value == tune.lora_rank
+    assert at.number_input(key="jobs_eval_problems").value == evaluation.problems
+    assert at.number_input(key="jobs_eval_tokens").value == evaluation.max_new_tokens
+    assert at.text_input(key="jobs_tokens_tokenizer").value == "SmolLM2-135M-Instruct"  # the generated tokens form
+
+
+@pytest.mark.spawns_processes
+def test_the_score_form_says_what_a_job_will_cost_before_it_starts(app_store, judge_store, tiny_model):
+    """Estimate: CoTs x metrics and the clip, counted here against plain SQL; Measure: one batch
+    of the model timed in a separate process, after which the estimate gives a time."""
+    from core import generation, judge
+    from core.judge import JudgeOptions, ScoreTarget
+
+    app_store(judge_store)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at = at.switch_page("pages/jobs.py").run()
+    at.session_state["current_filter"] = CotFilter()
+    at = at.run()
+    at.multiselect(key="jobs_score_metrics").set_value(["rv", "logic"])
+    at.text_input(key="jobs_score_model").input(str(tiny_model))
+    at.number_input(key="jobs_score_tokens").set_value(16)
+    at.number_input(key="jobs_score_batch").set_value(4)
+    at = next(b for b in at.button if b.label == "Estimate the cost").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    cost = next(i.value for i in at.info if i.value.startswith("What this job will cost"))
+    n_cots, longer = store.read_rows(
+        "SELECT count(*), count(*) FILTER (WHERE length(full_text) > ?) FROM cots", [judge.DEFAULT_MAX_CHARS], db=judge_store)[0]
+    assert f"{n_cots} CoTs x 2 metrics = {2 * n_cots} judge calls, in 3 batches of 4" in cost
+    assert f"({longer} of {n_cots} are longer)" in cost and "not measured yet" in cost
+    assert jobs.list_jobs().height == 0  # estimating starts nothing
+
+    at = next(b for b in at.button if b.label == "Measure the speed here").click().run(timeout=300)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    cost = next(i.value for i in at.info if i.value.startswith("What this job will cost"))
+    options = JudgeOptions(metrics=("rv", "logic"), model=str(tiny_model), max_new_tokens=16, batch_size=4)
+    estimate = judge.estimate_cost(judge_store, ScoreTarget(max_cots=100), options)
+    assert estimate.speed is not None and estimate.speed["batch_size"] == 4  # remembered on disk by the child
+    assert estimate.seconds_at_most == pytest.approx(3 * (estimate.speed["prefill_s"] + 16 * estimate.speed["step_s"]))
+    assert "at most about" in cost and "at the speed measured here" in cost
+    # at the same speed, a job of twice an hour's batches needs "Start even if it is long"
+    batches = int(2 * generation.LONG_RUN_S / generation.batch_seconds(estimate.speed, 16)) + 1
+    long_job = generation.RunCost(what="many", answers=4 * batches, batches=batches, batch_size=4, max_new_tokens=16,
+                                  prompt_chars=estimate.prompt_chars, speed=estimate.speed)
+    with pytest.raises(generation.GenerationError, match="could run about .*Start even if it is long"):
+        generation.check_cost(long_job)
+    generation.check_cost(long_job, confirmed=True)
+    generation.check_cost(estimate)  # 3 short batches: no second look needed

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import jobs, store
@@ -89,6 +90,7 @@ def _wait_done(job_id: int, timeout: float = 240) -> dict:
     return job
 
 
+@pytest.mark.spawns_processes
 def test_jobs_page_lists_a_job_and_its_final_state(app_store, demo_store, tmp_path):
     app_store(demo_store)
     not_a_tokenizer = tmp_path / "tokenizer.json"

@@ -15,6 +15,8 @@ import pytest
 
 from bench.common import ChildFailed, format_table, run_child
 
+pytestmark = pytest.mark.spawns_processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

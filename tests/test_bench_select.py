@@ -15,6 +15,8 @@ import pytest
 
 from bench import bench_select
 
+pytestmark = pytest.mark.spawns_processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -22,9 +22,9 @@ from core.queries import CotFilter
 from core.selection import Selection, TargetSize, default_score_sources
 from core.summary import summary
 from core.verify import SOURCE as VERIFY_SOURCE
+from helpers import GSM8K
 
 ROOT = Path(__file__).resolve().parents[1]
-GSM8K = ROOT.parent / "shared" / "realdata" / "benchmarks" / "gsm8k_test.jsonl"
 PROBLEMS = 20
 MAX_NEW_TOKENS = 96
 

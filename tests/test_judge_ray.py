@@ -1,4 +1,4 @@
-"""The LLM judge on Ray (core.judge.score_cots_ray): a real local Ray instance on CPU, Ray Data
+"""The LLM judge on Ray (core.judge_ray.score_cots_ray): a real local Ray instance on CPU, Ray Data
 actors with the transformers backend, the same store fixtures and models as tests/test_judge.py.
 
 One Ray instance serves the module (2 CPUs, a 200 MB object store, no dashboard) and is shut
@@ -12,11 +12,15 @@ import json
 import psutil
 import pytest
 
-from core import judge, store
-from core.judge import JudgeError, score_cots, score_cots_ray
+from core import judge, judge_ray, store
+from core.judge import JudgeError, score_cots
+from core.judge_ray import score_cots_ray
 from core.models import DEFAULT_MODEL
 from core.tokens import tokenizer_cache_dir
-from test_judge import _cot_ids, _scores, judge_store, judge_store_template, tiny_llama  # noqa: F401 (fixtures)
+from helpers import cot_ids as _cot_ids
+from helpers import source_scores as _scores
+
+pytestmark = pytest.mark.spawns_processes
 
 ray = pytest.importorskip("ray")
 
@@ -143,15 +147,15 @@ def test_failed_ray_run_leaves_the_store_as_it_was(judge_store, local_ray, tmp_p
 
 
 def test_ray_address_comes_from_the_option_or_the_environment(monkeypatch):
-    monkeypatch.delenv(judge.RAY_ADDRESS_ENV, raising=False)
-    assert judge.ray_address_from(None) is None
+    monkeypatch.delenv(judge_ray.RAY_ADDRESS_ENV, raising=False)
+    assert judge_ray.ray_address_from(None) is None
     for address in ("auto", "local", "ray://head.example:10001", "10.0.0.5:6379"):
-        assert judge.ray_address_from(address) == address
-    monkeypatch.setenv(judge.RAY_ADDRESS_ENV, "ray://head:10001")
-    assert judge.ray_address_from(None) == "ray://head:10001"
-    assert judge.ray_address_from("none") is None  # the option overrides the environment
+        assert judge_ray.ray_address_from(address) == address
+    monkeypatch.setenv(judge_ray.RAY_ADDRESS_ENV, "ray://head:10001")
+    assert judge_ray.ray_address_from(None) == "ray://head:10001"
+    assert judge_ray.ray_address_from("none") is None  # the option overrides the environment
     with pytest.raises(JudgeError, match="--ray-address 'http://x' is not a Ray address"):
-        judge.ray_address_from("http://x")
-    monkeypatch.setenv(judge.RAY_ADDRESS_ENV, "somewhere")
+        judge_ray.ray_address_from("http://x")
+    monkeypatch.setenv(judge_ray.RAY_ADDRESS_ENV, "somewhere")
     with pytest.raises(JudgeError, match=r"\$THOUGHTSCOPE_RAY_ADDRESS 'somewhere'"):
-        judge.ray_address_from(None)
+        judge_ray.ray_address_from(None)

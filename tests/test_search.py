@@ -203,6 +203,7 @@ def test_a_phrase_without_words_uses_the_substring_scan(db):
     assert "read_parquet" not in sql and "contains(lower(p.question)" in sql
 
 
+@pytest.mark.spawns_processes
 def test_index_command_builds_then_has_nothing_to_do(db):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "core", "--db", str(db), "index", "--json"]
@@ -213,6 +214,7 @@ def test_index_command_builds_then_has_nothing_to_do(db):
     assert "already covers every ready dataset" in again.stdout
 
 
+@pytest.mark.spawns_processes
 def test_ingest_command_indexes_the_new_dataset(tmp_path):
     from core.demo import write_omnithought
 

@@ -16,10 +16,14 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from core import store
 from core.demo import write_omnithought
 
 from helpers import REPO
+
+pytestmark = pytest.mark.spawns_processes
 
 N_PROBLEMS = 8700  # ~59k CoTs: one load transaction (a row group holds 122,880), ~8 token batches
 TEXT_SCALE = float(os.environ.get("THOUGHTSCOPE_TEST_TEXT_SCALE", "0.02"))

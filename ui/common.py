@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import queries, store
+from core.errors import UserError
 from core.queries import CotFilter
 from core.records import IngestError
 
@@ -40,8 +41,7 @@ def catalogue(stamp: tuple[float, float]) -> dict:
         "rv": queries.sources("rv"),
         "cd": queries.sources("cd"),
         "correct": queries.sources("correct"),
-        "max_tokens": int(store.read_rows("SELECT coalesce(max(n_tokens), 0) FROM cots")[0][0]),
-        "max_reflections": int(store.read_rows("SELECT coalesce(max(n_reflections), 0) FROM cots")[0][0]),
+        **queries.slider_maxima(),
     }
 
 
@@ -59,14 +59,17 @@ def per_stamp(name: str, query):
 
 @contextlib.contextmanager
 def guard():
-    """Show errors from core/ as sentences that say what to do, never as tracebacks."""
+    """Show a :class:`core.errors.UserError` from core/ as the sentence it carries (what to
+    change), a busy store as a warning. Anything else is a bug and is not caught here:
+    Streamlit shows its traceback as ``client.showErrorDetails`` says (in full by default, in
+    development; a deployment can set it to "none")."""
     try:
         yield
     except store.StoreBusy:
         st.warning("The store is busy with an ingest or a job that is committing; this page will retry on the next interaction.")
     except IngestError as exc:
         st.error(f"That input cannot be ingested: {exc}. Fix the file (or tick 'skip bad rows') and try again.")
-    except (ValueError, KeyError) as exc:
+    except UserError as exc:
         st.error(f"{exc}")
 
 

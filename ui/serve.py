@@ -1,9 +1,16 @@
 """Start the app: `python -m ui.serve [streamlit options]` (what `make run` does).
 
-Streamlit treats an app beside a pages/ folder as an old-style multipage app until
-st.navigation has run once in the server's life, so the very first request straight to
-/explore would run that page without app.py's frame. Clearing the flag before the server
-starts makes app.py route every request from the first one.
+Why this file exists. ThoughtScope keeps one file per page in pages/ beside app.py, and app.py
+routes with st.navigation. Streamlit treats an entry script beside a folder named pages/ as an
+old-style (v1) multipage app until st.navigation has run once in the server's life, so the
+very first request straight to /explore would run that page alone, without app.py's frame.
+Streamlit offers no setting for this: its documented way out is not to name the folder pages/
+(its docs call pages/ the legacy mechanism, and its own guidance says to name the folder
+app_pages/). We keep pages/ where the layout puts it and work around it here, in one place:
+:func:`route_pages_through_app` clears the flag before the server starts. It is a private
+Streamlit attribute, so tests/test_serve.py checks, on every run of the suite, that Streamlit
+still behaves the way this relies on, and fails with a message pointing here if an upgrade
+changes it (the browser tests then check deep links for real).
 """
 
 import sys
@@ -14,6 +21,13 @@ from streamlit.web import cli
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
-if __name__ == "__main__":
+
+def route_pages_through_app() -> None:
+    """Make app.py's st.navigation route every request, the first one included, although
+    pages/ sits beside it (see the module docstring)."""
     PagesManager.uses_pages_directory = False
+
+
+if __name__ == "__main__":
+    route_pages_through_app()
     sys.exit(cli.main(["run", str(APP), *sys.argv[1:]], prog_name="streamlit"))
