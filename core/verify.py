@@ -25,6 +25,24 @@ _TODO = """
 """
 
 
+def _die_with_parent() -> None:
+    """Pool worker initializer: on Linux, ask the kernel to kill this worker when the process
+    that started it dies, so a killed ingest or job leaves no workers waiting forever."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _check(item: tuple[int, str | None, str]) -> tuple[int, float | None, str | None]:
     import logging
 
@@ -62,7 +80,7 @@ def verify_stage(
     with store.connect(db, read_only=False) as con:
         source_id = store.ensure_source(con, SOURCE, "verifier", model="math-verify")
     # Worker processes: math-verify's timeouts use signals, which work only in a main thread.
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_die_with_parent) as pool:
         while True:
             rows = store.read_rows(
                 # The extracted final answer alone, as eval harnesses grade: much faster than
