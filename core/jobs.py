@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from core import store
+from core import access, store
 
 FINISHED = ("done", "failed", "cancelled")
 RESUMABLE = ("failed", "cancelled", "interrupted")
@@ -322,6 +322,7 @@ def submit(kind: str, params: dict[str, Any] | None = None, *, db=None) -> int:
     """
     from core.worker import JOB_KINDS
 
+    access.require_job_rights()  # a read-only server, or a user not among the job users
     if kind not in JOB_KINDS:
         raise ValueError(f"There is no job kind '{kind}'; the kinds are {', '.join(sorted(JOB_KINDS))}.")
     params = dict(params or {})
@@ -338,6 +339,7 @@ def submit(kind: str, params: dict[str, Any] | None = None, *, db=None) -> int:
 def cancel(job_id: int) -> dict[str, Any]:
     """Ask a job to stop. A live worker stops at its next batch (and undoes a half ingest);
     a job whose worker is gone is marked cancelled at once. Returns the job."""
+    access.require_job_rights()
     job = get(job_id)
     if job["state"] in FINISHED:
         raise ValueError(f"Job {job_id} has already finished ({job['state']}); there is nothing to cancel.")
@@ -362,6 +364,7 @@ def cancel(job_id: int) -> dict[str, Any]:
 def resume(job_id: int) -> dict[str, Any]:
     """Start a new worker for a failed, cancelled or interrupted job. The job function skips
     what the earlier run committed (counted tokens, verified CoTs, a finished ingest)."""
+    access.require_job_rights()
     job = get(job_id)
     if job["state"] not in RESUMABLE:
         raise ValueError(

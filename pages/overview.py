@@ -11,8 +11,9 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from core import charts, queries, store, summary
+from core import access, charts, queries, store, summary
 from core.formats import FORMATS
+from core.records import IngestError
 from ui import common, frames
 
 JOB_FAILED = {"failed", "cancelled", "interrupted"}  # interrupted: its worker died; resume it on the Jobs page
@@ -74,7 +75,8 @@ def _show_job(info: dict) -> None:
 def _ingest_form(jobs) -> None:
     with st.form("ingest_form"):
         upload = st.file_uploader("Upload a file (JSONL, JSON or Parquet)", key="ingest_upload")
-        path = st.text_input("…or a path on the server (file or folder) or a hub id", key="ingest_path")
+        path = st.text_input("…or a path on the server (file or folder) or a hub id", key="ingest_path",
+                             help="Server paths are read only under: " + ", ".join(map(str, access.ingest_roots())))
         c1, c2, c3 = st.columns([1, 2, 1])
         fmt = c1.selectbox("Format", ["auto", *FORMATS], key="ingest_format")
         name = c2.text_input("Dataset name (optional)", key="ingest_name")
@@ -89,6 +91,12 @@ def _ingest_form(jobs) -> None:
     if upload is None and not path.strip():
         st.error("Upload a file or give a path to ingest.")
         return
+    if upload is None:
+        try:  # a path on the server: only under the ingest roots (the job checks again)
+            access.confine_to_roots(path.strip(), None if fmt == "auto" else fmt)
+        except (access.AccessDenied, IngestError) as exc:
+            st.error(str(exc))
+            return
     source = str(_save_upload(upload)) if upload is not None else path.strip()
     job_id = jobs.submit("ingest", {"source": source, "format": None if fmt == "auto" else fmt,
                                     "name": name.strip() or None, "skip_bad": bool(skip_bad)})
@@ -165,7 +173,10 @@ with common.guard():
 
     st.subheader("Ingest a dataset")
     jobs = _jobs_api()
-    if jobs is None:
+    refusal = access.job_refusal()
+    if refusal:  # read-only server, or not one of the job users
+        st.info(refusal)
+    elif jobs is None:
         st.info("Background ingest is not available yet")
         st.caption("Meanwhile, on the server: `python -m core ingest PATH [--format F] [--name N] [--skip-bad]`.")
     else:
