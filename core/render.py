@@ -391,3 +391,70 @@ def cot_diff(a: str | None, b: str | None, context: int = 3, *, a_name: str = "a
     """
     lines = difflib.unified_diff(diff_units(a), diff_units(b), fromfile=a_name, tofile=b_name, n=context, lineterm="")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- charts
+
+# Plotly draws labels (trace names, category ticks, facet titles, hover text) through its own
+# small HTML: a tag's style attribute is applied as CSS, so a teacher named
+# <span style="fill:url(http://host/x)">m</span> made the browser fetch that URL (seen in
+# Chromium). A tag that carries attributes is turned into text; this project's own
+# templates (<br>, <extra>) carry none and are left alone.
+_ACTIVE_TAG = re.compile(r"<(?=\s*/?\s*[A-Za-z][A-Za-z0-9]*[\s/][^>]*=)")
+
+
+def _inert(value):
+    """``value`` with every attribute-carrying tag in its strings escaped, and whether it
+    changed."""
+    if isinstance(value, str):
+        out = _ACTIVE_TAG.sub("&lt;", value)
+        return out, out != value
+    if isinstance(value, dict):
+        changed = False
+        for key, item in value.items():
+            new, hit = _inert(item)
+            if hit:
+                value[key], changed = new, True
+        return value, changed
+    if isinstance(value, (list, tuple)):
+        results = [_inert(item) for item in value]
+        if any(hit for _, hit in results):
+            return [new for new, _ in results], True
+        return value, False
+    if getattr(value, "dtype", None) is not None and value.dtype.kind in "OU":  # a numpy array of labels
+        results = [_inert(item) for item in value.tolist()]
+        if any(hit for _, hit in results):
+            return [new for new, _ in results], True
+    return value, False
+
+
+def inert_figure(fig):
+    """A plotly figure whose text cannot make the browser load anything: every tag with
+    attributes in any of its strings (from trace names to axis categories) shows as text.
+    Returns ``fig`` itself when nothing needed changing (the usual case).
+
+    >>> import plotly.graph_objects as go
+    >>> inert_figure(go.Figure(go.Bar(x=['<span style="fill:url(http://h/x)">m</span>'], y=[1]))).data[0].x
+    ('&lt;span style="fill:url(http://h/x)">m</span>',)
+    """
+    import plotly.graph_objects as go
+
+    # Look first at the figure's own dicts (no copy; to_plotly_json would cost ~2 ms a
+    # figure on every slider move), and rebuild only the rare figure that needs it.
+    raw = [getattr(fig, "_data", None), getattr(fig, "_layout", None)]
+    if all(part is not None for part in raw) and not _has_active_tag(raw):
+        return fig
+    spec, changed = _inert(fig.to_plotly_json())
+    return go.Figure(spec) if changed else fig
+
+
+def _has_active_tag(value) -> bool:
+    if isinstance(value, str):
+        return "<" in value and _ACTIVE_TAG.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_active_tag(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_active_tag(item) for item in value)
+    if getattr(value, "dtype", None) is not None and value.dtype.kind in "OU":
+        return any(_has_active_tag(item) for item in value.tolist())
+    return False

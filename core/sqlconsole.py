@@ -39,7 +39,7 @@ import polars as pl
 from core import store
 
 DEFAULT_LIMIT = 10_000
-DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_TIMEOUT_S = float(os.environ.get("THOUGHTSCOPE_CONSOLE_TIMEOUT_S", "60"))
 # The console process's own limits (DuckDB's memory_limit and threads); the parent kills it
 # past the memory limit plus HEADROOM_MB (Python, libraries, the page of rows) or GRACE_S
 # after its time limit.
@@ -407,7 +407,9 @@ def quick_chart(frame: pl.DataFrame, *, x: str, y: str, kind: str = "bar", color
     if kind == "bar" and color is not None:
         fig.update_layout(barmode="group")
     fig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": 10})
-    return fig
+    from core.render import inert_figure
+
+    return inert_figure(fig)  # the labels are query results
 
 
 # The query box's placeholder: the shortest useful example.

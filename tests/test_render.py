@@ -375,3 +375,43 @@ def test_splitting_work_is_linear_in_the_text_length(name):
     for i in range(3):
         ratio = costs[len(large)][i] / max(1, costs[len(small)][i])
         assert ratio <= 5, (name, i, costs)
+
+
+# ---------------------------------------------------------------------------- chart labels
+
+
+def test_chart_labels_from_data_cannot_carry_active_tags():
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from core.render import inert_figure
+
+    hostile = '<span style="fill:url(http://tracker.invalid/x.gif#a)">QwQ</span>'
+    fig = go.Figure([
+        go.Bar(x=[hostile, "plain"], y=[1, 2], name=f"<b style='x'>{hostile}</b>", hovertemplate="%{x}<br>%{y}<extra></extra>"),
+        go.Bar(x=np.array(['<a href="http://tracker.invalid">a</a>', "b"], dtype=object), y=[3, 4], name="ok"),
+    ])
+    fig.update_layout(title={"text": "Tokens<br><sup>by model</sup>"}, annotations=[{"text": hostile}])
+    out = inert_figure(fig)
+    spec = out.to_plotly_json()
+    text = repr(spec)
+    assert "<span style" not in text and "<a href" not in text and "<b style" not in text
+    assert spec["data"][0]["x"][0] == '&lt;span style="fill:url(http://tracker.invalid/x.gif#a)">QwQ</span>'
+    # this project's own markup is kept
+    assert spec["data"][0]["hovertemplate"] == "%{x}<br>%{y}<extra></extra>"
+    assert spec["layout"]["title"]["text"] == "Tokens<br><sup>by model</sup>"
+    # a figure with nothing to change is returned as it is
+    plain = go.Figure(go.Bar(x=["a"], y=[1], name="<b>bold</b>"))
+    assert inert_figure(plain) is plain
+
+
+def test_chart_builders_return_inert_figures():
+    import polars as pl
+
+    from core import charts
+
+    hostile = '<span style="fill:url(http://tracker.invalid/x.gif#a)">m</span>'
+    mp = pl.DataFrame({"model": [hostile, "plain"], "dataset": ["d", "d"], "benchmark": ["b", "b"],
+                       "mean_at_k": [0.5, 0.25], "pass_at_k": [0.75, 0.5], "problems_skipped": [0, 0]})
+    fig = charts.mean_pass_at_k_figure(mp, n_cots=8, k=2)
+    assert "<span style" not in repr(fig.to_plotly_json())
