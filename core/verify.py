@@ -5,6 +5,7 @@ math-verify score is not checked again."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -80,7 +81,11 @@ def verify_stage(
     with store.connect(db, read_only=False) as con:
         source_id = store.ensure_source(con, SOURCE, "verifier", model="math-verify")
     # Worker processes: math-verify's timeouts use signals, which work only in a main thread.
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_die_with_parent) as pool:
+    # Started fresh ("spawn"), not forked: a fork of a process running other threads (DuckDB,
+    # polars, a Streamlit server's) copies their half-done state, and a worker segfaulted in
+    # its garbage collector that way during a test run.
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_parent) as pool:
         while True:
             rows = store.read_rows(
                 # The extracted final answer alone, as eval harnesses grade: much faster than

@@ -151,12 +151,11 @@ def ingest_job(params: dict[str, Any], ctx: JobContext) -> dict:
     finished load it finds the same content already stored and goes on with verify, tokens and
     the index, which skip what is already done.
     """
+    from core.access import confine_to_roots
     from core.formats import ReadOptions
     from core.ingest import ingest
     from core.tokens import DEFAULT_TOKENIZER, count_tokens_stage
     from core.verify import verify_stage
-
-    from core.access import confine_to_roots
 
     if not params.get("source"):
         raise ValueError("An ingest job needs a 'source': a file, a folder or a hub id.")
