@@ -25,7 +25,8 @@ def run(request: dict) -> dict:
     text, explain = request["sql"], request["explain"]
     limit, offset = int(request["limit"]), int(request["offset"])
     try:
-        with store.connect(request["db"], read_only=True) as con:
+        # a writer (an ingest, a job) holds the store for a few seconds at most per batch
+        with store.connect(request["db"], read_only=True, timeout_s=float(request["timeout_s"])) as con:
             con.execute(f"SET memory_limit = '{int(request['memory_mb'])}MB'")
             con.execute(f"SET threads = {int(request['threads'])}")
             con.execute("SET enable_external_access = false")
@@ -47,7 +48,7 @@ def run(request: dict) -> dict:
                     table = table.slice(0, limit)
             finally:
                 timer.cancel()
-    except duckdb.Error as exc:
+    except (duckdb.Error, store.StoreBusy) as exc:
         return {"error": type(exc).__name__, "message": str(exc)}
     with pa.OSFile(request["out"], "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)

@@ -329,6 +329,8 @@ def _run_in_own_process(request: dict, timeout_s: float) -> tuple[pl.DataFrame, 
                 detail = err.read().decode("utf-8", errors="replace").strip().splitlines()
                 raise ValueError(f"The console process stopped without an answer ({detail[-1] if detail else f'exit {proc.returncode}'}).")
         reply = json.loads(lines[-1])
+        if reply.get("error") == "StoreBusy":  # the pages say so as a warning, and retry
+            raise store.StoreBusy(reply["message"])
         if "error" in reply:
             raise ValueError(_explain_sentence(reply["error"], reply["message"], request["memory_mb"]))
         with pa.OSFile(request["out"], "rb") as source:
@@ -362,6 +364,8 @@ def run_query(
         frame, total = _run_in_own_process(request, timeout_s)
     except ValueError as exc:
         raise ValueError(redact(str(exc), paths)) from None
+    except store.StoreBusy as exc:
+        raise store.StoreBusy(redact(str(exc), paths)) from None
     finally:
         _refill_spare()
     return QueryResult(_redact_frame(frame, paths), total, offset, time.perf_counter() - started)

@@ -330,3 +330,24 @@ def test_a_writer_waits_for_readers_and_readers_then_wait_for_it(demo_store):
     r1.join(10)
     w.join(10)
     assert events.index("read closed") < events.index("write open")
+
+
+def test_a_store_held_by_a_writer_is_busy_not_a_crash(demo_store):
+    """Another process holds the store read-write for longer than the console's time limit
+    (an ingest's load transaction): the console says the store is busy, naming no folder."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, duckdb; con = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(30)",
+         str(demo_store)], stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(store.StoreBusy) as busy:
+            sqlconsole.run_query("SELECT count(*) FROM cots", db=demo_store, timeout_s=2)
+        assert "stayed locked" in str(busy.value) and str(demo_store.parent) not in str(busy.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sqlconsole.run_query("SELECT count(*) AS n FROM cots", db=demo_store).frame["n"][0] > 0
