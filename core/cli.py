@@ -67,7 +67,9 @@ def _finish_stages(args, dataset_id: int, update) -> list[str]:
         verified = verify_stage(db=args.db, dataset_id=dataset_id, progress=update)
         if verified["cots"]:
             done.append(f"verified {verified['cots']:,} CoTs")
-    if not args.no_tokens:
+    # (looked up first: loading a tokenizer takes seconds, and `make run` comes here each time)
+    uncounted = store.read_rows("SELECT count(*) FROM cots WHERE dataset_id = ? AND n_tokens IS NULL", [dataset_id], db=args.db)[0][0]
+    if not args.no_tokens and uncounted:
         counted = count_tokens_stage(db=args.db, tokenizer=args.tokenizer, dataset_id=dataset_id, progress=update)
         if counted["cots"]:
             done.append(f"counted the tokens of {counted['cots']:,} CoTs")
