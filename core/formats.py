@@ -199,7 +199,8 @@ def iter_csv(path: Path, max_cell_mb: float = DEFAULT_MAX_LINE_MB) -> Iterator[R
     # located, skippable bad row.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8") as fh:
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise join the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = next(reader, None)

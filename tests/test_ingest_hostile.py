@@ -313,3 +313,11 @@ def test_cli_missing_file_and_symlink_loop_exit_2(tmp_path):
     out = cli(db, "ingest", str(tmp_path / "nope.jsonl"), "--format", "omnithought")
     assert_one_clear_line(out, f"{tmp_path / 'nope.jsonl'}: no such file or folder")
 
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    db = tmp_path / "s.duckdb"
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffprompt,output\nQ?,A\n".encode("utf-8"))
+    result = ingest(str(path), db=db, fmt="generic", opts=ReadOptions(mapping={"question": "prompt", "response": "output"}))
+    assert result.cots == 1
