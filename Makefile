@@ -51,8 +51,10 @@ browser:
 demo: setup
 	$(PY) -m core demo --if-empty
 
+# Listens on 127.0.0.1 only; `make run TEAM=1` serves every interface (see the README's
+# "Security and failure model" first).
 run: demo
-	$(PY) -m ui.serve --server.port $(PORT) --server.headless true \
+	$(PY) -m ui.serve $(if $(TEAM),--team) --server.port $(PORT) --server.headless true \
 	  --browser.gatherUsageStats false
 
 # ruff, configured in pyproject.toml

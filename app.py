@@ -7,6 +7,8 @@ The entry script only frames and routes; each page lives in pages/ and all logic
 
 import streamlit as st
 
+from ui import auth
+
 st.set_page_config(page_title="ThoughtScope", page_icon="🔭", layout="wide")
 
 PAGES = [
@@ -21,6 +23,13 @@ PAGES = [
     st.Page("pages/sql.py", title="SQL", url_path="sql"),
 ]
 
-page = st.navigation(PAGES)
+auth.install()
+# With login configured, an anonymous session gets the login screen and no page: the pages
+# stay registered (so every URL still routes through here) but hidden, and none runs.
+signed_in = auth.may_enter()
+page = st.navigation(PAGES, position="sidebar" if signed_in else "hidden")
+if not signed_in:
+    auth.login_screen()
 st.sidebar.caption("ThoughtScope · CoT data curation")
+auth.sidebar_user()
 page.run()

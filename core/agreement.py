@@ -23,6 +23,7 @@ import polars as pl
 
 from core import store
 from core.errors import UserError
+from core.render import inert_figure
 from core.queries import CotFilter, matching_sql
 
 PAGE_SQL_COLUMNS = ("cot_id", "problem_id", "dataset", "model", "benchmark", "n_tokens", "a", "b", "question")
@@ -190,7 +191,7 @@ def confusion_figure(matrix: list[list[int]], shown: list[int], a: Side, b: Side
         height=460 if len(shown) > 2 else 300, margin={"l": 60, "r": 10, "t": 20, "b": 60},
         hovermode="closest", hoverdistance=-1,
     )
-    return fig
+    return inert_figure(fig)  # labels come from the data
 
 
 def metric_sources(*, db=None) -> dict[str, list[dict[str, str]]]:

@@ -21,6 +21,7 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from core import metrics
+from core.render import inert_figure
 
 __all__ = [
     "GROUP_COLUMNS",
@@ -140,7 +141,7 @@ def score_histogram_figure(
         xaxis={"title": f"{metric.upper()} level", "tickmode": "array", "tickvals": list(range(10)), "range": [-0.5, 9.5]},
         yaxis={"title": "CoTs"}, bargap=0.15, showlegend=False, margin={"t": 80},
     )
-    return fig
+    return inert_figure(fig)
 
 
 def rv_cd_heatmap(matrix: pl.DataFrame, *, rv_source: str, cd_source: str, n_cots: int) -> go.Figure:
@@ -175,7 +176,7 @@ def rv_cd_heatmap(matrix: pl.DataFrame, *, rv_source: str, cd_source: str, n_cot
         yaxis={"title": "Reasoning Verbosity (RV)", "tickmode": "array", "tickvals": levels},
         margin={"t": 80},
     )
-    return fig
+    return inert_figure(fig)
 
 
 # --------------------------------------------------------------------------- lengths
@@ -341,7 +342,7 @@ def length_distribution_figure(
     fig.update_annotations(font_size=11)  # panel titles
     if not facets:
         _empty_note(fig, f"No CoT has a {length_name} count")
-    return fig
+    return inert_figure(fig)
 
 
 # --------------------------------------------------------------------------- budgets
@@ -393,7 +394,7 @@ def budget_figure(acc: pl.DataFrame, *, n_cots: int, group_cols: Sequence[str] =
     )
     if not acc.height:
         _empty_note(fig, "No CoT has both a token count and a correctness value")
-    return fig
+    return inert_figure(fig)
 
 
 def budget_table(acc: pl.DataFrame, group_cols: Sequence[str] = GROUP_COLUMNS) -> pl.DataFrame:
@@ -446,7 +447,7 @@ def mean_pass_at_k_figure(mp: pl.DataFrame, *, n_cots: int, k: int, group_cols: 
     )
     if not mp.height:
         _empty_note(fig, "No CoT has a correctness value")
-    return fig
+    return inert_figure(fig)
 
 
 # --------------------------------------------------------------------------- per problem
@@ -494,7 +495,7 @@ def pass_rate_scatter(
     )
     if not usable.height:
         _empty_note(fig, "No problem has both a judged sample and a token count")
-    return fig
+    return inert_figure(fig)
 
 
 def _pass_rate_density(usable: pl.DataFrame, *, n_cots: int, left_out: int, log_x: bool,
@@ -529,7 +530,7 @@ def _pass_rate_density(usable: pl.DataFrame, *, n_cots: int, left_out: int, log_
         xaxis={"title": "mean tokens per CoT of the problem", "type": "log" if log_x else "linear"},
         yaxis={"title": "pass rate", "tickformat": ".0%"}, height=480, margin={"t": 90},
     )
-    return fig
+    return inert_figure(fig)
 
 
 def max_samples_per_problem(df: pl.DataFrame, group_cols: Sequence[str] = GROUP_COLUMNS) -> int:

@@ -44,12 +44,31 @@ def parse_mapping(text: str | None) -> dict[str, str]:
     return mapping
 
 
+def _finish_stages(args, dataset_id: int, update) -> list[str]:
+    """Run the stages after the load (verify, tokens) for one dataset, as the flags ask. Each
+    skips what is already done, so after a killed run this finishes its work and adds nothing
+    twice. Returns a sentence per stage that had work left."""
+    from core.tokens import count_tokens_stage
+    from core.verify import verify_stage
+
+    done = []
+    if not args.no_verify:
+        verified = verify_stage(db=args.db, dataset_id=dataset_id, progress=update)
+        if verified["cots"]:
+            done.append(f"verified {verified['cots']:,} CoTs")
+    # (looked up first: loading a tokenizer takes seconds, and `make run` comes here each time)
+    uncounted = store.read_rows("SELECT count(*) FROM cots WHERE dataset_id = ? AND n_tokens IS NULL", [dataset_id], db=args.db)[0][0]
+    if not args.no_tokens and uncounted:
+        counted = count_tokens_stage(db=args.db, tokenizer=args.tokenizer, dataset_id=dataset_id, progress=update)
+        if counted["cots"]:
+            done.append(f"counted the tokens of {counted['cots']:,} CoTs")
+    return done
+
+
 def cmd_ingest(args) -> int:
     from core.formats import FORMATS, ReadOptions
     from core.ingest import ingest
     from core.records import IngestError
-    from core.tokens import count_tokens_stage
-    from core.verify import verify_stage
 
     if args.format and args.format not in FORMATS:
         raise SystemExit(f"--format must be one of {', '.join(FORMATS)}")
@@ -60,23 +79,25 @@ def cmd_ingest(args) -> int:
             args.path, fmt=args.format, name=args.name, db=args.db, opts=opts,
             skip_bad=args.skip_bad, report_path=args.report, generated=args.generated, progress=update,
         )
-        if result.already_present:
-            close()
-            print(f"Already in the store as dataset '{result.name}' (id {result.dataset_id}, same content hash); nothing to do.")
-            return 0
-        if not args.no_verify:
-            verify_stage(db=args.db, dataset_id=result.dataset_id, progress=update)
-        if not args.no_tokens:
-            count_tokens_stage(db=args.db, tokenizer=args.tokenizer, dataset_id=result.dataset_id, progress=update)
+        # Also when the data was already loaded: a run killed during verify or tokens left
+        # them unfinished, and running the same command again finishes them.
+        finished = _finish_stages(args, result.dataset_id, update)
     except IngestError as exc:
         close()
         print(f"error: {exc}\nThe store was not changed.", file=sys.stderr)
         return 2
+    index = None
     if not getattr(args, "no_index", False):
         from core.search import build_quietly
 
-        build_quietly(args.db, log=lambda message: print(message, file=sys.stderr))
+        index = build_quietly(args.db, log=lambda message: print(message, file=sys.stderr))
     close()
+    if result.already_present:
+        if index and index["indexed"]:
+            finished.append(f"indexed {index['cots']:,} CoTs for search")
+        left = "; finished what an earlier run left undone: " + ", ".join(finished) if finished else "; nothing to do"
+        print(f"Already in the store as dataset '{result.name}' (id {result.dataset_id}, same content hash){left}.")
+        return 0
     print(f"Ingested '{result.name}' (id {result.dataset_id}, format {result.format}): "
           f"{result.problems} problems, {result.cots} CoTs.")
     if result.skipped_rows:
@@ -132,7 +153,21 @@ def cmd_demo(args) -> int:
         store.init_store(args.db)
         ready = store.read_rows("SELECT count(*) FROM datasets WHERE status = 'ready'", db=args.db)[0][0]
         if ready:
-            print(f"The store {store.db_path(args.db)} already holds {ready} dataset(s); no demo needed.")
+            # a `make run` killed during the demo's verify or tokens left them undone: finish them
+            args.no_verify = args.no_tokens = False
+            update, close = _bar("demo")
+            demo_ids = [r[0] for r in store.read_rows(
+                "SELECT dataset_id FROM datasets WHERE status = 'ready' AND generated AND name = ?",
+                [args.name or "demo (generated)"], db=args.db)]
+            finished = [step for dataset_id in demo_ids for step in _finish_stages(args, dataset_id, update)]
+            from core.search import build_quietly
+
+            index = build_quietly(args.db, log=lambda message: print(message, file=sys.stderr))
+            if index and index["indexed"]:
+                finished.append(f"indexed {index['cots']:,} CoTs for search")
+            close()
+            left = f"; finished the demo's stages: {', '.join(finished)}" if finished else ""
+            print(f"The store {store.db_path(args.db)} already holds {ready} dataset(s); no demo needed{left}.")
             return 0
     out = Path(args.out or store.db_path(args.db).parent / "demo" / "omnithought-demo.parquet")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -112,6 +114,10 @@ def iter_json(path: Path) -> Iterator[Row | IngestError]:
     if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}
         lists = [v for v in data.values() if isinstance(v, list)]
         data = lists[0] if len(lists) == 1 else [data]
+    if not isinstance(data, list):
+        shown = "null" if data is None else f"{type(data).__name__} {_short(data)}"
+        yield IngestError(path, None, None, f"expected an array of objects (or an object holding one) at the top level, got {shown}")
+        return
     for i, item in enumerate(data, start=1):
         if not isinstance(item, dict):
             yield IngestError(path, i, None, f"expected an object, got {type(item).__name__}", unit="item")
@@ -120,24 +126,64 @@ def iter_json(path: Path) -> Iterator[Row | IngestError]:
 
 
 def iter_parquet(path: Path) -> Iterator[Row | IngestError]:
+    """Rows of a Parquet file, one row group at a time. A row group that cannot be decoded
+    (a corrupt data page under an intact footer) is named with its rows and column; it is
+    not a bad row that --skip-bad could skip."""
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        # page checksums are checked where the writer stored them
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
     except Exception as exc:  # pyarrow raises several types for a broken file
-        yield IngestError(path, None, None, f"not a readable Parquet file: {exc}")
+        yield IngestError(path, None, None, f"not a readable Parquet file: {_first_line(exc)}")
         return
     if pf.metadata.num_rows == 0:
         yield IngestError(path, None, None, "the file is empty")
         return
     row_no = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        for item in batch.to_pylist():
+    for group in range(pf.metadata.num_row_groups):
+        n_rows = pf.metadata.row_group(group).num_rows
+        try:
+            items = pf.read_row_group(group).to_pylist()
+        except Exception as exc:  # OSError, ArrowInvalid, ...: the data does not decode
+            yield _corrupt_row_group(pf, path, group, row_no, n_rows, exc)
+            return
+        for item in items:
             row_no += 1
             yield Row(item, str(path), row_no, "row")
 
 
-def iter_csv(path: Path) -> Iterator[Row | IngestError]:
+def _corrupt_row_group(pf, path: Path, group: int, before: int, n_rows: int, exc: Exception) -> IngestError:
+    """The error for a row group that does not decode, naming the first column that fails."""
+    column = None
+    for name in pf.schema_arrow.names:
+        try:
+            pf.read_row_group(group, columns=[name])
+        except Exception as column_exc:
+            column, exc = name, column_exc
+            break
+    return IngestError(
+        path, group, column,
+        f"the data of rows {before + 1:,}-{before + n_rows:,} is corrupt and cannot be read "
+        f"({_first_line(exc)}); the file's footer is intact, so it was cut or overwritten inside",
+        unit="row group", skippable=False,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def iter_csv(path: Path, max_cell_mb: float = DEFAULT_MAX_LINE_MB) -> Iterator[Row | IngestError]:
+    """Rows of a CSV (or, for .tsv, tab-separated) file with a header line. A cell may be as
+    long as a JSONL line may (a long CoT is one cell); a row with fewer or more cells than
+    the header is a bad row, located by the line it starts on."""
     # Check the encoding line by line first: a text-mode reader decodes in blocks and would
     # report a bad byte at the wrong line.
     with open(path, "rb") as fh:
@@ -147,12 +193,58 @@ def iter_csv(path: Path) -> Iterator[Row | IngestError]:
             except UnicodeDecodeError as exc:
                 yield IngestError(path, line_no, None, f"not valid UTF-8 (byte {exc.start} of the line: {raw[exc.start:exc.start + 4]!r})")
                 return
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    limit = int(max_cell_mb * 1024 * 1024)
+    # The csv module's own cap (131,072 characters by default, process-wide) would stop a long
+    # CoT with a traceback; lift it, and check each cell against the file's limit here, as a
+    # located, skippable bad row.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise join the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            yield IngestError(path, 1, None, f"the header line cannot be read: {exc}", skippable=False)
+            return
+        if not header:
+            yield IngestError(path, None, None, "the file is empty")
+            return
+        seen: set[str] = set()
+        for i, name in enumerate(header, start=1):
+            if name in seen:
+                yield IngestError(path, 1, name, f"column {i} repeats the header name '{name}'; each column needs its own name", skippable=False)
+                return
+            seen.add(name)
         got_any = False
-        for item in reader:
+        while True:
+            start = reader.line_num + 1  # the line this row starts on (a quoted cell may span lines)
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # the reader cannot go on from here: not a row to skip
+                yield IngestError(path, start, None, f"the row cannot be read as CSV: {exc}", skippable=False)
+                return
+            if not cells:  # a blank line
+                continue
             got_any = True
-            yield Row(dict(item), str(path), reader.line_num, "line")
+            if len(cells) != len(header):
+                if len(cells) < len(header):
+                    field, what = header[len(cells)], f"the row has {len(cells)} cells, the header {len(header)}: '{header[len(cells)]}' and after are missing"
+                else:
+                    field, what = f"cell {len(header) + 1}", f"the row has {len(cells)} cells, the header {len(header)}: {len(cells) - len(header)} more than there are columns"
+                yield IngestError(path, start, field, what)
+                continue
+            long_cell = next((j for j, cell in enumerate(cells) if len(cell) > limit), None)
+            if long_cell is not None:
+                yield IngestError(
+                    path, start, header[long_cell],
+                    f"the cell is {len(cells[long_cell]) / 1e6:.1f} M characters, over the {max_cell_mb:g} MB limit; "
+                    "raise it with --max-line-mb if it is meant to be this long",
+                )
+                continue
+            yield Row(dict(zip(header, cells)), str(path), start, "line")
         if not got_any:
             yield IngestError(path, None, None, "the file is empty")
 
@@ -161,10 +253,16 @@ def iter_datasets(source: str, split: str | None, *, from_disk: bool) -> Iterato
     """A `datasets` save_to_disk folder, or (online) a Hugging Face hub id, row by row."""
     import datasets
 
-    if from_disk:
-        ds = datasets.load_from_disk(source)
-    else:  # hub id: streamed so a large dataset never sits whole in memory
-        ds = datasets.load_dataset(source, split=split or "train", streaming=True)
+    what = ("not a readable datasets folder" if from_disk else
+            "not a file or folder on this machine, so it was tried as a Hugging Face hub id, and that failed")
+    try:
+        if from_disk:
+            ds = datasets.load_from_disk(source)
+        else:  # hub id: streamed so a large dataset never sits whole in memory
+            ds = datasets.load_dataset(source, split=split or "train", streaming=True)
+    except Exception as exc:  # missing, offline, corrupt arrow files, ...: one line, not a traceback
+        yield IngestError(source, None, None, f"{what}: {_first_line(exc)}")
+        return
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         names = list(ds.keys())
         chosen = split or ("train" if "train" in names else names[0])
@@ -172,7 +270,17 @@ def iter_datasets(source: str, split: str | None, *, from_disk: bool) -> Iterato
             yield IngestError(source, None, None, f"no split '{chosen}'; the splits are {names}")
             return
         ds = ds[chosen]
-    for i, item in enumerate(ds, start=1):
+    rows = iter(ds)
+    i = 0
+    while True:
+        try:
+            item = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:
+            yield IngestError(source, None, None, f"{what} after {i:,} rows: {_first_line(exc)}")
+            return
+        i += 1
         yield Row(dict(item), source, i, "row")
 
 
@@ -185,7 +293,7 @@ def iter_rows(path: Path, opts: ReadOptions) -> Iterator[Row | IngestError]:
     if suffix == ".parquet":
         return iter_parquet(path)
     if suffix in (".csv", ".tsv"):
-        return iter_csv(path)
+        return iter_csv(path, opts.max_line_mb)
     raise IngestError(path, None, None, f"unknown file type '{suffix}' (use .jsonl, .json, .parquet or .csv)")
 
 
@@ -216,6 +324,52 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+SAMPLE_MAX = 2**31 - 1  # cots.sample_idx is a DuckDB INTEGER
+
+
+def _sample_index(row: Row, where: str, value: Any) -> int:
+    """A sample index as given: an integer, or text or a float holding a whole number,
+    within the store's INTEGER column (0 to 2,147,483,647)."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, (float, str)):
+        try:
+            number = int(value.strip()) if isinstance(value, str) else None
+        except ValueError:
+            pass
+        if number is None:
+            try:
+                as_float = float(value)
+            except (ValueError, OverflowError):
+                as_float = None
+            if as_float is not None and as_float.is_integer():
+                number = int(as_float)
+            elif as_float is not None and math.isfinite(as_float):
+                raise IngestError(row.file, row.line, where, f"expected a whole number, got {_short(value)}", unit=row.unit)
+    if number is None:
+        raise IngestError(row.file, row.line, where, f"expected an integer, got {_short(value)}", unit=row.unit)
+    if not 0 <= number <= SAMPLE_MAX:
+        raise IngestError(
+            row.file, row.line, where,
+            f"{_short(value)} is outside the range of a sample index (0 to {SAMPLE_MAX:,})", unit=row.unit,
+        )
+    return number
+
+
+def _finite_number(row: Row, where: str, value: Any) -> float:
+    """A score as a finite float (a DOUBLE in the store); text holding a number is read."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
+        number = None
+    if number is None:
+        raise IngestError(row.file, row.line, where, f"expected a number, got {_short(value)}", unit=row.unit)
+    if not math.isfinite(number):
+        raise IngestError(row.file, row.line, where, f"expected a finite number, got {_short(value)}", unit=row.unit)
+    return number
+
+
 def _level(row: Row, where: str, value: Any) -> float | None:
     """A 0-9 judge level as given ({level, judge} or a bare number)."""
     if value is None:
@@ -224,8 +378,8 @@ def _level(row: Row, where: str, value: Any) -> float | None:
         raise IngestError(row.file, row.line, where, f"expected a level 0-9, got {type(value).__name__}", unit=row.unit)
     try:
         number = float(value)
-    except ValueError:
-        raise IngestError(row.file, row.line, where, f"expected a level 0-9, got {value!r}", unit=row.unit) from None
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
+        raise IngestError(row.file, row.line, where, f"expected a level 0-9, got {_short(value)}", unit=row.unit) from None
     if not 0 <= number <= 9:
         raise IngestError(row.file, row.line, where, f"level {value!r} is outside 0-9", unit=row.unit)
     return number
@@ -403,16 +557,10 @@ def normalize_generic(row: Row, opts: ReadOptions) -> ProblemRecord:
     for role, column in mapping.items():
         if role.startswith("score:") and row.data.get(column) is not None:
             value = row.data[column]
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise IngestError(row.file, row.line, column, f"expected a number, got {value!r}", unit=row.unit) from None
+            number = _finite_number(row, column, value)
             labels.append(Label(opts.dataset_name, role.split(":", 1)[1], number, _opt_str(value)))
     sample = row.data.get(mapping.get("sample", ""), None)
-    try:
-        sample_idx = int(sample) if sample not in (None, "") else -1
-    except (TypeError, ValueError):
-        raise IngestError(row.file, row.line, mapping["sample"], f"expected an integer, got {sample!r}", unit=row.unit) from None
+    sample_idx = _sample_index(row, mapping["sample"], sample) if sample not in (None, "") else -1
     if "id" in mapping:
         key = str(_require(row, mapping["id"], (str, int)))
     else:  # no id column: the question text identifies the problem
@@ -544,6 +692,27 @@ def format_of_row(data: dict[str, Any]) -> str | None:
     return None
 
 
+# A bare Hugging Face hub id: owner/name, no more path than that, no file extension.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_FILE_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,7}$")
+
+
+def source_kind(source: str, fmt: str | None = None) -> str:
+    """'path' for a file or folder on disk, 'hub' for a bare ``owner/name`` that is not, and
+    an IngestError for anything else: a missing path, or a symlink that leads nowhere (a
+    loop, or a missing target), is "no such file", never a hub lookup."""
+    del fmt  # a hub id stays one with --format given (e.g. --format openr1 open-r1/OpenR1-Math-220k)
+    path = Path(source).expanduser()
+    if path.exists():
+        return "path"
+    if os.path.lexists(path):
+        raise IngestError(source, None, None, "no such file: it is a symbolic link that leads nowhere (its target is missing, or the links loop)")
+    if _HUB_ID.match(source) and not _FILE_EXTENSION.search(source):
+        return "hub"
+    hint = "" if "/" in source else " (a Hugging Face hub id is written owner/name)"
+    raise IngestError(source, None, None, f"no such file or folder{hint}")
+
+
 def is_datasets_folder(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
 
@@ -590,7 +759,7 @@ def _rows_of(source: str, fmt: str, opts: ReadOptions) -> Iterator[Row | IngestE
         return iter_datasets(source, opts.split, from_disk=True)
     if path.is_dir():
         return (r for f in input_files(source, fmt) for r in iter_rows(f, opts))
-    if path.exists():
+    if source_kind(source) == "path":
         return iter_rows(path, opts)
     return iter_datasets(source, opts.split, from_disk=False)
 

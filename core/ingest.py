@@ -34,6 +34,7 @@ from core.formats import (
     input_files,
     read_records,
     run_metrics_of,
+    source_kind,
 )
 from core.progress import ProgressFn, process_alive
 from core.records import IngestError, ProblemRecord
@@ -360,6 +361,7 @@ def ingest(
     opts = opts or ReadOptions()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    source_kind(source, fmt)  # a missing path or a dangling link is "no such file", never a hub lookup
     store.init_store(db)
     clean_abandoned_loads(db)
     fmt = fmt or detect_format(source, opts)
@@ -389,7 +391,7 @@ def ingest(
                 except IngestError as exc:
                     item = exc
             if isinstance(item, IngestError):
-                if not skip_bad or item.line is None:  # a file-level error cannot be skipped
+                if not skip_bad or not item.skippable:  # a file-level error cannot be skipped
                     raise item
                 bad.append(item)
             if progress and n % 200 == 0:

@@ -32,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from core import job_kinds, store
+from core import access, job_kinds, store
 from core.errors import UserError
 from core.progress import JobCancelled, duration_text, process_alive
 
@@ -321,6 +321,7 @@ def submit(kind: str, params: dict[str, Any] | None = None, *, db=None) -> int:
     ``db`` is the store the job works on (default $THOUGHTSCOPE_DB or the default store).
     Params that the kind's options refuse raise :class:`core.errors.UserError` and queue nothing.
     """
+    access.require_job_rights()  # a read-only server, or a user not among the job users
     params = dict(params or {})
     job_kinds.check(kind, params)
     text = json.dumps(params, sort_keys=True, default=str)
@@ -338,6 +339,7 @@ def cancel(job_id: int) -> dict[str, Any]:
     generation at its next token, a training at the end of its step, other stages at their
     next batch (a half ingest is undone); committed work is kept. A job whose worker is gone
     is marked cancelled at once. Returns the job."""
+    access.require_job_rights()
     job = get(job_id)
     if job["state"] in FINISHED:
         raise UserError(f"Job {job_id} has already finished ({job['state']}); there is nothing to cancel.")
@@ -362,6 +364,7 @@ def cancel(job_id: int) -> dict[str, Any]:
 def resume(job_id: int) -> dict[str, Any]:
     """Start a new worker for a failed, cancelled or interrupted job. The job function skips
     what the earlier run committed (counted tokens, verified CoTs, a finished ingest)."""
+    access.require_job_rights()
     job = get(job_id)
     if job["state"] not in RESUMABLE:
         raise UserError(

@@ -18,9 +18,13 @@ class IngestError(UserError):
         field_name: str | None,
         message: str,
         *,
-        unit: str = "line",  # "row" for Parquet/CSV/datasets, "item" for a JSON array
+        unit: str = "line",  # "row" for Parquet/CSV/datasets, "item" for a JSON array, "row group"
+        skippable: bool | None = None,
     ):
         self.file = str(file)
+        # --skip-bad may pass over a located bad row, never a fault of the file itself (a
+        # corrupt Parquet row group, CSV the reader cannot go on from)
+        self.skippable = line is not None if skippable is None else skippable
         self.line = line
         self.field = field_name
         self.message = message

@@ -44,6 +44,7 @@ import duckdb
 import polars as pl
 
 from core import queries, store
+from core.render import inert_figure
 from core.queries import CotFilter
 
 # ---------------------------------------------------------------------------- parameters
@@ -1098,4 +1099,4 @@ def histogram_figure(
     )
     if discrete:
         fig.update_xaxes(dtick=1, range=[-0.6, 9.6])
-    return fig
+    return inert_figure(fig)  # labels come from the data

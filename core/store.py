@@ -146,9 +146,67 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text.lower() or "Could not set lock" in text
 
 
-# One process must not mix read-only and read-write connections to one file, so a process
-# that writes takes its reads through this lock too (see connect()).
-_process_lock = threading.RLock()
+class _ReadWriteLock:
+    """Read-only connections share it, a read-write one holds it alone.
+
+    One process must not mix read-only and read-write connections to one file, so a writer
+    waits for the readers to close (and new readers wait while a writer waits). Readers do
+    not wait for each other: one session's long read (a console query, a new filter at 2M
+    CoTs) no longer holds up every other session's page, as a single lock made it do.
+    Re-entrant per thread, as the lock before it was.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers: dict[int, int] = {}  # thread -> depth
+        self._writer: int | None = None
+        self._write_depth = 0
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer != me and me not in self._readers:
+                while self._writer is not None or self._writers_waiting:
+                    self._cond.wait()
+            self._readers[me] = self._readers.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers[me] -= 1
+                if not self._readers[me]:
+                    del self._readers[me]
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer != me:
+                if me in self._readers:
+                    raise RuntimeError("A read-write store connection cannot open inside a read-only one in the same thread.")
+                self._writers_waiting += 1
+                try:
+                    while self._writer is not None or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._writers_waiting -= 1
+                self._writer = me
+            self._write_depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._write_depth -= 1
+                if not self._write_depth:
+                    self._writer = None
+                    self._cond.notify_all()
+
+
+# Connections of this process to the store (see connect()).
+_process_lock = _ReadWriteLock()
 
 
 @contextlib.contextmanager
@@ -168,7 +226,7 @@ def connect(
         init_store(target)
     deadline = time.monotonic() + timeout_s
     delay = 0.01
-    with _process_lock:
+    with _process_lock.read() if read_only else _process_lock.write():
         while True:
             try:
                 con = duckdb.connect(str(target), read_only=read_only)

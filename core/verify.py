@@ -5,6 +5,7 @@ math-verify score is not checked again."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +33,24 @@ class VerifyOptions:
     """A verification job (``python -m core verify``)."""
 
     dataset_id: int | None = option(None, help="only this dataset's CoTs (default: every dataset)")
+
+
+def _die_with_parent() -> None:
+    """Pool worker initializer: on Linux, ask the kernel to kill this worker when the process
+    that started it dies, so a killed ingest or job leaves no workers waiting forever."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _check(item: tuple[int, str | None, str]) -> tuple[int, float | None, str | None]:
@@ -71,7 +90,11 @@ def verify_stage(
     with store.connect(db, read_only=False) as con:
         source_id = store.ensure_source(con, SOURCE, "verifier", model="math-verify")
     # Worker processes: math-verify's timeouts use signals, which work only in a main thread.
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    # Started fresh ("spawn"), not forked: a fork of a process running other threads (DuckDB,
+    # polars, a Streamlit server's) copies their half-done state, and a worker segfaulted in
+    # its garbage collector that way during a test run.
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_parent) as pool:
         while True:
             rows = store.read_rows(
                 # The extracted final answer alone, as eval harnesses grade: much faster than

@@ -187,6 +187,7 @@ def ingest_job(params: dict[str, Any], ctx: JobContext) -> dict:
     finished load it finds the same content already stored and goes on with verify, tokens and
     the index, which skip what is already done.
     """
+    from core.access import confine_to_roots
     from core.formats import ReadOptions
     from core.ingest import ingest
     from core.tokens import DEFAULT_TOKENIZER, count_tokens_stage
@@ -194,12 +195,14 @@ def ingest_job(params: dict[str, Any], ctx: JobContext) -> dict:
 
     if not params.get("source"):
         raise ValueError("An ingest job needs a 'source': a file, a folder or a hub id.")
+    # started from the browser: only files under the ingest roots (symlinks resolved)
+    source = confine_to_roots(params["source"], params.get("format"))
     opts = ReadOptions(mapping=dict(params.get("mapping") or {}), model=params.get("model"), split=params.get("split"))
     if params.get("max_line_mb"):
         opts.max_line_mb = float(params["max_line_mb"])
-    ctx.log(f"ingesting {params['source']}")
+    ctx.log(f"ingesting {source}")
     result = ingest(
-        params["source"], fmt=params.get("format"), name=params.get("name"), db=ctx.db, opts=opts,
+        source, fmt=params.get("format"), name=params.get("name"), db=ctx.db, opts=opts,
         skip_bad=bool(params.get("skip_bad")), generated=bool(params.get("generated")), progress=ctx.progress,
     )
     outcome: dict[str, Any] = {"ingest": result.as_dict()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import evaluate, export, finetune, generation, job_kinds, jobs, judge, queries, recipes
+from core import access, evaluate, export, finetune, generation, job_kinds, jobs, judge, queries, recipes
 from core.errors import UserError
 from core.options import defaults
 from ui import common
@@ -339,6 +339,8 @@ st.caption("Long work runs in its own worker process, outside the app: closing t
            "restarting the app does not stop it. Progress is kept in data/jobs.sqlite; each job's "
            "full log is in data/jobs/<id>.log.")
 with common.guard():
+    if refusal := access.job_refusal():  # read-only server, or not one of the job users
+        st.info(refusal)
     with st.expander("Start a job", expanded=False):
         _start_forms()
     if "jobs_started" in st.session_state:

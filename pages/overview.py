@@ -11,8 +11,9 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from core import charts, jobs, queries, store, summary
+from core import access, charts, jobs, queries, store, summary
 from core.formats import FORMATS
+from core.records import IngestError
 from ui import common, frames
 
 JOB_FAILED = {"failed", "cancelled", "interrupted"}  # interrupted: its worker died; resume it on the Jobs page
@@ -61,7 +62,8 @@ def _show_job(info: dict) -> None:
 def _ingest_form(jobs) -> None:
     with st.form("ingest_form"):
         upload = st.file_uploader("Upload a file (JSONL, JSON or Parquet)", key="ingest_upload")
-        path = st.text_input("…or a path on the server (file or folder) or a hub id", key="ingest_path")
+        path = st.text_input("…or a path on the server (file or folder) or a hub id", key="ingest_path",
+                             help="Server paths are read only under: " + ", ".join(map(str, access.ingest_roots())))
         c1, c2, c3 = st.columns([1, 2, 1])
         fmt = c1.selectbox("Format", ["auto", *FORMATS], key="ingest_format")
         name = c2.text_input("Dataset name (optional)", key="ingest_name")
@@ -76,6 +78,12 @@ def _ingest_form(jobs) -> None:
     if upload is None and not path.strip():
         st.error("Upload a file or give a path to ingest.")
         return
+    if upload is None:
+        try:  # a path on the server: only under the ingest roots (the job checks again)
+            access.confine_to_roots(path.strip(), None if fmt == "auto" else fmt)
+        except (access.AccessDenied, IngestError) as exc:
+            st.error(str(exc))
+            return
     source = str(_save_upload(upload)) if upload is not None else path.strip()
     job_id = jobs.submit("ingest", {"source": source, "format": None if fmt == "auto" else fmt,
                                     "name": name.strip() or None, "skip_bad": bool(skip_bad)})
@@ -151,25 +159,29 @@ with common.guard():
                        "CD level or dataset and adds RV / CD, token budgets and Mean@k.")
 
     st.subheader("Ingest a dataset")
-    _ingest_form(jobs)
-    job_id = st.session_state.get("overview_ingest_job")
-    if job_id is not None:
-        info = jobs.get(job_id)
-        source = st.session_state.get("overview_ingest_source", "")
-        if not _job_finished(info):
-            st.caption(f"Ingesting {source} (job {job_id}); the page updates when it finishes.")
-            _ingest_progress(jobs, job_id)
-        elif info.get("error") or str(info.get("state", "")).lower() in JOB_FAILED:
-            st.error(f"The ingest of {source} did not finish ({info.get('state')}): "
-                     f"{info.get('error') or info.get('message') or 'no reason was recorded'}. "
-                     "The Jobs page can resume it.")
-        else:
-            result = info.get("result") or {}
-            result = result.get("ingest", result) if isinstance(result, dict) else result
-            if isinstance(result, dict) and result.get("already_present"):
-                st.success(f"{source} is already in the store as '{result.get('name')}'.")
-            elif isinstance(result, dict) and result.get("name"):
-                st.success(f"Ingested '{result['name']}': {result.get('problems', 0):,} problems, "
-                           f"{result.get('cots', 0):,} CoTs.")
+    refusal = access.job_refusal()
+    if refusal:  # read-only server, or not one of the job users
+        st.info(refusal)
+    else:
+        _ingest_form(jobs)
+        job_id = st.session_state.get("overview_ingest_job")
+        if job_id is not None:
+            info = jobs.get(job_id)
+            source = st.session_state.get("overview_ingest_source", "")
+            if not _job_finished(info):
+                st.caption(f"Ingesting {source} (job {job_id}); the page updates when it finishes.")
+                _ingest_progress(jobs, job_id)
+            elif info.get("error") or str(info.get("state", "")).lower() in JOB_FAILED:
+                st.error(f"The ingest of {source} did not finish ({info.get('state')}): "
+                         f"{info.get('error') or info.get('message') or 'no reason was recorded'}. "
+                         "The Jobs page can resume it.")
             else:
-                st.success(f"Ingest of {source} finished.")
+                result = info.get("result") or {}
+                result = result.get("ingest", result) if isinstance(result, dict) else result
+                if isinstance(result, dict) and result.get("already_present"):
+                    st.success(f"{source} is already in the store as '{result.get('name')}'.")
+                elif isinstance(result, dict) and result.get("name"):
+                    st.success(f"Ingested '{result['name']}': {result.get('problems', 0):,} problems, "
+                               f"{result.get('cots', 0):,} CoTs.")
+                else:
+                    st.success(f"Ingest of {source} finished.")

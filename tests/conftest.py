@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import QWEN_OUTPUTS, REPO, build_tiny_llama, judge_corpus, judge_rows, require_realdata
+from helpers import QWEN_OUTPUTS, REALDATA, REPO, build_tiny_llama, judge_corpus, judge_rows, require_realdata
 
 ROOT = REPO
 
@@ -105,9 +105,12 @@ def app_store(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_data_dirs(tmp_path, monkeypatch):
+def _isolated_data_dirs(tmp_path, tmp_path_factory, monkeypatch):
     """Exports, recipes, jobs and caches of a test go under its tmp_path, never data/."""
     monkeypatch.setenv("THOUGHTSCOPE_DATA", str(tmp_path / "data"))
+    # browser-started ingests read only under the ingest roots: the run's temporary files and the real data
+    roots = [str(tmp_path_factory.getbasetemp()), str(REALDATA)]
+    monkeypatch.setenv("THOUGHTSCOPE_INGEST_ROOTS", os.pathsep.join(roots))
     # the tokenizer cache is safe to share and slow to rebuild
     monkeypatch.setenv("THOUGHTSCOPE_CACHE", os.environ.get("THOUGHTSCOPE_CACHE", str(ROOT / "data" / "cache")))
 

@@ -167,3 +167,251 @@ def test_clip_for_display_cuts_at_a_paragraph():
 
 def test_clip_without_boundaries_cuts_at_the_limit():
     assert clip_for_display("x" * 50, 10) == ("x" * 10, True)
+
+
+# ---------------------------------------------------------------------------- images from data
+
+IMAGE_SYNTAXES = {
+    "inline": "see ![beacon](http://tracker.invalid/a.png) here",
+    "inline with title": 'see ![beacon](http://tracker.invalid/a.png "title") here',
+    "inline, angle brackets": "see ![beacon](<http://tracker.invalid/a b.png>) here",
+    "inline, parentheses in the URL": "see ![beacon](http://tracker.invalid/a_(1).png) here",
+    "inline, empty alt": "see ![](http://tracker.invalid/a.png) here",
+    "reference": "see ![beacon][ref] here\n\n[ref]: http://tracker.invalid/a.png",
+    "collapsed reference": "see ![beacon][] here\n\n[beacon]: http://tracker.invalid/a.png",
+    "shortcut reference": "see ![beacon] here\n\n[beacon]: http://tracker.invalid/a.png",
+    "nested brackets in the alt": "see ![a [nested] alt](http://tracker.invalid/a.png) here",
+    "alt over two lines": "see ![two\nlines](http://tracker.invalid/a.png) here",
+    "inside a link": "[![beacon](http://tracker.invalid/a.png)](http://example.invalid)",
+    "after an escaped backslash": "see \\\\![beacon](http://tracker.invalid/a.png) here",
+}
+
+
+def _unescaped_image_openers(markdown: str) -> list[int]:
+    """Offsets of '![' that CommonMark would read as an image opener: the '!' not escaped by
+    an odd number of backslashes before it."""
+    found = []
+    for i in range(len(markdown) - 1):
+        if markdown[i] == "!" and markdown[i + 1] == "[":
+            backslashes = len(markdown[:i]) - len(markdown[:i].rstrip("\\"))
+            if backslashes % 2 == 0:
+                found.append(i)
+    return found
+
+
+@pytest.mark.parametrize("name", list(IMAGE_SYNTAXES))
+def test_no_image_syntax_survives(name):
+    out = safe_markdown(IMAGE_SYNTAXES[name])
+    assert _unescaped_image_openers(out) == [], out
+    # and the highlighting pass on top of it does not bring one back
+    assert _unescaped_image_openers(highlight_markers(out, ["wait", "see"])) == []
+
+
+def test_simple_images_become_a_placeholder_with_their_alt_text():
+    assert safe_markdown("see ![a <b> beacon](http://tracker.invalid/a.png) here") == (
+        r"see \[image removed: a &lt;b&gt; beacon\] here")
+    assert safe_markdown("![](http://tracker.invalid/a.png)") == r"\[image removed\]"
+    assert safe_markdown("![x][ref]") == r"\[image removed: x\]"
+
+
+def test_exclamation_marks_and_links_otherwise_unchanged():
+    assert safe_markdown("Wait! [0, 1] is closed. Hmm!") == "Wait! [0, 1] is closed. Hmm!"
+    assert safe_markdown("a [link](http://example.invalid)") == "a [link](http://example.invalid)"
+    # an image in math or code is not Markdown there
+    assert safe_markdown("`![x](y)` and $![x](y)$") == "`![x](y)` and $![x](y)$"
+
+
+# ---------------------------------------------------------------------------- linear splitting
+
+
+def _reference_split(text):
+    """The splitter as it was before it kept indexes: it rescans to the paragraph's end (or
+    the text's end for a display bracket) for every opening delimiter. Quadratic on hostile
+    text, but simple: the indexed splitter must give exactly its segments."""
+    special = re.compile(r"^ {0,3}(?:`{3,}|~{3,})|`+|\$+|\\", re.M)
+    blank_line = re.compile(r"\n[ \t]*\n")
+    punct = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+    def paragraph_end(start):
+        blank = blank_line.search(text, start)
+        return blank.start() if blank else len(text)
+
+    def closing_run(char, length, start, stop):
+        for match in re.compile(re.escape(char) + "+").finditer(text, start, stop):
+            if match.end() - match.start() == length:
+                return match.start()
+        return -1
+
+    pieces, text_start, pos, n = [], 0, 0, len(text)
+
+    def emit(kind, start, end):
+        nonlocal text_start
+        if start > text_start:
+            pieces.append(("text", text[text_start:start]))
+        pieces.append((kind, text[start:end]))
+        text_start = end
+
+    while pos < n:
+        match = special.search(text, pos)
+        if match is None:
+            break
+        start, token = match.start(), match.group()
+        if token.lstrip(" ").startswith(("```", "~~~")) and (start == 0 or text[start - 1] == "\n"):
+            fence = token.lstrip(" ")
+            line_end = text.find("\n", match.end())
+            if fence[0] == "`" and line_end >= 0 and "`" in text[match.end():line_end]:
+                pos = match.end()
+                continue
+            closing = re.compile(r"^ {0,3}" + re.escape(fence[0]) + "{" + str(len(fence)) + r",}[ \t]*$", re.M)
+            close = closing.search(text, line_end + 1) if line_end >= 0 else None
+            end = close.end() if close else n
+            emit("code", start, end)
+            pos = end
+        elif token[0] in "`$":
+            line_end = text.find("\n", match.end())
+            rest = text[match.end(): line_end if line_end >= 0 else n]
+            if token[0] == "$" and len(token) >= 2 and (start == 0 or text[start - 1] == "\n") and "$" not in rest:
+                closing = re.compile(r"^[ \t]*\${" + str(len(token)) + r",}[ \t]*$", re.M)
+                close = closing.search(text, line_end + 1) if line_end >= 0 else None
+                end = close.end() if close else n
+                emit("math", start, end)
+                pos = end
+                continue
+            close = closing_run(token[0], len(token), match.end(), paragraph_end(start))
+            if close < 0:
+                pos = match.end()
+                continue
+            emit("code" if token[0] == "`" else "math", start, close + len(token))
+            pos = close + len(token)
+        else:
+            nxt = text[start + 1] if start + 1 < n else ""
+            if nxt in ("(", "["):
+                closer = "\\)" if nxt == "(" else "\\]"
+                close = text.find(closer, start + 2, paragraph_end(start) if nxt == "(" else n)
+                if close >= 0:
+                    emit("math", start, close + 2)
+                    pos = close + 2
+                    continue
+            pos = start + 2 if nxt in punct else start + 1
+    if text_start < n:
+        pieces.append(("text", text[text_start:]))
+    return pieces
+
+
+def test_indexed_splitter_matches_the_rescanning_one_on_random_text():
+    import random
+
+    alphabet = ["$", "$$", "`", "``", "```", "~~~", "\\", "\\(", "\\)", "\\[", "\\]", "\n", "\n\n", " ",
+                "a", "b", "\n  \n", "\t", "x\\$", "\n```\n", "\n$$\n"]
+    rng = random.Random(9)
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert split_segments(text) == _reference_split(text), repr(text)
+
+
+def _distinct_dollar_runs(n: int) -> str:
+    """Runs of 1, 2, 3, ... dollars: no run has a partner of its length, so every one is
+    unmatched and (rescanning) each looked through all the runs after it."""
+    parts, k, size = [], 1, 0
+    while size < n:
+        parts.append("$" * k + " x ")
+        size += k + 3
+        k += 1
+    return "".join(parts)[:n]
+
+
+ADVERSARIAL = {
+    # the issue's shape: one long paragraph of dollar runs that never close in pairs
+    "unmatched $ and $$": lambda n: ("costs $5 and $$ " * (n // 16 + 1))[:n],
+    "distinct-length $ runs": _distinct_dollar_runs,
+    "unclosed \\(": lambda n: ("\\( a " * (n // 5 + 1))[:n],
+    "unclosed \\[": lambda n: ("\\[ a " * (n // 5 + 1))[:n],
+    "unmatched backtick runs": lambda n: ("`` x ` y " * (n // 9 + 1))[:n],
+    "$$ at line starts with $ later on the line": lambda n: ("$$ a $ b\n" * (n // 9 + 1))[:n],
+    "fence-like lines with backticks in the info": lambda n: ("``` a`b\n" * (n // 8 + 1))[:n],
+}
+
+
+def _line_events(text: str) -> int:
+    """Python lines run inside core.render while splitting ``text``: a count of work the
+    splitter does not report itself (a rescan loop in Python shows up here)."""
+    import sys
+
+    import core.render as module
+
+    events = 0
+
+    def tracer(frame, event, arg):
+        nonlocal events
+        if frame.f_code.co_filename != module.__file__:
+            return None
+        if event == "line":
+            events += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        split_segments(text)
+    finally:
+        sys.settrace(None)
+    return events
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_splitting_work_is_linear_in_the_text_length(name):
+    from core.render import WorkCounter
+
+    make = ADVERSARIAL[name]
+    small, large = make(50_000), make(200_000)
+    costs = {}
+    for text in (small, large):
+        work = WorkCounter()
+        split_segments(text, work=work)
+        # every character is looked at a bounded number of times, whatever the text holds
+        assert work.chars <= 8 * len(text), (name, len(text), work.chars)
+        assert work.steps <= 30 * len(text), (name, len(text), work.steps)
+        costs[len(text)] = (work.chars, work.steps, _line_events(text))
+    # four times the text costs about four times the work (a rescan would cost sixteen)
+    for i in range(3):
+        ratio = costs[len(large)][i] / max(1, costs[len(small)][i])
+        assert ratio <= 5, (name, i, costs)
+
+
+# ---------------------------------------------------------------------------- chart labels
+
+
+def test_chart_labels_from_data_cannot_carry_active_tags():
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from core.render import inert_figure
+
+    hostile = '<span style="fill:url(http://tracker.invalid/x.gif#a)">QwQ</span>'
+    fig = go.Figure([
+        go.Bar(x=[hostile, "plain"], y=[1, 2], name=f"<b style='x'>{hostile}</b>", hovertemplate="%{x}<br>%{y}<extra></extra>"),
+        go.Bar(x=np.array(['<a href="http://tracker.invalid">a</a>', "b"], dtype=object), y=[3, 4], name="ok"),
+    ])
+    fig.update_layout(title={"text": "Tokens<br><sup>by model</sup>"}, annotations=[{"text": hostile}])
+    out = inert_figure(fig)
+    spec = out.to_plotly_json()
+    text = repr(spec)
+    assert "<span style" not in text and "<a href" not in text and "<b style" not in text
+    assert spec["data"][0]["x"][0] == '&lt;span style="fill:url(http://tracker.invalid/x.gif#a)">QwQ</span>'
+    # this project's own markup is kept
+    assert spec["data"][0]["hovertemplate"] == "%{x}<br>%{y}<extra></extra>"
+    assert spec["layout"]["title"]["text"] == "Tokens<br><sup>by model</sup>"
+    # a figure with nothing to change is returned as it is
+    plain = go.Figure(go.Bar(x=["a"], y=[1], name="<b>bold</b>"))
+    assert inert_figure(plain) is plain
+
+
+def test_chart_builders_return_inert_figures():
+    import polars as pl
+
+    from core import charts
+
+    hostile = '<span style="fill:url(http://tracker.invalid/x.gif#a)">m</span>'
+    mp = pl.DataFrame({"model": [hostile, "plain"], "dataset": ["d", "d"], "benchmark": ["b", "b"],
+                       "mean_at_k": [0.5, 0.25], "pass_at_k": [0.75, 0.5], "problems_skipped": [0, 0]})
+    fig = charts.mean_pass_at_k_figure(mp, n_cots=8, k=2)
+    assert "<span style" not in repr(fig.to_plotly_json())

@@ -1,4 +1,9 @@
-"""Start the app: `python -m ui.serve [streamlit options]` (what `make run` does).
+"""Start the app: `python -m ui.serve [--team] [streamlit options]` (what `make run` does).
+
+It listens on 127.0.0.1 only, so nobody else on the network reaches it. Serving a team is
+an explicit choice: `--team` listens on every interface (`make run TEAM=1`), or
+$THOUGHTSCOPE_ADDRESS / `--server.address` names the address; the README's "Security and
+failure model" says what that exposes and how to add a login.
 
 Why this file exists. ThoughtScope keeps one file per page in pages/ beside app.py, and app.py
 routes with st.navigation. Streamlit treats an entry script beside a folder named pages/ as an
@@ -13,6 +18,7 @@ still behaves the way this relies on, and fails with a message pointing here if 
 changes it (the browser tests then check deep links for real).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +26,22 @@ from streamlit.runtime.pages_manager import PagesManager
 from streamlit.web import cli
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
+LOCAL = "127.0.0.1"
+
+
+def address_options(argv: list[str], env=os.environ) -> list[str]:
+    """Streamlit's options with the listening address made explicit: ``--team`` means every
+    interface; an explicit --server.address (or $STREAMLIT_SERVER_ADDRESS) is kept; else
+    $THOUGHTSCOPE_ADDRESS, else 127.0.0.1."""
+    options = [a for a in argv if a != "--team"]
+    if any(a == "--server.address" or a.startswith("--server.address=") for a in options):
+        return options
+    if "--team" in argv:
+        return [*options, "--server.address=0.0.0.0"]
+    if env.get("STREAMLIT_SERVER_ADDRESS"):
+        return options
+    return [*options, f"--server.address={env.get('THOUGHTSCOPE_ADDRESS') or LOCAL}"]
+
 
 
 def route_pages_through_app() -> None:
@@ -29,5 +51,5 @@ def route_pages_through_app() -> None:
 
 
 if __name__ == "__main__":
-    route_pages_through_app()
-    sys.exit(cli.main(["run", str(APP), *sys.argv[1:]], prog_name="streamlit"))
+    route_pages_through_app()  # the sign-in check relies on app.py routing every request
+    sys.exit(cli.main(["run", str(APP), *address_options(sys.argv[1:])], prog_name="streamlit"))

@@ -105,15 +105,15 @@ def _wait_healthy(server: StreamlitServer, port: int) -> None:
     raise RuntimeError(f"streamlit did not become healthy in {SERVER_START_S} s:\n{server.log_tail()}")
 
 
-def start_server(db: Path, data_dir: Path, log: Path) -> StreamlitServer:
+def start_server(db: Path, data_dir: Path, log: Path, *, extra_args: tuple[str, ...] = (), extra_env: dict | None = None) -> StreamlitServer:
     port = _free_port()
-    env = {**os.environ, "THOUGHTSCOPE_DB": str(db), "THOUGHTSCOPE_DATA": str(data_dir)}
+    env = {**os.environ, "THOUGHTSCOPE_DB": str(db), "THOUGHTSCOPE_DATA": str(data_dir), **(extra_env or {})}
     env.setdefault("THOUGHTSCOPE_CACHE", str(ROOT / "data" / "cache"))
     # ui.serve is `streamlit run app.py` as `make run` starts it (see its docstring for why)
     cmd = [
         sys.executable, "-m", "ui.serve",
         "--server.headless=true", "--server.address=127.0.0.1", f"--server.port={port}",
-        "--browser.gatherUsageStats=false", "--server.fileWatcherType=none",
+        "--browser.gatherUsageStats=false", "--server.fileWatcherType=none", *extra_args,
     ]
     with open(log, "wb") as log_fh:  # the child keeps its own handle
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
