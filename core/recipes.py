@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from core import selection, store
+from core.figures import Condition, FigureError
 from core.queries import CotFilter
 
 FORMAT_VERSION = 1
@@ -43,7 +44,11 @@ def filter_from_dict(data: dict[str, Any]) -> CotFilter:
     unknown = set(data) - known
     if unknown:
         raise RecipeError(f"the recipe's filter has fields this version does not know: {sorted(unknown)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "conditions"}
+    try:
+        kwargs["conditions"] = tuple(Condition.from_dict(c) for c in data.get("conditions") or ())
+    except FigureError as exc:
+        raise RecipeError(f"the recipe's filter has a bad condition: {exc}") from exc
     return CotFilter(**kwargs)
 
 
