@@ -1,16 +1,29 @@
 """Selection: which of the CoTs a base filter matches are kept for training.
 
-A :class:`Selection` is a base :class:`~core.queries.CotFilter` (the pool), the score sources
-its RV, CD and correctness come from, one *rule* that decides kept vs dropped inside the pool,
-and a seed. The rules:
+A :class:`Selection` is
 
-* :class:`Thresholds` -- RV range, CD range, token range, correctness required (EasyDistill's
-  ThoughtX recipe: verified correct, 3 <= RV <= 5, a chosen CD);
+* a base :class:`~core.queries.CotFilter`: the *pool* (the sidebar's filter);
+* ``conditions``: any number of :class:`core.figures.Condition` on any figure (a CoT column,
+  any (source, metric) of ``scores`` or ``problem_scores``: a judge's ``logic``, a stage's
+  pass rate or overthinking tail, ...). They are applied first, inside the pool: a CoT that
+  fails one is dropped with that condition's own reason ("no logic · judge X", "logic · judge X
+  below 1"), counted in the report's reasons like any other;
+* one *rule* that decides kept vs dropped among the CoTs that pass the conditions;
+* the score sources its RV, CD and correctness come from, and a seed.
+
+The rules:
+
+* :class:`Thresholds` -- RV range, CD range, token range, correctness required. EasyDistill's
+  ThoughtX recipe is 3 <= RV <= 5, one CD level, and the judge's logical correctness = 1: a
+  Thresholds rule plus the condition ``Condition(Figure("logic", judge_source), lo=1)``;
 * :class:`CapacityMatched` -- the OmniThought paper's selection: per problem, draw ``k`` CoTs
   with weight ``w = exp(-lambda * max(0, CD - C) - beta * |CD - RV|)`` without replacement;
 * :class:`PerProblem` -- shortest correct CoT, top-k by a score, or every correct CoT;
 * :class:`TargetSize` -- about N CoTs, split across models (or datasets) in the pool's
   proportions, keeping within each group the shortest correct or the best by a score.
+
+A rule's ``score`` (:class:`Score`) may be any figure: a CoT column, a (source, metric) of
+``scores``, or of ``problem_scores`` (``Score("pass_rate", "difficulty", level="problem")``).
 
 Everything runs in DuckDB SQL over the *pool* (ids and numbers of the matching CoTs, never
 their text; no Python loop over rows): :func:`decide` gives one row per pool CoT with ``kept``
@@ -20,15 +33,35 @@ across runs, machines and DuckDB versions: each CoT's uniform number is plain in
 arithmetic on ``(seed, cot_id)`` (see :func:`uniform`).
 
     >>> from core.queries import CotFilter
+    >>> from core.figures import Condition, Figure
     >>> sources = default_score_sources()
-    >>> sel = Selection(CotFilter(), CapacityMatched.preset("7B"), sources, seed=0)
-    >>> report = evaluate(sel)          # counts per model, dataset, CD level; histograms
+    >>> logic = Condition(Figure("logic", "judge qwen7b"), lo=1)
+    >>> sel = Selection(CotFilter(), CapacityMatched.preset("7B"), sources, seed=0, conditions=(logic,))
+    >>> report = evaluate(sel)          # counts per model, dataset, CD level; reasons; histograms
     >>> ids = kept_ids(sel)             # polars Series of cot_id, ascending
 
 For an interactive page, read the pool once (``pool = load_pool(sel)``, a LoadedPool) and pass
 it to ``decide``/``evaluate``/``kept_ids``/``dropped_page``: they then run in memory and never
 touch the store. A Thresholds rule's report then comes from the pool's index without deciding
-every CoT (milliseconds at 2M CoTs; bench/bench_select.py).
+every CoT (milliseconds at 2M CoTs; bench/bench_select.py). The pool holds every figure the
+conditions and the score use, read in the same one pass over ``scores`` as RV, CD and
+correctness; moving a condition's bounds does not re-read it (see :func:`pool_key`).
+
+Adding a rule
+-------------
+1. A frozen dataclass with ``mode: ClassVar[str]`` (its name in recipes) and its parameters,
+   validated in ``__post_init__`` with a sentence a researcher can act on. If it ranks by a
+   figure, give it a ``score: Score | None`` field: the pool then carries that figure as the
+   ``score`` column, whatever its level or source.
+2. Its SQL step, ``_add_<name>(chain, rule, sel, con)``: CTEs over the relation ``pool`` (one
+   row per CoT that passed the conditions, POOL_COLUMNS plus the condition figures) ending in
+   one named ``decision`` with every column of ``pool`` plus ``weight`` (DOUBLE or NULL),
+   ``kept`` (BOOLEAN) and ``reason`` (why a dropped CoT was dropped; NULL when kept). Use
+   ``chain.add(name, sql, params)``; ``_add_ranked`` does "keep the first k of each partition".
+3. One entry in ``RULES`` and in ``_STEPS``; widgets on pages/select.py.
+
+Conditions, reasons, reports, recipes (``rule_as_dict``) and the export manifest then work
+for it with nothing else to write.
 """
 
 from __future__ import annotations
@@ -44,6 +77,7 @@ import duckdb
 import polars as pl
 
 from core import queries, store
+from core.figures import COT_COLUMNS, Condition, Figure, FigureError, passes_sql, reason_sql
 from core.queries import CotFilter
 
 # ---------------------------------------------------------------------------- parameters
@@ -73,31 +107,42 @@ class ScoreSources:
 
 def default_score_sources(*, db=None) -> ScoreSources:
     """Every source that gave each metric, in the order they entered the store (dataset
-    labels first, later judges and verifiers after)."""
-    return ScoreSources(*(tuple(queries.sources(m, db=db)) for m in ("rv", "cd", "correct")))
+    labels first, later judges and verifiers after). Correctness lists each dataset's own
+    sources first (its labels, then math-verify: queries.own_correctness_sources), then any
+    other source that gave it, so a CoT takes its dataset's own verdict, as the sidebar does."""
+    own = queries.own_correctness_sources(db=db)
+    correct = (*own, *(s for s in queries.sources("correct", db=db) if s not in own))
+    return ScoreSources(tuple(queries.sources("rv", db=db)), tuple(queries.sources("cd", db=db)), correct)
 
 
 # Per-CoT numeric columns a rule may rank by without a score source.
-COLUMN_SCORES = ("n_tokens", "n_chars", "n_paragraphs", "n_reflections")
+COLUMN_SCORES = tuple(COT_COLUMNS)
 
 
 @dataclass(frozen=True)
 class Score:
-    """What to rank by: ``metric`` from score source ``source`` (e.g. rv from a judge), or,
-    with ``source`` None, a per-CoT column (one of COLUMN_SCORES)."""
+    """What to rank by: any figure (core.figures): ``metric`` from score source ``source`` at
+    ``level`` 'cot' (scores) or 'problem' (problem_scores: every CoT of a problem ranks by its
+    problem's value), or, with ``source`` None, a per-CoT column (one of COLUMN_SCORES)."""
 
     metric: str
     source: str | None = None
     higher_is_better: bool = True
+    level: str = "cot"
 
     def __post_init__(self):
         if self.source is None and self.metric not in COLUMN_SCORES:
             raise ValueError(
                 f"'{self.metric}' needs a score source; without one, rank by {', '.join(COLUMN_SCORES)}"
             )
+        self.figure  # validates the level
+
+    @property
+    def figure(self) -> Figure:
+        return Figure(self.metric, self.source, self.level)
 
     def label(self) -> str:
-        where = f" ({self.source})" if self.source else ""
+        where = f" ({self.source}{', per problem' if self.level == 'problem' else ''})" if self.source else ""
         return f"{self.metric}{where}, {'highest' if self.higher_is_better else 'lowest'} first"
 
 
@@ -250,12 +295,18 @@ def rule_from_dict(mode: str, params: dict[str, Any]) -> Rule:
 
 @dataclass(frozen=True)
 class Selection:
-    """A pool (base filter), the sources its scores come from, a rule and a seed."""
+    """A pool (base filter), conditions applied inside it (each drop counted under its own
+    reason), a rule deciding among the CoTs that pass them, the sources the pool's RV, CD and
+    correctness come from, and a seed."""
 
     base: CotFilter = field(default_factory=CotFilter)
     rule: Rule = field(default_factory=Thresholds)
     sources: ScoreSources = field(default_factory=ScoreSources)
     seed: int = 0
+    conditions: tuple[Condition, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "conditions", tuple(self.conditions))
 
 
 # ---------------------------------------------------------------------------- the pool
@@ -271,41 +322,86 @@ POOL_COLUMNS = (
     "n_reflections", "truncated", "rv", "cd", "correct", "score",
 )
 
+
 def _rule_score(rule: Rule) -> Score | None:
     return getattr(rule, "score", None)
 
 
+def condition_figures(sel: Selection) -> list[Figure]:
+    """The figures the selection's conditions read that are not CoT columns, in order, each
+    once: the pool carries each as column ``fig_<i>`` (figure_column)."""
+    return list(dict.fromkeys(c.figure for c in sel.conditions if not c.figure.is_column))
+
+
+def figure_column(sel: Selection, figure: Figure) -> str:
+    """The pool column holding ``figure``'s value."""
+    return figure.metric if figure.is_column else f"fig_{condition_figures(sel).index(figure)}"
+
+
+def pool_columns(sel: Selection) -> tuple[str, ...]:
+    """POOL_COLUMNS plus one column per figure the conditions read."""
+    return (*POOL_COLUMNS, *(f"fig_{i}" for i in range(len(condition_figures(sel)))))
+
+
 def pool_key(sel: Selection) -> str:
-    """What a selection's pool depends on (base filter, sources, the score's source), as
-    text: two selections with equal keys share a pool."""
+    """What a selection's pool depends on (base filter, sources, the score's figure, the
+    figures the conditions read, not their bounds), as text: two selections with equal keys
+    share a pool, so moving a condition's bounds does not read the store again."""
     score = _rule_score(sel.rule)
-    return json.dumps({
+    key = {
         "base": sel.base.to_params(), "sources": sel.sources.as_dict(),
         "score": [score.metric, score.source] if score is not None and score.source is not None else None,
-    }, sort_keys=True)
+    }
+    if score is not None and score.source is not None and score.level != "cot":
+        key["score"].append(score.level)
+    if sel.conditions:
+        key["figures"] = [f.as_dict() for f in condition_figures(sel)]
+    return json.dumps(key, sort_keys=True)
+
+
+def _problem_join(alias: str, figure: Figure, params: list) -> str:
+    """LEFT JOIN giving ``{alias}.value``: a problem figure's value for each pool row's problem."""
+    params.extend([figure.source, figure.metric])
+    return (f" LEFT JOIN (SELECT v.problem_id, any_value(v.value) AS value FROM problem_scores v "
+            f"JOIN score_sources vs ON vs.source_id = v.source_id AND vs.name = ? WHERE v.metric = ? "
+            f"AND v.value IS NOT NULL GROUP BY v.problem_id) {alias} ON {alias}.problem_id = b.problem_id")
 
 
 def pool_sql(sel: Selection, *, db=None) -> tuple[str, list]:
-    """SQL for the pool (POOL_COLUMNS) of a selection, with its parameters.
+    """SQL for the pool (pool_columns(sel)) of a selection, with its parameters.
 
-    The scores table is long (one row per CoT, source and metric), so RV, CD, correctness and
-    the rule's score are pivoted in one pass over it: every wanted (source, metric) pair gets
-    a column alias and a priority, and each alias takes the value of its best-priority source
-    (arg_min) among the pairs that scored the CoT."""
+    The scores table is long (one row per CoT, source and metric), so RV, CD, correctness, the
+    rule's score and the conditions' CoT figures are pivoted in one pass over it: every wanted
+    (source, metric) pair gets a column alias and a priority, and each alias takes the value of
+    its best-priority source (arg_min) among the pairs that scored the CoT. A problem figure
+    (the score's or a condition's) is one join on its rows of problem_scores."""
     base_sql, params = queries.matching_sql(sel.base, db=db)
     score = _rule_score(sel.rule)
     picks = [("rv", "rv", sel.sources.rv), ("cd", "cd", sel.sources.cd), ("correct", "correct", sel.sources.correct)]
+    problem_figures: list[tuple[str, Figure]] = []
     if score is not None and score.source is not None:
-        picks.append(("score", score.metric, (score.source,)))
+        if score.level == "cot":
+            picks.append(("score", score.metric, (score.source,)))
+        else:
+            problem_figures.append(("score", score.figure))
+    figures = condition_figures(sel)
+    for i, figure in enumerate(figures):
+        if figure.level == "cot":
+            picks.append((f"fig_{i}", figure.metric, (figure.source,)))
+        else:
+            problem_figures.append((f"fig_{i}", figure))
     wanted = [(alias, metric, name, priority) for alias, metric, names in picks for priority, name in enumerate(names)]
     select = [
         "b.cot_id, b.problem_id, b.dataset_id, b.dataset, b.model, b.n_tokens, b.n_chars, b.n_paragraphs, "
         "b.n_reflections, b.truncated"
     ]
     used = {alias for alias, *_ in wanted}
-    for alias in ("rv", "cd", "correct", "score"):
+    from_problem = {alias for alias, _ in problem_figures}
+    for alias in ("rv", "cd", "correct", "score", *(f"fig_{i}" for i in range(len(figures)))):
         if alias in used:
             select.append("(p.correct = 1) AS correct" if alias == "correct" else f"p.{alias}")
+        elif alias in from_problem:
+            select.append(f"{alias}_p.value AS {alias}")
         else:
             select.append("NULL::BOOLEAN AS correct" if alias == "correct" else f"NULL::DOUBLE AS {alias}")
     sql = f"SELECT {', '.join(select)} FROM ({base_sql}) b"
@@ -322,32 +418,110 @@ def pool_sql(sel: Selection, *, db=None) -> tuple[str, list]:
             ") p ON p.cot_id = b.cot_id"
         )
         params = [*params, aliases, metrics, names, priorities]
+    for alias, figure in problem_figures:
+        sql += _problem_join(f"{alias}_p", figure, params)
     return sql, params
+
+
+def _conditions_reason(sel: Selection) -> tuple[str, list]:
+    """SQL over the pool's columns: why a CoT fails the selection's conditions (every failed
+    condition, '; '-joined), NULL when it passes them all."""
+    if not sel.conditions:
+        return "NULL::VARCHAR", []
+    checks, params = [], []
+    for cond in sel.conditions:
+        check, check_params = reason_sql(cond, figure_column(sel, cond.figure))
+        checks.append(check)
+        params.extend(check_params)
+    return f"nullif(concat_ws('; ', {', '.join(checks)}), '')", params
+
+
+def _conditions_pass(sel: Selection) -> tuple[str, list]:
+    """SQL over the pool's columns, true exactly for the CoTs that pass every condition."""
+    terms, params = ["true"], []
+    for cond in sel.conditions:
+        term, term_params = passes_sql(cond, figure_column(sel, cond.figure))
+        terms.append(f"({term})")
+        params.extend(term_params)
+    return " AND ".join(terms), params
 
 
 # Token-length histograms of a report have about this many bins (see _nice_width).
 TOKEN_BINS = 40
 
 
-class LoadedPool:
-    """A selection's pool held in memory for an interactive page: a native table ``pool_in``
-    (POOL_COLUMNS) in a private in-memory DuckDB, plus an index that answers a Thresholds
-    rule's whole report without a pass over the rows (see _thresholds_report).
-
-    The index: the pool's CoTs grouped by every value a threshold looks at except the token
-    count (model, dataset, RV, CD, correctness: a few thousand groups at most on real labels),
-    and inside each group the CoTs sorted by token count. A token range is then two binary
-    searches per group, each group passes or fails the RV/CD/correctness checks as a whole,
-    and the kept CoTs of a group are one contiguous run of the sorted rows.
-
-    Safe to share between threads (Streamlit sessions): every query runs on its own cursor."""
+class PoolIndex:
+    """The index of a loaded pool for one set of selection conditions: the pool's CoTs grouped
+    by every value a threshold looks at except the token count (model, dataset, RV, CD,
+    correctness) and by the reason they fail the conditions (NULL: they pass), a few thousand
+    groups at most on real labels; inside each group the CoTs sorted by token count. A token
+    range is then two binary searches per group, each group passes or fails the RV/CD/
+    correctness checks and the conditions as a whole, and the kept CoTs of a group are one
+    contiguous run of the sorted rows."""
 
     # sort key of a row: group * _GROUP_STRIDE + token count + _TOKEN_OFFSET; unknown counts last
     _GROUP_STRIDE = 1 << 33
     _TOKEN_OFFSET = 1 << 31
 
-    def __init__(self, key: str, table, *, token_bins: int = TOKEN_BINS):
+    def __init__(self, con: duckdb.DuckDBPyConnection, n_cots: int, reason: str = "NULL::VARCHAR",
+                 reason_params: list | None = None):
         import numpy as np
+
+        keys = ("model", "dataset", "rv", "cd", "correct", "cond_reason")
+        order = ", ".join(f"{k} NULLS LAST" for k in keys)
+        if reason_params:  # a view cannot hold parameters; a condition change may copy the pool
+            con.execute(f"CREATE TEMP TABLE pool_rows AS SELECT *, {reason} AS cond_reason FROM pool_in", reason_params)
+        else:
+            con.execute(f"CREATE TEMP VIEW pool_rows AS SELECT *, {reason} AS cond_reason FROM pool_in")
+        # one row per group, numbered (gid); then each row's group and problem by join, which
+        # is much cheaper than ranking 2M rows with window functions
+        con.execute(
+            "CREATE TEMP TABLE pool_groups AS SELECT (row_number() OVER (ORDER BY " + order + ") - 1)::INTEGER AS gid, * "
+            "FROM (SELECT model, dataset, rv, cd, correct, cond_reason, count(*) AS n, count(n_tokens) AS n_known "
+            "FROM pool_rows GROUP BY ALL)"
+        )
+        self.groups = store.fetch_pl(
+            con,
+            "SELECT coalesce(CAST(model AS VARCHAR), '(no model)') AS model, CAST(dataset AS VARCHAR) AS dataset, "
+            f"{SUMMARY_BY['cd']} AS cd_group, floor(rv / 1.0) * 1.0 AS rv_lo, floor(cd / 1.0) * 1.0 AS cd_lo, "
+            "rv, cd, correct, cond_reason, n, n_known FROM pool_groups ORDER BY gid",
+        )
+        same_group = " AND ".join(f"g.{k} IS NOT DISTINCT FROM r.{k}" for k in keys)
+        rows = con.execute(
+            f"WITH problems AS (SELECT problem_id, (row_number() OVER (ORDER BY problem_id) - 1)::INTEGER AS problem "
+            "FROM (SELECT DISTINCT problem_id FROM pool_rows)) "
+            f"SELECT g.gid::BIGINT * {self._GROUP_STRIDE} "
+            f"+ coalesce(r.n_tokens::BIGINT + {self._TOKEN_OFFSET}, {self._GROUP_STRIDE - 1}) AS key, p.problem "
+            f"FROM pool_rows r JOIN pool_groups g ON {same_group} JOIN problems p ON p.problem_id = r.problem_id "
+            "ORDER BY key"
+        ).fetchnumpy()
+        con.execute("DROP TABLE pool_groups")
+        con.execute(f"DROP {'TABLE' if reason_params else 'VIEW'} pool_rows")
+        self.row_keys = np.asarray(rows["key"], dtype=np.int64)
+        if len(self.row_keys) != n_cots:  # every row belongs to exactly one group
+            raise RuntimeError(f"pool index: {len(self.row_keys)} rows indexed of {n_cots}")
+        self.row_problem = np.asarray(rows["problem"], dtype=np.int32)
+        g = np.arange(self.groups.height, dtype=np.int64) * self._GROUP_STRIDE
+        self.group_start = np.searchsorted(self.row_keys, g)
+        self.group_end = np.searchsorted(self.row_keys, g + self._GROUP_STRIDE)
+
+
+class LoadedPool:
+    """A selection's pool held in memory for an interactive page: a native table ``pool_in``
+    (pool_columns) in a private in-memory DuckDB, plus, per set of conditions, a PoolIndex that
+    answers a Thresholds rule's whole report without a pass over the rows (see
+    _thresholds_report). The index without conditions is built on load; one for a set of
+    conditions when first asked for (a new condition bound costs one index build, about the
+    pool's load time without the store read; a threshold move after it costs milliseconds).
+
+    Safe to share between threads (Streamlit sessions): every query runs on its own cursor."""
+
+    _GROUP_STRIDE = PoolIndex._GROUP_STRIDE
+    _TOKEN_OFFSET = PoolIndex._TOKEN_OFFSET
+    INDEXES_KEPT = 4  # condition sets whose index is kept (each ~12 bytes a CoT)
+
+    def __init__(self, key: str, table, *, token_bins: int = TOKEN_BINS):
+        import threading
 
         self.key = key
         self.token_bins = token_bins
@@ -358,46 +532,48 @@ class LoadedPool:
         self.n_cots, self.n_problems, top = self._con.execute(
             "SELECT count(*), count(DISTINCT problem_id), coalesce(max(n_tokens), 0) FROM pool_in"
         ).fetchall()[0]
+        # CoTs with a value, per column: what the page needs to hide controls for absent metrics
+        self.known = dict(zip(
+            ("rv", "cd", "correct", "n_tokens"),
+            self._con.execute("SELECT count(rv), count(cd), count(correct), count(n_tokens) FROM pool_in").fetchall()[0],
+        ))
         self.token_width = _nice_width(float(top), token_bins)
         self.token_n_bins = int(top // self.token_width) + 1
-        keys = ("model", "dataset", "rv", "cd", "correct")
-        order = ", ".join(f"{k} NULLS LAST" for k in keys)
-        # one row per group, numbered (gid); then each row's group and problem by join, which
-        # is much cheaper than ranking 2M rows with window functions
-        self._con.execute(
-            "CREATE TABLE pool_groups AS SELECT (row_number() OVER (ORDER BY " + order + ") - 1)::INTEGER AS gid, * "
-            "FROM (SELECT model, dataset, rv, cd, correct, count(*) AS n, count(n_tokens) AS n_known FROM pool_in "
-            "GROUP BY ALL)"
-        )
-        self.groups = store.fetch_pl(
-            self._con,
-            "SELECT coalesce(CAST(model AS VARCHAR), '(no model)') AS model, CAST(dataset AS VARCHAR) AS dataset, "
-            f"{SUMMARY_BY['cd']} AS cd_group, floor(rv / 1.0) * 1.0 AS rv_lo, floor(cd / 1.0) * 1.0 AS cd_lo, "
-            "rv, cd, correct, n, n_known FROM pool_groups ORDER BY gid",
-        )
-        same_group = " AND ".join(f"g.{k} IS NOT DISTINCT FROM r.{k}" for k in keys)
-        rows = self._con.execute(
-            f"WITH problems AS (SELECT problem_id, (row_number() OVER (ORDER BY problem_id) - 1)::INTEGER AS problem "
-            "FROM (SELECT DISTINCT problem_id FROM pool_in)) "
-            f"SELECT g.gid::BIGINT * {self._GROUP_STRIDE} "
-            f"+ coalesce(r.n_tokens::BIGINT + {self._TOKEN_OFFSET}, {self._GROUP_STRIDE - 1}) AS key, p.problem "
-            f"FROM pool_in r JOIN pool_groups g ON {same_group} JOIN problems p ON p.problem_id = r.problem_id "
-            "ORDER BY key"
-        ).fetchnumpy()
-        self._con.execute("DROP TABLE pool_groups")
-        self.row_keys = np.asarray(rows["key"], dtype=np.int64)
-        if len(self.row_keys) != self.n_cots:  # every row belongs to exactly one group
-            raise RuntimeError(f"pool index: {len(self.row_keys)} rows indexed of {self.n_cots}")
-        self.row_problem = np.asarray(rows["problem"], dtype=np.int32)
-        g = np.arange(self.groups.height, dtype=np.int64) * self._GROUP_STRIDE
-        self.group_start = np.searchsorted(self.row_keys, g)
-        self.group_end = np.searchsorted(self.row_keys, g + self._GROUP_STRIDE)
+        self._lock = threading.Lock()
+        self._indexes: dict[str, PoolIndex] = {}
+        with contextlib.closing(self.cursor()) as con:
+            self.index_without_conditions = PoolIndex(con, self.n_cots)
         # the pool's own histograms and counts do not change with the rule: computed once
         self.token_pool = store.fetch_pl(
             self._con,
             "SELECT floor(n_tokens / ?) * ? AS lo, count(*) AS pool FROM pool_in WHERE n_tokens IS NOT NULL GROUP BY ALL",
             [self.token_width, self.token_width],
         )
+
+    # the index without conditions, under the names the rest of the module used before
+    @property
+    def groups(self) -> pl.DataFrame:
+        return self.index_without_conditions.groups
+
+    @property
+    def row_keys(self):
+        return self.index_without_conditions.row_keys
+
+    def index(self, sel: Selection) -> PoolIndex:
+        """The index for ``sel``'s conditions (built and kept on first use)."""
+        if not sel.conditions:
+            return self.index_without_conditions
+        reason, params = _conditions_reason(sel)
+        key = json.dumps([reason, params], default=str)
+        with self._lock:
+            found = self._indexes.get(key)
+            if found is None:
+                with contextlib.closing(self.cursor()) as con:
+                    found = PoolIndex(con, self.n_cots, reason, params)
+                if len(self._indexes) >= self.INDEXES_KEPT:
+                    self._indexes.pop(next(iter(self._indexes)))
+                self._indexes[key] = found
+            return found
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own to the pool's database (close it after use)."""
@@ -491,8 +667,14 @@ class _Chain:
         return f"WITH {', '.join(self.ctes)} {final}"
 
 
-# One row per pool CoT whatever the rule.
-DECISION_COLUMNS = (*POOL_COLUMNS, "weight", "kept", "reason")
+# One row per pool CoT whatever the rule (plus, with conditions, the figures they read: see
+# decision_columns).
+# ``passed_conditions``: false for a CoT the selection's conditions dropped (the rule never saw it).
+DECISION_COLUMNS = (*POOL_COLUMNS, "weight", "kept", "reason", "passed_conditions")
+
+
+def decision_columns(sel: Selection) -> tuple[str, ...]:
+    return (*pool_columns(sel), "weight", "kept", "reason", "passed_conditions")
 
 
 def _fmt(value: float) -> str:
@@ -502,7 +684,7 @@ def _fmt(value: float) -> str:
 _NOT_CORRECT = "CASE WHEN correct IS NULL THEN 'correctness unknown' ELSE 'incorrect' END"
 
 
-def _add_thresholds(chain: _Chain, rule: Thresholds) -> None:
+def _add_thresholds(chain: _Chain, rule: Thresholds, sel: Selection, con) -> None:
     checks, params = [], []
     for column, missing, outside, bounds in _threshold_checks(rule):
         checks.append(f"CASE WHEN {column} IS NULL THEN ? WHEN {column} NOT BETWEEN ? AND ? THEN ? END")
@@ -534,10 +716,10 @@ def _add_ranked(
     )
 
 
-def _add_capacity(chain: _Chain, rule: CapacityMatched, seed: int) -> None:
+def _add_capacity(chain: _Chain, rule: CapacityMatched, sel: Selection, con) -> None:
     chain.add(
         "weighed",
-        f"SELECT *, ? * greatest(0.0, cd - ?) + ? * abs(cd - rv) AS penalty, {_uniform_sql(seed)} AS u FROM pool",
+        f"SELECT *, ? * greatest(0.0, cd - ?) + ? * abs(cd - rv) AS penalty, {_uniform_sql(sel.seed)} AS u FROM pool",
         [rule.lam, rule.capacity, rule.beta],
     )
     # Efraimidis-Spirakis draws the k largest u^(1/w). Ranking by ln(-ln u) + penalty ascending
@@ -565,7 +747,7 @@ def _score_eligible(require_correct: bool) -> tuple[str, str]:
     return eligible, not_eligible
 
 
-def _add_per_problem(chain: _Chain, rule: PerProblem) -> None:
+def _add_per_problem(chain: _Chain, rule: PerProblem, sel: Selection, con) -> None:
     chain.add("pool_w", "SELECT *, NULL::DOUBLE AS weight FROM pool")
     k = str(int(rule.k))
     if rule.rule == "top_k":
@@ -620,14 +802,15 @@ def proportional_quotas(pool: dict[str, int], available: dict[str, int], n: int)
     return quotas
 
 
-def _target_counts(con, rule: TargetSize, relation: str) -> pl.DataFrame:
-    """Per balance group of ``relation`` (SQL with the pool's columns): CoTs, how many the
-    rule could keep (available), and the quota."""
+def _target_counts(con, rule: TargetSize, relation: str, params: list | None = None) -> pl.DataFrame:
+    """Per balance group of ``relation`` (SQL with the pool's columns, and its parameters):
+    CoTs, how many the rule could keep (available), and the quota."""
     eligible = _target_parts(rule)["eligible"]
     counts = store.fetch_pl(
         con,
         f"SELECT {_GROUP_EXPR[rule.balance]} AS group, count(*) AS pool, "
         f"count(*) FILTER (WHERE coalesce({eligible}, false)) AS available FROM ({relation}) GROUP BY ALL ORDER BY 1",
+        params,
     )
     quota = proportional_quotas(
         dict(zip(counts["group"], counts["pool"])), dict(zip(counts["group"], counts["available"])), rule.n
@@ -635,7 +818,9 @@ def _target_counts(con, rule: TargetSize, relation: str) -> pl.DataFrame:
     return counts.with_columns(quota=pl.Series([quota[g] for g in counts["group"]], dtype=pl.Int64))
 
 
-def _add_target(chain: _Chain, rule: TargetSize, quotas: pl.DataFrame) -> None:
+def _add_target(chain: _Chain, rule: TargetSize, sel: Selection, con) -> None:
+    # the quotas come from the pool's counts (the CTEs so far: the pool after the conditions)
+    quotas = _target_counts(con, rule, chain.sql("SELECT * FROM pool"), chain.params)
     parts = _target_parts(rule)
     chain.add("quotas", "SELECT unnest(?::VARCHAR[]) AS grp, unnest(?::BIGINT[]) AS quota",
               [quotas["group"].to_list(), quotas["quota"].to_list()])
@@ -648,27 +833,42 @@ def _add_target(chain: _Chain, rule: TargetSize, quotas: pl.DataFrame) -> None:
     )
 
 
-def _decision_sql(con, sel: Selection) -> tuple[str, list]:
-    """SQL over relation ``pool`` in ``con`` giving DECISION_COLUMNS: one row per pool CoT
-    with ``kept`` and, for a dropped one, the ``reason``."""
+# Each rule's SQL step: adds CTEs over relation ``pool`` ending in ``decision`` (see the module
+# docstring, "Adding a rule").
+_STEPS = {Thresholds: _add_thresholds, CapacityMatched: _add_capacity, PerProblem: _add_per_problem,
+          TargetSize: _add_target}
+
+
+def _decision_sql(con, sel: Selection, relation: str = "SELECT * FROM pool_in",
+                  relation_params: list | tuple = ()) -> tuple[str, list]:
+    """SQL over ``relation`` (default: the pool ``pool_in`` in ``con``) giving
+    decision_columns(sel): one row per CoT with ``kept`` and, for a dropped one, the ``reason``.
+
+    The conditions come first: a CoT failing one is dropped with the condition's reason and the
+    rule never sees it; the rule's step decides among the rest (relation ``pool``)."""
     chain = _Chain()
     rule = sel.rule
-    score = _rule_score(rule)
-    pool = "SELECT * FROM pool_in"
-    if score is not None and score.source is None:  # rank by a per-CoT column
-        pool = f"SELECT * REPLACE ({score.metric}::DOUBLE AS score) FROM pool_in"
-    chain.add("pool", pool)
-    if isinstance(rule, Thresholds):
-        _add_thresholds(chain, rule)
-    elif isinstance(rule, CapacityMatched):
-        _add_capacity(chain, rule, sel.seed)
-    elif isinstance(rule, PerProblem):
-        _add_per_problem(chain, rule)
-    elif isinstance(rule, TargetSize):
-        _add_target(chain, rule, _target_counts(con, rule, pool))
-    else:
+    step = _STEPS.get(type(rule))
+    if step is None:
         raise ValueError(f"unknown selection rule {rule!r}")
-    return chain.sql(f"SELECT {', '.join(DECISION_COLUMNS)} FROM decision"), chain.params
+    score = _rule_score(rule)
+    if score is not None and score.source is None:  # rank by a per-CoT column
+        relation = f"SELECT * REPLACE ({score.metric}::DOUBLE AS score) FROM ({relation})"
+    columns = ", ".join(decision_columns(sel)[:-1])
+    if sel.conditions:
+        reason, params = _conditions_reason(sel)
+        # the reason (in the select list) binds its parameters before the relation (in FROM)
+        chain.add("pool_all", f"SELECT *, {reason} AS cond_reason FROM ({relation})", [*params, *relation_params])
+        chain.add("pool", "SELECT * EXCLUDE (cond_reason) FROM pool_all WHERE cond_reason IS NULL")
+        step(chain, rule, sel, con)
+        final = (f"SELECT {columns}, true AS passed_conditions FROM decision UNION ALL SELECT {columns}, "
+                 "false AS passed_conditions FROM (SELECT *, NULL::DOUBLE AS weight, false AS kept, cond_reason AS reason "
+                 "FROM pool_all WHERE cond_reason IS NOT NULL)")
+    else:
+        chain.add("pool", relation, relation_params)
+        step(chain, rule, sel, con)
+        final = f"SELECT {columns}, true AS passed_conditions FROM decision"
+    return chain.sql(final), chain.params
 
 
 # ---------------------------------------------------------------------------- results
@@ -842,7 +1042,8 @@ def summarize(decision, sel: Selection, *, token_bins: int = 40) -> SelectionRep
                 f"SELECT {_GROUP_EXPR[rule.balance]} AS group, count(*) FILTER (WHERE kept) AS kept, "
                 f"({threshold} FILTER (WHERE kept))::DOUBLE AS threshold FROM sel_decision GROUP BY ALL",
             )
-            quotas = _target_counts(con, rule, "SELECT * FROM sel_decision").join(kept_by, on="group", how="left").sort("group")
+            quotas = _target_counts(con, rule, "SELECT * FROM sel_decision WHERE passed_conditions").join(
+                kept_by, on="group", how="left").sort("group")
     return SelectionReport(
         pool_cots=int(totals[0] or 0), kept_cots=int(totals[1] or 0), pool_problems=totals[2], kept_problems=totals[3],
         by_model=groups["model"], by_dataset=groups["dataset"], by_cd=groups["cd"], reasons=reasons,
@@ -856,7 +1057,7 @@ def evaluate(sel: Selection, *, pool=None, db=None, token_bins: int = TOKEN_BINS
     if pool is not None and isinstance(sel.rule, Thresholds) and token_bins == pool.token_bins and pool.n_cots:
         if pool.key != pool_key(sel):
             raise ValueError("this pool was loaded for another filter or other score sources; load it again")
-        return _thresholds_report(sel.rule, pool)
+        return _thresholds_report(sel, pool)
     return summarize(decide(sel, pool=pool, db=db), sel, token_bins=token_bins)
 
 
@@ -871,9 +1072,12 @@ def _threshold_checks(rule: Thresholds) -> list[tuple[str, str, str, tuple]]:
     return checks
 
 
-def _kept_predicate(rule: Thresholds) -> tuple[str, list]:
-    """SQL true exactly for the CoTs a Thresholds rule keeps (reason IS NULL in _add_thresholds)."""
-    terms, params = ["true"], []
+def _kept_predicate(sel: Selection) -> tuple[str, list]:
+    """SQL true exactly for the CoTs a Thresholds rule keeps after the selection's conditions
+    (reason IS NULL in _decision_sql)."""
+    rule = sel.rule
+    passes, params = _conditions_pass(sel)
+    terms = [passes]
     for column, _, _, bounds in _threshold_checks(rule):
         terms.append(f"coalesce({column} BETWEEN ? AND ?, false)")
         params.extend(bounds)
@@ -882,17 +1086,20 @@ def _kept_predicate(rule: Thresholds) -> tuple[str, list]:
     return " AND ".join(terms), params
 
 
-def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
+def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
     """A Thresholds rule's report from the pool's index; the same figures as summarize(decide()).
 
-    Per group (model, dataset, RV, CD, correctness) the RV, CD and correctness checks pass or
-    fail as a whole; the token range splits each group's sorted rows into unknown / outside /
-    inside by binary search. Counts per model, dataset, CD level, RV and reason are sums over
-    groups; the kept token histogram counts each passing group's rows per bin by binary search
-    too; problems with a kept CoT are marked from the kept runs of rows."""
+    Per group (model, dataset, RV, CD, correctness, reason for failing the conditions) the
+    conditions and the RV, CD and correctness checks pass or fail as a whole; the token range
+    splits each group's sorted rows into unknown / outside / inside by binary search. Counts per
+    model, dataset, CD level, RV and reason are sums over groups; the kept token histogram counts
+    each passing group's rows per bin by binary search too; problems with a kept CoT are marked
+    from the kept runs of rows."""
     import numpy as np
 
-    groups, keys, stride, offset = pool.groups, pool.row_keys, pool._GROUP_STRIDE, pool._TOKEN_OFFSET
+    rule = sel.rule
+    index = pool.index(sel)
+    groups, keys, stride, offset = index.groups, index.row_keys, PoolIndex._GROUP_STRIDE, PoolIndex._TOKEN_OFFSET
     n = groups["n"].to_numpy().astype(np.int64)
     n_known = groups["n_known"].to_numpy().astype(np.int64)
     gid = np.arange(groups.height, dtype=np.int64) * stride
@@ -912,7 +1119,9 @@ def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
     if rule.require_correct:
         correct = groups["correct"]
         correct_state = np.where(correct.is_null().to_numpy(), 1, np.where(correct.fill_null(False).to_numpy(), 0, 2))
-    group_passes = np.ones(groups.height, dtype=bool)
+    # a group that fails the conditions is dropped whole, under the conditions' reason alone
+    cond_failed = groups["cond_reason"].is_not_null().to_numpy()
+    group_passes = ~cond_failed
     for state, *_ in states:
         group_passes &= state == 0
     if correct_state is not None:
@@ -920,7 +1129,7 @@ def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
 
     # rows of each group by token state; kept rows are [run_start, run_end) of the sorted rows
     if token_check is None:
-        run_start, run_end = pool.group_start, pool.group_end
+        run_start, run_end = index.group_start, index.group_end
         token_rows = [(0, n)]
         t_lo, t_hi = -offset, offset - 1
     else:
@@ -950,10 +1159,13 @@ def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
             parts_per_group.append(np.full(n.shape, token_check[0] if token_state == 1 else token_check[1], dtype=object))
         if correct_state is not None:
             parts_per_group.append(np.where(correct_state == 1, "correctness unknown", np.where(correct_state == 2, "incorrect", "")))
-        for i in np.flatnonzero(rows > 0):
+        for i in np.flatnonzero((rows > 0) & ~cond_failed):
             reason = "; ".join(str(parts[i]) for parts in parts_per_group if parts[i])
             if reason:
                 reason_counts[reason] = reason_counts.get(reason, 0) + int(rows[i])
+    cond_reasons = groups["cond_reason"].to_list()
+    for i in np.flatnonzero(cond_failed):
+        reason_counts[cond_reasons[i]] = reason_counts.get(cond_reasons[i], 0) + int(n[i])
     reasons = pl.DataFrame(
         {"reason": list(reason_counts), "cots": list(reason_counts.values())}, schema={"reason": pl.String, "cots": pl.Int64}
     ).sort(["cots", "reason"], descending=[True, False])
@@ -984,7 +1196,7 @@ def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
     seen = np.zeros(pool.n_problems, dtype=bool)
     for start, end in zip(run_start[group_passes], run_end[group_passes]):
         if end > start:
-            seen[pool.row_problem[start:end]] = True
+            seen[index.row_problem[start:end]] = True
     return SelectionReport(
         pool_cots=pool.n_cots, kept_cots=int(kept.sum()), pool_problems=pool.n_problems, kept_problems=int(seen.sum()),
         by_model=by["model"], by_dataset=by["dataset"], by_cd=by["cd"], reasons=reasons,
@@ -1010,6 +1222,10 @@ def dropped_page(
         "cot_id, problem_id, CAST(dataset AS VARCHAR) AS dataset, CAST(model AS VARCHAR) AS model, "
         "n_tokens, rv, cd, correct, score, weight, CAST(reason AS VARCHAR) AS reason"
     )
+    if sel is not None:  # the values of the figures the conditions read, under their labels
+        for figure in condition_figures(sel):
+            label = figure.label().replace('"', '""')
+            columns += f', {figure_column(sel, figure)} AS "{label}"'
     if decision is not None:
         with _decision_connection(decision) as con:
             rows = store.fetch_pl(
@@ -1019,13 +1235,13 @@ def dropped_page(
     elif sel is None or pool is None:
         raise ValueError("dropped_page needs a decision, or a selection and its loaded pool")
     elif isinstance(sel.rule, Thresholds) and sort_by not in ("reason", "weight"):
-        kept, kept_params = _kept_predicate(sel.rule)
-        chain = _Chain()
-        chain.add("pool", f"SELECT * FROM pool_in WHERE NOT ({kept}) ORDER BY {order} LIMIT ? OFFSET ?",
-                  [*kept_params, int(limit), int(offset)])
-        _add_thresholds(chain, sel.rule)
+        # the page's rows first, then the conditions and the rule on those rows only (a
+        # threshold decides each CoT on its own, so the reasons are those of the whole decision)
+        kept, kept_params = _kept_predicate(sel)
+        page_rows = f"SELECT * FROM pool_in WHERE NOT ({kept}) ORDER BY {order} LIMIT ? OFFSET ?"
         with _pool_connection(sel, pool, db) as con:
-            rows = store.fetch_pl(con, chain.sql(f"SELECT {columns} FROM decision ORDER BY {order}"), chain.params)
+            sql, params = _decision_sql(con, sel, page_rows, [*kept_params, int(limit), int(offset)])
+            rows = store.fetch_pl(con, f"SELECT {columns} FROM ({sql}) ORDER BY {order}", params)
     else:
         with _pool_connection(sel, pool, db) as con:
             sql, params = _decision_sql(con, sel)

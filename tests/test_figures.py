@@ -29,9 +29,10 @@ def _generic_rows() -> list[dict]:
             for i in range(6)]
 
 
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("figures")
+def build_figures_store(folder: Path) -> Path:
+    """TINY (OmniThought labels) plus a generic dataset verified by math-verify; a judge's logic
+    on the first 8 TINY CoTs (the 8th unparsed), a stage's pass_rate for every TINY problem (key
+    number / 4) and 'contaminated' = 1 for p1 and p3 only; TINY's third CoT's label flipped."""
     db = build_store(folder, TINY)
     src = folder / "generic.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in _generic_rows()))
@@ -60,6 +61,11 @@ def store_template(tmp_path_factory) -> Path:
         con.execute("UPDATE scores SET value = 1 - value WHERE cot_id = ? AND source_id = ? AND metric = 'correct'",
                     [recs[2]["cot_id"], label])
     return db
+
+
+@pytest.fixture(scope="module")
+def store_template(tmp_path_factory) -> Path:
+    return build_figures_store(tmp_path_factory.mktemp("figures"))
 
 
 @pytest.fixture
