@@ -450,78 +450,30 @@ def _conditions_pass(sel: Selection) -> tuple[str, list]:
 TOKEN_BINS = 40
 
 
-class PoolIndex:
-    """The index of a loaded pool for one set of selection conditions: the pool's CoTs grouped
-    by every value a threshold looks at except the token count (model, dataset, RV, CD,
-    correctness) and by the reason they fail the conditions (NULL: they pass), a few thousand
-    groups at most on real labels; inside each group the CoTs sorted by token count. A token
-    range is then two binary searches per group, each group passes or fails the RV/CD/
-    correctness checks and the conditions as a whole, and the kept CoTs of a group are one
-    contiguous run of the sorted rows."""
+class LoadedPool:
+    """A selection's pool held in memory for an interactive page: a native table ``pool_in``
+    (pool_columns) in a private in-memory DuckDB, plus an index that answers a Thresholds
+    rule's whole report without a pass over the rows (see _thresholds_report).
+
+    The index: the pool's CoTs grouped by every value a threshold looks at except the token
+    count (model, dataset, RV, CD, correctness: a few thousand groups at most on real labels),
+    and inside each group the CoTs sorted by token count. A token range is then two binary
+    searches per group, each group passes or fails the RV/CD/correctness checks as a whole, and
+    the kept CoTs of a group are one contiguous run of the sorted rows. A selection's conditions
+    are a mask over the sorted rows (from the figure columns they read, in the same order), and
+    counts inside a run are differences of its cumulative sum: moving a condition's bounds costs
+    one vectorised pass over one column, not a new index.
+
+    Safe to share between threads (Streamlit sessions): every query runs on its own cursor."""
 
     # sort key of a row: group * _GROUP_STRIDE + token count + _TOKEN_OFFSET; unknown counts last
     _GROUP_STRIDE = 1 << 33
     _TOKEN_OFFSET = 1 << 31
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, n_cots: int, reason: str = "NULL::VARCHAR",
-                 reason_params: list | None = None):
-        import numpy as np
-
-        keys = ("model", "dataset", "rv", "cd", "correct", "cond_reason")
-        order = ", ".join(f"{k} NULLS LAST" for k in keys)
-        if reason_params:  # a view cannot hold parameters; a condition change may copy the pool
-            con.execute(f"CREATE TEMP TABLE pool_rows AS SELECT *, {reason} AS cond_reason FROM pool_in", reason_params)
-        else:
-            con.execute(f"CREATE TEMP VIEW pool_rows AS SELECT *, {reason} AS cond_reason FROM pool_in")
-        # one row per group, numbered (gid); then each row's group and problem by join, which
-        # is much cheaper than ranking 2M rows with window functions
-        con.execute(
-            "CREATE TEMP TABLE pool_groups AS SELECT (row_number() OVER (ORDER BY " + order + ") - 1)::INTEGER AS gid, * "
-            "FROM (SELECT model, dataset, rv, cd, correct, cond_reason, count(*) AS n, count(n_tokens) AS n_known "
-            "FROM pool_rows GROUP BY ALL)"
-        )
-        self.groups = store.fetch_pl(
-            con,
-            "SELECT coalesce(CAST(model AS VARCHAR), '(no model)') AS model, CAST(dataset AS VARCHAR) AS dataset, "
-            f"{SUMMARY_BY['cd']} AS cd_group, floor(rv / 1.0) * 1.0 AS rv_lo, floor(cd / 1.0) * 1.0 AS cd_lo, "
-            "rv, cd, correct, cond_reason, n, n_known FROM pool_groups ORDER BY gid",
-        )
-        same_group = " AND ".join(f"g.{k} IS NOT DISTINCT FROM r.{k}" for k in keys)
-        rows = con.execute(
-            f"WITH problems AS (SELECT problem_id, (row_number() OVER (ORDER BY problem_id) - 1)::INTEGER AS problem "
-            "FROM (SELECT DISTINCT problem_id FROM pool_rows)) "
-            f"SELECT g.gid::BIGINT * {self._GROUP_STRIDE} "
-            f"+ coalesce(r.n_tokens::BIGINT + {self._TOKEN_OFFSET}, {self._GROUP_STRIDE - 1}) AS key, p.problem "
-            f"FROM pool_rows r JOIN pool_groups g ON {same_group} JOIN problems p ON p.problem_id = r.problem_id "
-            "ORDER BY key"
-        ).fetchnumpy()
-        con.execute("DROP TABLE pool_groups")
-        con.execute(f"DROP {'TABLE' if reason_params else 'VIEW'} pool_rows")
-        self.row_keys = np.asarray(rows["key"], dtype=np.int64)
-        if len(self.row_keys) != n_cots:  # every row belongs to exactly one group
-            raise RuntimeError(f"pool index: {len(self.row_keys)} rows indexed of {n_cots}")
-        self.row_problem = np.asarray(rows["problem"], dtype=np.int32)
-        g = np.arange(self.groups.height, dtype=np.int64) * self._GROUP_STRIDE
-        self.group_start = np.searchsorted(self.row_keys, g)
-        self.group_end = np.searchsorted(self.row_keys, g + self._GROUP_STRIDE)
-
-
-class LoadedPool:
-    """A selection's pool held in memory for an interactive page: a native table ``pool_in``
-    (pool_columns) in a private in-memory DuckDB, plus, per set of conditions, a PoolIndex that
-    answers a Thresholds rule's whole report without a pass over the rows (see
-    _thresholds_report). The index without conditions is built on load; one for a set of
-    conditions when first asked for (a new condition bound costs one index build, about the
-    pool's load time without the store read; a threshold move after it costs milliseconds).
-
-    Safe to share between threads (Streamlit sessions): every query runs on its own cursor."""
-
-    _GROUP_STRIDE = PoolIndex._GROUP_STRIDE
-    _TOKEN_OFFSET = PoolIndex._TOKEN_OFFSET
-    INDEXES_KEPT = 4  # condition sets whose index is kept (each ~12 bytes a CoT)
-
     def __init__(self, key: str, table, *, token_bins: int = TOKEN_BINS):
         import threading
+
+        import numpy as np
 
         self.key = key
         self.token_bins = token_bins
@@ -539,40 +491,63 @@ class LoadedPool:
         ))
         self.token_width = _nice_width(float(top), token_bins)
         self.token_n_bins = int(top // self.token_width) + 1
-        self._lock = threading.Lock()
-        self._indexes: dict[str, PoolIndex] = {}
-        with contextlib.closing(self.cursor()) as con:
-            self.index_without_conditions = PoolIndex(con, self.n_cots)
+        keys = ("model", "dataset", "rv", "cd", "correct")
+        order = ", ".join(f"{k} NULLS LAST" for k in keys)
+        # one row per group, numbered (gid); then each row's group and problem by join, which
+        # is much cheaper than ranking 2M rows with window functions
+        self._con.execute(
+            "CREATE TABLE pool_groups AS SELECT (row_number() OVER (ORDER BY " + order + ") - 1)::INTEGER AS gid, * "
+            "FROM (SELECT model, dataset, rv, cd, correct, count(*) AS n, count(n_tokens) AS n_known FROM pool_in "
+            "GROUP BY ALL)"
+        )
+        self.groups = store.fetch_pl(
+            self._con,
+            "SELECT coalesce(CAST(model AS VARCHAR), '(no model)') AS model, CAST(dataset AS VARCHAR) AS dataset, "
+            f"{SUMMARY_BY['cd']} AS cd_group, floor(rv / 1.0) * 1.0 AS rv_lo, floor(cd / 1.0) * 1.0 AS cd_lo, "
+            "rv, cd, correct, n, n_known FROM pool_groups ORDER BY gid",
+        )
+        same_group = " AND ".join(f"g.{k} IS NOT DISTINCT FROM r.{k}" for k in keys)
+        rows = self._con.execute(
+            f"WITH problems AS (SELECT problem_id, (row_number() OVER (ORDER BY problem_id) - 1)::INTEGER AS problem "
+            "FROM (SELECT DISTINCT problem_id FROM pool_in)) "
+            f"SELECT g.gid::BIGINT * {self._GROUP_STRIDE} "
+            f"+ coalesce(r.n_tokens::BIGINT + {self._TOKEN_OFFSET}, {self._GROUP_STRIDE - 1}) AS key, p.problem, "
+            "r.rowid AS row_id "
+            f"FROM pool_in r JOIN pool_groups g ON {same_group} JOIN problems p ON p.problem_id = r.problem_id "
+            "ORDER BY key"
+        ).fetchnumpy()
+        self._con.execute("DROP TABLE pool_groups")
+        self.row_keys = np.asarray(rows["key"], dtype=np.int64)
+        if len(self.row_keys) != self.n_cots:  # every row belongs to exactly one group
+            raise RuntimeError(f"pool index: {len(self.row_keys)} rows indexed of {self.n_cots}")
+        self.row_problem = np.asarray(rows["problem"], dtype=np.int32)
+        self.row_ids = np.asarray(rows["row_id"], dtype=np.int64)  # pool_in's rowid of each sorted row
+        g = np.arange(self.groups.height, dtype=np.int64) * self._GROUP_STRIDE
+        self.group_start = np.searchsorted(self.row_keys, g)
+        self.group_end = np.searchsorted(self.row_keys, g + self._GROUP_STRIDE)
         # the pool's own histograms and counts do not change with the rule: computed once
         self.token_pool = store.fetch_pl(
             self._con,
             "SELECT floor(n_tokens / ?) * ? AS lo, count(*) AS pool FROM pool_in WHERE n_tokens IS NOT NULL GROUP BY ALL",
             [self.token_width, self.token_width],
         )
+        self._lock = threading.Lock()
+        self._sorted: dict[str, object] = {}
 
-    # the index without conditions, under the names the rest of the module used before
-    @property
-    def groups(self) -> pl.DataFrame:
-        return self.index_without_conditions.groups
+    def sorted_column(self, name: str):
+        """Column ``name`` of the pool as float64 (NaN for no value) in the index's row order;
+        read once per column (the figures the conditions use), then kept."""
+        import numpy as np
 
-    @property
-    def row_keys(self):
-        return self.index_without_conditions.row_keys
-
-    def index(self, sel: Selection) -> PoolIndex:
-        """The index for ``sel``'s conditions (built and kept on first use)."""
-        if not sel.conditions:
-            return self.index_without_conditions
-        reason, params = _conditions_reason(sel)
-        key = json.dumps([reason, params], default=str)
         with self._lock:
-            found = self._indexes.get(key)
+            found = self._sorted.get(name)
             if found is None:
                 with contextlib.closing(self.cursor()) as con:
-                    found = PoolIndex(con, self.n_cots, reason, params)
-                if len(self._indexes) >= self.INDEXES_KEPT:
-                    self._indexes.pop(next(iter(self._indexes)))
-                self._indexes[key] = found
+                    if name not in con.sql("SELECT * FROM pool_in LIMIT 0").columns:
+                        raise ValueError(f"the pool has no column {name!r}; load it for this selection")
+                    values = con.execute(f'SELECT "{name}"::DOUBLE AS v FROM pool_in ORDER BY rowid').fetchnumpy()["v"]
+                values = np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan)
+                found = self._sorted[name] = values[self.row_ids]
             return found
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -585,6 +560,40 @@ class LoadedPool:
 
     def close(self) -> None:
         self._con.close()
+
+
+def _condition_codes(sel: Selection, pool: LoadedPool):
+    """Per sorted row of ``pool``: 0 when it passes every condition of ``sel``, else a code
+    naming which conditions it fails and how (sum of state * 3**i, state 1: no value, 2: outside
+    the range or, for a has-no-value condition, has one); and the reason text of each code, as
+    _conditions_reason writes it."""
+    import numpy as np
+
+    codes = np.zeros(pool.n_cots, dtype=np.int64)
+    for i, cond in enumerate(sel.conditions):
+        values = pool.sorted_column(figure_column(sel, cond.figure))
+        missing = np.isnan(values)
+        if cond.missing:
+            state = np.where(missing, 0, 2)
+        else:
+            with np.errstate(invalid="ignore"):
+                inside = ~missing
+                if cond.lo is not None:
+                    inside &= values >= cond.lo
+                if cond.hi is not None:
+                    inside &= values <= cond.hi
+            state = np.where(missing, 1, np.where(inside, 0, 2))
+        codes += state * 3**i
+
+    def text(code: int) -> str:
+        parts = []
+        for i, cond in enumerate(sel.conditions):
+            state = (code // 3**i) % 3
+            if state:
+                parts.append(cond.reasons()[state - 1])
+        return "; ".join(parts)
+
+    return codes, text
 
 
 def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS) -> LoadedPool:
@@ -1089,20 +1098,35 @@ def _kept_predicate(sel: Selection) -> tuple[str, list]:
 def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
     """A Thresholds rule's report from the pool's index; the same figures as summarize(decide()).
 
-    Per group (model, dataset, RV, CD, correctness, reason for failing the conditions) the
-    conditions and the RV, CD and correctness checks pass or fail as a whole; the token range
-    splits each group's sorted rows into unknown / outside / inside by binary search. Counts per
-    model, dataset, CD level, RV and reason are sums over groups; the kept token histogram counts
-    each passing group's rows per bin by binary search too; problems with a kept CoT are marked
-    from the kept runs of rows."""
+    Per group (model, dataset, RV, CD, correctness) the RV, CD and correctness checks pass or
+    fail as a whole; the token range splits each group's sorted rows into unknown / outside /
+    inside by binary search. The selection's conditions are a mask over the sorted rows: rows
+    inside a run that pass them are a difference of the mask's cumulative sum, and the rows
+    that fail them are counted by their condition reason alone (the rule never sees them).
+    Counts per model, dataset, CD level, RV and reason are sums over groups; the kept token
+    histogram counts each passing group's rows per bin by binary search too; problems with a
+    kept CoT are marked from the kept runs of rows."""
     import numpy as np
 
     rule = sel.rule
-    index = pool.index(sel)
-    groups, keys, stride, offset = index.groups, index.row_keys, PoolIndex._GROUP_STRIDE, PoolIndex._TOKEN_OFFSET
+    groups, keys, stride, offset = pool.groups, pool.row_keys, pool._GROUP_STRIDE, pool._TOKEN_OFFSET
     n = groups["n"].to_numpy().astype(np.int64)
     n_known = groups["n_known"].to_numpy().astype(np.int64)
     gid = np.arange(groups.height, dtype=np.int64) * stride
+    group_start, group_end = pool.group_start.astype(np.int64), pool.group_end.astype(np.int64)
+    if sel.conditions:
+        codes, code_text = _condition_codes(sel, pool)
+        passes = codes == 0
+    else:
+        codes, code_text, passes = None, None, None
+    # rows of [start, end) that pass the conditions (all of them without conditions)
+    cumulative = None if passes is None else np.concatenate([[0], np.cumsum(passes, dtype=np.int64)])
+
+    def passing(start, end):
+        start, end = np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64)
+        end = np.maximum(end, start)
+        return end - start if cumulative is None else cumulative[end] - cumulative[start]
+
     # state of each check per group: 0 passes, 1 value missing, 2 outside the range
     states: list[tuple[np.ndarray, str, str]] = []
     token_check = None
@@ -1119,26 +1143,26 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
     if rule.require_correct:
         correct = groups["correct"]
         correct_state = np.where(correct.is_null().to_numpy(), 1, np.where(correct.fill_null(False).to_numpy(), 0, 2))
-    # a group that fails the conditions is dropped whole, under the conditions' reason alone
-    cond_failed = groups["cond_reason"].is_not_null().to_numpy()
-    group_passes = ~cond_failed
+    group_passes = np.ones(groups.height, dtype=bool)
     for state, *_ in states:
         group_passes &= state == 0
     if correct_state is not None:
         group_passes &= correct_state == 0
 
-    # rows of each group by token state; kept rows are [run_start, run_end) of the sorted rows
+    # rows of each group by token state (those passing the conditions); kept rows are the
+    # passing rows of [run_start, run_end) of the sorted rows
+    known_end = group_start + n_known  # unknown token counts sort last in their group
     if token_check is None:
-        run_start, run_end = index.group_start, index.group_end
-        token_rows = [(0, n)]
+        run_start, run_end = group_start, group_end
+        token_rows = [(0, passing(group_start, group_end))]
         t_lo, t_hi = -offset, offset - 1
     else:
         _, _, t_lo, t_hi = token_check
         run_start = np.searchsorted(keys, gid + (t_lo + offset), side="left")
         run_end = np.searchsorted(keys, gid + (t_hi + offset), side="right")
-        inside = np.maximum(run_end - run_start, 0)
-        token_rows = [(0, inside), (1, n - n_known), (2, n_known - inside)]
-    kept = np.where(group_passes, np.maximum(run_end - run_start, 0), 0)
+        inside = passing(run_start, run_end)
+        token_rows = [(0, inside), (1, passing(known_end, group_end)), (2, passing(group_start, known_end) - inside)]
+    kept = np.where(group_passes, passing(run_start, run_end), 0)
 
     frame = groups.select("model", "dataset", "cd_group", "rv_lo", "cd_lo", "rv", "cd", pool="n").with_columns(
         kept=pl.Series(kept, dtype=pl.Int64))
@@ -1148,7 +1172,8 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
         for name, column in (("model", "model"), ("dataset", "dataset"), ("cd", "cd_group"))
     }
 
-    # drop reasons: every combination of failed checks, summed over groups
+    # drop reasons: every combination of failed checks, summed over groups; rows failing the
+    # conditions under the conditions' reason
     reason_counts: dict[str, int] = {}
     for token_state, rows in token_rows:
         rows = np.broadcast_to(rows, n.shape)
@@ -1159,13 +1184,15 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
             parts_per_group.append(np.full(n.shape, token_check[0] if token_state == 1 else token_check[1], dtype=object))
         if correct_state is not None:
             parts_per_group.append(np.where(correct_state == 1, "correctness unknown", np.where(correct_state == 2, "incorrect", "")))
-        for i in np.flatnonzero((rows > 0) & ~cond_failed):
+        for i in np.flatnonzero(rows > 0):
             reason = "; ".join(str(parts[i]) for parts in parts_per_group if parts[i])
             if reason:
                 reason_counts[reason] = reason_counts.get(reason, 0) + int(rows[i])
-    cond_reasons = groups["cond_reason"].to_list()
-    for i in np.flatnonzero(cond_failed):
-        reason_counts[cond_reasons[i]] = reason_counts.get(cond_reasons[i], 0) + int(n[i])
+    if codes is not None:
+        failed, counts = np.unique(codes[~passes], return_counts=True)
+        for code, count in zip(failed.tolist(), counts.tolist()):
+            reason = code_text(code)
+            reason_counts[reason] = reason_counts.get(reason, 0) + int(count)
     reasons = pl.DataFrame(
         {"reason": list(reason_counts), "cots": list(reason_counts.values())}, schema={"reason": pl.String, "cots": pl.Int64}
     ).sort(["cots", "reason"], descending=[True, False])
@@ -1177,15 +1204,15 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
         histograms[column] = _histogram_frame(counts, 1.0, 10)
         missing[column] = int(frame["pool"].sum() - known["pool"].sum())
     # kept rows per token bin: per passing group and bin, the rows whose count is in the bin
-    # and in the range
+    # and in the range (and that pass the conditions)
     width, n_bins = pool.token_width, pool.token_n_bins
     edges = np.arange(n_bins, dtype=np.int64) * int(width)
     bin_lo = np.maximum(edges, t_lo)
     bin_hi = np.minimum(edges + int(width) - 1, t_hi)
-    passing = gid[group_passes][:, None]
-    first = np.searchsorted(keys, (passing + bin_lo + offset).ravel(), side="left")
-    last = np.searchsorted(keys, (passing + bin_hi + offset).ravel(), side="right")
-    per_bin = np.maximum(last - first, 0).reshape(passing.shape[0], n_bins).sum(axis=0)
+    passing_groups = gid[group_passes][:, None]
+    first = np.searchsorted(keys, (passing_groups + bin_lo + offset).ravel(), side="left")
+    last = np.searchsorted(keys, (passing_groups + bin_hi + offset).ravel(), side="right")
+    per_bin = passing(first, last).reshape(passing_groups.shape[0], n_bins).sum(axis=0)
     token_counts = pool.token_pool.join(
         pl.DataFrame({"lo": edges.astype(np.float64), "kept": per_bin.astype(np.int64)}), on="lo", how="left"
     ).with_columns(pl.col("kept").fill_null(0))
@@ -1196,7 +1223,8 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
     seen = np.zeros(pool.n_problems, dtype=bool)
     for start, end in zip(run_start[group_passes], run_end[group_passes]):
         if end > start:
-            seen[index.row_problem[start:end]] = True
+            problems = pool.row_problem[start:end]
+            seen[problems if passes is None else problems[passes[start:end]]] = True
     return SelectionReport(
         pool_cots=pool.n_cots, kept_cots=int(kept.sum()), pool_problems=pool.n_problems, kept_problems=int(seen.sum()),
         by_model=by["model"], by_dataset=by["dataset"], by_cd=by["cd"], reasons=reasons,
