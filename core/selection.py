@@ -533,6 +533,30 @@ class LoadedPool:
         )
         self._lock = threading.Lock()
         self._sorted: dict[str, object] = {}
+        self._masks: dict[str, tuple] = {}  # per set of conditions: see condition_mask
+
+    MASKS_KEPT = 8  # condition sets whose row mask is kept (a threshold move reuses its set's)
+
+    def condition_mask(self, sel: Selection) -> tuple:
+        """(passes, cumulative sum of passes with a leading 0, {reason: CoTs} of the rows that
+        fail) of ``sel``'s conditions over the sorted rows (_condition_codes), kept per set of
+        conditions so a threshold move under the same conditions reuses it."""
+        import numpy as np
+
+        key = json.dumps([c.as_dict() for c in sel.conditions])
+        with self._lock:
+            found = self._masks.get(key)
+        if found is None:
+            codes, text = _condition_codes(sel, self)
+            passes = codes == 0
+            failed, counts = np.unique(codes[~passes], return_counts=True)
+            found = (passes, np.concatenate([[0], np.cumsum(passes, dtype=np.int64)]),
+                     {text(code): int(count) for code, count in zip(failed.tolist(), counts.tolist())})
+            with self._lock:
+                if len(self._masks) >= self.MASKS_KEPT:
+                    self._masks.pop(next(iter(self._masks)))
+                self._masks[key] = found
+        return found
 
     def sorted_column(self, name: str):
         """Column ``name`` of the pool as float64 (NaN for no value) in the index's row order;
@@ -1114,13 +1138,8 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
     n_known = groups["n_known"].to_numpy().astype(np.int64)
     gid = np.arange(groups.height, dtype=np.int64) * stride
     group_start, group_end = pool.group_start.astype(np.int64), pool.group_end.astype(np.int64)
-    if sel.conditions:
-        codes, code_text = _condition_codes(sel, pool)
-        passes = codes == 0
-    else:
-        codes, code_text, passes = None, None, None
     # rows of [start, end) that pass the conditions (all of them without conditions)
-    cumulative = None if passes is None else np.concatenate([[0], np.cumsum(passes, dtype=np.int64)])
+    passes, cumulative, condition_reasons = pool.condition_mask(sel) if sel.conditions else (None, None, {})
 
     def passing(start, end):
         start, end = np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64)
@@ -1188,11 +1207,8 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
             reason = "; ".join(str(parts[i]) for parts in parts_per_group if parts[i])
             if reason:
                 reason_counts[reason] = reason_counts.get(reason, 0) + int(rows[i])
-    if codes is not None:
-        failed, counts = np.unique(codes[~passes], return_counts=True)
-        for code, count in zip(failed.tolist(), counts.tolist()):
-            reason = code_text(code)
-            reason_counts[reason] = reason_counts.get(reason, 0) + int(count)
+    for reason, count in condition_reasons.items():
+        reason_counts[reason] = reason_counts.get(reason, 0) + count
     reasons = pl.DataFrame(
         {"reason": list(reason_counts), "cots": list(reason_counts.values())}, schema={"reason": pl.String, "cots": pl.Int64}
     ).sort(["cots", "reason"], descending=[True, False])
