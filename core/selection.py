@@ -77,7 +77,7 @@ import duckdb
 import polars as pl
 
 from core import queries, store
-from core.figures import COT_COLUMNS, Condition, Figure, FigureError, passes_sql, reason_sql
+from core.figures import COT_COLUMNS, Condition, Figure, passes_sql, reason_sql
 from core.queries import CotFilter
 
 # ---------------------------------------------------------------------------- parameters

@@ -19,7 +19,7 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import figures, recipes, selection
+from core import recipes, selection
 from core.figures import Figure
 from core.selection import CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds
 from ui import common

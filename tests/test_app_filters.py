@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import queries, store
 from core.figures import Condition, Figure
+from tests.test_app_select_export import metric, rerun
 from tests.test_figures import JUDGE, STAGE, build_figures_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,17 +47,6 @@ def open_page(page: str, **params) -> AppTest:
     at.run()
     at.switch_page(page)
     return rerun(at)
-
-
-def rerun(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def metric(at: AppTest, label: str) -> int:
-    return int(next(m for m in at.metric if m.label == label).value.replace(",", ""))
 
 
 def count(db: Path, where: str) -> int:
