@@ -511,17 +511,17 @@ class LoadedPool:
             f"WITH problems AS (SELECT problem_id, (row_number() OVER (ORDER BY problem_id) - 1)::INTEGER AS problem "
             "FROM (SELECT DISTINCT problem_id FROM pool_in)) "
             f"SELECT g.gid::BIGINT * {self._GROUP_STRIDE} "
-            f"+ coalesce(r.n_tokens::BIGINT + {self._TOKEN_OFFSET}, {self._GROUP_STRIDE - 1}) AS key, p.problem, "
-            "r.rowid AS row_id "
+            f"+ coalesce(r.n_tokens::BIGINT + {self._TOKEN_OFFSET}, {self._GROUP_STRIDE - 1}) AS key, p.problem "
             f"FROM pool_in r JOIN pool_groups g ON {same_group} JOIN problems p ON p.problem_id = r.problem_id "
             "ORDER BY key"
         ).fetchnumpy()
-        self._con.execute("DROP TABLE pool_groups")
+        # kept for _rows_in_order (the first condition); a table of a few thousand rows
+        self._same_group = same_group
         self.row_keys = np.asarray(rows["key"], dtype=np.int64)
         if len(self.row_keys) != self.n_cots:  # every row belongs to exactly one group
             raise RuntimeError(f"pool index: {len(self.row_keys)} rows indexed of {self.n_cots}")
         self.row_problem = np.asarray(rows["problem"], dtype=np.int32)
-        self.row_ids = np.asarray(rows["row_id"], dtype=np.int64)  # pool_in's rowid of each sorted row
+        self._ordered = None  # (problem, pool_in rowid) of each sorted row, read on the first condition
         g = np.arange(self.groups.height, dtype=np.int64) * self._GROUP_STRIDE
         self.group_start = np.searchsorted(self.row_keys, g)
         self.group_end = np.searchsorted(self.row_keys, g + self._GROUP_STRIDE)
@@ -539,8 +539,9 @@ class LoadedPool:
 
     def condition_mask(self, sel: Selection) -> tuple:
         """(passes, cumulative sum of passes with a leading 0, {reason: CoTs} of the rows that
-        fail) of ``sel``'s conditions over the sorted rows (_condition_codes), kept per set of
-        conditions so a threshold move under the same conditions reuses it."""
+        fail, each row's problem) of ``sel``'s conditions over the sorted rows
+        (_condition_codes), kept per set of conditions so a threshold move under the same
+        conditions reuses it."""
         import numpy as np
 
         key = json.dumps([c.as_dict() for c in sel.conditions])
@@ -551,27 +552,47 @@ class LoadedPool:
             passes = codes == 0
             failed, counts = np.unique(codes[~passes], return_counts=True)
             found = (passes, np.concatenate([[0], np.cumsum(passes, dtype=np.int64)]),
-                     {text(code): int(count) for code, count in zip(failed.tolist(), counts.tolist())})
+                     {text(code): int(count) for code, count in zip(failed.tolist(), counts.tolist())},
+                     self._rows_in_order()[0])
             with self._lock:
                 if len(self._masks) >= self.MASKS_KEPT:
                     self._masks.pop(next(iter(self._masks)))
                 self._masks[key] = found
         return found
 
+    def _rows_in_order(self):
+        """(problem, pool_in rowid) of each row in the index's order, ties broken by rowid so the
+        two arrays stay aligned: read once, on the first condition (the rowids cost a fifth of
+        the index's sort, which a pool without conditions does not pay)."""
+        import numpy as np
+
+        if self._ordered is None:
+            with contextlib.closing(self.cursor()) as con:
+                rows = con.execute(
+                    f"WITH problems AS (SELECT problem_id, (row_number() OVER (ORDER BY problem_id) - 1)::INTEGER AS "
+                    "problem FROM (SELECT DISTINCT problem_id FROM pool_in)) "
+                    f"SELECT p.problem, r.rowid AS row_id FROM pool_in r JOIN pool_groups g ON {self._same_group} "
+                    f"JOIN problems p ON p.problem_id = r.problem_id "
+                    f"ORDER BY g.gid, r.n_tokens NULLS LAST, r.rowid"
+                ).fetchnumpy()
+            self._ordered = (np.asarray(rows["problem"], dtype=np.int32), np.asarray(rows["row_id"], dtype=np.int64))
+        return self._ordered
+
     def sorted_column(self, name: str):
-        """Column ``name`` of the pool as float64 (NaN for no value) in the index's row order;
-        read once per column (the figures the conditions use), then kept."""
+        """Column ``name`` of the pool as float64 (NaN for no value) in the index's row order
+        (_rows_in_order); read once per column (the figures the conditions use), then kept."""
         import numpy as np
 
         with self._lock:
             found = self._sorted.get(name)
             if found is None:
+                _, row_ids = self._rows_in_order()
                 with contextlib.closing(self.cursor()) as con:
                     if name not in con.sql("SELECT * FROM pool_in LIMIT 0").columns:
                         raise ValueError(f"the pool has no column {name!r}; load it for this selection")
                     values = con.execute(f'SELECT "{name}"::DOUBLE AS v FROM pool_in ORDER BY rowid').fetchnumpy()["v"]
                 values = np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan)
-                found = self._sorted[name] = values[self.row_ids]
+                found = self._sorted[name] = values[row_ids]
             return found
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -1139,7 +1160,9 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
     gid = np.arange(groups.height, dtype=np.int64) * stride
     group_start, group_end = pool.group_start.astype(np.int64), pool.group_end.astype(np.int64)
     # rows of [start, end) that pass the conditions (all of them without conditions)
-    passes, cumulative, condition_reasons = pool.condition_mask(sel) if sel.conditions else (None, None, {})
+    # (with conditions, each row's problem in the order the mask was read, ties by rowid)
+    passes, cumulative, condition_reasons, row_problem = (
+        pool.condition_mask(sel) if sel.conditions else (None, None, {}, pool.row_problem))
 
     def passing(start, end):
         start, end = np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64)
@@ -1239,7 +1262,7 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
     seen = np.zeros(pool.n_problems, dtype=bool)
     for start, end in zip(run_start[group_passes], run_end[group_passes]):
         if end > start:
-            problems = pool.row_problem[start:end]
+            problems = row_problem[start:end]
             seen[problems if passes is None else problems[passes[start:end]]] = True
     return SelectionReport(
         pool_cots=pool.n_cots, kept_cots=int(kept.sum()), pool_problems=pool.n_problems, kept_problems=int(seen.sum()),
