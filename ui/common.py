@@ -94,10 +94,24 @@ def figure_catalogue(stamp: tuple[float, float]) -> pl.DataFrame:
     return figures.catalogue()
 
 
+# cache_resource: one shared dict, not a copy unpickled on every rerun of every page (the
+# sidebar reads it on each); nothing mutates it
+@st.cache_resource(ttl=600, show_spinner=False, max_entries=4)
+def _catalogue_rows(db: str, stamp: tuple[float, float]) -> dict[Figure, dict]:
+    return {figures.figure_of(r): r for r in figure_catalogue(stamp).iter_rows(named=True)}
+
+
 @st.cache_data(ttl=600, show_spinner=False, max_entries=16)
-def correctness_in_use(stamp: tuple[float, float], source: str, datasets: tuple[str, ...]) -> pl.DataFrame:
+def _correctness_text(stamp: tuple[float, float], source: str, datasets: tuple[str, ...]) -> str:
+    """Which source each dataset's CoTs take their verdict from, as the sidebar's caption."""
     del stamp
-    return queries.correctness_in_use(source, datasets=datasets)
+    used = queries.correctness_in_use(source, datasets=datasets)
+    per_dataset: dict[str, list[str]] = {}
+    for r in used.iter_rows(named=True):
+        per_dataset.setdefault(r["dataset"], []).append(f"{r['source']} ({r['cots']:,})")
+    lines = [f"{d}: {', '.join(parts)}" for d, parts in per_dataset.items()]
+    more = f" … and {len(lines) - 6} more datasets" if len(lines) > 6 else ""
+    return "Verdicts from · " + " · ".join(lines[:6]) + more
 
 
 @st.cache_data(ttl=600, show_spinner="Finding which condition emptied the view…", max_entries=16)
@@ -195,8 +209,9 @@ def conditions_state(prefix: str, conditions: tuple[Condition, ...], rows: dict[
 
 
 def catalogue_rows(stamp) -> dict[Figure, dict]:
-    """The figure catalogue as {Figure: its row (count, min, max, integer, binary, label)}."""
-    return {figures.figure_of(r): r for r in figure_catalogue(stamp).iter_rows(named=True)}
+    """The figure catalogue as {Figure: its row (count, min, max, integer, binary, label)};
+    shared, do not change it."""
+    return _catalogue_rows(str(db_file()), stamp)
 
 
 def _add_condition(prefix: str, rows: dict[Figure, dict], labels: dict[str, Figure]) -> None:
@@ -296,13 +311,7 @@ def _initial_state(start: CotFilter, cat: dict, rows: dict[Figure, dict]) -> dic
 def _correctness_caption(where, source: str, datasets: tuple[str, ...]) -> None:
     """Which source each dataset's CoTs take their verdict from (issue 11: a dataset scored by
     another source must not silently show 0 incorrect)."""
-    used = correctness_in_use(store_stamp(), source, datasets)
-    per_dataset: dict[str, list[str]] = {}
-    for r in used.iter_rows(named=True):
-        per_dataset.setdefault(r["dataset"], []).append(f"{r['source']} ({r['cots']:,})")
-    lines = [f"{d}: {', '.join(parts)}" for d, parts in per_dataset.items()]
-    more = f" … and {len(lines) - 6} more datasets" if len(lines) > 6 else ""
-    where.caption("Verdicts from · " + " · ".join(lines[:6]) + more)
+    where.caption(_correctness_text(store_stamp(), source, datasets))
 
 
 def sidebar_filter() -> CotFilter:
