@@ -342,22 +342,25 @@ def empty_diagnosis(f: CotFilter, *, db=None) -> pl.DataFrame:
 
 
 def correctness_in_use(source: str | None, *, datasets: tuple[str, ...] = (), db=None) -> pl.DataFrame:
-    """Which source gives each dataset's CoTs their correctness under ``source`` (a source name
-    or OWN_CORRECTNESS): dataset, source ('(none)' for CoTs without a verdict), cots."""
+    """Which sources give each dataset's CoTs their correctness under ``source`` (a source name
+    or OWN_CORRECTNESS): dataset, n_cots (its CoTs), source, priority (0 is read first), cots
+    (its CoTs with a verdict from that source); a dataset no source judged has one row with
+    source None. One scan of the 'correct' scores (ids carry their dataset), no per-CoT join:
+    it runs after every store write, for the sidebar."""
     sources = list(_sources_of(source, db=db))
-    params: list = [sources, list(range(len(sources)))]
     where = "d.status = 'ready'"
+    params: list = [sources, list(range(len(sources)))]
     if datasets:
         where += f" AND d.name IN ({', '.join('?' * len(datasets))})"
         params.extend(datasets)
     return store.read_df(
-        "SELECT d.name AS dataset, coalesce(v.source, '(none)') AS source, count(*) AS cots "
-        "FROM cots c JOIN datasets d ON d.dataset_id = c.dataset_id LEFT JOIN ("
-        " SELECT s.cot_id, arg_min(w.name, w.priority) AS source FROM scores s JOIN ("
-        "  SELECT ss.source_id, w.name, w.priority FROM (SELECT unnest(?::VARCHAR[]) AS name, "
-        "  unnest(?::INTEGER[]) AS priority) w JOIN score_sources ss USING (name)) w USING (source_id)"
-        " WHERE s.metric = 'correct' AND s.value IS NOT NULL GROUP BY s.cot_id) v ON v.cot_id = c.cot_id "
-        f"WHERE {where} GROUP BY ALL ORDER BY dataset, cots DESC, source", params, db=db,
+        "WITH w AS (SELECT ss.source_id, w.name, w.priority FROM (SELECT unnest(?::VARCHAR[]) AS name, "
+        " unnest(?::INTEGER[]) AS priority) w JOIN score_sources ss USING (name)), "
+        f"judged AS (SELECT (s.cot_id >> {store.ID_SHIFT})::INTEGER AS dataset_id, w.name AS source, w.priority, "
+        " count(*) AS cots FROM scores s JOIN w USING (source_id) WHERE s.metric = 'correct' AND s.value IS NOT NULL "
+        " GROUP BY ALL) "
+        "SELECT d.name AS dataset, d.n_cots, j.source, j.priority, coalesce(j.cots, 0) AS cots FROM datasets d "
+        f"LEFT JOIN judged j USING (dataset_id) WHERE {where} ORDER BY d.dataset_id, j.priority", params, db=db,
     )
 
 

@@ -139,7 +139,7 @@ def test_correctness_is_each_datasets_own_and_says_which_source(figures_store):
     # one global source instead: the generic dataset's CoTs have no verdict from it
     at.selectbox(key="f_correct_source").select("omnithought")
     rerun(at)
-    assert "generic: (none) (6)" in " ".join(c.value for c in at.sidebar.caption)
+    assert "generic: no verdict (6 CoTs)" in " ".join(c.value for c in at.sidebar.caption)
 
 
 def test_an_empty_view_says_which_condition_emptied_it(figures_store):

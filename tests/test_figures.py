@@ -213,12 +213,19 @@ def test_own_correctness_takes_the_dataset_label_else_math_verify(db):
 
 
 def test_which_source_each_dataset_uses(db):
-    used = queries.correctness_in_use(OWN_CORRECTNESS, db=db)
-    got = {(r["dataset"], r["source"]): r["cots"] for r in used.iter_rows(named=True)}
-    assert got == {("tiny", "omnithought"): len(TINY), ("generic", "math-verify"): len(_generic_rows())}
-    single = queries.correctness_in_use("omnithought", db=db)
-    assert {(r["dataset"], r["source"]): r["cots"] for r in single.iter_rows(named=True)} == {
-        ("tiny", "omnithought"): len(TINY), ("generic", "(none)"): len(_generic_rows())}
+    def got(source):
+        used = queries.correctness_in_use(source, db=db)
+        return {(r["dataset"], r["source"]): (r["cots"], r["n_cots"]) for r in used.iter_rows(named=True)}
+
+    # counted independently: per dataset and source, the CoTs with a verdict
+    judged = {(d, s): n for d, s, n in store.read_rows(
+        "SELECT d.name, ss.name, count(*) FROM scores v JOIN score_sources ss USING (source_id) JOIN cots c USING (cot_id) "
+        "JOIN datasets d ON d.dataset_id = c.dataset_id WHERE v.metric = 'correct' AND v.value IS NOT NULL GROUP BY ALL",
+        db=db)}
+    sizes = {"tiny": len(TINY), "generic": len(_generic_rows())}
+    assert got(OWN_CORRECTNESS) == {(d, s): (n, sizes[d]) for (d, s), n in judged.items()}
+    assert ("tiny", "math-verify") in got(OWN_CORRECTNESS)  # math-verify judged TINY too: the label is read first
+    assert got("omnithought") == {("tiny", "omnithought"): (len(TINY), len(TINY)), ("generic", None): (0, sizes["generic"])}
 
 
 # ---------------------------------------------------------------------------- an empty view says why

@@ -106,10 +106,17 @@ def _correctness_text(stamp: tuple[float, float], source: str, datasets: tuple[s
     """Which source each dataset's CoTs take their verdict from, as the sidebar's caption."""
     del stamp
     used = queries.correctness_in_use(source, datasets=datasets)
-    per_dataset: dict[str, list[str]] = {}
-    for r in used.iter_rows(named=True):
-        per_dataset.setdefault(r["dataset"], []).append(f"{r['source']} ({r['cots']:,})")
-    lines = [f"{d}: {', '.join(parts)}" for d, parts in per_dataset.items()]
+    lines = []
+    for (dataset,), rows in used.group_by("dataset", maintain_order=True):
+        n = rows["n_cots"][0]
+        judged = rows.filter(pl.col("source").is_not_null()).to_dicts()
+        if not judged:
+            lines.append(f"{dataset}: no verdict ({n:,} CoTs)")
+        elif judged[0]["cots"] >= n:  # the first source read judged every CoT
+            lines.append(f"{dataset}: {judged[0]['source']} ({n:,})")
+        else:
+            rest = ", ".join(f"{r['source']} ({r['cots']:,})" for r in judged[1:])
+            lines.append(f"{dataset}: {judged[0]['source']} ({judged[0]['cots']:,} of {n:,})" + (f", else {rest}" if rest else ""))
     more = f" … and {len(lines) - 6} more datasets" if len(lines) > 6 else ""
     return "Verdicts from · " + " · ".join(lines[:6]) + more
 
