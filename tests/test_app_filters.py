@@ -54,9 +54,11 @@ def count(db: Path, where: str) -> int:
 
 
 def add_condition(at: AppTest, label: str, prefix: str = "f_") -> AppTest:
+    """Pick a figure in "Add a condition on a figure": that adds it, and the picker empties."""
     at.selectbox(key=f"{prefix}add_figure").select(label)
-    at.button(key=f"{prefix.rstrip('_')}b_add").click()
-    return rerun(at)
+    rerun(at)
+    assert at.selectbox(key=f"{prefix}add_figure").value is None
+    return at
 
 
 # ---------------------------------------------------------------------------- sidebar

@@ -176,8 +176,11 @@ def range_input(where, label: str, key: str, lo, hi, *, disabled: bool = False, 
     left, right = where.columns(2)
     number = {"min_value": lo, "max_value": hi, "step": step, "disabled": disabled,
               **({"format": "%d"} if integer else {"format": "%g"})}
-    left.number_input("from", key=f"{key}_lo", on_change=_sync_from_typed, args=(key, "lo"), **number)
-    right.number_input("to", key=f"{key}_hi", on_change=_sync_from_typed, args=(key, "hi"), **number)
+    # labels hidden (the slider's label is above them) but kept for screen readers
+    left.number_input(f"{label}: from", key=f"{key}_lo", on_change=_sync_from_typed, args=(key, "lo"),
+                      label_visibility="collapsed", **number)
+    right.number_input(f"{label}: to", key=f"{key}_hi", on_change=_sync_from_typed, args=(key, "hi"),
+                       label_visibility="collapsed", **number)
     return value
 
 
@@ -222,7 +225,8 @@ def catalogue_rows(stamp) -> dict[Figure, dict]:
 
 
 def _add_condition(prefix: str, rows: dict[Figure, dict], labels: dict[str, Figure]) -> None:
-    """on_click of "Add": a new condition on the chosen figure, its range at the figure's extent."""
+    """on_change of the figure picker: a new condition on the chosen figure, its range at the
+    figure's extent; the picker goes back to empty."""
     figure = labels.get(st.session_state.get(f"{prefix}add_figure"))
     if figure is None:
         return
@@ -240,10 +244,10 @@ def _remove_condition(prefix: str, ident: int) -> None:
 
 def condition_widgets(where, rows: dict[Figure, dict], prefix: str, *, unit: str = "CoTs") -> tuple[Condition, ...]:
     """One block per condition (its figure, range or presence, typed bounds, remove), then the
-    "add a condition on a figure" picker; returns the conditions. State lives under keys that
-    start with ``prefix`` (the sidebar's "f_", the Select page's "sel_"); buttons under
-    ``prefix`` without its underscore plus "b_" (the sidebar re-assigns every "f_" key each run,
-    which a button's key must not be)."""
+    "add a condition on a figure" picker (picking a figure adds it); returns the conditions.
+    State lives under keys that start with ``prefix`` (the sidebar's "f_", the Select page's
+    "sel_"); the remove buttons under ``prefix`` without its underscore plus "b_" (the sidebar
+    re-assigns every "f_" key each run, which a button's key must not be)."""
     buttons = prefix.rstrip("_") + "b_"
     out = []
     for entry in st.session_state.get(f"{prefix}conds", []):
@@ -252,8 +256,8 @@ def condition_widgets(where, rows: dict[Figure, dict], prefix: str, *, unit: str
         figure = figures.Figure.from_dict(entry)
         head, remove = where.columns([5, 1], vertical_alignment="center")
         head.markdown(f"**{figure.label()}**")
-        remove.button("✕", key=f"{buttons}remove_{ident}", on_click=_remove_condition, args=(prefix, ident),
-                      help="Remove this condition")
+        remove.button(":material/close:", key=f"{buttons}remove_{ident}", on_click=_remove_condition, args=(prefix, ident),
+                      type="tertiary", help="Remove this condition")
         row = rows.get(figure)
         if row is None:  # the store has no value of it (a stage not run here yet): kept as it was
             kept = Condition.from_dict(st.session_state[f"{key}_kept"])
@@ -277,12 +281,11 @@ def condition_widgets(where, rows: dict[Figure, dict], prefix: str, *, unit: str
         out.append(Condition(figure, lo=None if a <= lo else a, hi=None if b >= hi else b))
     labels = {r["label"]: f for f, r in rows.items()}
     if labels:
-        pick, add = where.columns([5, 1], vertical_alignment="bottom")
-        pick.selectbox("Add a condition on a figure", list(labels), index=None, key=f"{prefix}add_figure",
-                       placeholder="a judge's score, a stage's figure, …",
-                       help="Any number the store has per CoT or per problem: dataset labels, judge runs, "
-                            "verifiers, and the figures stages compute.")
-        add.button("Add", key=f"{buttons}add", on_click=_add_condition, args=(prefix, rows, labels))
+        where.selectbox("Add a condition on a figure", list(labels), index=None, key=f"{prefix}add_figure",
+                        placeholder="a judge's score, a stage's figure, …", on_change=_add_condition,
+                        args=(prefix, rows, labels),
+                        help="Any number the store has per CoT or per problem: dataset labels, judge runs, "
+                             "verifiers, and the figures stages compute. Picking one adds a condition on it.")
     return tuple(out)
 
 
@@ -326,7 +329,7 @@ def sidebar_filter() -> CotFilter:
 
     Widget values live in session state under fixed keys, set from the URL on a session's
     first run; re-assigning them each run keeps them when the user switches pages. Every
-    numeric filter is a slider with typed bounds; "Add a filter on a figure" adds a condition
+    numeric filter is a slider with typed bounds; "Add a condition on a figure" adds a condition
     on any figure of the store (core.figures.catalogue), kept in the URL as ``conditions=``.
     """
     stamp = store_stamp()
