@@ -234,3 +234,18 @@ def test_select_on_data_without_rv_cd_hides_their_controls_and_says_why_capacity
     warnings = " ".join(w.value for w in at.warning)
     assert "no CoT of this pool has RV and CD" in warnings
     assert f"keeps none of the pool's {total:,} CoTs" in warnings and f"no RV/CD score: {total:,} CoTs" in warnings
+
+
+def test_distributions_draws_no_chart_for_a_metric_the_matching_cots_lack(figures_store):
+    at = open_page("pages/distributions.py")
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("Reasoning Verbosity") for t in titles)
+    at.multiselect(key="f_datasets").set_value(["generic"])  # math-verify's verdicts, no RV/CD labels
+    rerun(at)
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert not any(t.startswith(("Reasoning Verbosity", "Cognitive Difficulty", "RV ×")) for t in titles)
+    assert any(t.startswith("Accuracy across token budgets") for t in titles)
+    rv_source = at.selectbox(key="f_rv_source").value
+    assert any(f"None of the 6 matching CoTs has a RV score from {rv_source}" in i.value for i in at.info)
+    facets = at.selectbox(key="dist_facet").options
+    assert "CD level" not in facets
