@@ -6,6 +6,9 @@ checked against plain SQL or plain Python written here."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +35,18 @@ def _generic_rows() -> list[dict]:
 def build_figures_store(folder: Path) -> Path:
     """TINY (OmniThought labels) plus a generic dataset verified by math-verify; a judge's logic
     on the first 8 TINY CoTs (the 8th unparsed), a stage's pass_rate for every TINY problem (key
-    number / 4) and 'contaminated' = 1 for p1 and p3 only; TINY's third CoT's label flipped."""
+    number / 4) and 'contaminated' = 1 for p1 and p3 only; TINY's third CoT's label flipped.
+
+    Built in a child process: math-verify's worker pool forks, and a fork of a pytest process
+    that has run AppTest's threads crashed (a segmentation fault in the forked worker)."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from tests.test_figures import _build_figures_store; _build_figures_store(Path(sys.argv[1]))",
+                    str(folder)], check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=600)
+    return folder / "store.duckdb"
+
+
+def _build_figures_store(folder: Path) -> Path:
     db = build_store(folder, TINY)
     src = folder / "generic.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in _generic_rows()))
