@@ -19,7 +19,10 @@ Streaming: the kept ids and numbers are computed first (no text), then the text 
 batches of ``batch_size`` CoTs, each batch in its own short read-only connection (so an ingest
 can commit between batches), and appended to a temporary file that is renamed into place when
 complete. The manifest (``<file>.manifest.json``) records the recipe or filter, counts, source
-datasets, score sources, the file's sha256 and size, the format and when it was made.
+datasets, every condition on a figure (the filter's and the selection's, in words and as
+data) with the CoTs each drop reason removed, the score sources read (with their kind, model
+and parameters; each dataset's own correctness resolved to the sources it read), the file's
+sha256 and size, the format and when it was made.
 
     >>> from core import export
     >>> result = export.export(recipe, "trl", thinking="think_tags")
@@ -44,9 +47,9 @@ import polars as pl
 from core import queries, store
 from core.errors import UserError
 from core.progress import ProgressFn
-from core.queries import CotFilter
+from core.queries import OWN_CORRECTNESS, CotFilter
 from core.recipes import Recipe, slug
-from core.selection import Selection, kept_numbers
+from core.selection import Selection, decide, kept_numbers
 
 FORMATS: dict[str, str] = {
     "trl": ".jsonl", "sharegpt": ".jsonl", "alpaca": ".jsonl", "jsonl": ".jsonl", "parquet": ".parquet",
@@ -165,16 +168,42 @@ def _describe(what: Recipe | Selection | CotFilter) -> tuple[str, dict[str, Any]
     raise ExportError(f"cannot export a {type(what).__name__}; give a recipe, a selection or a filter")
 
 
-def _sources_used(what: Recipe | Selection | CotFilter) -> list[str]:
+def _sources_used(what: Recipe | Selection | CotFilter, *, db=None) -> list[str]:
+    """Every score source the export read: the filter's, the selection's, its score's and its
+    conditions' (each dataset's own correctness as the sources it reads)."""
     sel = what.selection if isinstance(what, Recipe) else what
     base = sel.base if isinstance(sel, Selection) else sel
-    names = [base.rv_source, base.cd_source, base.correct_source]
+    names = [base.rv_source, base.cd_source]
+    if base.correct_source == OWN_CORRECTNESS:
+        names += queries.own_correctness_sources(db=db)
+    else:
+        names.append(base.correct_source)
+    names += [c.figure.source for c in base.conditions]
     if isinstance(sel, Selection):
         names += [*sel.sources.rv, *sel.sources.cd, *sel.sources.correct]
+        names += [c.figure.source for c in sel.conditions]
         score = getattr(sel.rule, "score", None)
         if score is not None and score.source:
             names.append(score.source)
     return list(dict.fromkeys(n for n in names if n))
+
+
+def _conditions(what: Recipe | Selection | CotFilter, *, db=None) -> dict[str, Any]:
+    """The conditions on figures the export applied, in words and as data, and how the
+    filter's correctness was read."""
+    sel = what.selection if isinstance(what, Recipe) else what
+    base = sel.base if isinstance(sel, Selection) else sel
+    listed = [{"applies_to": "filter", "condition": c.describe(), **c.as_dict()} for c in base.conditions]
+    if isinstance(sel, Selection):
+        listed += [{"applies_to": "selection", "condition": c.describe(), **c.as_dict()} for c in sel.conditions]
+    out: dict[str, Any] = {"conditions": listed}
+    if base.correct_source:
+        out["filter_correctness"] = {
+            "source": queries.correctness_label(base.correct_source),
+            "reads": list(queries.own_correctness_sources(db=db)) if base.correct_source == OWN_CORRECTNESS
+            else [base.correct_source],
+        }
+    return out
 
 
 def _counts(numbers: pl.DataFrame) -> dict[str, Any]:
@@ -229,7 +258,16 @@ def export(
         raise ExportError("the batch size must be at least 1")
     name, described = _describe(what)
     sel = what.selection if isinstance(what, Recipe) else what
-    numbers = kept_numbers(sel, db=db) if isinstance(sel, Selection) else _filter_numbers(sel, db=db)
+    dropped: dict[str, int] | None = None
+    if isinstance(sel, Selection):
+        decision = decide(sel, db=db)
+        numbers = kept_numbers(sel, decision=decision)
+        reasons = pl.from_arrow(decision.select(["kept", "reason"])).filter(~pl.col("kept"))
+        grouped = reasons.with_columns(pl.col("reason").cast(pl.String)).group_by("reason").len().sort(
+            ["len", "reason"], descending=[True, False])
+        dropped = dict(zip(grouped["reason"].to_list(), grouped["len"].to_list()))
+    else:
+        numbers = _filter_numbers(sel, db=db)
 
     out = Path(out_dir) if out_dir is not None else exports_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -307,8 +345,10 @@ def export(
         "created_at": now.isoformat(timespec="seconds"),
         **described,
         "counts": {**_counts(numbers), "truncated": truncated},
+        "dropped_by_reason": dropped,
+        **_conditions(what, db=db),
         "source_datasets": _datasets_of(numbers, db=db),
-        "score_sources": _score_sources(_sources_used(what), db=db),
+        "score_sources": _score_sources(_sources_used(what, db=db), db=db),
         "batches": batches,
         "batch_size": batch_size,
         "store_schema_version": store.SCHEMA_VERSION,

@@ -3,16 +3,35 @@
 A ``CotFilter`` says which CoTs a researcher is looking at; ``matching_sql`` turns it into one
 SQL query with every user value bound as a parameter. Pages never write SQL: they build a
 filter from widgets (or the URL) and call these functions, which return polars frames.
+
+Besides its fixed fields (datasets, models, RV/CD/correctness from a chosen source, tokens,
+...), a filter carries ``conditions``: any number of :class:`core.figures.Condition` on any
+figure of the store (a CoT column, any (source, metric) of ``scores`` or of
+``problem_scores``), each a range or "has a value" / "has no value". See core/figures.py for
+how a stage's figures become filterable without touching this module.
+
+Correctness defaults to each dataset's own source (``correct_source=OWN_CORRECTNESS``): a CoT
+takes the verdict of the first label source (the dataset's own, in store order) that judged it,
+else of a verifier (math-verify); :func:`correctness_in_use` says which source each dataset's
+CoTs got. When a filter matches nothing, :func:`empty_diagnosis` counts what each condition
+alone would let back in.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+import threading
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import polars as pl
 
 from core import store
+from core.figures import Condition, FigureError, conditions_from_json, conditions_to_json, fmt, where_sql
+
+# correct_source meaning "each dataset's own": per CoT, the first label source that judged it,
+# else a verifier's verdict (see own_correctness_sources)
+OWN_CORRECTNESS = "@own"
+OWN_CORRECTNESS_LABEL = "each dataset's own (its label, else math-verify)"
 
 SORTABLE = (
     "cot_id", "dataset", "model", "benchmark", "sample_idx", "n_tokens", "n_chars",
@@ -38,6 +57,7 @@ class CotFilter:
     truncated: bool | None = None
     text: str = ""  # words of the question or the CoT text (see text_search_mode), case-insensitive
     problem_ids: tuple[int, ...] = ()
+    conditions: tuple[Condition, ...] = ()  # on any figure (core.figures); all must hold
 
     # ---- URL round trip: a view can be shared and reloaded
     def to_params(self) -> dict[str, str]:
@@ -46,7 +66,9 @@ class CotFilter:
             value = getattr(self, f.name)
             if value in (None, (), "", "any"):
                 continue
-            if isinstance(value, tuple):
+            if f.name == "conditions":
+                out[f.name] = conditions_to_json(value)
+            elif isinstance(value, tuple):
                 out[f.name] = ",".join(str(v) for v in value)
             elif isinstance(value, bool):
                 out[f.name] = "1" if value else "0"
@@ -89,28 +111,115 @@ class CotFilter:
                     pass
         if get("truncated") in ("0", "1"):
             kwargs["truncated"] = get("truncated") == "1"
+        if get("conditions"):
+            try:
+                kwargs["conditions"] = conditions_from_json(str(get("conditions")))
+            except FigureError:
+                pass
         return cls(**kwargs)
 
     def with_(self, **changes) -> CotFilter:
         return replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-able values (conditions as flat dicts); recipes.filter_from_dict reverses it."""
+        out = asdict(replace(self, conditions=()))
+        out["conditions"] = [c.as_dict() for c in self.conditions]
+        return out
+
+    def relaxations(self) -> list[tuple[str, CotFilter]]:
+        """Each constraint of the filter in words, with the filter that has all the others: what
+        :func:`empty_diagnosis` counts to say which condition emptied a view."""
+        out: list[tuple[str, CotFilter]] = []
+        for name, label in (("datasets", "datasets"), ("models", "models"), ("benchmarks", "benchmarks")):
+            if getattr(self, name):
+                out.append((f"{label}: {', '.join(getattr(self, name))}", self.with_(**{name: ()})))
+        for name, label, source in (("rv_range", "RV", self.rv_source), ("cd_range", "CD", self.cd_source)):
+            bounds = getattr(self, name)
+            if source and bounds:
+                out.append((f"{label} {fmt(bounds[0])}–{fmt(bounds[1])} ({source})", self.with_(**{name: None})))
+        if self.correct_source and self.correct != "any":
+            out.append((f"correctness: {self.correct} ({correctness_label(self.correct_source)})",
+                        self.with_(correct="any")))
+        if self.tokens_range:
+            out.append((f"tokens {fmt(self.tokens_range[0])}–{fmt(self.tokens_range[1])}", self.with_(tokens_range=None)))
+        if self.reflections_range:
+            lo, hi = self.reflections_range
+            out.append((f"reflection markers {fmt(lo)}–{fmt(hi)}", self.with_(reflections_range=None)))
+        if self.truncated is not None:
+            out.append(("only truncated" if self.truncated else "only complete", self.with_(truncated=None)))
+        if self.text:
+            out.append((f"search “{self.text}”", self.with_(text="")))
+        if self.problem_ids:
+            out.append((f"{len(self.problem_ids):,} picked problem(s)", self.with_(problem_ids=())))
+        for i, cond in enumerate(self.conditions):
+            out.append((cond.describe(), self.with_(conditions=self.conditions[:i] + self.conditions[i + 1:])))
+        return out
 
 
-def _score_join(alias: str, source: str | None, metric: str, params: list) -> tuple[str, str]:
-    """(select column, LEFT JOIN) for one metric of one source as column ``alias``.
+def correctness_label(source: str | None) -> str:
+    """How a correctness source is named on screen ('each dataset's own ...' for OWN_CORRECTNESS)."""
+    return OWN_CORRECTNESS_LABEL if source == OWN_CORRECTNESS else (source or "none")
+
+
+# own_correctness_sources is read on every matching_sql of the default filter: cached per store
+# file and write stamp (a read never changes the stamp)
+_own_cache: dict[tuple[str, tuple[float, float]], tuple[str, ...]] = {}
+_own_lock = threading.Lock()
+
+
+def own_correctness_sources(*, db=None) -> tuple[str, ...]:
+    """The sources OWN_CORRECTNESS reads, in priority order: every label source that gave
+    'correct' to some CoT (a dataset's own verdicts; in store order), then every verifier
+    (math-verify). A label source only judges its own dataset's CoTs, so a CoT gets its
+    dataset's label where it has one, else the verifier's verdict."""
+    key = (str(store.db_path(db)), store.write_stamp(db))
+    with _own_lock:
+        if key in _own_cache:
+            return _own_cache[key]
+    rows = store.read_rows(
+        "SELECT ss.name FROM score_sources ss WHERE ss.kind IN ('label', 'verifier') AND EXISTS "
+        "(SELECT 1 FROM scores s WHERE s.source_id = ss.source_id AND s.metric = 'correct') "
+        "ORDER BY ss.kind <> 'label', ss.source_id", db=db,
+    )
+    names = tuple(r[0] for r in rows)
+    with _own_lock:
+        if len(_own_cache) > 16:
+            _own_cache.clear()
+        _own_cache[key] = names
+    return names
+
+
+def _sources_of(source: str | None, *, db=None) -> tuple[str, ...]:
+    """A filter's source field as the priority list of sources it reads."""
+    if not source:
+        return ()
+    return own_correctness_sources(db=db) if source == OWN_CORRECTNESS else (source,)
+
+
+def _score_join(alias: str, sources: tuple[str, ...], metric: str, params: list) -> tuple[str, str]:
+    """(select column, LEFT JOIN) for one metric as column ``alias``, from one source or, given
+    several, from the first of them (in order) that has a value for the CoT.
 
     A hash join on the source's scores: at 2M CoTs a correlated subquery per row costs
     several times more."""
-    if not source:
+    if not sources:
         return f", NULL::DOUBLE AS {alias}", ""
-    params.extend([source, metric])
-    join = (
-        f" LEFT JOIN (SELECT s.cot_id, any_value(s.value) AS value FROM scores s "
-        f"JOIN score_sources ss USING (source_id) WHERE ss.name = ? AND s.metric = ? "
-        f"GROUP BY s.cot_id) {alias}_s ON {alias}_s.cot_id = c.cot_id"
-    )
+    if len(sources) == 1:
+        params.extend([sources[0], metric])
+        join = (
+            f" LEFT JOIN (SELECT s.cot_id, any_value(s.value) AS value FROM scores s "
+            f"JOIN score_sources ss USING (source_id) WHERE ss.name = ? AND s.metric = ? "
+            f"GROUP BY s.cot_id) {alias}_s ON {alias}_s.cot_id = c.cot_id"
+        )
+    else:
+        params.extend([list(sources), list(range(len(sources))), metric])
+        join = (
+            f" LEFT JOIN (SELECT s.cot_id, arg_min(s.value, w.priority) AS value FROM scores s JOIN "
+            f"(SELECT ss.source_id, w.priority FROM (SELECT unnest(?::VARCHAR[]) AS name, unnest(?::INTEGER[]) AS priority) w "
+            f"JOIN score_sources ss USING (name)) w USING (source_id) WHERE s.metric = ? AND s.value IS NOT NULL "
+            f"GROUP BY s.cot_id) {alias}_s ON {alias}_s.cot_id = c.cot_id"
+        )
     return f", {alias}_s.value AS {alias}", join
 
 
@@ -129,7 +238,7 @@ def matching_sql(f: CotFilter, *, text_columns: bool = False, db=None) -> tuple[
     joins = ""
     for alias, source, metric in (("rv", f.rv_source, "rv"), ("cd", f.cd_source, "cd"),
                                   ("correct_value", f.correct_source, "correct")):
-        column, join = _score_join(alias, source, metric, params)
+        column, join = _score_join(alias, _sources_of(source, db=db), metric, params)
         select += column
         joins += join
     if text_columns:
@@ -160,6 +269,10 @@ def matching_sql(f: CotFilter, *, text_columns: bool = False, db=None) -> tuple[
         condition, text_params = _text_condition(f.text, db)
         where.append(condition)
         params.extend(text_params)
+    for cond in f.conditions:
+        condition, cond_params = where_sql(cond)
+        where.append(condition)
+        params.extend(cond_params)
     sql = (
         f"{select} FROM cots c JOIN datasets d ON d.dataset_id = c.dataset_id "
         f"JOIN problems p ON p.problem_id = c.problem_id{joins} WHERE {' AND '.join(where)}"
@@ -218,20 +331,81 @@ def count(f: CotFilter, *, db=None) -> dict[str, int]:
     return {"cots": row[0], "problems": row[1]}
 
 
-def _page_scores(f: CotFilter, rows: pl.DataFrame, con) -> pl.DataFrame:
+def empty_diagnosis(f: CotFilter, *, db=None) -> pl.DataFrame:
+    """For a filter that matches nothing: each of its constraints (in words) and how many CoTs
+    the filter matches without it (the others kept), largest first. A constraint whose row
+    is non-zero is one that emptied the view on its own; if every row is 0, several
+    constraints together do."""
+    rows = [{"condition": label, "cots_without_it": count(relaxed, db=db)["cots"]} for label, relaxed in f.relaxations()]
+    schema = {"condition": pl.String, "cots_without_it": pl.Int64}
+    return pl.DataFrame(rows, schema=schema).sort("cots_without_it", descending=True, maintain_order=True)
+
+
+def correctness_in_use(source: str | None, *, datasets: tuple[str, ...] = (), db=None) -> pl.DataFrame:
+    """Which sources give each dataset's CoTs their correctness under ``source`` (a source name
+    or OWN_CORRECTNESS): dataset, n_cots (its CoTs), source, priority (0 is read first), cots
+    (its CoTs with a verdict from that source); a dataset no source judged has one row with
+    source None. One scan of the 'correct' scores (ids carry their dataset), no per-CoT join:
+    it runs after every store write, for the sidebar."""
+    sources = list(_sources_of(source, db=db))
+    where = "d.status = 'ready'"
+    params: list = [sources, list(range(len(sources)))]
+    if datasets:
+        where += f" AND d.name IN ({', '.join('?' * len(datasets))})"
+        params.extend(datasets)
+    return store.read_df(
+        "WITH w AS (SELECT ss.source_id, w.name, w.priority FROM (SELECT unnest(?::VARCHAR[]) AS name, "
+        " unnest(?::INTEGER[]) AS priority) w JOIN score_sources ss USING (name)), "
+        f"judged AS (SELECT (s.cot_id >> {store.ID_SHIFT})::INTEGER AS dataset_id, w.name AS source, w.priority, "
+        " count(*) AS cots FROM scores s JOIN w USING (source_id) WHERE s.metric = 'correct' AND s.value IS NOT NULL "
+        " GROUP BY ALL) "
+        "SELECT d.name AS dataset, d.n_cots, j.source, j.priority, coalesce(j.cots, 0) AS cots FROM datasets d "
+        f"LEFT JOIN judged j USING (dataset_id) WHERE {where} ORDER BY d.dataset_id, j.priority", params, db=db,
+    )
+
+
+def figure_values(cot_ids: list[int], figures: list, *, db=None) -> pl.DataFrame:
+    """cot_id and one column per figure (named by its label) for a few CoTs, e.g. a page of
+    Explore: the values of the figures the filter's conditions use."""
+    frame = pl.DataFrame({"cot_id": cot_ids}, schema={"cot_id": pl.Int64})
+    if not cot_ids or not figures:
+        return frame
+    with store.connect(db, read_only=True) as con:
+        for figure in dict.fromkeys(figures):
+            if figure.is_column:
+                sql = f"SELECT cot_id, {figure.metric}::DOUBLE AS value FROM cots WHERE cot_id IN (SELECT unnest(?::BIGINT[]))"
+                params = [cot_ids]
+            else:
+                table, key = ("scores", "cot_id") if figure.level == "cot" else ("problem_scores", "problem_id")
+                sql = (f"SELECT c.cot_id, any_value(v.value) AS value FROM cots c JOIN {table} v ON v.{key} = c.{key} "
+                       "JOIN score_sources ss ON ss.source_id = v.source_id AND ss.name = ? "
+                       "WHERE v.metric = ? AND c.cot_id IN (SELECT unnest(?::BIGINT[])) GROUP BY c.cot_id")
+                params = [figure.source, figure.metric, cot_ids]
+            values = store.fetch_pl(con, sql, params).rename({"value": figure.label()})
+            frame = frame.join(values.cast({"cot_id": pl.Int64}), on="cot_id", how="left", maintain_order="left")
+    return frame
+
+
+def _page_scores(f: CotFilter, rows: pl.DataFrame, con, db=None) -> pl.DataFrame:
     """``rows`` (a page read without score joins) with its rv, cd, correct_value and correct
     filled from ``f``'s sources: a look-up of the page's few ids, as the joins would give."""
-    wanted = [(alias, source, metric) for alias, source, metric in
+    wanted = [(alias, _sources_of(source, db=db), metric) for alias, source, metric in
               (("rv", f.rv_source, "rv"), ("cd", f.cd_source, "cd"), ("correct_value", f.correct_source, "correct"))
               if source]
+    wanted = [w for w in wanted if w[1]]
     if not wanted or rows.height == 0:
         return rows
-    picks = " ".join(f"any_value(s.value) FILTER (WHERE ss.name = ? AND s.metric = ?) AS {a}," for a, _, _ in wanted)
-    params: list = [p for _, source, metric in wanted for p in (source, metric)]
+    # per alias, the value of its first source (in priority order) that scored the CoT
+    picks = " ".join(f"arg_min(s.value, w.priority) FILTER (WHERE w.alias = '{a}') AS {a}," for a, _, _ in wanted)
+    pairs = [(alias, metric, name, i) for alias, names, metric in wanted for i, name in enumerate(names)]
+    aliases, metrics, names, priorities = (list(column) for column in zip(*pairs))
     values = store.fetch_pl(
-        con, f"SELECT s.cot_id, {picks.rstrip(',')} FROM scores s JOIN score_sources ss USING (source_id) "
-        f"WHERE s.cot_id IN (SELECT unnest(?::BIGINT[])) GROUP BY s.cot_id",
-        [*params, rows["cot_id"].to_list()],
+        con, f"SELECT s.cot_id, {picks.rstrip(',')} FROM scores s JOIN (SELECT w.*, ss.source_id FROM ("
+        "SELECT unnest(?::VARCHAR[]) AS alias, unnest(?::VARCHAR[]) AS metric, unnest(?::VARCHAR[]) AS name, "
+        "unnest(?::INTEGER[]) AS priority) w JOIN score_sources ss USING (name)) w "
+        "ON w.source_id = s.source_id AND w.metric = s.metric "
+        "WHERE s.value IS NOT NULL AND s.cot_id IN (SELECT unnest(?::BIGINT[])) GROUP BY s.cot_id",
+        [aliases, metrics, names, priorities, rows["cot_id"].to_list()],
     )
     filled = rows.drop([a for a, _, _ in wanted]).join(values, on="cot_id", how="left", maintain_order="left")
     filled = filled.with_columns(pl.col(a).cast(pl.Float64) for a, _, _ in wanted)
@@ -263,7 +437,7 @@ def page(
             f"JOIN problems p ON p.problem_id = m.problem_id ORDER BY {order} LIMIT ? OFFSET ?",
             [*params, int(limit), int(offset)],
         )
-        return _page_scores(f, rows, con) if lean is not None else rows
+        return _page_scores(f, rows, con, db) if lean is not None else rows
 
 
 def metric_frame(f: CotFilter, *, db=None) -> pl.DataFrame:

@@ -1,9 +1,24 @@
 """Recipes: a named, saved selection that can be applied again and gives the same CoTs.
 
-A recipe is a name, a base filter, score sources, a selection rule (mode and parameters) and a
-seed, written as JSON under ``store.data_dir() / "recipes"``. Loading gives back an equal
-recipe, and equal recipes keep the identical CoTs (the capacity sampler is seeded per CoT, see
-core.selection.uniform), as long as the store holds the same datasets.
+A recipe is a name, a base filter, score sources, conditions on figures, a selection rule
+(mode and parameters) and a seed, written as JSON under ``store.data_dir() / "recipes"``.
+Loading gives back an equal recipe, and equal recipes keep the identical CoTs (the capacity
+sampler is seeded per CoT, see core.selection.uniform), as long as the store holds the same
+datasets and figures.
+
+The file (format version 2; version 1 files, which have no conditions, still load)::
+
+    {"format_version": 2, "name": "...", "description": "...",
+     "base": {CotFilter fields; "conditions": [condition, ...]},
+     "sources": {"rv": [source, ...], "cd": [...], "correct": [...]},
+     "conditions": [condition, ...],      # the selection's own, applied inside the pool
+     "mode": "thresholds" | "capacity" | "per_problem" | "target",
+     "params": {the rule's fields; "score": {"metric", "source", "level", "higher_is_better"}},
+     "seed": 0}
+
+where a condition is ``{"level": "cot" | "problem", "source": name or null (a CoT column),
+"metric": ..., "lo": number or null, "hi": number or null, "missing": false}`` (see
+core/figures.py). ``base.correct_source`` may be ``"@own"``: each dataset's own verdict.
 
     >>> from core import recipes, selection
     >>> r = recipes.Recipe("thoughtx-cd4", selection.Selection(rule=selection.Thresholds(rv_range=(3, 5))))
@@ -27,9 +42,11 @@ import polars as pl
 
 from core import selection, store
 from core.errors import UserError
+from core.figures import Condition, FigureError
 from core.queries import CotFilter
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no conditions anywhere
 
 
 class RecipeError(UserError):
@@ -44,7 +61,11 @@ def filter_from_dict(data: dict[str, Any]) -> CotFilter:
     unknown = set(data) - known
     if unknown:
         raise RecipeError(f"the recipe's filter has fields this version does not know: {sorted(unknown)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "conditions"}
+    try:
+        kwargs["conditions"] = tuple(Condition.from_dict(c) for c in data.get("conditions") or ())
+    except FigureError as exc:
+        raise RecipeError(f"the recipe's filter has a bad condition: {exc}") from exc
     return CotFilter(**kwargs)
 
 
@@ -62,6 +83,7 @@ class Recipe:
             "description": self.description,
             "base": sel.base.as_dict(),
             "sources": sel.sources.as_dict(),
+            "conditions": [c.as_dict() for c in sel.conditions],
             "mode": sel.rule.mode,
             "params": selection.rule_as_dict(sel.rule),
             "seed": sel.seed,
@@ -70,14 +92,22 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise RecipeError(f"recipe format version {version!r} is not supported (this version reads {FORMAT_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise RecipeError(f"recipe format version {version!r} is not supported (this version reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))})")
+        if version == 1 and data.get("conditions"):
+            raise RecipeError("a version 1 recipe has no conditions; write it as format_version 2")
+        try:
+            conditions = tuple(Condition.from_dict(c) for c in data.get("conditions") or ())
+        except FigureError as exc:
+            raise RecipeError(f"the recipe has a bad condition: {exc}") from exc
         try:
             sel = selection.Selection(
                 base=filter_from_dict(data.get("base") or {}),
                 rule=selection.rule_from_dict(data["mode"], data.get("params") or {}),
                 sources=selection.ScoreSources.from_dict(data.get("sources") or {}),
                 seed=int(data.get("seed", 0)),
+                conditions=conditions,
             )
             return cls(name=str(data["name"]), selection=sel, description=str(data.get("description", "")))
         except KeyError as exc:

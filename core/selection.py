@@ -1,16 +1,29 @@
 """Selection: which of the CoTs a base filter matches are kept for training.
 
-A :class:`Selection` is a base :class:`~core.queries.CotFilter` (the pool), the score sources
-its RV, CD and correctness come from, one *rule* that decides kept vs dropped inside the pool,
-and a seed. The rules:
+A :class:`Selection` is
 
-* :class:`Thresholds` -- RV range, CD range, token range, correctness required (EasyDistill's
-  ThoughtX recipe: verified correct, 3 <= RV <= 5, a chosen CD);
+* a base :class:`~core.queries.CotFilter`: the *pool* (the sidebar's filter);
+* ``conditions``: any number of :class:`core.figures.Condition` on any figure (a CoT column,
+  any (source, metric) of ``scores`` or ``problem_scores``: a judge's ``logic``, a stage's
+  pass rate or overthinking tail, ...). They are applied first, inside the pool: a CoT that
+  fails one is dropped with that condition's own reason ("no logic · judge X", "logic · judge X
+  below 1"), counted in the report's reasons like any other;
+* one *rule* that decides kept vs dropped among the CoTs that pass the conditions;
+* the score sources its RV, CD and correctness come from, and a seed.
+
+The rules:
+
+* :class:`Thresholds` -- RV range, CD range, token range, correctness required. EasyDistill's
+  ThoughtX recipe is 3 <= RV <= 5, one CD level, and the judge's logical correctness = 1: a
+  Thresholds rule plus the condition ``Condition(Figure("logic", judge_source), lo=1)``;
 * :class:`CapacityMatched` -- the OmniThought paper's selection: per problem, draw ``k`` CoTs
   with weight ``w = exp(-lambda * max(0, CD - C) - beta * |CD - RV|)`` without replacement;
 * :class:`PerProblem` -- shortest correct CoT, top-k by a score, or every correct CoT;
 * :class:`TargetSize` -- about N CoTs, split across models (or datasets) in the pool's
   proportions, keeping within each group the shortest correct or the best by a score.
+
+A rule's ``score`` (:class:`Score`) may be any figure: a CoT column, a (source, metric) of
+``scores``, or of ``problem_scores`` (``Score("pass_rate", "difficulty", level="problem")``).
 
 Everything runs in DuckDB SQL over the *pool* (ids and numbers of the matching CoTs, never
 their text; no Python loop over rows): :func:`decide` gives one row per pool CoT with ``kept``
@@ -20,15 +33,35 @@ across runs, machines and DuckDB versions: each CoT's uniform number is plain in
 arithmetic on ``(seed, cot_id)`` (see :func:`uniform`).
 
     >>> from core.queries import CotFilter
+    >>> from core.figures import Condition, Figure
     >>> sources = default_score_sources()
-    >>> sel = Selection(CotFilter(), CapacityMatched.preset("7B"), sources, seed=0)
-    >>> report = evaluate(sel)          # counts per model, dataset, CD level; histograms
+    >>> logic = Condition(Figure("logic", "judge qwen7b"), lo=1)
+    >>> sel = Selection(CotFilter(), CapacityMatched.preset("7B"), sources, seed=0, conditions=(logic,))
+    >>> report = evaluate(sel)          # counts per model, dataset, CD level; reasons; histograms
     >>> ids = kept_ids(sel)             # polars Series of cot_id, ascending
 
 For an interactive page, read the pool once (``pool = load_pool(sel)``, a LoadedPool) and pass
 it to ``decide``/``evaluate``/``kept_ids``/``dropped_page``: they then run in memory and never
 touch the store. A Thresholds rule's report then comes from the pool's index without deciding
-every CoT (milliseconds at 2M CoTs; bench/bench_select.py).
+every CoT (milliseconds at 2M CoTs; bench/bench_select.py). The pool holds every figure the
+conditions and the score use, read in the same one pass over ``scores`` as RV, CD and
+correctness; moving a condition's bounds does not re-read it (see :func:`pool_key`).
+
+Adding a rule
+-------------
+1. A frozen dataclass with ``mode: ClassVar[str]`` (its name in recipes) and its parameters,
+   validated in ``__post_init__`` with a sentence a researcher can act on. If it ranks by a
+   figure, give it a ``score: Score | None`` field: the pool then carries that figure as the
+   ``score`` column, whatever its level or source.
+2. Its SQL step, ``_add_<name>(chain, rule, sel, con)``: CTEs over the relation ``pool`` (one
+   row per CoT that passed the conditions, POOL_COLUMNS plus the condition figures) ending in
+   one named ``decision`` with every column of ``pool`` plus ``weight`` (DOUBLE or NULL),
+   ``kept`` (BOOLEAN) and ``reason`` (why a dropped CoT was dropped; NULL when kept). Use
+   ``chain.add(name, sql, params)``; ``_add_ranked`` does "keep the first k of each partition".
+3. One entry in ``RULES`` and in ``_STEPS``; widgets on pages/select.py.
+
+Conditions, reasons, reports, recipes (``rule_as_dict``) and the export manifest then work
+for it with nothing else to write.
 """
 
 from __future__ import annotations
@@ -44,7 +77,9 @@ import duckdb
 import polars as pl
 
 from core import queries, store
+from core.errors import UserError
 from core.render import inert_figure
+from core.figures import COT_COLUMNS, Condition, Figure, passes_sql, reason_sql
 from core.queries import CotFilter
 
 # ---------------------------------------------------------------------------- parameters
@@ -68,37 +103,48 @@ class ScoreSources:
     def from_dict(cls, data: dict[str, Any]) -> ScoreSources:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown score metric(s) {sorted(unknown)}; expected rv, cd, correct")
+            raise UserError(f"unknown score metric(s) {sorted(unknown)}; expected rv, cd, correct")
         return cls(**{k: tuple(str(v) for v in data.get(k) or ()) for k in ("rv", "cd", "correct")})
 
 
 def default_score_sources(*, db=None) -> ScoreSources:
     """Every source that gave each metric, in the order they entered the store (dataset
-    labels first, later judges and verifiers after)."""
-    return ScoreSources(*(tuple(queries.sources(m, db=db)) for m in ("rv", "cd", "correct")))
+    labels first, later judges and verifiers after). Correctness lists each dataset's own
+    sources first (its labels, then math-verify: queries.own_correctness_sources), then any
+    other source that gave it, so a CoT takes its dataset's own verdict, as the sidebar does."""
+    own = queries.own_correctness_sources(db=db)
+    correct = (*own, *(s for s in queries.sources("correct", db=db) if s not in own))
+    return ScoreSources(tuple(queries.sources("rv", db=db)), tuple(queries.sources("cd", db=db)), correct)
 
 
 # Per-CoT numeric columns a rule may rank by without a score source.
-COLUMN_SCORES = ("n_tokens", "n_chars", "n_paragraphs", "n_reflections")
+COLUMN_SCORES = tuple(COT_COLUMNS)
 
 
 @dataclass(frozen=True)
 class Score:
-    """What to rank by: ``metric`` from score source ``source`` (e.g. rv from a judge), or,
-    with ``source`` None, a per-CoT column (one of COLUMN_SCORES)."""
+    """What to rank by: any figure (core.figures): ``metric`` from score source ``source`` at
+    ``level`` 'cot' (scores) or 'problem' (problem_scores: every CoT of a problem ranks by its
+    problem's value), or, with ``source`` None, a per-CoT column (one of COLUMN_SCORES)."""
 
     metric: str
     source: str | None = None
     higher_is_better: bool = True
+    level: str = "cot"
 
     def __post_init__(self):
         if self.source is None and self.metric not in COLUMN_SCORES:
-            raise ValueError(
+            raise UserError(
                 f"'{self.metric}' needs a score source; without one, rank by {', '.join(COLUMN_SCORES)}"
             )
+        self.figure  # validates the level
+
+    @property
+    def figure(self) -> Figure:
+        return Figure(self.metric, self.source, self.level)
 
     def label(self) -> str:
-        where = f" ({self.source})" if self.source else ""
+        where = f" ({self.source}{', per problem' if self.level == 'problem' else ''})" if self.source else ""
         return f"{self.metric}{where}, {'highest' if self.higher_is_better else 'lowest'} first"
 
 
@@ -155,9 +201,9 @@ class CapacityMatched:
 
     def __post_init__(self):
         if self.k < 1:
-            raise ValueError("k (CoTs kept per problem) must be at least 1")
+            raise UserError("k (CoTs kept per problem) must be at least 1")
         if self.lam < 0 or self.beta < 0:
-            raise ValueError("lambda and beta must not be negative")
+            raise UserError("lambda and beta must not be negative")
         for name in ("capacity", "lam", "beta"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
@@ -165,7 +211,7 @@ class CapacityMatched:
     def preset(cls, student: str, **changes) -> CapacityMatched:
         """The paper's setting for a student size ('7B' -> C = 5, '32B' -> C = 7; beta 0.5)."""
         if student not in CAPACITY_PRESETS:
-            raise ValueError(f"no capacity preset for '{student}'; choose {', '.join(CAPACITY_PRESETS)}")
+            raise UserError(f"no capacity preset for '{student}'; choose {', '.join(CAPACITY_PRESETS)}")
         return cls(capacity=CAPACITY_PRESETS[student], beta=0.5, **changes)
 
 
@@ -185,11 +231,11 @@ class PerProblem:
 
     def __post_init__(self):
         if self.rule not in PER_PROBLEM_RULES:
-            raise ValueError(f"unknown per-problem rule '{self.rule}'; choose {', '.join(PER_PROBLEM_RULES)}")
+            raise UserError(f"unknown per-problem rule '{self.rule}'; choose {', '.join(PER_PROBLEM_RULES)}")
         if self.rule == "top_k" and self.score is None:
-            raise ValueError("top-k per problem needs a score to rank by")
+            raise UserError("top-k per problem needs a score to rank by")
         if self.k < 1:
-            raise ValueError("k (CoTs kept per problem) must be at least 1")
+            raise UserError("k (CoTs kept per problem) must be at least 1")
 
 
 TARGET_BALANCE = ("model", "dataset", "model_dataset")
@@ -212,13 +258,13 @@ class TargetSize:
 
     def __post_init__(self):
         if self.n < 0:
-            raise ValueError("the target size must not be negative")
+            raise UserError("the target size must not be negative")
         if self.balance not in TARGET_BALANCE:
-            raise ValueError(f"balance by one of {', '.join(TARGET_BALANCE)}")
+            raise UserError(f"balance by one of {', '.join(TARGET_BALANCE)}")
         if self.within not in TARGET_WITHIN:
-            raise ValueError(f"keep within groups by one of {', '.join(TARGET_WITHIN)}")
+            raise UserError(f"keep within groups by one of {', '.join(TARGET_WITHIN)}")
         if self.within == "score" and self.score is None:
-            raise ValueError("keeping the best by score needs a score")
+            raise UserError("keeping the best by score needs a score")
 
 
 Rule = Thresholds | CapacityMatched | PerProblem | TargetSize
@@ -234,12 +280,12 @@ def rule_as_dict(rule: Rule) -> dict[str, Any]:
 def rule_from_dict(mode: str, params: dict[str, Any]) -> Rule:
     """Inverse of :func:`rule_as_dict`: the exact rule back."""
     if mode not in RULES:
-        raise ValueError(f"unknown selection mode '{mode}'; expected one of {', '.join(RULES)}")
+        raise UserError(f"unknown selection mode '{mode}'; expected one of {', '.join(RULES)}")
     cls = RULES[mode]
     known = {f.name for f in fields(cls)}
     unknown = set(params) - known
     if unknown:
-        raise ValueError(f"the {mode} rule has no parameter(s) {sorted(unknown)}")
+        raise UserError(f"the {mode} rule has no parameter(s) {sorted(unknown)}")
     kwargs = dict(params)
     if kwargs.get("score") is not None:
         kwargs["score"] = Score(**kwargs["score"])
@@ -251,12 +297,18 @@ def rule_from_dict(mode: str, params: dict[str, Any]) -> Rule:
 
 @dataclass(frozen=True)
 class Selection:
-    """A pool (base filter), the sources its scores come from, a rule and a seed."""
+    """A pool (base filter), conditions applied inside it (each drop counted under its own
+    reason), a rule deciding among the CoTs that pass them, the sources the pool's RV, CD and
+    correctness come from, and a seed."""
 
     base: CotFilter = field(default_factory=CotFilter)
     rule: Rule = field(default_factory=Thresholds)
     sources: ScoreSources = field(default_factory=ScoreSources)
     seed: int = 0
+    conditions: tuple[Condition, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "conditions", tuple(self.conditions))
 
 
 # ---------------------------------------------------------------------------- the pool
@@ -272,41 +324,86 @@ POOL_COLUMNS = (
     "n_reflections", "truncated", "rv", "cd", "correct", "score",
 )
 
+
 def _rule_score(rule: Rule) -> Score | None:
     return getattr(rule, "score", None)
 
 
+def condition_figures(sel: Selection) -> list[Figure]:
+    """The figures the selection's conditions read that are not CoT columns, in order, each
+    once: the pool carries each as column ``fig_<i>`` (figure_column)."""
+    return list(dict.fromkeys(c.figure for c in sel.conditions if not c.figure.is_column))
+
+
+def figure_column(sel: Selection, figure: Figure) -> str:
+    """The pool column holding ``figure``'s value."""
+    return figure.metric if figure.is_column else f"fig_{condition_figures(sel).index(figure)}"
+
+
+def pool_columns(sel: Selection) -> tuple[str, ...]:
+    """POOL_COLUMNS plus one column per figure the conditions read."""
+    return (*POOL_COLUMNS, *(f"fig_{i}" for i in range(len(condition_figures(sel)))))
+
+
 def pool_key(sel: Selection) -> str:
-    """What a selection's pool depends on (base filter, sources, the score's source), as
-    text: two selections with equal keys share a pool."""
+    """What a selection's pool depends on (base filter, sources, the score's figure, the
+    figures the conditions read, not their bounds), as text: two selections with equal keys
+    share a pool, so moving a condition's bounds does not read the store again."""
     score = _rule_score(sel.rule)
-    return json.dumps({
+    key = {
         "base": sel.base.to_params(), "sources": sel.sources.as_dict(),
         "score": [score.metric, score.source] if score is not None and score.source is not None else None,
-    }, sort_keys=True)
+    }
+    if score is not None and score.source is not None and score.level != "cot":
+        key["score"].append(score.level)
+    if sel.conditions:
+        key["figures"] = [f.as_dict() for f in condition_figures(sel)]
+    return json.dumps(key, sort_keys=True)
+
+
+def _problem_join(alias: str, figure: Figure, params: list) -> str:
+    """LEFT JOIN giving ``{alias}.value``: a problem figure's value for each pool row's problem."""
+    params.extend([figure.source, figure.metric])
+    return (f" LEFT JOIN (SELECT v.problem_id, any_value(v.value) AS value FROM problem_scores v "
+            f"JOIN score_sources vs ON vs.source_id = v.source_id AND vs.name = ? WHERE v.metric = ? "
+            f"AND v.value IS NOT NULL GROUP BY v.problem_id) {alias} ON {alias}.problem_id = b.problem_id")
 
 
 def pool_sql(sel: Selection, *, db=None) -> tuple[str, list]:
-    """SQL for the pool (POOL_COLUMNS) of a selection, with its parameters.
+    """SQL for the pool (pool_columns(sel)) of a selection, with its parameters.
 
-    The scores table is long (one row per CoT, source and metric), so RV, CD, correctness and
-    the rule's score are pivoted in one pass over it: every wanted (source, metric) pair gets
-    a column alias and a priority, and each alias takes the value of its best-priority source
-    (arg_min) among the pairs that scored the CoT."""
+    The scores table is long (one row per CoT, source and metric), so RV, CD, correctness, the
+    rule's score and the conditions' CoT figures are pivoted in one pass over it: every wanted
+    (source, metric) pair gets a column alias and a priority, and each alias takes the value of
+    its best-priority source (arg_min) among the pairs that scored the CoT. A problem figure
+    (the score's or a condition's) is one join on its rows of problem_scores."""
     base_sql, params = queries.matching_sql(sel.base, db=db)
     score = _rule_score(sel.rule)
     picks = [("rv", "rv", sel.sources.rv), ("cd", "cd", sel.sources.cd), ("correct", "correct", sel.sources.correct)]
+    problem_figures: list[tuple[str, Figure]] = []
     if score is not None and score.source is not None:
-        picks.append(("score", score.metric, (score.source,)))
+        if score.level == "cot":
+            picks.append(("score", score.metric, (score.source,)))
+        else:
+            problem_figures.append(("score", score.figure))
+    figures = condition_figures(sel)
+    for i, figure in enumerate(figures):
+        if figure.level == "cot":
+            picks.append((f"fig_{i}", figure.metric, (figure.source,)))
+        else:
+            problem_figures.append((f"fig_{i}", figure))
     wanted = [(alias, metric, name, priority) for alias, metric, names in picks for priority, name in enumerate(names)]
     select = [
         "b.cot_id, b.problem_id, b.dataset_id, b.dataset, b.model, b.n_tokens, b.n_chars, b.n_paragraphs, "
         "b.n_reflections, b.truncated"
     ]
     used = {alias for alias, *_ in wanted}
-    for alias in ("rv", "cd", "correct", "score"):
+    from_problem = {alias for alias, _ in problem_figures}
+    for alias in ("rv", "cd", "correct", "score", *(f"fig_{i}" for i in range(len(figures)))):
         if alias in used:
             select.append("(p.correct = 1) AS correct" if alias == "correct" else f"p.{alias}")
+        elif alias in from_problem:
+            select.append(f"{alias}_p.value AS {alias}")
         else:
             select.append("NULL::BOOLEAN AS correct" if alias == "correct" else f"NULL::DOUBLE AS {alias}")
     sql = f"SELECT {', '.join(select)} FROM ({base_sql}) b"
@@ -323,7 +420,32 @@ def pool_sql(sel: Selection, *, db=None) -> tuple[str, list]:
             ") p ON p.cot_id = b.cot_id"
         )
         params = [*params, aliases, metrics, names, priorities]
+    for alias, figure in problem_figures:
+        sql += _problem_join(f"{alias}_p", figure, params)
     return sql, params
+
+
+def _conditions_reason(sel: Selection) -> tuple[str, list]:
+    """SQL over the pool's columns: why a CoT fails the selection's conditions (every failed
+    condition, '; '-joined), NULL when it passes them all."""
+    if not sel.conditions:
+        return "NULL::VARCHAR", []
+    checks, params = [], []
+    for cond in sel.conditions:
+        check, check_params = reason_sql(cond, figure_column(sel, cond.figure))
+        checks.append(check)
+        params.extend(check_params)
+    return f"nullif(concat_ws('; ', {', '.join(checks)}), '')", params
+
+
+def _conditions_pass(sel: Selection) -> tuple[str, list]:
+    """SQL over the pool's columns, true exactly for the CoTs that pass every condition."""
+    terms, params = ["true"], []
+    for cond in sel.conditions:
+        term, term_params = passes_sql(cond, figure_column(sel, cond.figure))
+        terms.append(f"({term})")
+        params.extend(term_params)
+    return " AND ".join(terms), params
 
 
 # Token-length histograms of a report have about this many bins (see _nice_width).
@@ -332,14 +454,17 @@ TOKEN_BINS = 40
 
 class LoadedPool:
     """A selection's pool held in memory for an interactive page: a native table ``pool_in``
-    (POOL_COLUMNS) in a private in-memory DuckDB, plus an index that answers a Thresholds
+    (pool_columns) in a private in-memory DuckDB, plus an index that answers a Thresholds
     rule's whole report without a pass over the rows (see _thresholds_report).
 
     The index: the pool's CoTs grouped by every value a threshold looks at except the token
     count (model, dataset, RV, CD, correctness: a few thousand groups at most on real labels),
     and inside each group the CoTs sorted by token count. A token range is then two binary
-    searches per group, each group passes or fails the RV/CD/correctness checks as a whole,
-    and the kept CoTs of a group are one contiguous run of the sorted rows.
+    searches per group, each group passes or fails the RV/CD/correctness checks as a whole, and
+    the kept CoTs of a group are one contiguous run of the sorted rows. A selection's conditions
+    are a mask over the sorted rows (from the figure columns they read, in the same order), and
+    counts inside a run are differences of its cumulative sum: moving a condition's bounds costs
+    one vectorised pass over one column, not a new index.
 
     Safe to share between threads (Streamlit sessions): every query runs on its own cursor."""
 
@@ -348,6 +473,8 @@ class LoadedPool:
     _TOKEN_OFFSET = 1 << 31
 
     def __init__(self, key: str, table, *, token_bins: int = TOKEN_BINS):
+        import threading
+
         import numpy as np
 
         self.key = key
@@ -359,6 +486,11 @@ class LoadedPool:
         self.n_cots, self.n_problems, top = self._con.execute(
             "SELECT count(*), count(DISTINCT problem_id), coalesce(max(n_tokens), 0) FROM pool_in"
         ).fetchall()[0]
+        # CoTs with a value, per column: what the page needs to hide controls for absent metrics
+        self.known = dict(zip(
+            ("rv", "cd", "correct", "n_tokens"),
+            self._con.execute("SELECT count(rv), count(cd), count(correct), count(n_tokens) FROM pool_in").fetchall()[0],
+        ))
         self.token_width = _nice_width(float(top), token_bins)
         self.token_n_bins = int(top // self.token_width) + 1
         keys = ("model", "dataset", "rv", "cd", "correct")
@@ -385,11 +517,13 @@ class LoadedPool:
             f"FROM pool_in r JOIN pool_groups g ON {same_group} JOIN problems p ON p.problem_id = r.problem_id "
             "ORDER BY key"
         ).fetchnumpy()
-        self._con.execute("DROP TABLE pool_groups")
+        # kept for _rows_in_order (the first condition); a table of a few thousand rows
+        self._same_group = same_group
         self.row_keys = np.asarray(rows["key"], dtype=np.int64)
         if len(self.row_keys) != self.n_cots:  # every row belongs to exactly one group
             raise RuntimeError(f"pool index: {len(self.row_keys)} rows indexed of {self.n_cots}")
         self.row_problem = np.asarray(rows["problem"], dtype=np.int32)
+        self._ordered = None  # (problem, pool_in rowid) of each sorted row, read on the first condition
         g = np.arange(self.groups.height, dtype=np.int64) * self._GROUP_STRIDE
         self.group_start = np.searchsorted(self.row_keys, g)
         self.group_end = np.searchsorted(self.row_keys, g + self._GROUP_STRIDE)
@@ -399,6 +533,69 @@ class LoadedPool:
             "SELECT floor(n_tokens / ?) * ? AS lo, count(*) AS pool FROM pool_in WHERE n_tokens IS NOT NULL GROUP BY ALL",
             [self.token_width, self.token_width],
         )
+        self._lock = threading.Lock()
+        self._sorted: dict[str, object] = {}
+        self._masks: dict[str, tuple] = {}  # per set of conditions: see condition_mask
+
+    MASKS_KEPT = 8  # condition sets whose row mask is kept (a threshold move reuses its set's)
+
+    def condition_mask(self, sel: Selection) -> tuple:
+        """(passes, cumulative sum of passes with a leading 0, {reason: CoTs} of the rows that
+        fail, each row's problem) of ``sel``'s conditions over the sorted rows
+        (_condition_codes), kept per set of conditions so a threshold move under the same
+        conditions reuses it."""
+        import numpy as np
+
+        key = json.dumps([c.as_dict() for c in sel.conditions])
+        with self._lock:
+            found = self._masks.get(key)
+        if found is None:
+            codes, text = _condition_codes(sel, self)
+            passes = codes == 0
+            failed, counts = np.unique(codes[~passes], return_counts=True)
+            found = (passes, np.concatenate([[0], np.cumsum(passes, dtype=np.int64)]),
+                     {text(code): int(count) for code, count in zip(failed.tolist(), counts.tolist())},
+                     self._rows_in_order()[0])
+            with self._lock:
+                if len(self._masks) >= self.MASKS_KEPT:
+                    self._masks.pop(next(iter(self._masks)))
+                self._masks[key] = found
+        return found
+
+    def _rows_in_order(self):
+        """(problem, pool_in rowid) of each row in the index's order, ties broken by rowid so the
+        two arrays stay aligned: read once, on the first condition (the rowids cost a fifth of
+        the index's sort, which a pool without conditions does not pay)."""
+        import numpy as np
+
+        if self._ordered is None:
+            with contextlib.closing(self.cursor()) as con:
+                rows = con.execute(
+                    f"WITH problems AS (SELECT problem_id, (row_number() OVER (ORDER BY problem_id) - 1)::INTEGER AS "
+                    "problem FROM (SELECT DISTINCT problem_id FROM pool_in)) "
+                    f"SELECT p.problem, r.rowid AS row_id FROM pool_in r JOIN pool_groups g ON {self._same_group} "
+                    f"JOIN problems p ON p.problem_id = r.problem_id "
+                    f"ORDER BY g.gid, r.n_tokens NULLS LAST, r.rowid"
+                ).fetchnumpy()
+            self._ordered = (np.asarray(rows["problem"], dtype=np.int32), np.asarray(rows["row_id"], dtype=np.int64))
+        return self._ordered
+
+    def sorted_column(self, name: str):
+        """Column ``name`` of the pool as float64 (NaN for no value) in the index's row order
+        (_rows_in_order); read once per column (the figures the conditions use), then kept."""
+        import numpy as np
+
+        with self._lock:
+            found = self._sorted.get(name)
+            if found is None:
+                _, row_ids = self._rows_in_order()
+                with contextlib.closing(self.cursor()) as con:
+                    if name not in con.sql("SELECT * FROM pool_in LIMIT 0").columns:
+                        raise ValueError(f"the pool has no column {name!r}; load it for this selection")
+                    values = con.execute(f'SELECT "{name}"::DOUBLE AS v FROM pool_in ORDER BY rowid').fetchnumpy()["v"]
+                values = np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan)
+                found = self._sorted[name] = values[row_ids]
+            return found
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own to the pool's database (close it after use)."""
@@ -410,6 +607,40 @@ class LoadedPool:
 
     def close(self) -> None:
         self._con.close()
+
+
+def _condition_codes(sel: Selection, pool: LoadedPool):
+    """Per sorted row of ``pool``: 0 when it passes every condition of ``sel``, else a code
+    naming which conditions it fails and how (sum of state * 3**i, state 1: no value, 2: outside
+    the range or, for a has-no-value condition, has one); and the reason text of each code, as
+    _conditions_reason writes it."""
+    import numpy as np
+
+    codes = np.zeros(pool.n_cots, dtype=np.int64)
+    for i, cond in enumerate(sel.conditions):
+        values = pool.sorted_column(figure_column(sel, cond.figure))
+        missing = np.isnan(values)
+        if cond.missing:
+            state = np.where(missing, 0, 2)
+        else:
+            with np.errstate(invalid="ignore"):
+                inside = ~missing
+                if cond.lo is not None:
+                    inside &= values >= cond.lo
+                if cond.hi is not None:
+                    inside &= values <= cond.hi
+            state = np.where(missing, 1, np.where(inside, 0, 2))
+        codes += state * 3**i
+
+    def text(code: int) -> str:
+        parts = []
+        for i, cond in enumerate(sel.conditions):
+            state = (code // 3**i) % 3
+            if state:
+                parts.append(cond.reasons()[state - 1])
+        return "; ".join(parts)
+
+    return codes, text
 
 
 def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS) -> LoadedPool:
@@ -492,8 +723,14 @@ class _Chain:
         return f"WITH {', '.join(self.ctes)} {final}"
 
 
-# One row per pool CoT whatever the rule.
-DECISION_COLUMNS = (*POOL_COLUMNS, "weight", "kept", "reason")
+# One row per pool CoT whatever the rule (plus, with conditions, the figures they read: see
+# decision_columns).
+# ``passed_conditions``: false for a CoT the selection's conditions dropped (the rule never saw it).
+DECISION_COLUMNS = (*POOL_COLUMNS, "weight", "kept", "reason", "passed_conditions")
+
+
+def decision_columns(sel: Selection) -> tuple[str, ...]:
+    return (*pool_columns(sel), "weight", "kept", "reason", "passed_conditions")
 
 
 def _fmt(value: float) -> str:
@@ -503,7 +740,7 @@ def _fmt(value: float) -> str:
 _NOT_CORRECT = "CASE WHEN correct IS NULL THEN 'correctness unknown' ELSE 'incorrect' END"
 
 
-def _add_thresholds(chain: _Chain, rule: Thresholds) -> None:
+def _add_thresholds(chain: _Chain, rule: Thresholds, sel: Selection, con) -> None:
     checks, params = [], []
     for column, missing, outside, bounds in _threshold_checks(rule):
         checks.append(f"CASE WHEN {column} IS NULL THEN ? WHEN {column} NOT BETWEEN ? AND ? THEN ? END")
@@ -535,10 +772,10 @@ def _add_ranked(
     )
 
 
-def _add_capacity(chain: _Chain, rule: CapacityMatched, seed: int) -> None:
+def _add_capacity(chain: _Chain, rule: CapacityMatched, sel: Selection, con) -> None:
     chain.add(
         "weighed",
-        f"SELECT *, ? * greatest(0.0, cd - ?) + ? * abs(cd - rv) AS penalty, {_uniform_sql(seed)} AS u FROM pool",
+        f"SELECT *, ? * greatest(0.0, cd - ?) + ? * abs(cd - rv) AS penalty, {_uniform_sql(sel.seed)} AS u FROM pool",
         [rule.lam, rule.capacity, rule.beta],
     )
     # Efraimidis-Spirakis draws the k largest u^(1/w). Ranking by ln(-ln u) + penalty ascending
@@ -566,7 +803,7 @@ def _score_eligible(require_correct: bool) -> tuple[str, str]:
     return eligible, not_eligible
 
 
-def _add_per_problem(chain: _Chain, rule: PerProblem) -> None:
+def _add_per_problem(chain: _Chain, rule: PerProblem, sel: Selection, con) -> None:
     chain.add("pool_w", "SELECT *, NULL::DOUBLE AS weight FROM pool")
     k = str(int(rule.k))
     if rule.rule == "top_k":
@@ -621,14 +858,15 @@ def proportional_quotas(pool: dict[str, int], available: dict[str, int], n: int)
     return quotas
 
 
-def _target_counts(con, rule: TargetSize, relation: str) -> pl.DataFrame:
-    """Per balance group of ``relation`` (SQL with the pool's columns): CoTs, how many the
-    rule could keep (available), and the quota."""
+def _target_counts(con, rule: TargetSize, relation: str, params: list | None = None) -> pl.DataFrame:
+    """Per balance group of ``relation`` (SQL with the pool's columns, and its parameters):
+    CoTs, how many the rule could keep (available), and the quota."""
     eligible = _target_parts(rule)["eligible"]
     counts = store.fetch_pl(
         con,
         f"SELECT {_GROUP_EXPR[rule.balance]} AS group, count(*) AS pool, "
         f"count(*) FILTER (WHERE coalesce({eligible}, false)) AS available FROM ({relation}) GROUP BY ALL ORDER BY 1",
+        params,
     )
     quota = proportional_quotas(
         dict(zip(counts["group"], counts["pool"])), dict(zip(counts["group"], counts["available"])), rule.n
@@ -636,7 +874,9 @@ def _target_counts(con, rule: TargetSize, relation: str) -> pl.DataFrame:
     return counts.with_columns(quota=pl.Series([quota[g] for g in counts["group"]], dtype=pl.Int64))
 
 
-def _add_target(chain: _Chain, rule: TargetSize, quotas: pl.DataFrame) -> None:
+def _add_target(chain: _Chain, rule: TargetSize, sel: Selection, con) -> None:
+    # the quotas come from the pool's counts (the CTEs so far: the pool after the conditions)
+    quotas = _target_counts(con, rule, chain.sql("SELECT * FROM pool"), chain.params)
     parts = _target_parts(rule)
     chain.add("quotas", "SELECT unnest(?::VARCHAR[]) AS grp, unnest(?::BIGINT[]) AS quota",
               [quotas["group"].to_list(), quotas["quota"].to_list()])
@@ -649,27 +889,42 @@ def _add_target(chain: _Chain, rule: TargetSize, quotas: pl.DataFrame) -> None:
     )
 
 
-def _decision_sql(con, sel: Selection) -> tuple[str, list]:
-    """SQL over relation ``pool`` in ``con`` giving DECISION_COLUMNS: one row per pool CoT
-    with ``kept`` and, for a dropped one, the ``reason``."""
+# Each rule's SQL step: adds CTEs over relation ``pool`` ending in ``decision`` (see the module
+# docstring, "Adding a rule").
+_STEPS = {Thresholds: _add_thresholds, CapacityMatched: _add_capacity, PerProblem: _add_per_problem,
+          TargetSize: _add_target}
+
+
+def _decision_sql(con, sel: Selection, relation: str = "SELECT * FROM pool_in",
+                  relation_params: list | tuple = ()) -> tuple[str, list]:
+    """SQL over ``relation`` (default: the pool ``pool_in`` in ``con``) giving
+    decision_columns(sel): one row per CoT with ``kept`` and, for a dropped one, the ``reason``.
+
+    The conditions come first: a CoT failing one is dropped with the condition's reason and the
+    rule never sees it; the rule's step decides among the rest (relation ``pool``)."""
     chain = _Chain()
     rule = sel.rule
-    score = _rule_score(rule)
-    pool = "SELECT * FROM pool_in"
-    if score is not None and score.source is None:  # rank by a per-CoT column
-        pool = f"SELECT * REPLACE ({score.metric}::DOUBLE AS score) FROM pool_in"
-    chain.add("pool", pool)
-    if isinstance(rule, Thresholds):
-        _add_thresholds(chain, rule)
-    elif isinstance(rule, CapacityMatched):
-        _add_capacity(chain, rule, sel.seed)
-    elif isinstance(rule, PerProblem):
-        _add_per_problem(chain, rule)
-    elif isinstance(rule, TargetSize):
-        _add_target(chain, rule, _target_counts(con, rule, pool))
-    else:
+    step = _STEPS.get(type(rule))
+    if step is None:
         raise ValueError(f"unknown selection rule {rule!r}")
-    return chain.sql(f"SELECT {', '.join(DECISION_COLUMNS)} FROM decision"), chain.params
+    score = _rule_score(rule)
+    if score is not None and score.source is None:  # rank by a per-CoT column
+        relation = f"SELECT * REPLACE ({score.metric}::DOUBLE AS score) FROM ({relation})"
+    columns = ", ".join(decision_columns(sel)[:-1])
+    if sel.conditions:
+        reason, params = _conditions_reason(sel)
+        # the reason (in the select list) binds its parameters before the relation (in FROM)
+        chain.add("pool_all", f"SELECT *, {reason} AS cond_reason FROM ({relation})", [*params, *relation_params])
+        chain.add("pool", "SELECT * EXCLUDE (cond_reason) FROM pool_all WHERE cond_reason IS NULL")
+        step(chain, rule, sel, con)
+        final = (f"SELECT {columns}, true AS passed_conditions FROM decision UNION ALL SELECT {columns}, "
+                 "false AS passed_conditions FROM (SELECT *, NULL::DOUBLE AS weight, false AS kept, cond_reason AS reason "
+                 "FROM pool_all WHERE cond_reason IS NOT NULL)")
+    else:
+        chain.add("pool", relation, relation_params)
+        step(chain, rule, sel, con)
+        final = f"SELECT {columns}, true AS passed_conditions FROM decision"
+    return chain.sql(final), chain.params
 
 
 # ---------------------------------------------------------------------------- results
@@ -843,7 +1098,8 @@ def summarize(decision, sel: Selection, *, token_bins: int = 40) -> SelectionRep
                 f"SELECT {_GROUP_EXPR[rule.balance]} AS group, count(*) FILTER (WHERE kept) AS kept, "
                 f"({threshold} FILTER (WHERE kept))::DOUBLE AS threshold FROM sel_decision GROUP BY ALL",
             )
-            quotas = _target_counts(con, rule, "SELECT * FROM sel_decision").join(kept_by, on="group", how="left").sort("group")
+            quotas = _target_counts(con, rule, "SELECT * FROM sel_decision WHERE passed_conditions").join(
+                kept_by, on="group", how="left").sort("group")
     return SelectionReport(
         pool_cots=int(totals[0] or 0), kept_cots=int(totals[1] or 0), pool_problems=totals[2], kept_problems=totals[3],
         by_model=groups["model"], by_dataset=groups["dataset"], by_cd=groups["cd"], reasons=reasons,
@@ -857,7 +1113,7 @@ def evaluate(sel: Selection, *, pool=None, db=None, token_bins: int = TOKEN_BINS
     if pool is not None and isinstance(sel.rule, Thresholds) and token_bins == pool.token_bins and pool.n_cots:
         if pool.key != pool_key(sel):
             raise ValueError("this pool was loaded for another filter or other score sources; load it again")
-        return _thresholds_report(sel.rule, pool)
+        return _thresholds_report(sel, pool)
     return summarize(decide(sel, pool=pool, db=db), sel, token_bins=token_bins)
 
 
@@ -872,9 +1128,12 @@ def _threshold_checks(rule: Thresholds) -> list[tuple[str, str, str, tuple]]:
     return checks
 
 
-def _kept_predicate(rule: Thresholds) -> tuple[str, list]:
-    """SQL true exactly for the CoTs a Thresholds rule keeps (reason IS NULL in _add_thresholds)."""
-    terms, params = ["true"], []
+def _kept_predicate(sel: Selection) -> tuple[str, list]:
+    """SQL true exactly for the CoTs a Thresholds rule keeps after the selection's conditions
+    (reason IS NULL in _decision_sql)."""
+    rule = sel.rule
+    passes, params = _conditions_pass(sel)
+    terms = [passes]
     for column, _, _, bounds in _threshold_checks(rule):
         terms.append(f"coalesce({column} BETWEEN ? AND ?, false)")
         params.extend(bounds)
@@ -883,20 +1142,35 @@ def _kept_predicate(rule: Thresholds) -> tuple[str, list]:
     return " AND ".join(terms), params
 
 
-def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
+def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
     """A Thresholds rule's report from the pool's index; the same figures as summarize(decide()).
 
     Per group (model, dataset, RV, CD, correctness) the RV, CD and correctness checks pass or
     fail as a whole; the token range splits each group's sorted rows into unknown / outside /
-    inside by binary search. Counts per model, dataset, CD level, RV and reason are sums over
-    groups; the kept token histogram counts each passing group's rows per bin by binary search
-    too; problems with a kept CoT are marked from the kept runs of rows."""
+    inside by binary search. The selection's conditions are a mask over the sorted rows: rows
+    inside a run that pass them are a difference of the mask's cumulative sum, and the rows
+    that fail them are counted by their condition reason alone (the rule never sees them).
+    Counts per model, dataset, CD level, RV and reason are sums over groups; the kept token
+    histogram counts each passing group's rows per bin by binary search too; problems with a
+    kept CoT are marked from the kept runs of rows."""
     import numpy as np
 
+    rule = sel.rule
     groups, keys, stride, offset = pool.groups, pool.row_keys, pool._GROUP_STRIDE, pool._TOKEN_OFFSET
     n = groups["n"].to_numpy().astype(np.int64)
     n_known = groups["n_known"].to_numpy().astype(np.int64)
     gid = np.arange(groups.height, dtype=np.int64) * stride
+    group_start, group_end = pool.group_start.astype(np.int64), pool.group_end.astype(np.int64)
+    # rows of [start, end) that pass the conditions (all of them without conditions)
+    # (with conditions, each row's problem in the order the mask was read, ties by rowid)
+    passes, cumulative, condition_reasons, row_problem = (
+        pool.condition_mask(sel) if sel.conditions else (None, None, {}, pool.row_problem))
+
+    def passing(start, end):
+        start, end = np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64)
+        end = np.maximum(end, start)
+        return end - start if cumulative is None else cumulative[end] - cumulative[start]
+
     # state of each check per group: 0 passes, 1 value missing, 2 outside the range
     states: list[tuple[np.ndarray, str, str]] = []
     token_check = None
@@ -919,18 +1193,20 @@ def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
     if correct_state is not None:
         group_passes &= correct_state == 0
 
-    # rows of each group by token state; kept rows are [run_start, run_end) of the sorted rows
+    # rows of each group by token state (those passing the conditions); kept rows are the
+    # passing rows of [run_start, run_end) of the sorted rows
+    known_end = group_start + n_known  # unknown token counts sort last in their group
     if token_check is None:
-        run_start, run_end = pool.group_start, pool.group_end
-        token_rows = [(0, n)]
+        run_start, run_end = group_start, group_end
+        token_rows = [(0, passing(group_start, group_end))]
         t_lo, t_hi = -offset, offset - 1
     else:
         _, _, t_lo, t_hi = token_check
         run_start = np.searchsorted(keys, gid + (t_lo + offset), side="left")
         run_end = np.searchsorted(keys, gid + (t_hi + offset), side="right")
-        inside = np.maximum(run_end - run_start, 0)
-        token_rows = [(0, inside), (1, n - n_known), (2, n_known - inside)]
-    kept = np.where(group_passes, np.maximum(run_end - run_start, 0), 0)
+        inside = passing(run_start, run_end)
+        token_rows = [(0, inside), (1, passing(known_end, group_end)), (2, passing(group_start, known_end) - inside)]
+    kept = np.where(group_passes, passing(run_start, run_end), 0)
 
     frame = groups.select("model", "dataset", "cd_group", "rv_lo", "cd_lo", "rv", "cd", pool="n").with_columns(
         kept=pl.Series(kept, dtype=pl.Int64))
@@ -940,7 +1216,8 @@ def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
         for name, column in (("model", "model"), ("dataset", "dataset"), ("cd", "cd_group"))
     }
 
-    # drop reasons: every combination of failed checks, summed over groups
+    # drop reasons: every combination of failed checks, summed over groups; rows failing the
+    # conditions under the conditions' reason
     reason_counts: dict[str, int] = {}
     for token_state, rows in token_rows:
         rows = np.broadcast_to(rows, n.shape)
@@ -955,6 +1232,8 @@ def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
             reason = "; ".join(str(parts[i]) for parts in parts_per_group if parts[i])
             if reason:
                 reason_counts[reason] = reason_counts.get(reason, 0) + int(rows[i])
+    for reason, count in condition_reasons.items():
+        reason_counts[reason] = reason_counts.get(reason, 0) + count
     reasons = pl.DataFrame(
         {"reason": list(reason_counts), "cots": list(reason_counts.values())}, schema={"reason": pl.String, "cots": pl.Int64}
     ).sort(["cots", "reason"], descending=[True, False])
@@ -966,15 +1245,15 @@ def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
         histograms[column] = _histogram_frame(counts, 1.0, 10)
         missing[column] = int(frame["pool"].sum() - known["pool"].sum())
     # kept rows per token bin: per passing group and bin, the rows whose count is in the bin
-    # and in the range
+    # and in the range (and that pass the conditions)
     width, n_bins = pool.token_width, pool.token_n_bins
     edges = np.arange(n_bins, dtype=np.int64) * int(width)
     bin_lo = np.maximum(edges, t_lo)
     bin_hi = np.minimum(edges + int(width) - 1, t_hi)
-    passing = gid[group_passes][:, None]
-    first = np.searchsorted(keys, (passing + bin_lo + offset).ravel(), side="left")
-    last = np.searchsorted(keys, (passing + bin_hi + offset).ravel(), side="right")
-    per_bin = np.maximum(last - first, 0).reshape(passing.shape[0], n_bins).sum(axis=0)
+    passing_groups = gid[group_passes][:, None]
+    first = np.searchsorted(keys, (passing_groups + bin_lo + offset).ravel(), side="left")
+    last = np.searchsorted(keys, (passing_groups + bin_hi + offset).ravel(), side="right")
+    per_bin = passing(first, last).reshape(passing_groups.shape[0], n_bins).sum(axis=0)
     token_counts = pool.token_pool.join(
         pl.DataFrame({"lo": edges.astype(np.float64), "kept": per_bin.astype(np.int64)}), on="lo", how="left"
     ).with_columns(pl.col("kept").fill_null(0))
@@ -985,7 +1264,8 @@ def _thresholds_report(rule: Thresholds, pool: LoadedPool) -> SelectionReport:
     seen = np.zeros(pool.n_problems, dtype=bool)
     for start, end in zip(run_start[group_passes], run_end[group_passes]):
         if end > start:
-            seen[pool.row_problem[start:end]] = True
+            problems = row_problem[start:end]
+            seen[problems if passes is None else problems[passes[start:end]]] = True
     return SelectionReport(
         pool_cots=pool.n_cots, kept_cots=int(kept.sum()), pool_problems=pool.n_problems, kept_problems=int(seen.sum()),
         by_model=by["model"], by_dataset=by["dataset"], by_cd=by["cd"], reasons=reasons,
@@ -1011,6 +1291,10 @@ def dropped_page(
         "cot_id, problem_id, CAST(dataset AS VARCHAR) AS dataset, CAST(model AS VARCHAR) AS model, "
         "n_tokens, rv, cd, correct, score, weight, CAST(reason AS VARCHAR) AS reason"
     )
+    if sel is not None:  # the values of the figures the conditions read, under their labels
+        for figure in condition_figures(sel):
+            label = figure.label().replace('"', '""')
+            columns += f', {figure_column(sel, figure)} AS "{label}"'
     if decision is not None:
         with _decision_connection(decision) as con:
             rows = store.fetch_pl(
@@ -1020,13 +1304,13 @@ def dropped_page(
     elif sel is None or pool is None:
         raise ValueError("dropped_page needs a decision, or a selection and its loaded pool")
     elif isinstance(sel.rule, Thresholds) and sort_by not in ("reason", "weight"):
-        kept, kept_params = _kept_predicate(sel.rule)
-        chain = _Chain()
-        chain.add("pool", f"SELECT * FROM pool_in WHERE NOT ({kept}) ORDER BY {order} LIMIT ? OFFSET ?",
-                  [*kept_params, int(limit), int(offset)])
-        _add_thresholds(chain, sel.rule)
+        # the page's rows first, then the conditions and the rule on those rows only (a
+        # threshold decides each CoT on its own, so the reasons are those of the whole decision)
+        kept, kept_params = _kept_predicate(sel)
+        page_rows = f"SELECT * FROM pool_in WHERE NOT ({kept}) ORDER BY {order} LIMIT ? OFFSET ?"
         with _pool_connection(sel, pool, db) as con:
-            rows = store.fetch_pl(con, chain.sql(f"SELECT {columns} FROM decision ORDER BY {order}"), chain.params)
+            sql, params = _decision_sql(con, sel, page_rows, [*kept_params, int(limit), int(offset)])
+            rows = store.fetch_pl(con, f"SELECT {columns} FROM ({sql}) ORDER BY {order}", params)
     else:
         with _pool_connection(sel, pool, db) as con:
             sql, params = _decision_sql(con, sel)

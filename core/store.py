@@ -134,6 +134,14 @@ def db_path(path: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def write_stamp(path: str | os.PathLike | None = None) -> tuple[float, float]:
+    """Changes whenever the store is written (the file or its WAL): a cache key for figures read
+    from it. A read-only connection leaves it unchanged."""
+    target = db_path(path)
+    wal = target.with_name(target.name + ".wal")
+    return (target.stat().st_mtime if target.exists() else 0.0, wal.stat().st_mtime if wal.exists() else 0.0)
+
+
 def data_dir() -> Path:
     """Where exports, recipes, jobs and models go: $THOUGHTSCOPE_DATA, else data/."""
     path = Path(os.environ.get("THOUGHTSCOPE_DATA") or ROOT / "data").expanduser().resolve()

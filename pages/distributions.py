@@ -1,7 +1,9 @@
 """Distributions: length by correctness, RV / CD, accuracy across token budgets, Mean@k and
 Pass@k, per-problem pass rate, all on every CoT the sidebar filter matches.
 
-Clicking a bar or a heatmap cell narrows the shared filter to it.
+Clicking a bar or a heatmap cell narrows the shared filter to it. A chart whose metric the
+matching CoTs have no value for (RV on data without RV labels, accuracy without a verdict) is
+not drawn: a sentence says which source has nothing for them.
 """
 
 from __future__ import annotations
@@ -98,15 +100,20 @@ with common.guard():
         if not cat["datasets"]:
             st.info("The store is empty: ingest a dataset on the Overview page (or `python -m core ingest PATH`).")
         else:
-            st.info("No CoT matches the filter; widen it in the sidebar.")
+            common.explain_empty(f)
         st.stop()
     n_problems = frames.derived("n_problems", f, lambda d: d["problem_id"].n_unique())
+    # CoTs with a value of each metric: a metric without any gets a sentence, not an empty chart
+    known = frames.derived("known", f, lambda d: {c: d.height - d[c].null_count() for c in ("rv", "cd", "correct")})
+    absent = [(name, source) for name, column, source in (("RV", "rv", f.rv_source), ("CD", "cd", f.cd_source))
+              if source and not known[column]]
+    has_rv, has_cd = bool(f.rv_source and known["rv"]), bool(f.cd_source and known["cd"])
     st.caption(f"{df.height:,} CoTs of {n_problems:,} problems match the filter; every chart "
                "below is computed on all of them. Click a bar or a heatmap cell to narrow the filter.")
 
     # ---------------------------------------------------------------- length by correctness
     st.subheader("Length by correctness")
-    facet_choices = [name for name, col in charts.FACETS.items() if col != "cd" or f.cd_source]
+    facet_choices = [name for name, col in charts.FACETS.items() if col != "cd" or has_cd]
     c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
     facet_name = c1.selectbox("Facet by", facet_choices, key="dist_facet")
     kind = c2.radio("Show as", ["histogram", "ECDF"], horizontal=True, key="dist_kind").lower()
@@ -123,18 +130,21 @@ with common.guard():
     sentence = _score_sentence(f, cat)
     if sentence:
         st.info(sentence)
+    for name, source in absent:
+        st.info(f"None of the {df.height:,} matching CoTs has a {name} score from {source}; pick another {name} "
+                "source under 'RV / CD' in the sidebar, or run a judge on them from the Jobs page.")
     left, right = st.columns(2)
-    if f.rv_source:
+    if has_rv:
         with left:
             _selectable_chart(frames.derived("rv_hist", f, lambda d: charts.score_histogram_figure(
                 metrics.score_histogram(d, col="rv"), metric="rv", source=f.rv_source, n_cots=d.height,
                 unscored=metrics.score_null_count(d, col="rv"))), "rv_hist", "rv")
-    if f.cd_source:
+    if has_cd:
         with right:
             _selectable_chart(frames.derived("cd_hist", f, lambda d: charts.score_histogram_figure(
                 metrics.score_histogram(d, col="cd"), metric="cd", source=f.cd_source, n_cots=d.height,
                 unscored=metrics.score_null_count(d, col="cd"))), "cd_hist", "cd")
-    if f.rv_source and f.cd_source:
+    if has_rv and has_cd:
         _selectable_chart(frames.derived("rv_cd", f, lambda d: charts.rv_cd_heatmap(
             metrics.rv_cd_matrix(d), rv_source=f.rv_source, cd_source=f.cd_source, n_cots=d.height)),
             "rv_cd", "heatmap")
@@ -144,6 +154,10 @@ with common.guard():
     if not f.correct_source:
         st.info("Choose a correctness source in the sidebar to see accuracy; sources with correctness: "
                 f"{', '.join(cat['correct']) or 'none (run verification on the Jobs page)'}.")
+    elif not known["correct"]:
+        st.info(f"None of the {df.height:,} matching CoTs has a verdict from "
+                f"{queries.correctness_label(f.correct_source)}, so there is no accuracy to show; choose another "
+                "correctness source in the sidebar, or verify them from the Jobs page.")
     else:
         c1, c2 = st.columns([3, 1])
         budgets = c1.multiselect("Budgets (tokens)", BUDGET_CHOICES, default=list(metrics.DEFAULT_BUDGETS),
@@ -172,7 +186,8 @@ with common.guard():
         _selectable_chart(frames.derived("mean_pass_figure", f, lambda d: charts.mean_pass_at_k_figure(
             mp, n_cots=d.height, k=k), k), "mean_pass", "model")
         st.caption(f"Mean@{k}: per-sample accuracy averaged over problems with at least {k} judged samples; "
-                   f"Pass@{k}: the unbiased estimate 1 − C(n−c, {k}) / C(n, {k}). Correctness: {f.correct_source}.")
+                   f"Pass@{k}: the unbiased estimate 1 − C(n−c, {k}) / C(n, {k}). "
+                   f"Correctness: {queries.correctness_label(f.correct_source)}.")
         st.dataframe(mp, hide_index=True, key="dist_mean_pass_table",
                      column_config={"mean_at_k": PERCENT, "pass_at_k": PERCENT})
 

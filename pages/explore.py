@@ -1,7 +1,8 @@
 """Explore: every CoT the shared filter matches, in a table sorted and paged by the store.
 
 Sorting and paging run in DuckDB (core.queries.page), so the table covers all matching CoTs,
-however many, one page at a time. Picking a row opens its problem in the Reader.
+however many, one page at a time. Picking a row opens its problem in the Reader. The figures
+the sidebar's conditions filter on are shown as columns of their own.
 """
 
 import math
@@ -32,7 +33,12 @@ def cached_count(stamp: tuple[float, float], f: CotFilter) -> dict[str, int]:
 @st.cache_data(ttl=600, show_spinner=False)
 def cached_page(stamp, f: CotFilter, sort_by: str, descending: bool, offset: int, limit: int) -> pl.DataFrame:
     del stamp
-    return queries.page(f, sort_by=sort_by, descending=descending, offset=offset, limit=limit)
+    rows = queries.page(f, sort_by=sort_by, descending=descending, offset=offset, limit=limit)
+    wanted = [c.figure for c in f.conditions if not c.figure.is_column]
+    if not wanted:
+        return rows
+    values = queries.figure_values(rows["cot_id"].to_list(), wanted)
+    return rows.join(values, on="cot_id", how="left", maintain_order="left")
 
 
 def open_in_reader(problem_id: int, cot_id: int | None) -> None:
@@ -62,7 +68,7 @@ with common.guard():
         )
 
     if counts["cots"] == 0:
-        st.info("No CoT matches the filter. Widen it in the sidebar.")
+        common.explain_empty(f)
         st.stop()
 
     sort_col, order_col, size_col, page_col = st.columns([2, 2, 1, 1])
@@ -104,7 +110,9 @@ with common.guard():
     for name, source in (("rv", f.rv_source), ("cd", f.cd_source), ("correct", f.correct_source)):
         if source:  # without a chosen source the column would be empty
             columns.append(name)
-            config[name] = st.column_config.Column(f"{COLUMN_LABELS[name]} ({source})")
+            config[name] = st.column_config.Column(f"{COLUMN_LABELS[name]} ({queries.correctness_label(source)})")
+    # the figures the sidebar's conditions filter on (CoT columns are in the table already)
+    columns += [c for c in dict.fromkeys(cond.figure.label() for cond in f.conditions if not cond.figure.is_column)]
     columns += ["answer", "question"]  # the scores before the long text, so they show without scrolling
     nonce = st.session_state.get("explore_table_nonce", 0)
     event = st.dataframe(

@@ -151,7 +151,7 @@ with common.guard():
         if df.height == 0 and not rows.height:
             st.info("No CoTs in the store yet, so there is no length distribution to show.")
         elif df.height == 0:
-            st.info("No CoT matches the sidebar filter; widen it to see the headline chart.")
+            common.explain_empty(f)
         else:
             fig = frames.length_figure(f, kind="histogram", bins=40, panel_height=200, height=340)
             st.plotly_chart(fig, key="overview_lengths", width="stretch")

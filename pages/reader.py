@@ -114,7 +114,7 @@ with common.guard():
     if problem_id is None:
         first = queries.page(f, sort_by="problem_id", limit=1)
         if first.height == 0:
-            st.info("No CoT matches the filter. Widen it in the sidebar, or open a CoT from the Explore page.")
+            common.explain_empty(f)
             st.stop()
         problem_id = int(first["problem_id"][0])
     st.session_state["reader_problem_id"] = problem_id

@@ -1,8 +1,10 @@
 """Select: decide which of the CoTs the sidebar filter matches to keep for training.
 
-The sidebar filter is the pool; a mode decides kept against dropped inside it (thresholds,
-OmniThought's capacity-matched sampling, a per-problem rule, or a target size with the pool's
-model mix). Counts, shares and histograms are computed on every CoT of the pool; the pool's
+The sidebar filter is the pool; conditions on any figure (a judge's logic, a stage's pass
+rate, ...) drop CoTs inside it, each under its own reason; then a mode decides kept against
+dropped among the rest (thresholds, OmniThought's capacity-matched sampling, a per-problem
+rule, or a target size with the pool's model mix). Controls and charts for a metric the pool
+has no value of are not shown, and a selection that keeps nothing says why. Counts, shares and histograms are computed on every CoT of the pool; the pool's
 numbers are read once per filter into memory (core.selection.LoadedPool). A threshold slider's
 report comes from the pool's index without deciding every CoT; the other modes rerun their
 decision in memory. A selection can be saved as a named recipe, loaded back, compared with another, and
@@ -17,7 +19,8 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import queries, recipes, selection
+from core import recipes, selection
+from core.figures import Figure
 from core.selection import CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds
 from ui import common
 
@@ -30,8 +33,6 @@ MODES = {
 PER_PROBLEM_LABELS = {"shortest_correct": "shortest correct", "top_k": "top k by a score", "all_correct": "all correct"}
 BALANCE_LABELS = {"model": "model", "dataset": "dataset", "model_dataset": "model and dataset"}
 WITHIN_LABELS = {"shortest_correct": "shortest correct", "score": "best by a score"}
-COLUMN_SCORE_LABELS = {"n_tokens": "tokens", "n_chars": "characters", "n_reflections": "reflection markers",
-                       "n_paragraphs": "paragraphs"}
 PRESETS = {"7B": "7B student (C = 5)", "32B": "32B student (C = 7)", "custom": "custom"}
 PAGE_SIZES = (25, 50, 100)
 PERCENT = st.column_config.NumberColumn(format="percent")
@@ -76,14 +77,10 @@ def cached_compare(key: str, db: str, stamp, _a: recipes.Recipe, _b: recipes.Rec
     return recipes.compare(_a, _b)
 
 
-@st.cache_data(ttl=600, show_spinner=False)
-def score_choices(stamp: tuple[float, float]) -> dict[str, tuple[str, str | None]]:
-    """What a rule can rank by: per-CoT columns, then every (metric, source) in the store."""
-    del stamp
-    choices = {label: (column, None) for column, label in COLUMN_SCORE_LABELS.items()}
-    for row in queries.score_sources().iter_rows(named=True):
-        choices[f"{row['metric']} · {row['name']}"] = (row["metric"], row["name"])
-    return choices
+def score_choices(stamp: tuple[float, float]) -> dict[str, Figure]:
+    """What a rule can rank by: any figure of the store (per-CoT columns, every (source,
+    metric) of scores and of problem_scores), by its label."""
+    return {row["label"]: figure for figure, row in common.catalogue_rows(stamp).items()}
 
 
 # ---------------------------------------------------------------------------- widget state
@@ -102,19 +99,21 @@ def _defaults(cat: dict, max_tokens: int) -> dict:
     }
 
 
-def _state_of(recipe: recipes.Recipe, max_tokens: int, choices: dict) -> dict:
+def _state_of(recipe: recipes.Recipe, max_tokens: int, choices: dict, rows: dict) -> dict:
     """Widget values that show ``recipe`` (its base filter goes to the sidebar separately)."""
     sel, rule = recipe.selection, recipe.selection.rule
     state = {
         "sel_mode": rule.mode, "sel_seed": sel.seed,
         "sel_rv_sources": list(sel.sources.rv), "sel_cd_sources": list(sel.sources.cd),
         "sel_correct_sources": list(sel.sources.correct),
+        **common.conditions_state("sel_", sel.conditions, rows),
     }
     if isinstance(rule, Thresholds):
         state.update(
-            sel_rv_range=tuple(int(v) for v in rule.rv_range or (0, 9)),
-            sel_cd_range=tuple(int(v) for v in rule.cd_range or (0, 9)),
-            sel_tokens_range=tuple(rule.tokens_range or (0, max_tokens)), sel_thr_correct=rule.require_correct,
+            **common.range_state("sel_rv_range", tuple(int(v) for v in rule.rv_range or (0, 9))),
+            **common.range_state("sel_cd_range", tuple(int(v) for v in rule.cd_range or (0, 9))),
+            **common.range_state("sel_tokens_range", tuple(rule.tokens_range or (0, max_tokens))),
+            sel_thr_correct=rule.require_correct,
         )
     elif isinstance(rule, CapacityMatched):
         preset = next((k for k, c in selection.CAPACITY_PRESETS.items() if c == rule.capacity and rule.beta == 0.5), "custom")
@@ -127,18 +126,18 @@ def _state_of(recipe: recipes.Recipe, max_tokens: int, choices: dict) -> dict:
                      sel_tg_correct=rule.require_correct)
     score = getattr(rule, "score", None)
     if score is not None:
-        label = next((k for k, v in choices.items() if v == (score.metric, score.source)), None)
+        label = next((k for k, v in choices.items() if v == score.figure), None)
         if label is None:
             raise ValueError(f"the recipe ranks by {score.label()}, which this store does not have")
         state.update(sel_score=label, sel_score_order="highest first" if score.higher_is_better else "lowest first")
     return state
 
 
-def _load_recipe(name: str, max_tokens: int, choices: dict) -> None:
+def _load_recipe(name: str, max_tokens: int, choices: dict, rows: dict) -> None:
     """on_click: show a saved recipe; runs before the page, so widget values can still change."""
     try:
         recipe = recipes.load(name)
-        state = _state_of(recipe, max_tokens, choices)
+        state = _state_of(recipe, max_tokens, choices, rows)
     except ValueError as exc:
         st.session_state.sel_flash = ("error", f"Could not load '{name}': {exc}")
         return
@@ -162,17 +161,20 @@ def _full(value: tuple, full: tuple):
 
 def _score_widgets(choices: dict, where) -> Score:
     left, right = where.columns([3, 2])
-    label = left.selectbox("Score", list(choices), key="sel_score")
+    label = left.selectbox("Score", list(choices), key="sel_score",
+                           help="Any figure: a CoT column, a judge's or a stage's per-CoT score, or a per-problem "
+                                "figure (every CoT of a problem ranks by its problem's value).")
     order = right.radio("Keep", ["highest first", "lowest first"], horizontal=True, key="sel_score_order")
-    metric, source = choices[label]
-    return Score(metric, source, higher_is_better=order == "highest first")
+    figure = choices[label]
+    return Score(figure.metric, figure.source, higher_is_better=order == "highest first", level=figure.level)
 
 
 def _slider_with_histogram(slot, label: str, key: str, lo: int, hi: int):
-    """A range slider with an empty container above it, for its histogram once counts are known."""
+    """A range slider with typed bounds and an empty container above it, for its histogram once
+    counts are known."""
     with slot:
         chart = st.container()
-        value = st.slider(label, lo, hi, key=key)
+        value = common.range_input(st, label, key, lo, hi)
     return chart, value
 
 
@@ -184,6 +186,7 @@ with common.guard():
     stamp = common.store_stamp()
     db = str(common.db_file())
     cat = common.catalogue(stamp)
+    rows = common.catalogue_rows(stamp)
     max_tokens = max(cat["max_tokens"], 1)
     choices = score_choices(stamp)
     defaults = _defaults(cat, max_tokens)
@@ -191,7 +194,7 @@ with common.guard():
     if "sel_mode" not in st.session_state and current is not None:
         # back from another page, which dropped this page's widget values: show the selection again
         try:
-            st.session_state.update(_state_of(recipes.Recipe("current", current), max_tokens, choices))
+            st.session_state.update(_state_of(recipes.Recipe("current", current), max_tokens, choices, rows))
         except ValueError:
             pass  # its score is gone from the store: start from the defaults
     for key, value in defaults.items():
@@ -202,8 +205,6 @@ with common.guard():
         st.session_state[key] = [s for s in st.session_state[key] if s in cat[metric]]
     if st.session_state.sel_score not in choices:
         st.session_state.sel_score = "tokens"
-    lo, hi = st.session_state.sel_tokens_range
-    st.session_state.sel_tokens_range = (min(lo, max_tokens), min(hi, max_tokens))
     if "sel_flash" in st.session_state:
         kind, message = st.session_state.pop("sel_flash")
         getattr(st, kind)(message)
@@ -214,26 +215,57 @@ with common.guard():
 
     with st.expander("Score sources the selection reads", expanded=False):
         st.caption("Where several sources are listed, a CoT takes the value of the first one that scored it "
-                   "(OmniThought's labels give each CoT's RV and CD under the judge that scored it).")
+                   "(OmniThought's labels give each CoT's RV and CD under the judge that scored it; correctness "
+                   "lists each dataset's own labels first, then math-verify).")
         c1, c2, c3 = st.columns(3)
         rv_sources = c1.multiselect("RV", cat["rv"], key="sel_rv_sources")
         cd_sources = c2.multiselect("CD", cat["cd"], key="sel_cd_sources")
         correct_sources = c3.multiselect("Correctness", cat["correct"], key="sel_correct_sources")
     sources = ScoreSources(tuple(rv_sources), tuple(cd_sources), tuple(correct_sources))
 
+    n_conditions = len(st.session_state.get("sel_conds", []))
+    with st.expander(f"Conditions on figures ({n_conditions})" if n_conditions else "Conditions on figures",
+                     expanded=bool(n_conditions)):
+        st.caption("Applied first, inside the pool: a CoT that fails a condition is dropped with that condition as "
+                   "its reason ('Why dropped' below); the mode then decides among the CoTs that pass them all. "
+                   "E.g. a judge's logic ≥ 1 for EasyDistill's ThoughtX recipe.")
+        conditions = common.condition_widgets(st, rows, "sel_")
+
     mode = st.radio("Mode", list(MODES), format_func=MODES.get, horizontal=True, key="sel_mode")
+    # the modes that rank by no score read the pool first, so they show only the controls for
+    # metrics the pool has values of (the pool does not depend on their settings)
+    known = None
+    if mode in ("thresholds", "capacity"):
+        unranked = Selection(base=base, sources=sources, conditions=conditions)
+        known = cached_pool(selection.pool_key(unranked), db, stamp, unranked).known
     controls = st.container()
     histogram_slots: dict[str, object] = {}
     cut: dict[str, tuple | None] = {}
     mark: dict[str, float] = {}
     if mode == "thresholds":
         controls.caption("Keep the CoTs inside every range (bounds included); a range left at its full extent is no "
-                         "constraint. EasyDistill's ThoughtX recipe: verified correct, RV 3–5 and one CD level.")
-        c_rv, c_cd, c_tok = controls.columns(3)
-        histogram_slots["rv"], rv = _slider_with_histogram(c_rv, "Reasoning Verbosity", "sel_rv_range", 0, 9)
-        histogram_slots["cd"], cd = _slider_with_histogram(c_cd, "Cognitive Difficulty", "sel_cd_range", 0, 9)
-        histogram_slots["n_tokens"], tok = _slider_with_histogram(c_tok, "Tokens", "sel_tokens_range", 0, max_tokens)
-        require = controls.checkbox("Require verified correct", key="sel_thr_correct")
+                         "constraint. EasyDistill's ThoughtX recipe keeps CoTs its judge found logically correct "
+                         "(logic = 1, a condition on the judge's logic above), with RV 3–5 and one CD level.")
+        shown = [c for c in ("rv", "cd", "n_tokens") if known[c]]
+        slots = dict(zip(shown, controls.columns(len(shown)))) if shown else {}
+        rv = cd = (0, 9)
+        tok = (0, max_tokens)
+        if "rv" in slots:
+            histogram_slots["rv"], rv = _slider_with_histogram(slots["rv"], "Reasoning Verbosity", "sel_rv_range", 0, 9)
+        if "cd" in slots:
+            histogram_slots["cd"], cd = _slider_with_histogram(slots["cd"], "Cognitive Difficulty", "sel_cd_range", 0, 9)
+        if "n_tokens" in slots:
+            histogram_slots["n_tokens"], tok = _slider_with_histogram(slots["n_tokens"], "Tokens", "sel_tokens_range", 0,
+                                                                      max_tokens)
+        missing = [name for name, column in (("RV", "rv"), ("CD", "cd"), ("token counts", "n_tokens")) if not known[column]]
+        if missing:
+            controls.caption(f"No CoT of the pool has {' or '.join(missing)} from the chosen sources, so "
+                             f"{'that range is' if len(missing) == 1 else 'those ranges are'} not offered.")
+        require = False
+        if known["correct"]:
+            require = controls.checkbox("Require correct (by the correctness sources above)", key="sel_thr_correct")
+        else:
+            controls.caption("No CoT of the pool has a verdict from the chosen correctness sources.")
         rv_range, cd_range, tok_range = _full(rv, (0, 9)), _full(cd, (0, 9)), _full(tok, (0, max_tokens))
         rule = Thresholds(rv_range=rv_range, cd_range=cd_range, tokens_range=tok_range, require_correct=require)
         cut = {"rv": rv_range, "cd": cd_range, "n_tokens": tok_range}
@@ -265,6 +297,13 @@ with common.guard():
             "CoTs without RV or CD are never drawn."
         )
         mark = {"cd": capacity}
+        if not (known["rv"] and known["cd"]):
+            lacking = " and ".join(m for m, c in (("RV", "rv"), ("CD", "cd")) if not known[c])
+            controls.warning(
+                f"Capacity-matched sampling draws among CoTs with both RV and CD, and no CoT of this pool has {lacking} "
+                f"from the chosen sources (RV: {', '.join(rv_sources) or 'none'}; CD: {', '.join(cd_sources) or 'none'}), "
+                "so it keeps nothing. Choose RV/CD sources under 'Score sources', score the CoTs with a judge on the "
+                "Jobs page, or use another mode.")
     elif mode == "per_problem":
         c1, c2 = controls.columns([3, 1])
         pp_rule = c1.radio("Keep per problem", list(PER_PROBLEM_LABELS), format_func=PER_PROBLEM_LABELS.get,
@@ -289,7 +328,7 @@ with common.guard():
             require = controls.checkbox("Only verified-correct CoTs", key="sel_tg_correct")
         rule = TargetSize(n=int(n), balance=balance, within=within, score=score, require_correct=require)
 
-    sel = Selection(base=base, rule=rule, sources=sources, seed=int(st.session_state.sel_seed))
+    sel = Selection(base=base, rule=rule, sources=sources, seed=int(st.session_state.sel_seed), conditions=conditions)
     st.session_state.current_selection = sel
     selection_key = json.dumps(recipes.Recipe("current", sel).as_dict(), sort_keys=True)
     pool = cached_pool(selection.pool_key(sel), db, stamp, sel)
@@ -298,14 +337,23 @@ with common.guard():
     report = cached_report(selection_key, db, stamp, sel, pool, decision)
 
     if report.pool_cots == 0:
-        st.info("No CoT matches the sidebar filter, so there is nothing to choose among; widen the filter.")
+        common.explain_empty(base, "No CoT matches the sidebar filter, so there is nothing to choose among")
         st.stop()
+    if report.kept_cots == 0:
+        top = report.reasons.head(5)
+        st.warning(f"This selection keeps none of the pool's {report.pool_cots:,} CoTs. Why they were dropped:\n\n"
+                   + "\n".join(f"- {r['reason']}: {r['cots']:,} CoTs" for r in top.iter_rows(named=True))
+                   + ("\n- …" if report.reasons.height > 5 else ""))
 
-    # histograms above the sliders (or below the controls), kept against dropped, cut marked
+    # histograms above the sliders (or below the controls), kept against dropped, cut marked;
+    # none for a metric no CoT of the pool has
     titles = {"rv": "RV", "cd": "CD", "n_tokens": "tokens"}
-    if not histogram_slots:
-        histogram_slots = dict(zip(titles, st.columns(3)))
+    present = [c for c in titles if report.missing[c] < report.pool_cots]
+    if not histogram_slots and present:
+        histogram_slots = dict(zip(present, st.columns(len(present))))
     for column, slot in histogram_slots.items():
+        if column not in present:
+            continue
         missing = report.missing[column]
         title = titles[column] + (f" ({missing:,} without)" if missing else "")
         slot.plotly_chart(
@@ -382,7 +430,7 @@ with common.guard():
     with load_col:
         if saved:
             chosen = st.selectbox("Saved recipes", saved, key="sel_load_name")
-            st.button("Load this recipe", key="sel_load", on_click=_load_recipe, args=(chosen, max_tokens, choices))
+            st.button("Load this recipe", key="sel_load", on_click=_load_recipe, args=(chosen, max_tokens, choices, rows))
             st.caption("Loading sets the sidebar filter, the score sources and the mode's settings to the recipe's.")
         else:
             st.caption(f"No saved recipes yet (they go to {recipes.recipes_dir()}).")

@@ -88,7 +88,11 @@ def test_qwen_length_by_correctness_and_budget_curves_per_model(qwen_distributio
 
 def test_qwen_mean_at_1_and_budget_table_agree_with_summary(qwen_distributions):
     db, at = qwen_distributions
-    assert at.sidebar.selectbox(key="f_correct_source").value == "harness"
+    # correctness defaults to each dataset's own source, which for the harness runs is the
+    # harness's own verdict on every CoT; the sidebar says so
+    assert at.sidebar.selectbox(key="f_correct_source").value == "@own"
+    n_cots = store.read_rows("SELECT count(*) FROM cots", db=db)[0][0]
+    assert any(f"qwen25-math-eval: harness ({n_cots:,})" in c.value for c in at.sidebar.caption)
 
     # independently: the share of correct CoTs per model on aime24, straight from the scores table
     by_sql = dict(store.read_rows(

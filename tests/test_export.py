@@ -207,3 +207,31 @@ def test_trl_sft_trainer_takes_the_export_as_it_is(tiny_db, thoughtx, tmp_path):
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     result = trainer.train()
     assert result.global_step == 1 and math.isfinite(result.training_loss) and result.training_loss > 0
+
+
+def test_the_manifest_records_conditions_drops_and_the_sources_they_read(tmp_path):
+    from core.figures import Condition, Figure
+    from core.queries import OWN_CORRECTNESS
+    from tests.test_figures import JUDGE, STAGE, build_figures_store
+
+    db = build_figures_store(tmp_path / "figures")
+    filter_condition = Condition(Figure("contaminated", STAGE, level="problem"), missing=True)
+    logic = Condition(Figure("logic", JUDGE), lo=1)
+    sel = Selection(CotFilter(correct_source=OWN_CORRECTNESS, conditions=(filter_condition,)),
+                    Thresholds(require_correct=True), selection.default_score_sources(db=db), conditions=(logic,))
+    result = export.export(recipes.Recipe("logic 1, clean", sel), "jsonl", db=db)
+    manifest = result.manifest
+    assert [(c["applies_to"], c["condition"]) for c in manifest["conditions"]] == [
+        ("filter", "contaminated · difficulty (per problem): has no value"), ("selection", "logic · judge smollm ≥ 1")]
+    assert Condition.from_dict({k: v for k, v in manifest["conditions"][1].items()
+                                if k not in ("applies_to", "condition")}) == logic
+    report = selection.evaluate(sel, db=db)
+    assert manifest["dropped_by_reason"] == dict(zip(report.reasons["reason"], report.reasons["cots"]))
+    assert manifest["dropped_by_reason"]["logic · judge smollm below 1"] > 0
+    assert manifest["counts"]["rows"] == report.kept_cots == len(read_jsonl(result.path)) > 0
+    assert manifest["filter_correctness"] == {"source": "each dataset's own (its label, else math-verify)",
+                                              "reads": ["omnithought", "math-verify"]}
+    used = {s["name"]: s for s in manifest["score_sources"]}
+    assert {JUDGE, STAGE, "omnithought", "math-verify"} <= set(used)
+    assert (used[JUDGE]["kind"], used[JUDGE]["model"]) == ("judge", "SmolLM2")
+    assert json.loads(used[STAGE]["params"]) == {"k": 4} and used[STAGE]["kind"] == "stage"

@@ -1,5 +1,14 @@
 """Widgets and guards every page uses: the shared CoT filter (kept in the URL) and the
-turning of errors into sentences."""
+turning of errors into sentences.
+
+The sidebar filter: datasets, models, benchmarks, correctness (each dataset's own source by
+default, with the source each dataset's verdicts come from shown under it), tokens and
+reflection markers, RV / CD (only where the store has them), truncation, text search, and
+"Filters on figures": a condition on any figure of the store (core.figures.catalogue: CoT
+columns, every (source, metric) of scores and problem_scores), a range or "has a value" / "has
+no value". Every numeric filter is a slider with typed bounds under it (range_input). A stage
+that writes its figures under a score source appears in the picker with no change here.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +17,12 @@ import dataclasses
 import os
 from pathlib import Path
 
+import polars as pl
 import streamlit as st
 
-from core import queries, store
+from core import figures, queries, store
 from core.errors import UserError
+from core.figures import Condition, Figure
 from core.queries import CotFilter
 from core.records import IngestError
 
@@ -75,44 +86,263 @@ def guard():
 
 _NONE = "(none)"
 _TRUNC = {None: "any", True: "only truncated", False: "only complete"}
+_OWN = queries.OWN_CORRECTNESS
+_CONDITION_MODES = ("in a range", "has a value", "has no value")
 
 
-def _initial_state(start: CotFilter, cat: dict) -> dict:
+@st.cache_data(ttl=600, show_spinner=False)
+def figure_catalogue(stamp: tuple[float, float]) -> pl.DataFrame:
+    """Every figure of the store with its range (core.figures.catalogue), for the widgets."""
+    del stamp  # only the cache key
+    return figures.catalogue()
+
+
+# cache_resource: one shared dict, not a copy unpickled on every rerun of every page (the
+# sidebar reads it on each); nothing mutates it
+@st.cache_resource(ttl=600, show_spinner=False, max_entries=4)
+def _catalogue_rows(db: str, stamp: tuple[float, float]) -> dict[Figure, dict]:
+    return {figures.figure_of(r): r for r in figure_catalogue(stamp).iter_rows(named=True)}
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=16)
+def _correctness_text(stamp: tuple[float, float], source: str, datasets: tuple[str, ...]) -> str:
+    """Which source each dataset's CoTs take their verdict from, as the sidebar's caption."""
+    del stamp
+    used = queries.correctness_in_use(source, datasets=datasets)
+    lines = []
+    for (dataset,), rows in used.group_by("dataset", maintain_order=True):
+        n = rows["n_cots"][0]
+        judged = rows.filter(pl.col("source").is_not_null()).to_dicts()
+        if not judged:
+            lines.append(f"{dataset}: no verdict ({n:,} CoTs)")
+        elif judged[0]["cots"] >= n:  # the first source read judged every CoT
+            lines.append(f"{dataset}: {judged[0]['source']} ({n:,})")
+        else:
+            rest = ", ".join(f"{r['source']} ({r['cots']:,})" for r in judged[1:])
+            lines.append(f"{dataset}: {judged[0]['source']} ({judged[0]['cots']:,} of {n:,})" + (f", else {rest}" if rest else ""))
+    more = f" … and {len(lines) - 6} more datasets" if len(lines) > 6 else ""
+    return "Verdicts from · " + " · ".join(lines[:6]) + more
+
+
+@st.cache_data(ttl=600, show_spinner="Finding which condition emptied the view…", max_entries=16)
+def _empty_diagnosis(stamp: tuple[float, float], f: CotFilter) -> pl.DataFrame:
+    del stamp
+    return queries.empty_diagnosis(f)
+
+
+def explain_empty(f: CotFilter, what: str = "No CoT matches the filter") -> None:
+    """Say that the filter matches nothing and which of its constraints emptied it: the CoTs it
+    would match without each one (the others kept)."""
+    diagnosis = _empty_diagnosis(store_stamp(), f)
+    if diagnosis.is_empty():
+        st.info(f"{what}: the store has no CoT yet.")
+        return
+    lines = [f"- without **{r['condition']}**: {r['cots_without_it']:,} CoTs" for r in diagnosis.iter_rows(named=True)]
+    if diagnosis["cots_without_it"].max() == 0:
+        lines.append("\nNo single condition empties it on its own: several together do; widen more than one.")
+    st.info(f"{what}. What each of its conditions lets back in when dropped alone:\n\n" + "\n".join(lines))
+
+
+def range_state(key: str, value: tuple) -> dict:
+    """Session values of a range widget: the slider and its typed bounds."""
+    return {key: tuple(value), f"{key}_lo": value[0], f"{key}_hi": value[1]}
+
+
+def _sync_from_slider(key: str) -> None:
+    lo, hi = st.session_state[key]
+    st.session_state[f"{key}_lo"], st.session_state[f"{key}_hi"] = lo, hi
+
+
+def _sync_from_typed(key: str, changed: str) -> None:
+    """A typed bound moves the slider; a lower bound typed above the upper one moves both."""
+    lo, hi = st.session_state[f"{key}_lo"], st.session_state[f"{key}_hi"]
+    if lo is None or hi is None:  # an emptied box keeps the slider's bound
+        lo = st.session_state[key][0] if lo is None else lo
+        hi = st.session_state[key][1] if hi is None else hi
+    if lo > hi:
+        lo, hi = (lo, lo) if changed == "lo" else (hi, hi)
+    st.session_state.update(range_state(key, (lo, hi)))
+
+
+def range_input(where, label: str, key: str, lo, hi, *, disabled: bool = False, help: str | None = None):
+    """A range slider with typed bounds under it (a slider over 0-44,782 tokens moves ~200 a
+    pixel): either one moves the other. Integer when ``lo`` and ``hi`` are ints. The caller puts
+    the initial value in session state (``range_state``)."""
+    integer = isinstance(lo, int) and isinstance(hi, int)
+    step = 1 if integer else max((hi - lo) / 100, 1e-9)
+    a, b = st.session_state.get(key, (lo, hi))
+    clamped = (min(max(a, lo), hi), min(max(b, lo), hi))
+    if clamped != (a, b) or st.session_state.get(f"{key}_lo") is None or st.session_state.get(f"{key}_hi") is None:
+        st.session_state.update(range_state(key, clamped))  # the store changed (fewer tokens), or a box emptied
+    value = where.slider(label, lo, hi, key=key, disabled=disabled, help=help, step=step,
+                         on_change=_sync_from_slider, args=(key,))
+    left, right = where.columns(2)
+    number = {"min_value": lo, "max_value": hi, "step": step, "disabled": disabled,
+              **({"format": "%d"} if integer else {"format": "%g"})}
+    # labels hidden (the slider's label is above them) but kept for screen readers
+    left.number_input(f"{label}: from", key=f"{key}_lo", on_change=_sync_from_typed, args=(key, "lo"),
+                      label_visibility="collapsed", **number)
+    right.number_input(f"{label}: to", key=f"{key}_hi", on_change=_sync_from_typed, args=(key, "hi"),
+                       label_visibility="collapsed", **number)
+    return value
+
+
+def _figure_bounds(row: dict) -> tuple:
+    """A catalogue row's range as slider bounds (ints for integer figures; never empty)."""
+    lo, hi = row["min"], row["max"]
+    if row["integer"]:
+        lo, hi = int(lo), int(hi)
+        return lo, max(hi, lo + 1)
+    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+
+
+def _condition_state(prefix: str, ident: int, cond: Condition, rows: dict) -> dict:
+    """Widget values that show ``cond`` (a condition from the URL or a recipe)."""
+    key = f"{prefix}c{ident}"
+    state = {f"{key}_mode": _CONDITION_MODES[2] if cond.missing else
+             _CONDITION_MODES[1] if cond.lo is None and cond.hi is None else _CONDITION_MODES[0]}
+    row = rows.get(cond.figure)
+    if row is not None:
+        lo, hi = _figure_bounds(row)
+        cast = int if isinstance(lo, int) else float
+        value = (lo if cond.lo is None else min(max(cast(cond.lo), lo), hi),
+                 hi if cond.hi is None else min(max(cast(cond.hi), lo), hi))
+        state.update(range_state(key, (min(value), max(value))))
+    state[f"{key}_kept"] = cond.as_dict()  # what it was, for a figure the store lacks
+    return state
+
+
+def conditions_state(prefix: str, conditions: tuple[Condition, ...], rows: dict[Figure, dict]) -> dict:
+    """Session values that show ``conditions`` in condition_widgets(prefix=...)."""
+    state = {f"{prefix}conds": [{"id": i, **c.figure.as_dict()} for i, c in enumerate(conditions)],
+             f"{prefix}cond_next": len(conditions)}
+    for i, cond in enumerate(conditions):
+        state.update(_condition_state(prefix, i, cond, rows))
+    return state
+
+
+def catalogue_rows(stamp) -> dict[Figure, dict]:
+    """The figure catalogue as {Figure: its row (count, min, max, integer, binary, label)};
+    shared, do not change it."""
+    return _catalogue_rows(str(db_file()), stamp)
+
+
+def _add_condition(prefix: str, rows: dict[Figure, dict], labels: dict[str, Figure]) -> None:
+    """on_change of the figure picker: a new condition on the chosen figure, its range at the
+    figure's extent; the picker goes back to empty."""
+    figure = labels.get(st.session_state.get(f"{prefix}add_figure"))
+    if figure is None:
+        return
+    ident = st.session_state.get(f"{prefix}cond_next", 0)
+    st.session_state[f"{prefix}cond_next"] = ident + 1
+    st.session_state[f"{prefix}conds"] = [*st.session_state.get(f"{prefix}conds", []), {"id": ident, **figure.as_dict()}]
+    st.session_state.update(_condition_state(prefix, ident, figures.Condition(figure), rows))
+    st.session_state[f"{prefix}c{ident}_mode"] = _CONDITION_MODES[0]
+    st.session_state[f"{prefix}add_figure"] = None
+
+
+def _remove_condition(prefix: str, ident: int) -> None:
+    st.session_state[f"{prefix}conds"] = [c for c in st.session_state.get(f"{prefix}conds", []) if c["id"] != ident]
+
+
+def condition_widgets(where, rows: dict[Figure, dict], prefix: str, *, unit: str = "CoTs") -> tuple[Condition, ...]:
+    """One block per condition (its figure, range or presence, typed bounds, remove), then the
+    "add a condition on a figure" picker (picking a figure adds it); returns the conditions.
+    State lives under keys that start with ``prefix`` (the sidebar's "f_", the Select page's
+    "sel_"); the remove buttons under ``prefix`` without its underscore plus "b_" (the sidebar
+    re-assigns every "f_" key each run, which a button's key must not be)."""
+    buttons = prefix.rstrip("_") + "b_"
+    out = []
+    for entry in st.session_state.get(f"{prefix}conds", []):
+        ident = entry["id"]
+        key = f"{prefix}c{ident}"
+        figure = figures.Figure.from_dict(entry)
+        head, remove = where.columns([5, 1], vertical_alignment="center")
+        head.markdown(f"**{figure.label()}**")
+        remove.button(":material/close:", key=f"{buttons}remove_{ident}", on_click=_remove_condition, args=(prefix, ident),
+                      type="tertiary", help="Remove this condition")
+        row = rows.get(figure)
+        if row is None:  # the store has no value of it (a stage not run here yet): kept as it was
+            kept = Condition.from_dict(st.session_state[f"{key}_kept"])
+            where.warning(f"This store has no {figure.label()}: '{kept.describe()}' keeps "
+                          f"{'every CoT' if kept.missing else 'no CoT'}.")
+            out.append(kept)
+            continue
+        mode = where.radio(f"{figure.label()}: keep {unit} whose value is", _CONDITION_MODES, key=f"{key}_mode",
+                           horizontal=True, label_visibility="collapsed")
+        if mode == _CONDITION_MODES[2]:
+            out.append(Condition(figure, missing=True))
+            continue
+        if mode == _CONDITION_MODES[1]:
+            out.append(Condition(figure))
+            continue
+        lo, hi = _figure_bounds(row)
+        a, b = range_input(where, f"{figure.label()} range", key, lo, hi,
+                           help=f"{row['count']:,} {'problems' if figure.level == 'problem' else 'CoTs'} have a value, "
+                                f"{figures.fmt(row['min'])}–{figures.fmt(row['max'])}; a bound at the end of the range "
+                                "is open (a value beyond it later still passes).")
+        out.append(Condition(figure, lo=None if a <= lo else a, hi=None if b >= hi else b))
+    labels = {r["label"]: f for f, r in rows.items()}
+    if labels:
+        where.selectbox("Add a condition on a figure", list(labels), index=None, key=f"{prefix}add_figure",
+                        placeholder="a judge's score, a stage's figure, …", on_change=_add_condition,
+                        args=(prefix, rows, labels),
+                        help="Any number the store has per CoT or per problem: dataset labels, judge runs, "
+                             "verifiers, and the figures stages compute. Picking one adds a condition on it.")
+    return tuple(out)
+
+
+def _initial_state(start: CotFilter, cat: dict, rows: dict[Figure, dict]) -> dict:
     """Widget values for a filter (the URL's, on a session's first run)."""
-    # queries.default_sources() (the first source per metric), from the cached catalogue
-    src = {metric: (cat[metric] or [None])[0] for metric in ("rv", "cd", "correct")}
+    src = {metric: (cat[metric] or [None])[0] for metric in ("rv", "cd")}
 
     def source(current, metric):
         return current if current in cat[metric] else (src[metric] or _NONE)
 
-    return {
+    correct = start.correct_source if start.correct_source in (_OWN, *cat["correct"]) else (
+        _OWN if cat["correct"] else _NONE)
+    state = {
         "f_datasets": [d for d in start.datasets if d in cat["datasets"]],
         "f_models": [m for m in start.models if m in cat["models"]],
         "f_benchmarks": [b for b in start.benchmarks if b in cat["benchmarks"]],
         "f_rv_source": source(start.rv_source, "rv"),
-        "f_rv": tuple(int(v) for v in (start.rv_range or (0, 9))),
         "f_cd_source": source(start.cd_source, "cd"),
-        "f_cd": tuple(int(v) for v in (start.cd_range or (0, 9))),
-        "f_correct_source": source(start.correct_source, "correct"),
+        "f_correct_source": correct,
         "f_correct": start.correct,
-        "f_tokens": tuple(start.tokens_range) if start.tokens_range else (0, max(cat["max_tokens"], 1)),
-        "f_reflections": tuple(start.reflections_range) if start.reflections_range else (0, max(cat["max_reflections"], 1)),
         "f_truncated": _TRUNC[start.truncated],
         "f_text": start.text,
+        **conditions_state("f_", start.conditions, rows),
     }
+    state.update(range_state("f_rv", tuple(int(v) for v in (start.rv_range or (0, 9)))))
+    state.update(range_state("f_cd", tuple(int(v) for v in (start.cd_range or (0, 9)))))
+    state.update(range_state("f_tokens", tuple(start.tokens_range) if start.tokens_range else (0, max(cat["max_tokens"], 1))))
+    state.update(range_state("f_reflections", tuple(start.reflections_range) if start.reflections_range
+                              else (0, max(cat["max_reflections"], 1))))
+    return state
+
+
+def _correctness_caption(where, source: str, datasets: tuple[str, ...]) -> None:
+    """Which source each dataset's CoTs take their verdict from (issue 11: a dataset scored by
+    another source must not silently show 0 incorrect)."""
+    where.caption(_correctness_text(store_stamp(), source, datasets))
 
 
 def sidebar_filter() -> CotFilter:
     """The filter widgets in the sidebar; returns the filter and mirrors it in the URL.
 
     Widget values live in session state under fixed keys, set from the URL on a session's
-    first run; re-assigning them each run keeps them when the user switches pages.
+    first run; re-assigning them each run keeps them when the user switches pages. Every
+    numeric filter is a slider with typed bounds; "Add a condition on a figure" adds a condition
+    on any figure of the store (core.figures.catalogue), kept in the URL as ``conditions=``.
     """
-    cat = catalogue(store_stamp())
+    stamp = store_stamp()
+    cat = catalogue(stamp)
+    rows = catalogue_rows(stamp)
     if "filter_initialised" not in st.session_state:
         st.session_state.filter_initialised = True
-        st.session_state.filter_problem_ids = CotFilter.from_params(st.query_params.to_dict()).problem_ids
-        for key, value in _initial_state(CotFilter.from_params(st.query_params.to_dict()), cat).items():
+        start = CotFilter.from_params(st.query_params.to_dict())
+        st.session_state.filter_problem_ids = start.problem_ids
+        for key, value in _initial_state(start, cat, rows).items():
             st.session_state[key] = value
     for key in list(st.session_state.keys()):
         if isinstance(key, str) and key.startswith("f_"):
@@ -122,19 +352,33 @@ def sidebar_filter() -> CotFilter:
     ds = sb.multiselect("Datasets", cat["datasets"], key="f_datasets")
     models = sb.multiselect("Models / teachers", cat["models"], key="f_models")
     benchmarks = sb.multiselect("Benchmarks", cat["benchmarks"], key="f_benchmarks")
-    with sb.expander("RV / CD"):
-        rv_source = st.selectbox("RV source", [_NONE, *cat["rv"]], key="f_rv_source")
-        rv = st.slider("Reasoning Verbosity", 0, 9, key="f_rv", disabled=rv_source == _NONE)
-        cd_source = st.selectbox("CD source", [_NONE, *cat["cd"]], key="f_cd_source")
-        cd = st.slider("Cognitive Difficulty", 0, 9, key="f_cd", disabled=cd_source == _NONE)
-    correct_source = sb.selectbox("Correctness source", [_NONE, *cat["correct"]], key="f_correct_source")
-    correct = sb.radio("Correctness", ["any", "correct", "incorrect", "unknown"], horizontal=True, key="f_correct", disabled=correct_source == _NONE)
+    correct_choices = [_OWN, *cat["correct"], _NONE] if cat["correct"] else [_NONE]
+    if st.session_state.f_correct_source not in correct_choices:
+        st.session_state.f_correct_source = correct_choices[0]
+    correct_source = sb.selectbox("Correctness source", correct_choices, key="f_correct_source",
+                                  format_func=lambda s: queries.OWN_CORRECTNESS_LABEL if s == _OWN else s)
+    correct = sb.radio("Correctness", ["any", "correct", "incorrect", "unknown"], horizontal=True, key="f_correct",
+                       disabled=correct_source == _NONE)
+    if correct_source != _NONE:
+        _correctness_caption(sb, correct_source, tuple(ds))
     max_tokens = max(cat["max_tokens"], 1)
-    tokens = sb.slider("Tokens", 0, max_tokens, key="f_tokens")
+    tokens = range_input(sb, "Tokens", "f_tokens", 0, max_tokens)
     max_refl = max(cat["max_reflections"], 1)
-    refl = sb.slider("Reflection markers", 0, max_refl, key="f_reflections")
+    refl = range_input(sb, "Reflection markers", "f_reflections", 0, max_refl)
+    rv_source = cd_source = _NONE
+    rv = cd = (0, 9)
+    if cat["rv"] or cat["cd"]:  # a store without RV/CD scores shows no RV/CD controls
+        with sb.expander("RV / CD"):
+            rv_source = st.selectbox("RV source", [_NONE, *cat["rv"]], key="f_rv_source")
+            rv = range_input(st, "Reasoning Verbosity", "f_rv", 0, 9, disabled=rv_source == _NONE)
+            cd_source = st.selectbox("CD source", [_NONE, *cat["cd"]], key="f_cd_source")
+            cd = range_input(st, "Cognitive Difficulty", "f_cd", 0, 9, disabled=cd_source == _NONE)
     trunc_choice = sb.selectbox("Truncated", list(_TRUNC.values()), key="f_truncated")
     text = sb.text_input("Search question and CoT text", key="f_text")
+    n_conditions = len(st.session_state.get("f_conds", []))
+    with sb.expander(f"Filters on figures ({n_conditions})" if n_conditions else "Filters on figures",
+                     expanded=bool(n_conditions)):
+        conditions = condition_widgets(st, rows, "f_")
     has = {name: value != _NONE for name, value in (("rv", rv_source), ("cd", cd_source), ("correct", correct_source))}
     current = CotFilter(
         datasets=tuple(ds), models=tuple(models), benchmarks=tuple(benchmarks),
@@ -148,8 +392,9 @@ def sidebar_filter() -> CotFilter:
         reflections_range=tuple(refl) if tuple(refl) != (0, max_refl) else None,
         truncated={v: k for k, v in _TRUNC.items()}[trunc_choice],
         text=text.strip(), problem_ids=st.session_state.get("filter_problem_ids", ()),
+        conditions=conditions,
     )
-    if current.problem_ids and sb.button("Clear the problem selection", key="f_clear_problems"):
+    if current.problem_ids and sb.button("Clear the problem selection", key="fb_clear_problems"):
         st.session_state.filter_problem_ids = ()
         st.rerun()
     # Mirror the filter in the URL, leaving other pages' own parameters (the Reader's
@@ -179,11 +424,13 @@ def narrow_filter(**changes) -> None:
 
     Call it from a widget callback (``on_select=``/``on_click=``): in the page body the
     sidebar widgets already exist for this run and their state can no longer be set."""
-    mapping = {"rv_range": "f_rv", "cd_range": "f_cd", "tokens_range": "f_tokens", "models": "f_models",
-               "datasets": "f_datasets", "correct": "f_correct"}
+    ranges = {"rv_range": "f_rv", "cd_range": "f_cd", "tokens_range": "f_tokens"}
+    mapping = {"models": "f_models", "datasets": "f_datasets", "correct": "f_correct"}
     for name, value in changes.items():
         if name == "problem_ids":
             st.session_state.filter_problem_ids = tuple(value)
+        elif name in ranges:
+            st.session_state.update(range_state(ranges[name], tuple(value)))
         elif name in mapping:
             st.session_state[mapping[name]] = list(value) if name in ("models", "datasets") else value
     st.rerun()

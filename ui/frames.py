@@ -73,7 +73,8 @@ def length_figure(f: CotFilter, *, facet_name: str = "none", kind: str = "histog
         no_length = int(df["n_tokens"].is_null().sum()) + (int((df["n_tokens"] <= 0).sum()) if log_x else 0)
         fig = charts.length_distribution_figure(
             frame, kind=kind, n_cots=df.height, facet_label=facet_name if facet_name != "none" else None,
-            log_x=log_x, no_length=no_length, correctness_source=f.correct_source,
+            log_x=log_x, no_length=no_length,
+            correctness_source=queries.correctness_label(f.correct_source) if f.correct_source else None,
             **({"panel_height": panel_height} if panel_height else {}),
         )
         if height:
