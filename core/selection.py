@@ -137,7 +137,7 @@ class Score:
             raise UserError(
                 f"'{self.metric}' needs a score source; without one, rank by {', '.join(COLUMN_SCORES)}"
             )
-        self.figure  # validates the level
+        Figure(self.metric, self.source, self.level)  # raises FigureError for an unknown level
 
     @property
     def figure(self) -> Figure:
