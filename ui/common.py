@@ -109,6 +109,7 @@ def sidebar_filter() -> CotFilter:
     if "filter_initialised" not in st.session_state:
         st.session_state.filter_initialised = True
         st.session_state.filter_problem_ids = CotFilter.from_params(st.query_params.to_dict()).problem_ids
+        st.session_state.filter_problem_set = CotFilter.from_params(st.query_params.to_dict()).problem_set
         for key, value in _initial_state(CotFilter.from_params(st.query_params.to_dict()), cat).items():
             st.session_state[key] = value
     for key in list(st.session_state.keys()):
@@ -145,7 +146,10 @@ def sidebar_filter() -> CotFilter:
         reflections_range=tuple(refl) if tuple(refl) != (0, max_refl) else None,
         truncated={v: k for k, v in _TRUNC.items()}[trunc_choice],
         text=text.strip(), problem_ids=st.session_state.get("filter_problem_ids", ()),
+        problem_set=st.session_state.get("filter_problem_set", ""),
     )
+    if current.problem_set:
+        _problem_set_line(sb, current.problem_set)
     if current.problem_ids and sb.button("Clear the problem selection", key="f_clear_problems"):
         st.session_state.filter_problem_ids = ()
         st.rerun()
@@ -160,6 +164,23 @@ def sidebar_filter() -> CotFilter:
         st.query_params.update(params)
     st.session_state.current_filter = current
     return current
+
+
+def _clear_problem_set() -> None:
+    st.session_state.filter_problem_set = ""
+
+
+def _problem_set_line(sb, key: str) -> None:
+    """'Problems from the map: N (clear)': a saved set (a lasso on the Map page) in the filter."""
+    from core import problem_sets
+
+    left, right = sb.columns([3, 1], vertical_alignment="center")
+    try:
+        left.caption(f"Problems from the map: {problem_sets.info(key)['n']:,}")
+    except problem_sets.ProblemSetError as exc:
+        left.caption(f"Problems from the map: {exc}")
+    right.button("clear", key="f_clear_problem_set", on_click=_clear_problem_set,
+                 help="Drop the map selection from the filter")
 
 
 def set_filter(f: CotFilter) -> None:
@@ -181,6 +202,8 @@ def narrow_filter(**changes) -> None:
     for name, value in changes.items():
         if name == "problem_ids":
             st.session_state.filter_problem_ids = tuple(value)
+        elif name == "problem_set":
+            st.session_state.filter_problem_set = str(value)
         elif name in mapping:
             st.session_state[mapping[name]] = list(value) if name in ("models", "datasets") else value
     st.rerun()
