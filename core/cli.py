@@ -183,7 +183,7 @@ def cmd_map(args) -> int:
     from core.problem_map import MapError, MapOptions, run_map
 
     params = {k: getattr(args, k) for k in ("model", "device", "batch_size", "commit_every", "n_neighbors", "min_dist",
-                                             "clusters", "pca_dims", "seed") if getattr(args, k) is not None}
+                                             "clusters", "pca_dims", "seed", "max_problems") if getattr(args, k) is not None}
     params["project"] = not args.no_project
     try:
         opts = MapOptions.from_params(params)
@@ -199,7 +199,8 @@ def cmd_map(args) -> int:
           f"Embedded {result['embed']['embedded']:,} problems with {result['embed']['model']}; "
           + ("the map was already current." if result.get("map", {}).get("current") else
              f"map '{result['map']['source']}': {result['map']['problems']:,} problems, {result['map']['clusters']} clusters."
-             if result.get("map") else "no projection (--no-project)."))
+             if result.get("map") else f"no projection yet ({result['embed']['pending']:,} problems still to embed)."
+             if result["embed"]["pending"] else "no projection (--no-project)."))
     return 0
 
 
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-dims", type=int, help="PCA dimensions before UMAP (default 50)")
     p.add_argument("--clusters", type=int, help="k-means clusters (default about sqrt(problems/2), 2-100)")
     p.add_argument("--seed", type=int, help="seed of PCA, UMAP and k-means (default 0)")
+    p.add_argument("--max-problems", type=int, help="embed at most this many problems in this run")
     p.add_argument("--no-project", action="store_true", help="embed only")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_map)

@@ -85,6 +85,7 @@ class MapOptions:
     examples: int = 5                  # example questions kept per cluster
     seed: int | None = 0               # None: UMAP on every core, not reproducible
     project: bool = True               # False: embed only
+    max_problems: int | None = None    # embed at most this many in this run (the map waits for the rest)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> MapOptions:
@@ -96,7 +97,7 @@ class MapOptions:
             default = getattr(cls(), name)
             if isinstance(default, bool):
                 kwargs[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-            elif name in ("clusters", "seed"):
+            elif name in ("clusters", "seed", "max_problems"):
                 kwargs[name] = int(value)
             elif isinstance(default, int):
                 kwargs[name] = int(value)
@@ -247,13 +248,17 @@ def embed_stage(db=None, options: MapOptions = MapOptions(), progress: Progress 
     model = canonical_model(options.model)
     store.init_store(db)
     pending = pending_problem_ids(model, db=db)
+    left_for_later = max(0, len(pending) - options.max_problems) if options.max_problems is not None else 0
+    pending = pending[: len(pending) - left_for_later]
     total = len(pending)
-    result = {"model": model, "embedded": 0, "pending": total, "seconds": 0.0, "encode_seconds": 0.0}
+    result = {"model": model, "embedded": 0, "pending": total + left_for_later, "seconds": 0.0, "encode_seconds": 0.0,
+              "load_seconds": 0.0}
     if total == 0:
         return result
     started = time.perf_counter()
     if encoder is None:
         encoder = load_encoder(options.model, options.device)
+    result["load_seconds"] = time.perf_counter() - started
     done = 0
     if progress:
         progress("embed", 0, total)
@@ -270,7 +275,7 @@ def embed_stage(db=None, options: MapOptions = MapOptions(), progress: Progress 
         result["embedded"] = done
         if progress:
             progress("embed", done, total)
-    result["pending"] = total - done
+    result["pending"] = total - done + left_for_later
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -506,8 +511,10 @@ def run_map(db=None, options: MapOptions = MapOptions(), progress: Progress | No
     not current. Resumable: a killed run keeps every committed embedding batch."""
     options.validate()
     result: dict[str, Any] = {"embed": embed_stage(db, options, progress, cancelled)}
-    if result["embed"]["pending"] or (cancelled and cancelled()):
+    if cancelled and cancelled():
         result["cancelled"] = True
+        return result
+    if result["embed"]["pending"]:  # max_problems left some for a later run
         return result
     if options.project:
         result["map"] = project_stage(db, options, progress)
@@ -598,7 +605,7 @@ def map_points(f, map_source_id: int, colour: str = "cluster", *, only_matching:
     joins, value = "", "m.cluster::DOUBLE"
     if colour == "dataset":
         value = "d.name"
-    elif colour in COT_COLOURS or only_matching:
+    if colour in COT_COLOURS or only_matching:
         needs_scores = colour in ("accuracy", "rv", "cd")
         sql, sql_params = queries.matching_sql(f if needs_scores else _lean(f), db=db)
         agg = COT_COLOURS[colour][1] if colour in COT_COLOURS else "count(*)"
