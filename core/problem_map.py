@@ -602,7 +602,7 @@ def map_points(f, map_source_id: int, colour: str = "cluster", *, only_matching:
     from core import queries
 
     params: list = [int(map_source_id)]
-    joins, value = "", "m.cluster::DOUBLE"
+    joins, value = "", "m.cluster"
     if colour == "dataset":
         value = "d.name"
     if colour in COT_COLOURS or only_matching:

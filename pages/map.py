@@ -90,10 +90,10 @@ with common.guard():
     f = common.sidebar_filter()
     stamp = common.store_stamp()
     available = common.per_stamp("maps", problem_map.maps)
-    status = common.per_stamp("map_status", problem_map.status)
     if st.session_state.get("map_job_started"):
         st.success(st.session_state.pop("map_job_started") + " Follow it on the Jobs page.")
     if available.is_empty():
+        status = common.per_stamp("map_status", problem_map.status)
         st.info(
             f"No map yet. The map job embeds each problem's question ({status['problems']:,} problems in the store, "
             f"{status['embedded']:,} embedded so far) with {problem_map.DEFAULT_EMBEDDING_MODEL} (offline), projects "
@@ -107,6 +107,7 @@ with common.guard():
     name = top[0].selectbox("Map", names, key="map_source") if len(names) > 1 else names[0]
     row = available.filter(pl.col("name") == name).row(0, named=True)
     st.session_state.map_name = name
+    status = common.per_stamp(f"map_status_{row['source_id']}", lambda: problem_map.status(row["model"]))
     choices = common.per_stamp(f"map_colours_{row['source_id']}", lambda: problem_map.colour_choices(row["source_id"]))
     colour = top[1].selectbox("Colour by", list(choices), format_func=choices.get, key="map_colour")
     show = top[2].radio("Show", SHOW_CHOICES, key="map_show", horizontal=False)
@@ -124,6 +125,9 @@ with common.guard():
         "UMAP, k-means. Draw a lasso (or pick the box in the chart's toolbar) to narrow the filter to those problems."
         + mapped_note
     )
+    needs = {"accuracy": ("correctness", f.correct_source), "rv": ("RV", f.rv_source), "cd": ("CD", f.cd_source)}.get(colour)
+    if needs and not needs[1]:
+        st.caption(f"Choose a {needs[0]} source in the sidebar to colour the map by it; the points are grey until then.")
     if points.is_empty():
         st.warning("No mapped problem matches the filter: widen the filter, or show every mapped problem.")
     else:

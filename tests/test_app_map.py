@@ -74,8 +74,8 @@ def test_a_saved_selection_narrows_the_map_and_the_sidebar_says_so(map_store, ap
     assert drawn_points(at) == 40
     assert any(c.value == "Problems from the map: 40" for c in at.sidebar.caption)
     assert at.session_state["current_filter"].problem_set == key
-    assert at.query_params["problem_set"] == [key]
-    at.sidebar.button(key="f_clear_problem_set").click().run()
+    assert at.query_params["problem_set"] == key
+    at.sidebar.button(key="filter_clear_problem_set").click().run()
     assert not at.exception
     assert drawn_points(at) == 530
     assert not any(c.value.startswith("Problems from the map") for c in at.sidebar.caption)

@@ -135,9 +135,11 @@ def test_rerun_does_nothing_and_a_new_dataset_embeds_only_its_problems(map_store
     assert again["embed"]["embedded"] == 0 and again["map"]["current"] is True
     from core.ingest import ingest
 
-    added = ingest(str(BENCHMARKS / "gsm8k_test.jsonl"), fmt="benchmark", name="gsm8k_test", db=map_store)
+    head = tmp_path / "gsm8k_head.jsonl"  # the first 25 GSM8K problems, a new benchmark
+    head.write_text("".join((BENCHMARKS / "gsm8k_test.jsonl").read_text().splitlines(keepends=True)[:25]))
+    added = ingest(str(head), fmt="benchmark", name="gsm8k_head", db=map_store)
     result = problem_map.run_map(map_store, MapOptions(), cancelled=None)
-    assert result["embed"]["embedded"] == added.problems == 1319
+    assert result["embed"]["embedded"] == added.problems == 25
     assert result["map"]["problems"] == _rows(map_store, "SELECT count(*) FROM problems")[0][0]
     status = problem_map.status(db=map_store)
     assert status["current"] and status["mapped"] == status["problems"] == status["embedded"]

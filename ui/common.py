@@ -179,7 +179,8 @@ def _problem_set_line(sb, key: str) -> None:
         left.caption(f"Problems from the map: {problem_sets.info(key)['n']:,}")
     except problem_sets.ProblemSetError as exc:
         left.caption(f"Problems from the map: {exc}")
-    right.button("clear", key="f_clear_problem_set", on_click=_clear_problem_set,
+    # not an "f_" key: sidebar_filter re-assigns those each run, which a button refuses
+    right.button("clear", key="filter_clear_problem_set", on_click=_clear_problem_set,
                  help="Drop the map selection from the filter")
 
 
