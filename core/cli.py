@@ -24,6 +24,10 @@ from core import jobs, store
 from core.ml_cli import add_ml_cli
 
 
+_UNITS = {"read": "row", "load": "chunk", "embed": "problem", "project": "problem", "cluster": "problem",
+          "publish": "problem"}
+
+
 def _bar(desc: str):
     """A tqdm bar per stage, fed by the (stage, done, total) progress callbacks."""
     from tqdm import tqdm
@@ -33,7 +37,7 @@ def _bar(desc: str):
     def update(stage: str, done: int, total: int | None) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=f"{desc}: {stage}", unit={"read": "row", "load": "chunk"}.get(stage, "cot"), file=sys.stderr)
+            bar = bars[stage] = tqdm(total=total, desc=f"{desc}: {stage}", unit=_UNITS.get(stage, "cot"), file=sys.stderr)
         bar.total = total
         bar.n = done
         bar.refresh()
