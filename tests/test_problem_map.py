@@ -171,6 +171,15 @@ def test_cancel_keeps_committed_batches_and_resume_does_the_rest(tmp_path):
     assert len(ids) == 60 == len(set(ids.tolist()))
     kept = np.searchsorted(ids, first[0])
     assert np.array_equal(vectors[kept], first[1])  # the committed embeddings were not redone
+    # the PCA projection: the first two principal axes, as numpy's SVD gives them (up to sign)
+    result = problem_map.project_stage(db, MapOptions(projection="pca"))
+    assert result["problems"] == 60 and not result["current"]
+    xy = store.read_df("SELECT x, y FROM problem_map ORDER BY problem_id", db=db).to_numpy()
+    centred = vectors - vectors.mean(axis=0)
+    expected = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    assert np.allclose(np.abs(xy), np.abs(expected), atol=1e-4)
+    assert problem_map.project_stage(db, MapOptions(projection="pca"))["current"]
+    assert not problem_map.project_stage(db, MapOptions(projection="pca", clusters=3))["current"]  # new options: new map
 
 
 def test_killed_map_command_resumes_without_redoing_or_duplicating(tmp_path):
