@@ -23,7 +23,9 @@ Phases (each in its own child process, so its CPU time and peak RSS are its own)
   (fresh server) and warm (new session). Lasso round trip: a mouse lasso over about a fifth of the
   map until the sidebar says "Problems from the map: N" and the app is idle. Baseline in the same
   run: a bare Streamlit page that draws the same points (``st.plotly_chart`` of one ``Scattergl``,
-  ``on_select="rerun"``) and prints the number of selected points; same navigation, same lasso.
+  ``on_select="rerun"``, which sends every selected point back; its message limit is raised to
+  1 GB so a large lasso completes) and prints the number of selected points; same navigation,
+  same lasso.
 
 With ``--json`` the last stdout line is one JSON object.
 """
@@ -56,7 +58,12 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-PLOT = "[data-testid='stPlotlyChart'] .js-plotly-plot"
+BARE_PLOT = "[data-testid='stPlotlyChart'] .js-plotly-plot"
+OURS_IFRAME = "iframe[src*='thoughtscope_map']"  # ui/map_chart.py draws the map in its own frame
+OURS_PLOT = ".js-plotly-plot"
+# The bare page gets every selected point back from st.plotly_chart (~350 bytes a point): its
+# client message limit is raised so a large lasso is measured instead of closing the connection.
+BARE_MAX_WIDGET_STATE_MB = 1000
 
 
 # --------------------------------------------------------------------------- children
@@ -264,32 +271,48 @@ def _wait_idle(page, quiet_ms: int = 400, timeout_s: float = 300) -> None:
     raise TimeoutError("the app did not become idle")
 
 
-def _paint(browser, url: str, path: str) -> tuple[float, object, object]:
-    """Seconds from navigation until the scatter is drawn (plotly's WebGL canvas in the page)
-    and the app is idle; returns the page (kept open for the lasso)."""
+def _plot_frame(page, ours: bool):
+    """(frame that holds the plot, its offset in the page) once plotly has drawn."""
+    if not ours:
+        page.wait_for_selector(f"{BARE_PLOT} canvas", state="attached", timeout=300_000)
+        return page.main_frame, {"x": 0.0, "y": 0.0}
+    page.wait_for_selector(OURS_IFRAME, timeout=300_000)
+    page.frame_locator(OURS_IFRAME).locator(f"{OURS_PLOT} canvas").first.wait_for(state="attached", timeout=300_000)
+    frame = next(f for f in page.frames if "thoughtscope_map" in f.url)
+    return frame, page.locator(OURS_IFRAME).bounding_box()
+
+
+def _plot(ours: bool) -> str:
+    return OURS_PLOT if ours else BARE_PLOT
+
+
+def _paint(browser, url: str, path: str, ours: bool):
+    """Seconds from navigation until the scatter is drawn (plotly's calcdata for its WebGL
+    canvas) and the app is idle; returns the page (kept open for the lasso)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1100})
     context.set_default_timeout(300_000)
     page = context.new_page()
     started = time.perf_counter()
     page.goto(f"{url}{path}", wait_until="domcontentloaded")
-    page.wait_for_selector(f"{PLOT} canvas", state="attached", timeout=300_000)
-    page.wait_for_function(f"() => {{ const gd = document.querySelector(\"{PLOT}\"); return gd && gd._fullLayout && gd.calcdata; }}",
-                           timeout=300_000)
+    frame, _ = _plot_frame(page, ours)
+    frame.wait_for_function(f"() => {{ const gd = document.querySelector(\"{_plot(ours)}\"); return gd && gd._fullLayout && gd.calcdata; }}",
+                            timeout=300_000)
     _wait_idle(page)
     return time.perf_counter() - started - 0.4, page, context  # less the idle wait's quiet period
 
 
-def _lasso(page) -> tuple[float, int]:
+def _lasso(page, ours: bool) -> tuple[float, int]:
     """Draw a lasso over about a fifth of the plot; seconds until the sidebar reports the
     selection and the app is idle, and the count it reports."""
-    area = page.evaluate(f"""() => {{
-        const gd = document.querySelector("{PLOT}"); const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    frame, offset = _plot_frame(page, ours)
+    area = frame.evaluate(f"""() => {{
+        const gd = document.querySelector("{_plot(ours)}"); const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
         const b = gd.getBoundingClientRect();
         return {{left: b.left + xa._offset, top: b.top + ya._offset, width: xa._length, height: ya._length}};
     }}""")
     import math
 
-    cx, cy = area["left"] + 0.45 * area["width"], area["top"] + 0.5 * area["height"]
+    cx, cy = offset["x"] + area["left"] + 0.45 * area["width"], offset["y"] + area["top"] + 0.5 * area["height"]
     path = [(cx + 0.22 * area["width"] * math.cos(a), cy + 0.3 * area["height"] * math.sin(a))
             for a in [i * 2 * math.pi / 7 + 0.2 for i in range(7)]]
     page.mouse.move(*path[0])
@@ -326,19 +349,21 @@ def browser_phase(db: Path, source: str, workdir: Path) -> dict:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         for name, cmd, path in (
-            ("bare", [sys.executable, "-m", "streamlit", "run", str(bare_app)], "/"),
+            ("bare", [sys.executable, "-m", "streamlit", "run", str(bare_app),
+                      f"--server.maxWidgetStateSize={BARE_MAX_WIDGET_STATE_MB}"], "/"),
             ("ours", [sys.executable, "-m", "ui.serve"], "/map"),
         ):
             log(f"browser: {name}")
+            ours = name == "ours"
             proc, url = _serve(cmd, env, workdir / f"server-{name}.log")
             try:
                 # ours on its defaults: coloured by cluster, the problems the (empty) filter matches
-                cold, page, context = _paint(browser, url, path)
+                cold, page, context = _paint(browser, url, path, ours)
                 context.close()
-                warm, page, context = _paint(browser, url, path)
-                if name == "ours":
+                warm, page, context = _paint(browser, url, path, ours)
+                if ours:
                     _select_map(page, source)
-                lasso_s, selected = _lasso(page)
+                lasso_s, selected = _lasso(page, ours)
                 context.close()
             finally:
                 _stop(proc)
@@ -357,8 +382,7 @@ def _select_map(page, source: str) -> None:
         box.first.click()
         page.get_by_role("option", name=source).click()
         _wait_idle(page)
-        page.wait_for_function(f"() => {{ const gd = document.querySelector(\"{PLOT}\"); return gd && gd.calcdata; }}",
-                               timeout=300_000)
+        _plot_frame(page, True)
 
 
 # --------------------------------------------------------------------------- main

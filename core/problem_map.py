@@ -680,7 +680,7 @@ def map_figure(points: pl.DataFrame, *, colour_label: str, categorical: bool, ho
     """The map as one WebGL scatter (plotly ``scattergl``) with lasso and box selection.
 
     Trace 0 holds the problems without a value for the colour (grey), trace 1 the others, each
-    in ``points`` order; :func:`selected_problem_ids` maps a selection back to problem ids.
+    in ``points`` order; :func:`points_inside` maps a selection's outline back to the points.
     ``hover``: problem_id, question (shown on hover when there are few points)."""
     import plotly.colors
     import plotly.graph_objects as go
@@ -740,23 +740,26 @@ def map_figure(points: pl.DataFrame, *, colour_label: str, categorical: bool, ho
     return fig
 
 
-def trace_ids(points: pl.DataFrame) -> list[np.ndarray]:
-    """Problem ids per trace of :func:`map_figure`, in point order."""
-    has_value = points["value"].is_not_null()
-    if points["value"].dtype in (pl.Float32, pl.Float64):
-        has_value = has_value & points["value"].is_not_nan()
-    ids = points["problem_id"].to_numpy()
-    mask = has_value.to_numpy()
-    return [ids[~mask], ids[mask]]
-
-
-def selected_problem_ids(selection: dict, ids_per_trace: list[np.ndarray]) -> np.ndarray:
-    """The problem ids of a plotly selection event (Streamlit's ``selection`` dict: ``points``
-    with ``curve_number`` and ``point_index``)."""
-    picked: list[int] = []
-    for point in selection.get("points") or []:
-        curve, index = point.get("curve_number"), point.get("point_index")
-        if curve is None or index is None or curve >= len(ids_per_trace) or index >= len(ids_per_trace[curve]):
-            continue
-        picked.append(int(ids_per_trace[curve][index]))
-    return np.unique(np.asarray(picked, dtype=np.int64))
+def points_inside(x: np.ndarray, y: np.ndarray, outline: dict) -> np.ndarray:
+    """Which points (x[i], y[i]) a selection outline holds: ``{'kind': 'box', 'x': [x0, x1],
+    'y': [y0, y1]}`` or ``{'kind': 'lasso', 'x': [...], 'y': [...]}`` (the polygon's vertices, in
+    data coordinates, as plotly reports them). A boolean mask; the lasso uses the even-odd rule,
+    vectorised over the points inside the polygon's bounding box."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    xs = np.asarray(outline.get("x") or [], dtype=np.float64)
+    ys = np.asarray(outline.get("y") or [], dtype=np.float64)
+    if outline.get("kind") == "box" and len(xs) >= 2 and len(ys) >= 2:
+        return (x >= xs.min()) & (x <= xs.max()) & (y >= ys.min()) & (y <= ys.max())
+    mask = np.zeros(len(x), dtype=bool)
+    if outline.get("kind") != "lasso" or len(xs) < 3 or len(xs) != len(ys):
+        return mask
+    near = np.flatnonzero((x >= xs.min()) & (x <= xs.max()) & (y >= ys.min()) & (y <= ys.max()))
+    px, py = x[near], y[near]
+    inside = np.zeros(len(near), dtype=bool)
+    for x1, y1, x2, y2 in zip(xs, ys, np.roll(xs, -1), np.roll(ys, -1)):
+        if y1 == y2:
+            continue  # a horizontal edge crosses no horizontal ray
+        crosses = (y1 > py) != (y2 > py)
+        inside ^= crosses & (px < (x2 - x1) * (py - y1) / (y2 - y1) + x1)
+    mask[near] = inside
+    return mask

@@ -3,7 +3,8 @@ by any problem figure; a lasso or box selection narrows the shared filter.
 
 The map is computed once by the `map` job (core.problem_map: embeddings, UMAP, k-means) and
 read from the store; this page only draws it (a WebGL scatter) and turns a selection into a saved
-problem set (core.problem_sets) that the sidebar filter carries as a short key.
+problem set (core.problem_sets) that the sidebar filter carries as a short key. The scatter is
+drawn by ui.map_chart, which sends back only the selection's outline (see why there).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import streamlit as st
 
 from core import jobs, problem_map, problem_sets
 from core.queries import CotFilter
-from ui import common
+from ui import common, map_chart
 
 SHOW_CHOICES = ("problems the filter matches", "every mapped problem")
 
@@ -25,14 +26,18 @@ def _points(filter_key: str, db: str, stamp, source_id: int, colour: str, only_m
 
 
 @st.cache_resource(ttl=600, show_spinner=False, max_entries=4)
-def _figure(filter_key: str, db: str, stamp, source_id: int, colour: str, only_matching: bool, colour_label: str,
-            _points_frame: pl.DataFrame):
+def _figure_json(filter_key: str, db: str, stamp, source_id: int, colour: str, only_matching: bool, colour_label: str,
+                 _points_frame: pl.DataFrame) -> str:
+    """The figure as plotly JSON, cached: serialising 708k points costs most of a second."""
+    import plotly.io
+
     del filter_key, db, stamp, source_id, only_matching  # the cache key only
     hover = None
     if _points_frame.height <= problem_map.HOVER_TEXT_MAX_POINTS:
         hover = _questions(tuple(_points_frame["problem_id"].to_list()))
-    return problem_map.map_figure(_points_frame, colour_label=colour_label,
-                                  categorical=colour in problem_map.CATEGORICAL, hover=hover)
+    fig = problem_map.map_figure(_points_frame, colour_label=colour_label,
+                                 categorical=colour in problem_map.CATEGORICAL, hover=hover)
+    return plotly.io.to_json(fig, validate=False)
 
 
 def _questions(ids: tuple[int, ...]) -> pl.DataFrame:
@@ -58,14 +63,15 @@ def _narrow_to(ids, origin: str) -> None:
 
 
 def _on_select() -> None:
-    """on_select callback (runs before the page): the lasso's or box's problems become a saved
-    set, and the filter narrows to it."""
-    event = st.session_state.get(_chart_key())
-    selection = event.selection if event is not None else None
-    if not selection:
+    """on_change callback (runs before the page): the problems inside the lasso's or box's
+    outline become a saved set, and the filter narrows to it."""
+    outline = st.session_state.get(_chart_key())
+    points = st.session_state.get("map_points_frame")
+    if not outline or points is None:
         return
-    ids = problem_map.selected_problem_ids(selection, st.session_state.get("map_trace_ids", []))
-    _narrow_to(ids, f"map selection on {st.session_state.get('map_name', 'the map')}")
+    inside = problem_map.points_inside(points["x"].to_numpy(), points["y"].to_numpy(), outline)
+    _narrow_to(points["problem_id"].to_numpy()[inside], f"map {outline.get('kind', 'selection')} on "
+               f"{st.session_state.get('map_name', 'the map')}")
 
 
 def _on_cluster_rows() -> None:
@@ -114,7 +120,6 @@ with common.guard():
     only_matching = show == SHOW_CHOICES[0]
     args = (repr(f), str(common.db_file()), stamp, int(row["source_id"]), colour, only_matching)
     points = _points(*args, f)
-    st.session_state.map_trace_ids = problem_map.trace_ids(points)
     st.session_state.map_points_frame = points
     mapped_note = ""
     if status["problems"] > status["mapped"]:
@@ -131,9 +136,7 @@ with common.guard():
     if points.is_empty():
         st.warning("No mapped problem matches the filter: widen the filter, or show every mapped problem.")
     else:
-        fig = _figure(*args, choices[colour], points)
-        st.plotly_chart(fig, key=_chart_key(), on_select=_on_select, selection_mode=("lasso", "box"),
-                        width="stretch", config={"displaylogo": False})
+        map_chart.scatter(_figure_json(*args, choices[colour], points), key=_chart_key(), on_change=_on_select)
     if status["problems"] > status["mapped"] or not status["current"]:
         st.button("Update the map", key="map_update", on_click=_start_job, args=(row["model"],),
                   help="Embeds the problems not embedded yet, then projects and clusters again.")

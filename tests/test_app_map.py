@@ -27,9 +27,9 @@ def open_map(query: dict | None = None) -> AppTest:
 
 def drawn_points(at: AppTest) -> int:
     """Points in the map figure (both traces), from the chart's JSON spec."""
-    charts = at.get("plotly_chart")
+    charts = at.get("component_instance")  # ui.map_chart: the figure travels as the component's argument
     assert len(charts) == 1
-    spec = json.loads(charts[0].proto.spec)
+    spec = json.loads(json.loads(charts[0].proto.json_args)["figure"])
     return sum(_length(trace["x"]) for trace in spec["data"])
 
 
@@ -87,4 +87,4 @@ def test_map_page_without_a_map_offers_to_compute_it(demo_store, app_store):
     at = open_map()
     assert any("No map yet" in i.value for i in at.info)
     assert at.button(key="map_start") is not None
-    assert len(at.get("plotly_chart")) == 0
+    assert len(at.get("component_instance")) == 0

@@ -274,18 +274,30 @@ def test_map_points_against_plain_sql(map_store):
         problem_map.map_points(CotFilter(), sid, "nonsense", db=map_store)
 
 
-def test_selection_maps_back_to_problem_ids(map_store):
+def test_selection_outline_maps_back_to_the_points_inside():
+    """A box and a lasso (a concave polygon) against a hand-made grid: the points inside are
+    known without any geometry code."""
+    gx, gy = np.meshgrid(np.arange(10, dtype=np.float32), np.arange(10, dtype=np.float32))
+    x, y = gx.ravel(), gy.ravel()
+    box = problem_map.points_inside(x, y, {"kind": "box", "x": [6.5, 2.5], "y": [1.5, 3.5]})
+    assert sorted(zip(x[box].tolist(), y[box].tolist())) == [(a, b) for a in (3, 4, 5, 6) for b in (2, 3)]
+    # an L-shaped lasso: the cells 1..4 x 1..2 and 1..2 x 3..4
+    lasso = {"kind": "lasso", "x": [0.5, 4.5, 4.5, 2.5, 2.5, 0.5], "y": [0.5, 0.5, 2.5, 2.5, 4.5, 4.5]}
+    inside = problem_map.points_inside(x, y, lasso)
+    expected = {(a, b) for a in range(1, 5) for b in (1, 2)} | {(a, b) for a in (1, 2) for b in (3, 4)}
+    assert set(zip(x[inside].tolist(), y[inside].tolist())) == expected
+    assert not problem_map.points_inside(x, y, {"kind": "lasso", "x": [1, 2], "y": [1, 2]}).any()
+    assert not problem_map.points_inside(x, y, {}).any()
+
+
+def test_map_figure_and_cluster_table(map_store):
     sid = problem_map.map_source(problem_map.DEFAULT_EMBEDDING_MODEL, db=map_store)["source_id"]
     pts = problem_map.map_points(CotFilter(correct_source="harness"), sid, "accuracy", only_matching=False, db=map_store)
-    per_trace = problem_map.trace_ids(pts)
-    assert len(per_trace[0]) == _rows(map_store, "SELECT count(*) FROM problems p WHERE NOT EXISTS "
-                                                 "(SELECT 1 FROM cots c WHERE c.problem_id = p.problem_id)")[0][0] == 560
+    no_cots = _rows(map_store, "SELECT count(*) FROM problems p WHERE NOT EXISTS "
+                               "(SELECT 1 FROM cots c WHERE c.problem_id = p.problem_id)")[0][0]
+    assert no_cots == 560 and pts["value"].is_null().sum() == no_cots
     fig = problem_map.map_figure(pts, colour_label="accuracy", categorical=False)
-    assert [len(t.x) for t in fig.data] == [len(per_trace[0]), len(per_trace[1])]
-    selection = {"points": [{"curve_number": 1, "point_index": 0}, {"curve_number": 0, "point_index": 2},
-                            {"curve_number": 1, "point_index": 0}, {"curve_number": 5, "point_index": 1}]}
-    picked = problem_map.selected_problem_ids(selection, per_trace)
-    assert picked.tolist() == sorted({int(per_trace[1][0]), int(per_trace[0][2])})
+    assert [len(t.x) for t in fig.data] == [no_cots, pts.height - no_cots]  # grey: no value; coloured: the rest
     table = problem_map.cluster_table(sid, pts, db=map_store)
     assert table["problems"].sum() == pts.height
     assert all(1 <= len(e) <= 3 for e in table["examples"].to_list())

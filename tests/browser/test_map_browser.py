@@ -1,5 +1,6 @@
-"""The Map page in chromium: a lasso drawn with the mouse over the WebGL scatter narrows the shared
-filter to exactly the problems inside it, and the other pages see the same problems.
+"""The Map page in chromium: a lasso drawn with the mouse over the WebGL scatter (in the map
+component's iframe) narrows the shared filter to exactly the problems inside it, and the other
+pages see the same problems.
 
 The expected problems are computed here, independently of the app: the lasso's pixel path is
 turned into data coordinates with plotly's own axis functions in the page, and a plain
@@ -43,7 +44,16 @@ def map_page(chromium, map_server):
     context.close()
 
 
-PLOT = "[data-testid='stPlotlyChart'] .js-plotly-plot"
+PLOT = ".js-plotly-plot"  # inside the map component's iframe (ui/map_chart.py)
+IFRAME = "iframe[src*='thoughtscope_map']"
+
+
+def map_frame(page):
+    """The map component's frame, once plotly has drawn in it."""
+    page.wait_for_selector(IFRAME, timeout=60_000)
+    frame = page.frame_locator(IFRAME)
+    frame.locator(f"{PLOT} .main-svg").first.wait_for(timeout=60_000)
+    return next(f for f in page.frames if "thoughtscope_map" in f.url)
 
 
 def inside(px: np.ndarray, py: np.ndarray, poly: list[tuple[float, float]]) -> np.ndarray:
@@ -66,27 +76,31 @@ def sidebar_selection_count(page) -> int | None:
 def test_lasso_narrows_the_filter_to_the_problems_inside(map_page, map_server):
     page = map_page
     open_page(page, map_server, "/map")
-    page.wait_for_selector(f"{PLOT} .main-svg", timeout=60_000)
+    frame = map_frame(page)
     wait_idle(page)
     assert sidebar_selection_count(page) is None
-    # the plot area in pixels, and plotly's pixel -> data functions for it
-    area = page.evaluate(f"""() => {{
+    # the plot area in page pixels (the iframe's offset plus plotly's), and plotly's pixel -> data
+    # functions for it, evaluated in the component's frame
+    offset = page.locator(IFRAME).bounding_box()
+    area = frame.evaluate(f"""() => {{
         const gd = document.querySelector("{PLOT}");
         const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
         const box = gd.getBoundingClientRect();
         return {{left: box.left + xa._offset, top: box.top + ya._offset, width: xa._length, height: ya._length}};
     }}""")
+    area["left"] += offset["x"]
+    area["top"] += offset["y"]
     # a pentagon over the left-centre of the map, in page pixels
     cx, cy = area["left"] + 0.40 * area["width"], area["top"] + 0.5 * area["height"]
     rx, ry = 0.25 * area["width"], 0.35 * area["height"]
     angles = np.linspace(0, 2 * np.pi, 6)[:-1] + 0.3
     path = [(float(cx + rx * np.cos(a)), float(cy + ry * np.sin(a))) for a in angles]
-    poly = page.evaluate(f"""(path) => {{
+    poly = frame.evaluate(f"""([path, dx, dy]) => {{
         const gd = document.querySelector("{PLOT}");
         const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
         const box = gd.getBoundingClientRect();
-        return path.map(([x, y]) => [xa.p2d(x - box.left - xa._offset), ya.p2d(y - box.top - ya._offset)]);
-    }}""", path)
+        return path.map(([x, y]) => [xa.p2d(x - dx - box.left - xa._offset), ya.p2d(y - dy - box.top - ya._offset)]);
+    }}""", [path, offset["x"], offset["y"]])
     page.mouse.move(*path[0])
     page.mouse.down()
     for point in path[1:] + path[:1]:
