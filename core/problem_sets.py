@@ -74,7 +74,10 @@ def _atomic_write(target: Path, write) -> None:
 
 def save(problem_ids: Iterable[int], *, origin: str = "", db=None) -> str:
     """Save a set of problem ids (duplicates dropped) and return its key."""
-    ids = np.unique(np.fromiter((int(i) for i in problem_ids), dtype=np.int64))
+    if isinstance(problem_ids, np.ndarray):  # the map's selections: no Python int per id
+        ids = np.unique(problem_ids.astype(np.int64, copy=False))
+    else:
+        ids = np.unique(np.fromiter((int(i) for i in problem_ids), dtype=np.int64))
     if len(ids) == 0:
         raise ProblemSetError("An empty selection cannot narrow the filter; select at least one problem.")
     key = key_of(ids)
