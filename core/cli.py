@@ -4,6 +4,7 @@
     python -m core summary [--json]
     python -m core demo [--problems N] [--out FILE]
     python -m core index [--path DIR] [--json]
+    python -m core map [--model M] [--device cuda] [--clusters K] [--json]
     python -m core jobs [--json]
     python -m core tokens|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
 
@@ -225,6 +226,32 @@ def add_job_commands(subparsers) -> None:
         p.set_defaults(func=lambda args, kind=kind: _run_kind(kind, args))
 
 
+def cmd_map(args) -> int:
+    """Embed the problems not embedded yet, then project, cluster and publish the map."""
+    from core.problem_map import MapError, MapOptions, run_map
+
+    params = {k: getattr(args, k) for k in ("model", "device", "batch_size", "commit_every", "n_neighbors", "min_dist",
+                                             "clusters", "pca_dims", "seed", "max_problems", "projection") if getattr(args, k) is not None}
+    params["project"] = not args.no_project
+    try:
+        opts = MapOptions.from_params(params)
+        update, close = _bar("map")
+        try:
+            result = run_map(args.db, opts, progress=update)
+        finally:
+            close()
+    except MapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, default=str) if args.json else
+          f"Embedded {result['embed']['embedded']:,} problems with {result['embed']['model']}; "
+          + ("the map was already current." if result.get("map", {}).get("current") else
+             f"map '{result['map']['source']}': {result['map']['problems']:,} problems, {result['map']['clusters']} clusters."
+             if result.get("map") else f"no projection yet ({result['embed']['pending']:,} problems still to embed)."
+             if result["embed"]["pending"] else "no projection (--no-project)."))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.tokens import DEFAULT_TOKENIZER
 
@@ -268,6 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ingest", action="store_true")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("map", help="embed, project and cluster the problems for the Map page (resumable)")
+    p.add_argument("--model", help="sentence-transformers model: HF id or folder (default: all-MiniLM-L6-v2, offline)")
+    p.add_argument("--device", help="cpu | cuda | mps (default: the best available)")
+    p.add_argument("--batch-size", type=int, help="texts per forward pass (default 64)")
+    p.add_argument("--commit-every", type=int, help="problems per committed batch (default 1024)")
+    p.add_argument("--n-neighbors", type=int, help="UMAP neighbours (default 15)")
+    p.add_argument("--min-dist", type=float, help="UMAP min_dist (default 0.1)")
+    p.add_argument("--projection", choices=("umap", "pca"), help="umap (default) or pca (seconds at 700k, coarser)")
+    p.add_argument("--pca-dims", type=int, help="PCA dimensions before UMAP (default 50)")
+    p.add_argument("--clusters", type=int, help="k-means clusters (default about sqrt(problems/2), 2-100)")
+    p.add_argument("--seed", type=int, help="seed of PCA, UMAP and k-means (default 0)")
+    p.add_argument("--max-problems", type=int, help="embed at most this many problems in this run")
+    p.add_argument("--no-project", action="store_true", help="embed only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_map)
+
 
     p = sub.add_parser("jobs", help="list background jobs and their state")
     p.add_argument("--json", action="store_true")

@@ -112,6 +112,8 @@ register(JobKind("finetune", "core.worker:finetune_job", options=(FinetuneOption
                  help="LoRA SFT on an exported TRL messages file or a recipe (resumable)"))
 register(JobKind("evaluate", "core.worker:evaluate_job", options=(EvalOptions,), command=True, hidden=("summary",),
                  help="generate k answers per benchmark problem, ingest, verify (resumable)"))
+register(JobKind("map", "core.worker:map_job",
+                 help="embed, project and cluster the problems for the Map page (resumable)"))
 
 
 def get(kind: str) -> JobKind:

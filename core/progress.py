@@ -90,7 +90,8 @@ class ProgressBar:
             ingest(path, progress=bar)
     """
 
-    UNITS = {"read": "row", "load": "chunk", "train": "step", "generate": "problem", "judge": "pair"}
+    UNITS = {"read": "row", "load": "chunk", "train": "step", "generate": "problem", "judge": "pair",
+             "embed": "problem", "project": "problem", "cluster": "problem", "publish": "problem"}
 
     def __init__(self, desc: str):
         self.desc = desc

@@ -58,6 +58,7 @@ class CotFilter:
     text: str = ""  # words of the question or the CoT text (see text_search_mode), case-insensitive
     problem_ids: tuple[int, ...] = ()
     conditions: tuple[Condition, ...] = ()  # on any figure (core.figures); all must hold
+    problem_set: str = ""  # key of a saved set of problems (core.problem_sets), e.g. a lasso on the map
 
     # ---- URL round trip: a view can be shared and reloaded
     def to_params(self) -> dict[str, str]:
@@ -99,6 +100,11 @@ class CotFilter:
         for name in ("rv_source", "cd_source", "correct_source", "text"):
             if get(name):
                 kwargs[name] = str(get(name))
+        if get("problem_set"):
+            from core.problem_sets import is_key
+
+            if is_key(str(get("problem_set"))):
+                kwargs["problem_set"] = str(get("problem_set"))
         if get("correct") in ("correct", "incorrect", "unknown"):
             kwargs["correct"] = get("correct")
         for name, cast in (("rv_range", float), ("cd_range", float), ("tokens_range", int), ("reflections_range", int)):
@@ -152,6 +158,8 @@ class CotFilter:
             out.append((f"search “{self.text}”", self.with_(text="")))
         if self.problem_ids:
             out.append((f"{len(self.problem_ids):,} picked problem(s)", self.with_(problem_ids=())))
+        if self.problem_set:
+            out.append(("problems picked on the map", self.with_(problem_set="")))
         for i, cond in enumerate(self.conditions):
             out.append((cond.describe(), self.with_(conditions=self.conditions[:i] + self.conditions[i + 1:])))
         return out
@@ -256,6 +264,12 @@ def matching_sql(f: CotFilter, *, text_columns: bool = False, db=None) -> tuple[
     if f.problem_ids:
         where.append(f"c.problem_id IN ({', '.join('?' * len(f.problem_ids))})")
         params.extend(f.problem_ids)
+    if f.problem_set:
+        from core import problem_sets
+
+        condition, set_params = problem_sets.filter_sql(f.problem_set)
+        where.append(condition)
+        params.extend(set_params)
     if f.tokens_range:
         where.append("c.n_tokens BETWEEN ? AND ?")
         params.extend(f.tokens_range)

@@ -113,6 +113,35 @@ CREATE TABLE IF NOT EXISTS problem_scores (
     error VARCHAR
 );
 
+-- Sentence embeddings of problem questions (core.problem_map), one row per problem and model:
+-- stored once, reused by every later map.
+CREATE TABLE IF NOT EXISTS problem_embeddings (
+    problem_id BIGINT NOT NULL,
+    model VARCHAR NOT NULL,
+    dim SMALLINT NOT NULL,
+    vector FLOAT[] NOT NULL           -- L2-normalised
+);
+
+-- A published map of the problems (core.problem_map) under its stage score source: 2-D
+-- position and cluster per problem, and per cluster its centre, example problems and words.
+CREATE TABLE IF NOT EXISTS problem_map (
+    source_id INTEGER NOT NULL,
+    problem_id BIGINT NOT NULL,
+    x REAL NOT NULL,
+    y REAL NOT NULL,
+    cluster INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS map_clusters (
+    source_id INTEGER NOT NULL,
+    cluster INTEGER NOT NULL,
+    n_problems BIGINT NOT NULL,       -- when the map was made (the page counts live)
+    x REAL,
+    y REAL,
+    examples BIGINT[],                -- problem ids nearest the cluster's centroid
+    terms VARCHAR                     -- the words most particular to the cluster
+);
+
 -- The eval harness's own figures (Qwen2.5-Math *_metrics.json), shown beside ours.
 CREATE TABLE IF NOT EXISTS run_metrics (
     dataset_id INTEGER NOT NULL,
@@ -311,6 +340,8 @@ def delete_dataset_rows(con: duckdb.DuckDBPyConnection, dataset_id: int) -> None
     lo, hi = dataset_id << ID_SHIFT, (dataset_id + 1) << ID_SHIFT
     con.execute("DELETE FROM scores WHERE cot_id >= ? AND cot_id < ?", [lo, hi])
     con.execute("DELETE FROM problem_scores WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
+    con.execute("DELETE FROM problem_embeddings WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
+    con.execute("DELETE FROM problem_map WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
     con.execute("DELETE FROM cots WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM problems WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM run_metrics WHERE dataset_id = ?", [dataset_id])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import QWEN_OUTPUTS, REALDATA, REPO, build_tiny_llama, judge_corpus, judge_rows, require_realdata
+from helpers import BENCHMARKS, QWEN_OUTPUTS, REALDATA, REPO, build_tiny_llama, judge_corpus, judge_rows, require_realdata
 
 ROOT = REPO
 
@@ -153,3 +153,33 @@ def tiny_backend(tiny_llama):
     from core.generation import open_backend
 
     return open_backend("transformers", str(tiny_llama), device="cpu", batch_size=4)
+
+
+MAP_RUN = QWEN_OUTPUTS / "Qwen" / "Qwen2.5-Math-7B"  # one model's AIME 2024 and MATH500 runs
+
+
+def build_map_store(path: Path) -> Path:
+    """The AIME 2024, AIME 2025 and MATH500 benchmark files of ../shared/realdata plus one real
+    eval run of both (Qwen2.5-Math-7B, with CoTs), and the map made by the real offline model."""
+    from core.ingest import ingest
+    from core.problem_map import MapOptions, run_map
+
+    outputs = path.parent / "outputs" / "Qwen" / "Qwen2.5-Math-7B"
+    shutil.copytree(MAP_RUN, outputs)
+    ingest(str(path.parent / "outputs"), name="qwen2.5-math-7b eval", db=path)
+    for name in ("aime24_test", "aime25_test", "math500_test"):
+        ingest(str(BENCHMARKS / f"{name}.jsonl"), fmt="benchmark", name=name, db=path)
+    run_map(path, MapOptions())
+    return path
+
+
+@pytest.fixture(scope="session")
+def map_store_template(tmp_path_factory) -> Path:
+    """A store with real benchmark problems and eval CoTs, and its map (see build_map_store)."""
+    require_realdata()
+    return _build_store(tmp_path_factory.mktemp("map") / "map.duckdb", build_map_store)
+
+
+@pytest.fixture
+def map_store(map_store_template, tmp_path) -> Path:
+    return _copy(map_store_template, tmp_path)

@@ -342,6 +342,7 @@ def sidebar_filter() -> CotFilter:
         st.session_state.filter_initialised = True
         start = CotFilter.from_params(st.query_params.to_dict())
         st.session_state.filter_problem_ids = start.problem_ids
+        st.session_state.filter_problem_set = start.problem_set
         for key, value in _initial_state(start, cat, rows).items():
             st.session_state[key] = value
     for key in list(st.session_state.keys()):
@@ -392,8 +393,10 @@ def sidebar_filter() -> CotFilter:
         reflections_range=tuple(refl) if tuple(refl) != (0, max_refl) else None,
         truncated={v: k for k, v in _TRUNC.items()}[trunc_choice],
         text=text.strip(), problem_ids=st.session_state.get("filter_problem_ids", ()),
-        conditions=conditions,
+        conditions=conditions, problem_set=st.session_state.get("filter_problem_set", ""),
     )
+    if current.problem_set:
+        _problem_set_line(sb, current.problem_set)
     if current.problem_ids and sb.button("Clear the problem selection", key="fb_clear_problems"):
         st.session_state.filter_problem_ids = ()
         st.rerun()
@@ -408,6 +411,24 @@ def sidebar_filter() -> CotFilter:
         st.query_params.update(params)
     st.session_state.current_filter = current
     return current
+
+
+def _clear_problem_set() -> None:
+    st.session_state.filter_problem_set = ""
+
+
+def _problem_set_line(sb, key: str) -> None:
+    """'Problems from the map: N (clear)': a saved set (a lasso on the Map page) in the filter."""
+    from core import problem_sets
+
+    left, right = sb.columns([3, 1], vertical_alignment="center")
+    try:
+        left.caption(f"Problems from the map: {problem_sets.info(key)['n']:,}")
+    except problem_sets.ProblemSetError as exc:
+        left.caption(f"Problems from the map: {exc}")
+    # not an "f_" key: sidebar_filter re-assigns those each run, which a button refuses
+    right.button("clear", key="filter_clear_problem_set", on_click=_clear_problem_set,
+                 help="Drop the map selection from the filter")
 
 
 def set_filter(f: CotFilter) -> None:
@@ -429,6 +450,8 @@ def narrow_filter(**changes) -> None:
     for name, value in changes.items():
         if name == "problem_ids":
             st.session_state.filter_problem_ids = tuple(value)
+        elif name == "problem_set":
+            st.session_state.filter_problem_set = str(value)
         elif name in ranges:
             st.session_state.update(range_state(ranges[name], tuple(value)))
         elif name in mapping:
