@@ -340,6 +340,20 @@ def evaluate_job(params: dict[str, Any], ctx: JobContext) -> dict:
     return evaluate(EvalOptions.from_params(params), db=ctx.db, progress=ctx.progress, log=ctx.log)
 
 
+def steps_job(params: dict[str, Any], ctx: JobContext) -> dict:
+    """Split CoTs into steps with roles by the rule set (core.step_stage.StepOptions fields)."""
+    from core.step_stage import steps_job as run
+
+    return run(params, ctx)
+
+
+def step_labels_job(params: dict[str, Any], ctx: JobContext) -> dict:
+    """Ingest a step-label file (core.step_labels.StepLabelOptions fields)."""
+    from core.step_labels import step_labels_job as run
+
+    return run(params, ctx)
+
+
 JobFn = Callable[[dict[str, Any], JobContext], dict]
 
 JOB_KINDS: dict[str, JobFn] = {
@@ -349,6 +363,8 @@ JOB_KINDS: dict[str, JobFn] = {
     "score": score_job,
     "finetune": finetune_job,
     "evaluate": evaluate_job,
+    "steps": steps_job,
+    "step_labels": step_labels_job,
 }
 
 

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 # ../shared/realdata beside the repository (absent on a user's machine)
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
-TABLES = ("datasets", "problems", "cots", "scores", "score_sources", "problem_scores", "run_metrics", "meta")
+TABLES = ("datasets", "problems", "cots", "scores", "score_sources", "problem_scores", "run_metrics", "meta",
+          "steps", "step_scores")
 
 
 def require_realdata() -> Path:
@@ -205,8 +206,9 @@ def seeded_store(tmp_path: Path) -> Path:
 
 def counts(db: Path) -> dict[str, int]:
     with store.connect(db, read_only=True) as con:
-        # the tables an ingest writes (problem_scores is filled by later stages)
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES if t not in ("meta", "problem_scores")}
+        # the tables an ingest writes (problem_scores and the steps tables are filled by later stages)
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES
+                if t not in ("meta", "problem_scores", "steps", "step_scores")}
 
 
 def staging_leftovers(folder: Path) -> list[Path]:
