@@ -8,6 +8,9 @@
     python -m core index [--path DIR] [--json]
     python -m core score|finetune|evaluate ...   (see core/ml_cli.py)
     python -m core jobs [--json]
+    python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
+    python -m core split-steps [--unit sentence|paragraph] [--from-source S]
+    python -m core steps [--json] [--source S [--source S2]]
 
 The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb.
 """
@@ -62,8 +65,13 @@ def cmd_ingest(args) -> int:
     from core.tokens import count_tokens_stage
     from core.verify import verify_stage
 
+    from core import step_labels
+
+    routed = step_labels.route_ingest(args)  # step-label files and --steps-for (core/step_labels.py)
+    if routed is not None:
+        return routed
     if args.format and args.format not in FORMATS:
-        raise SystemExit(f"--format must be one of {', '.join(FORMATS)}")
+        raise SystemExit(f"--format must be one of {', '.join(FORMATS + step_labels.FORMATS)}")
     opts = ReadOptions(mapping=parse_mapping(args.map), model=args.model, split=args.split, max_line_mb=args.max_line_mb)
     update, close = _bar("ingest")
     try:
@@ -200,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip math-verify (run `verify` later)")
     p.add_argument("--no-index", action="store_true", help="skip the search index (run `index` later)")
     p.add_argument("--generated", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--steps-for", help="PATH holds step labels (thought_anchors | prm800k | processbench) for this dataset's CoTs")
+    p.add_argument("--step-source", help="step labels: the step source's name (default: the layout's name)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("index", help="build the full-text search index of datasets not indexed yet (resumable)")
@@ -229,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     p.set_defaults(func=cmd_demo)
 
+    from core import step_stats
+
+    step_stats.add_cli(sub)  # steps [--json], split-steps
     jobs.add_cli(sub)  # worker --job ID, jobs [--json]
     add_ml_cli(sub)  # score, finetune, evaluate
     return parser
