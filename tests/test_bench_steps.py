@@ -30,3 +30,21 @@ def test_bench_steps_runs_at_tiny_n(tmp_path):
     assert scale["steps_bytes"] > 0 and result["disk"]["bytes_per_step"] > 0
     assert set(scale["queries"]) == {"by_correctness", "by_model", "figures", "bare_scan"}
     assert scale["queries"]["figures"]["value"] == scale["cots"]  # one figure row per CoT
+
+
+def test_eval_step_roles_reports_dev_and_held_out(tmp_path):
+    from tests.helpers import require_realdata
+
+    require_realdata()
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_step_roles.py"), "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**__import__("os").environ, "THOUGHTSCOPE_DATA": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    c = result["classification"]
+    assert c["all"]["steps"] == c["dev"]["steps"] + c["held_out"]["steps"] == 2929
+    assert c["dev"]["cots"] == c["held_out"]["cots"] == 10
+    # accuracy over all steps is the step-weighted mean of the two halves
+    weighted = (c["dev"]["accuracy"] * c["dev"]["steps"] + c["held_out"]["accuracy"] * c["held_out"]["steps"]) / 2929
+    assert abs(c["all"]["accuracy"] - weighted) < 1e-9
+    assert "| … the 5 held-out problems |" in proc.stdout
