@@ -65,7 +65,8 @@ def cot_steps(cot_id: int, *, db=None) -> tuple[str, pl.DataFrame, pl.DataFrame]
     char_end, n_tokens, role, micro_actions, wrong) and their per-step scores (source,
     step_idx, metric, value, raw)."""
     with store.connect(db, read_only=True) as con:
-        row = con.execute(f"SELECT {STEP_TEXT_SQL} FROM cots c WHERE c.cot_id = ?", [cot_id]).fetchone()
+        found = con.execute(f"SELECT {STEP_TEXT_SQL} FROM cots c WHERE c.cot_id = ?", [cot_id]).fetchall()
+        row = found[0] if found else None
         steps = store.fetch_pl(
             con, "SELECT ss.name AS source, ss.kind, s.step_idx, s.char_start, s.char_end, s.n_tokens, s.role, "
             "s.micro_actions, s.wrong FROM steps s JOIN score_sources ss USING (source_id) WHERE s.cot_id = ? "
@@ -77,6 +78,17 @@ def cot_steps(cot_id: int, *, db=None) -> tuple[str, pl.DataFrame, pl.DataFrame]
             [cot_id],
         )
     return (row[0] or "") if row else "", steps, scores
+
+
+def step_counts_of_problem(problem_id: int, *, db=None) -> dict[int, dict[str, int]]:
+    """For each CoT of a problem that has steps: steps per step source."""
+    out: dict[int, dict[str, int]] = {}
+    for cot_id, name, n in store.read_rows(
+        "SELECT s.cot_id, ss.name, count(*) FROM steps s JOIN score_sources ss USING (source_id) "
+        "JOIN cots c USING (cot_id) WHERE c.problem_id = ? GROUP BY ALL ORDER BY 1, min(ss.source_id)", [problem_id], db=db,
+    ):
+        out.setdefault(cot_id, {})[name] = n
+    return out
 
 
 def overlay(base: pl.DataFrame, other: pl.DataFrame) -> list[int | None]:
