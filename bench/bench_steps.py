@@ -198,7 +198,17 @@ def scaled_store(sample: Path, target: Path, n_cots: int) -> dict:
 
     from core import store
 
-    for p in (target, target.with_name(target.name + ".wal")):
+    sidecar = target.with_name(target.name + ".info.json")
+    con = duckdb.connect(str(sample), read_only=True)
+    fingerprint = list(con.execute("SELECT (SELECT count(*) FROM cots), (SELECT count(*) FROM steps), "
+                                   "(SELECT sum(n_tokens) FROM steps)").fetchone())
+    con.close()
+    if target.exists() and sidecar.exists():
+        info = json.loads(sidecar.read_text())
+        if info.get("sample") == fingerprint and info.get("wanted") == n_cots:
+            log(f"reusing {target} (same sample)")
+            return {**info["result"], "reused": True}
+    for p in (target, target.with_name(target.name + ".wal"), sidecar):
         p.unlink(missing_ok=True)
     store.init_store(target)
     con = duckdb.connect(str(target))
@@ -239,8 +249,10 @@ def scaled_store(sample: Path, target: Path, n_cots: int) -> dict:
     """)
     counts = dict(zip(("cots", "steps"), con.execute("SELECT (SELECT count(*) FROM cots), (SELECT count(*) FROM steps)").fetchone()))
     con.close()
-    return {"path": str(target), "copies": copies, **counts, "bytes": sizes, "build_seconds": timings,
-            "steps_bytes": sizes["steps"] - sizes["empty"], "figures_bytes": sizes["figures"] - sizes["steps"]}
+    result = {"path": str(target), "copies": copies, **counts, "bytes": sizes, "build_seconds": timings,
+              "steps_bytes": sizes["steps"] - sizes["empty"], "figures_bytes": sizes["figures"] - sizes["steps"]}
+    sidecar.write_text(json.dumps({"sample": fingerprint, "wanted": n_cots, "result": result}))
+    return result
 
 
 # --------------------------------------------------------------------------- the run

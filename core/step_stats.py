@@ -119,21 +119,22 @@ def _correctness_sql(alias: str = "m") -> str:
 
 
 def role_table(source: str, f: CotFilter | None = None, *, by: str = "correctness", db=None) -> pl.DataFrame:
-    """Steps, tokens and CoTs per role and group (``by``: correctness | model | dataset) for the
-    CoTs ``f`` matches, with each role's share of the group's step tokens (characters where a
-    step has no token count)."""
+    """Steps and tokens per role and group (``by``: correctness | model | dataset) for the CoTs
+    ``f`` matches, with each role's share of the group's step tokens (characters where a step
+    has no token count). One hash join of the source's steps with the matching CoTs: 0.3 s at
+    10M steps, 10 s at 200M (README "Steps")."""
     f = f or CotFilter()
     group = {"correctness": _correctness_sql(), "model": "coalesce(m.model, '(no model)')", "dataset": "m.dataset"}[by]
     matching, params = matching_sql(f, db=db)
     frame = store.read_df(
         f"SELECT {group} AS grp, coalesce(s.role, '{NO_ROLE}') AS role, count(*) AS steps, "
-        "sum(coalesce(s.n_tokens, s.char_end - s.char_start))::BIGINT AS tokens, count(DISTINCT s.cot_id) AS cots "
+        "sum(coalesce(s.n_tokens, s.char_end - s.char_start))::BIGINT AS tokens "
         f"FROM steps s JOIN ({matching}) m ON m.cot_id = s.cot_id WHERE s.source_id = ? GROUP BY ALL",
         [*params, _source_id(source, db)], db=db,
     )
     if frame.height == 0:
         return pl.DataFrame(schema={by: pl.String, "role": pl.String, "steps": pl.Int64, "tokens": pl.Int64,
-                                    "cots": pl.Int64, "share": pl.Float64})
+                                    "share": pl.Float64})
     order = {r: i for i, r in enumerate((*ROLES, NO_ROLE))}
     return (
         frame.with_columns((pl.col("tokens") / pl.col("tokens").sum().over("grp")).alias("share"))
@@ -143,25 +144,30 @@ def role_table(source: str, f: CotFilter | None = None, *, by: str = "correctnes
     )
 
 
-def figure_frame(source: str, f: CotFilter | None = None, *, db=None) -> pl.DataFrame:
-    """The per-CoT step figures of ``source`` (its figures source) for the CoTs ``f`` matches,
-    one row per CoT with model, dataset, correctness and one column per figure."""
+# The per-CoT figures the pages and the CLI summary read (role shares come from role_table).
+FIGURE_COLUMNS = ("n_steps", "mean_step_tokens", "mean_step_chars", "n_self_checks", "has_error", "first_error_step",
+                  "first_error_frac", "first_error_before_answer")
+
+
+def figure_frame(source: str, f: CotFilter | None = None, *, metrics: tuple[str, ...] = FIGURE_COLUMNS,
+                 db=None) -> pl.DataFrame:
+    """Per-CoT step figures of ``source`` (from its figures source) for the CoTs ``f`` matches
+    that have them: cot_id, problem_id, model, dataset, correctness and one column per metric
+    (NULL where the source gives none). Pivoted in DuckDB: 0.4 s at 100k CoTs, 5 s at 2M."""
     f = f or CotFilter()
     kind = store.read_rows("SELECT kind FROM score_sources WHERE name = ?", [source], db=db)
     if not kind:
         raise ValueError(f"There is no score source named '{source}'.")
     figures = source if kind[0][0] == "stage" else f"{source} (step figures)"
+    figures_id = store.read_rows("SELECT source_id FROM score_sources WHERE name = ?", [figures], db=db)
     matching, params = matching_sql(f, db=db)
-    long = store.read_df(
-        f"SELECT m.cot_id, m.problem_id, m.model, m.dataset, {_correctness_sql()} AS correctness, s.metric, s.value "
-        f"FROM ({matching}) m JOIN scores s ON s.cot_id = m.cot_id JOIN score_sources ss USING (source_id) "
-        "WHERE ss.name = ? AND s.value IS NOT NULL",
-        [*params, figures], db=db,
+    columns = ", ".join(f"max(s.value) FILTER (WHERE s.metric = '{m}') AS {m}" for m in metrics)
+    return store.read_df(
+        f"SELECT m.cot_id, m.problem_id, m.model, m.dataset, {_correctness_sql()} AS correctness, {columns} "
+        f"FROM ({matching}) m JOIN scores s ON s.cot_id = m.cot_id "
+        f"WHERE s.source_id = ? AND s.metric IN ({', '.join(repr(m) for m in metrics)}) GROUP BY ALL ORDER BY m.cot_id",
+        [*params, figures_id[0][0] if figures_id else -1], db=db,
     )
-    if long.height == 0:
-        return pl.DataFrame(schema={"cot_id": pl.Int64, "problem_id": pl.Int64, "model": pl.String, "dataset": pl.String,
-                                    "correctness": pl.String})
-    return long.pivot(on="metric", index=["cot_id", "problem_id", "model", "dataset", "correctness"], values="value").sort("cot_id")
 
 
 def _distribution(values: list[float]) -> dict[str, Any]:
