@@ -45,7 +45,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `core` and `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import MB, ChildFailed, format_table, log, machine_load, python_child, run_child  # noqa: E402
+from bench.common import MB, ChildFailed, log, machine_load, python_child, run_child
 
 SCRIPT = str(Path(__file__).resolve())
 SOURCE = "step rules (sentence)"
@@ -86,21 +86,36 @@ def _child_label(args: dict) -> dict:
     out = {p: {"seconds": 0.0, "cpu_seconds": 0.0} for p in parts}
     counts = {"naive_pieces": 0, "text_tokens": 0, "steps": 0, "step_tokens": 0}
 
-    def timed(part, fn):
+    def timed(part, fn, *args):
         wall, cpu = time.perf_counter(), time.process_time()
-        value = fn()
+        value = fn(*args)
         out[part]["seconds"] += time.perf_counter() - wall
         out[part]["cpu_seconds"] += time.process_time() - cpu
         return value
 
+    def naive_split(batch):
+        return sum(len(naive.split(t)) for t in batch)
+
+    def token_count(batch):
+        return sum(len(e) for e in tok.encode_batch_fast(batch, add_special_tokens=False))
+
+    def split(batch):
+        return [steps.split_spans(t) for t in batch]
+
+    def roles(batch, spans):
+        return [rules.label(t, s) for t, s in zip(batch, spans)]
+
+    def step_tokens(batch, spans):
+        encodings = tok.encode_batch(batch, add_special_tokens=False)
+        return sum(sum(steps.span_token_counts(e, s)) for e, s in zip(encodings, spans))
+
     for i in range(0, len(texts), 256):
         batch = texts[i:i + 256]
-        counts["naive_pieces"] += timed("naive_split", lambda: sum(len(naive.split(t)) for t in batch))
-        counts["text_tokens"] += timed("token_count", lambda: sum(len(e) for e in tok.encode_batch_fast(batch, add_special_tokens=False)))
-        spans = timed("split", lambda: [steps.split_spans(t) for t in batch])
-        timed("roles", lambda: [rules.label(t, s) for t, s in zip(batch, spans)])
-        counts["step_tokens"] += timed("tokens", lambda: sum(
-            sum(steps.span_token_counts(e, s)) for e, s in zip(tok.encode_batch(batch, add_special_tokens=False), spans)))
+        counts["naive_pieces"] += timed("naive_split", naive_split, batch)
+        counts["text_tokens"] += timed("token_count", token_count, batch)
+        spans = timed("split", split, batch)
+        timed("roles", roles, batch, spans)
+        counts["step_tokens"] += timed("tokens", step_tokens, batch, spans)
         counts["steps"] += sum(map(len, spans))
     out["total"] = {k: sum(out[p][k] for p in ("split", "roles", "tokens")) for k in ("seconds", "cpu_seconds")}
     out.update(counts, cots=len(texts), chars=sum(map(len, texts)))
@@ -319,8 +334,9 @@ def run(n_cots: int, text_scale: float, scales: list[int], repeats: int, workdir
 def report(r: dict) -> str:
     s, st = r["sample"], r["stage"]
     lines = [
-        f"Sample: {s['cots']:,} CoTs, {s['chars'] / MB:,.1f} MB of step text, {s['steps']:,} steps "
-        f"({s['steps_per_cot']:.0f} a CoT), {s['tokens']:,} tokens; load {r['load_before']['load_1m']:.1f} -> {r['load_after']['load_1m']:.1f}",
+        (f"Sample: {s['cots']:,} CoTs, {s['chars'] / MB:,.1f} MB of step text, {s['steps']:,} steps "
+         f"({s['steps_per_cot']:.0f} a CoT), {s['tokens']:,} tokens; load {r['load_before']['load_1m']:.1f} -> "
+         f"{r['load_after']['load_1m']:.1f}"),
         "",
         "| step | wall s | CPU s | CoTs/s (CPU) | MB/s (CPU) | ratio CPU ours/baseline | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
@@ -341,11 +357,11 @@ def report(r: dict) -> str:
     line("ours: all three in memory", st["ours_in_memory"], naive_cpu + count_cpu)
     line("ours: `split-steps` end to end", st["ours_stage"], naive_cpu + count_cpu)
     d = r["disk"]
-    lines += ["", f"Disk: steps {d['steps_bytes'] / MB:,.2f} MB ({d['bytes_per_step']:.2f} B a step), figures "
-                  f"{d['figures_bytes'] / MB:,.2f} MB ({d['figure_bytes_per_cot']:.0f} B a CoT); the step text itself "
-                  f"{d['text_bytes'] / MB:,.1f} MB", ""]
-    lines += ["| CoTs | steps | file MB (steps / figures) | build s | by correctness p50 ms | by model p50 ms | figures p50 ms "
-              "| bare scan p50 ms | ratio | on demand CPU s (est.) | query RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", (f"Disk: steps {d['steps_bytes'] / MB:,.2f} MB ({d['bytes_per_step']:.2f} B a step), figures "
+                   f"{d['figures_bytes'] / MB:,.2f} MB ({d['figure_bytes_per_cot']:.0f} B a CoT); the step text itself "
+                   f"{d['text_bytes'] / MB:,.1f} MB"), ""]
+    lines += [("| CoTs | steps | file MB (steps / figures) | build s | by correctness p50 ms | by model p50 ms | figures p50 ms "
+               "| bare scan p50 ms | ratio | on demand CPU s (est.) | query RSS MB |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for sc in r["scales"]:
         q = sc["queries"]
         lines.append(

@@ -74,8 +74,8 @@ def report(result: dict) -> str:
                      ("… the 5 held-out problems", c["held_out"]), ("our sentence steps (overlap), all", s["all"]),
                      ("our sentence steps (overlap), held out", s["held_out"])):
         lines.append(f"| {label} | {r['steps']:,} | {r['cots']} | {_f(r['accuracy'], True)} | {_f(r['kappa'])} |")
-    lines += ["", "| role | TA steps (held out / all) | rules steps (all) | precision (all) | recall (held out / all) "
-                  "| F1 (held out / all) | kappa one-vs-rest (held out / all) |", "|---|---|---|---|---|---|---|"]
+    lines += ["", ("| role | TA steps (held out / all) | rules steps (all) | precision (all) | recall (held out / all) "
+                   "| F1 (held out / all) | kappa one-vs-rest (held out / all) |"), "|---|---|---|---|---|---|---|"]
     held = {r["role"]: r for r in c["held_out"]["per_role"]}
     for r in c["all"]["per_role"]:
         h = held[r["role"]]

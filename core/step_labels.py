@@ -39,7 +39,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -557,8 +557,7 @@ def make_dataset(db, path: Path, fmt: str, name: str | None = None, skip_bad: bo
     staged = folder / f"{name or path.stem}.jsonl"
     try:
         with open(staged, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         result = ingest(str(staged), fmt="generic", name=name or path.stem, db=db, opts=ReadOptions(mapping=mapping))
     finally:
         staged.unlink(missing_ok=True)

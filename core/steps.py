@@ -58,7 +58,7 @@ _PROTECTED = re.compile(
     r"|\\\[.*?(?:\\\]|\Z)"
     r"|\\\(.*?(?:\\\)|\Z)"
     r"|\$(?:\\.|[^$\n\\])+\$",  # inline math on one line
-    re.S,
+    re.DOTALL,
 )
 # A sentence end (punctuation, closers, whitespace) or a line break; the boundary is the
 # match's end, so the whitespace stays with the step before it.
@@ -98,9 +98,8 @@ def _is_sentence_end(text: str, match: re.Match) -> bool:
     word = _WORD_BEFORE.search(text, max(0, start - 12), start)
     if word and text[start] == "." and word.group(1).lower().rstrip(".") in _ABBREVIATIONS:
         return False
-    if text[start] == "." and _LIST_NUMBER.search(text, max(0, start - 24), start):
-        return False  # "2. Compute ..." at the start of a line
-    return True
+    # "2. Compute ..." at the start of a line is a list number, not a sentence end
+    return not (text[start] == "." and _LIST_NUMBER.search(text, max(0, start - 24), start))
 
 
 def split_spans(text: str, unit: str = "sentence") -> list[Span]:
@@ -253,7 +252,8 @@ def _load_rules(path: str) -> RoleRules:
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
-        raise ValueError(f"{path}: expected a mapping with a 'rules' list (see {DEFAULT_RULES_PATH.name})")
+        # a file's content, not a caller's argument: ValueError, as core.text.load_markers raises
+        raise ValueError(f"{path}: expected a mapping with a 'rules' list (see {DEFAULT_RULES_PATH.name})")  # noqa: TRY004
     rules = []
     for i, item in enumerate(data["rules"], start=1):
         where = f"{path}: rule {i}"
@@ -287,7 +287,7 @@ def _load_rules(path: str) -> RoleRules:
         raise ValueError(f"{path}: an 'interjections' entry is not a valid regular expression: {exc}") from None
     actions = data.get("micro_actions") or {}
     if not isinstance(actions, dict):
-        raise ValueError(f"{path}: 'micro_actions' must map a name to a list of phrases")
+        raise ValueError(f"{path}: 'micro_actions' must map a name to a list of phrases")  # noqa: TRY004
     return RoleRules(
         rules=rules, fallback=fallback, interjections=interjections,
         micro_actions={str(name): _phrase_regex(list(phrases or [])) for name, phrases in actions.items()},

@@ -111,9 +111,9 @@ def test_reader_role_filter_keeps_only_that_role(ta_app):
 
 
 def test_reader_jumps_to_the_first_wrong_step(tmp_path, app_store):
-    from tests.test_step_labels import PB
-    from tests.helpers import write_jsonl
     from core.step_labels import StepLabelOptions, run_step_labels
+    from tests.helpers import write_jsonl
+    from tests.test_step_labels import PB
 
     db = tmp_path / "pb.duckdb"
     items = [dict(PB[2], steps=[f"Step number {i}." for i in range(60)], label=47)]
@@ -138,12 +138,12 @@ def test_distributions_step_section_matches_sql(ta_app):
     rerun(at)
     figs = charts(at)
     composition = figs["Share of step tokens per role, by correctness · step source: thought anchors"]
-    expected = dict(((grp, role), share) for grp, role, share in store.read_rows(
+    expected = {(grp, role): share for grp, role, share in store.read_rows(
         "SELECT grp, role, tokens / sum(tokens) OVER (PARTITION BY grp) FROM ("
         " SELECT CASE WHEN sc.value = 1 THEN 'correct' ELSE 'incorrect' END AS grp, s.role, sum(s.n_tokens) AS tokens "
         " FROM steps s JOIN score_sources ss USING (source_id) JOIN scores sc ON sc.cot_id = s.cot_id "
         " JOIN score_sources cs ON cs.source_id = sc.source_id AND cs.name = 'ta' AND sc.metric = 'correct' "
-        " WHERE ss.name = 'thought anchors' GROUP BY ALL)", db=ta_app))
+        " WHERE ss.name = 'thought anchors' GROUP BY ALL)", db=ta_app)}
     for trace in composition["data"]:
         role = trace["name"].replace(" ", "_")
         for grp, share in zip(trace["y"], trace["x"]):

@@ -191,9 +191,9 @@ def test_prm800k_file_becomes_a_dataset_with_step_ratings(tmp_path):
     assert [w for _, w in wrong] == [[False, False, True, None], [False, False, True, None], [False, False, False]]
     ratings = rows("SELECT cot_id, list(value ORDER BY step_idx) FROM step_scores WHERE metric = 'rating' GROUP BY cot_id ORDER BY cot_id", db=db)
     assert [r for _, r in ratings] == [[0.0, 1.0, -1.0], [0.0, 1.0, -1.0], [1.0, 1.0, 1.0]]
-    figs = dict(((c, m), v) for c, m, v in rows(
+    figs = {(c, m): v for c, m, v in rows(
         "SELECT s.cot_id, s.metric, s.value FROM scores s JOIN score_sources ss USING (source_id) "
-        "WHERE ss.name = 'prm800k (step figures)'", db=db))
+        "WHERE ss.name = 'prm800k (step figures)'", db=db)}
     first, _, third = [c for c, _ in wrong]
     text = "\n\n".join(PRM_STEPS)
     assert figs[(first, "has_error")] == 1.0 and figs[(first, "first_error_step")] == 2.0

@@ -17,10 +17,10 @@ from core.step_stage import StepOptions, run_steps
 from tests.helpers import write_jsonl
 
 THOUGHTS = [
-    "Okay, so we need the sum of 2 and 3. Let me compute: 2 + 3 = 5.\n\nWait, is that right? Let me double-check. "
-    "Yes, 2 + 3 = 5 ✔️. So the answer is 5.",
-    "Hmm. The problem says x^2 = 9. I remember that a square has two roots.\nSo x = 3 or x = -3. "
-    "Alternatively, factor: (x-3)(x+3) = 0. Therefore both roots work.",
+    ("Okay, so we need the sum of 2 and 3. Let me compute: 2 + 3 = 5.\n\nWait, is that right? Let me double-check. "
+     "Yes, 2 + 3 = 5 ✔️. So the answer is 5."),
+    ("Hmm. The problem says x^2 = 9. I remember that a square has two roots.\nSo x = 3 or x = -3. "
+     "Alternatively, factor: (x-3)(x+3) = 0. Therefore both roots work."),
     "",  # an empty thinking: no steps, n_steps = 0
     "Let me try a different approach. I made a mistake earlier; that's wrong. Compute 7 * 8 = 56. Done.",
 ]
@@ -74,10 +74,9 @@ def test_per_cot_figures_match_a_plain_recomputation(tmp_path):
     for cot_id, metric, value in rows("SELECT cot_id, metric, value FROM scores WHERE source_id = ?", [source_id], db=db):
         figures.setdefault(cot_id, {})[metric] = value
     assert len(figures) == 4
-    for cot_id in figures:
+    for cot_id, fig in figures.items():
         got = rows("SELECT n_tokens, char_end - char_start, role, micro_actions FROM steps WHERE cot_id = ? ORDER BY step_idx",
                    [cot_id], db=db)
-        fig = figures[cot_id]
         assert fig["n_steps"] == len(got)
         if not got:  # the empty thinking: a count of 0 and nothing else
             assert fig == {"n_steps": 0.0, **{f"n_action_{a}": 0.0 for a in ("pause", "backtrack", "switch", "verify")}}

@@ -3,6 +3,7 @@ hand-labelled steps; token counts per step against a plain count; placing given 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -20,7 +21,7 @@ def check_partition(text: str, spans: list[tuple[int, int]]) -> None:
         assert spans == []
         return
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
-    for (a, b), (c, _) in zip(spans, spans[1:]):
+    for (a, b), (c, _) in itertools.pairwise(spans):
         assert b == c and a < b
     assert "".join(text[a:b] for a, b in spans) == text
     if text.strip():
