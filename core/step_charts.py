@@ -69,8 +69,9 @@ def role_composition_figure(table: pl.DataFrame, *, by: str, source: str, n_cots
         title=_title(f"Share of step tokens per role, by {by} · step source: {source}", n_cots),
         barmode="stack", xaxis={"range": [0, 1], "tickformat": ".0%", "title": "share of step tokens"},
         yaxis={"autorange": "reversed", "automargin": True, "type": "category"},
-        height=max(260, 150 + 42 * len(groups)), margin={"t": 80},
-        legend={"orientation": "h", "y": -0.25, "x": 0},
+        # the legend sits between the title and the bars, where it never covers an axis
+        height=max(300, 200 + 44 * len(groups)), margin={"t": 130},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "traceorder": "normal"},
     )
     if not groups:
         _empty_note(fig, "No step of this source among the matching CoTs")

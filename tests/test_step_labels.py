@@ -318,3 +318,22 @@ def test_steps_cli_json_reports_sources_and_agreement(tmp_path, capsys):
     assert out["agreement"]["roles"]["steps"] == 0  # ProcessBench gives no roles to compare
     assert out["agreement"]["first_error"]["cots"] == 0  # and the rules no verdicts
     assert main(["--db", str(db), "steps", "--source", "nope"]) == 2
+
+
+def test_the_step_labels_job_runs_in_a_worker(tmp_path, monkeypatch):
+    import time
+
+    from core import jobs
+
+    path = write_jsonl(tmp_path / "pb.jsonl", PB)
+    db = tmp_path / "store.duckdb"
+    store.init_store(db)
+    monkeypatch.setenv("THOUGHTSCOPE_DB", str(db))
+    job_id = jobs.submit("step_labels", {"path": str(path)}, db=db)
+    deadline = time.time() + 120
+    while jobs.get(job_id)["state"] not in jobs.FINISHED and time.time() < deadline:
+        time.sleep(0.5)
+    job = jobs.get(job_id)
+    assert job["state"] == "done", job["error"] or job["log_tail"]
+    assert job["result"]["cots"] == 3 and job["result"]["dataset_created"]
+    assert rows("SELECT count(*) FROM steps", db=db) == [(9,)]

@@ -181,13 +181,10 @@ def distributions_section(f: CotFilter) -> None:
     st.caption(f"{n_cots:,} matching CoTs have steps from '{source}'. Correctness: "
                f"{f.correct_source or 'no source chosen (all unknown): pick one in the sidebar'}. "
                "Click a bar or a box to narrow the filter to its correctness or model.")
-    left, right = st.columns(2)
-    with left:
-        _chart(step_charts.role_composition_figure(role_table(key, stamp, source, "correctness", f), by="correctness",
-                                                   source=source, n_cots=n_cots), "roles_correctness", "correctness")
-    with right:
-        _chart(step_charts.role_composition_figure(role_table(key, stamp, source, "model", f), by="model",
-                                                   source=source, n_cots=n_cots), "roles_model", "model")
+    _chart(step_charts.role_composition_figure(role_table(key, stamp, source, "correctness", f), by="correctness",
+                                               source=source, n_cots=n_cots), "roles_correctness", "correctness")
+    _chart(step_charts.role_composition_figure(role_table(key, stamp, source, "model", f), by="model",
+                                               source=source, n_cots=n_cots), "roles_model", "model")
     _chart(step_charts.first_error_figure(figures, source=source, n_cots=n_cots), "first_error", "correctness")
     left, right = st.columns(2)
     with left:
