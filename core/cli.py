@@ -7,6 +7,9 @@
     python -m core map [--model M] [--device cuda] [--clusters K] [--json]
     python -m core jobs [--json]
     python -m core tokens|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
+    python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
+    python -m core split-steps [--unit sentence|paragraph] [--from-source S]
+    python -m core steps [--json] [--source S [--source S2]]
 
 The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb. The job-kind commands
 run the job's own runner in this process with a progress bar, their flags generated from the
@@ -71,8 +74,13 @@ def cmd_ingest(args) -> int:
     from core.ingest import ingest
     from core.records import IngestError
 
+    from core import step_labels
+
+    routed = step_labels.route_ingest(args)  # step-label files and --steps-for (core/step_labels.py)
+    if routed is not None:
+        return routed
     if args.format and args.format not in FORMATS:
-        raise SystemExit(f"--format must be one of {', '.join(FORMATS)}")
+        raise SystemExit(f"--format must be one of {', '.join(FORMATS + step_labels.FORMATS)}")
     opts = ReadOptions(mapping=parse_mapping(args.map), model=args.model, split=args.split, max_line_mb=args.max_line_mb)
     update, close = _bar("ingest")
     try:
@@ -275,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip math-verify (run `verify` later)")
     p.add_argument("--no-index", action="store_true", help="skip the search index (run `index` later)")
     p.add_argument("--generated", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--steps-for", help="PATH holds step labels (thought_anchors | prm800k | processbench) for this dataset's CoTs")
+    p.add_argument("--step-source", help="step labels: the step source's name (default: the layout's name)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("index", help="build the full-text search index of datasets not indexed yet (resumable)")
@@ -312,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_map)
 
+    from core import step_stats
+
+    step_stats.add_cli(sub)  # steps [--json], split-steps
 
     p = sub.add_parser("jobs", help="list background jobs and their state")
     p.add_argument("--json", action="store_true")

@@ -112,6 +112,10 @@ register(JobKind("finetune", "core.worker:finetune_job", options=(FinetuneOption
                  help="LoRA SFT on an exported TRL messages file or a recipe (resumable)"))
 register(JobKind("evaluate", "core.worker:evaluate_job", options=(EvalOptions,), command=True, hidden=("summary",),
                  help="generate k answers per benchmark problem, ingest, verify (resumable)"))
+register(JobKind("steps", "core.step_stage:steps_job",
+                 help="split CoTs into steps with roles by the rule set (resumable)"))
+register(JobKind("step_labels", "core.step_labels:step_labels_job",
+                 help="ingest a step-label file (Thought Anchors, PRM800K, ProcessBench) for a dataset"))
 register(JobKind("map", "core.worker:map_job",
                  help="embed, project and cluster the problems for the Map page (resumable)"))
 

@@ -142,6 +142,34 @@ CREATE TABLE IF NOT EXISTS map_clusters (
     terms VARCHAR                     -- the words most particular to the cluster
 );
 
+-- Steps inside a CoT (core/steps.py): one row per step of one step source's segmentation of
+-- the CoT's step text (its thinking, else its whole response). [char_start, char_end) are
+-- offsets in that text; one source's steps of a CoT are contiguous and rebuild it, so the text
+-- itself is not stored again. A step source is a score source (the rule set's stage, a
+-- dataset's labels, a judge); its per-CoT figures (role shares, first error, ...) are rows of
+-- scores, and its per-step numbers (importance, a PRM rating, ...) rows of step_scores.
+CREATE TABLE IF NOT EXISTS steps (
+    cot_id BIGINT NOT NULL,
+    source_id INTEGER NOT NULL,
+    step_idx INTEGER NOT NULL,        -- 0, 1, ... in text order
+    char_start INTEGER NOT NULL,
+    char_end INTEGER NOT NULL,
+    n_tokens INTEGER,                 -- tokens whose first character is in the step
+    role VARCHAR,                     -- one of core.steps.ROLES, or NULL when the source gives none
+    micro_actions VARCHAR[],          -- e.g. [pause, verify]; NULL when none or not looked for
+    wrong BOOLEAN                     -- the source marks the step wrong; NULL when it does not say
+);
+
+CREATE TABLE IF NOT EXISTS step_scores (
+    cot_id BIGINT NOT NULL,
+    source_id INTEGER NOT NULL,
+    step_idx INTEGER NOT NULL,
+    metric VARCHAR NOT NULL,          -- accuracy, counterfactual_importance_kl, rating, correct, ...
+    value DOUBLE,
+    raw VARCHAR,
+    error VARCHAR
+);
+
 -- The eval harness's own figures (Qwen2.5-Math *_metrics.json), shown beside ours.
 CREATE TABLE IF NOT EXISTS run_metrics (
     dataset_id INTEGER NOT NULL,
@@ -342,6 +370,8 @@ def delete_dataset_rows(con: duckdb.DuckDBPyConnection, dataset_id: int) -> None
     con.execute("DELETE FROM problem_scores WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
     con.execute("DELETE FROM problem_embeddings WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
     con.execute("DELETE FROM problem_map WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
+    con.execute("DELETE FROM steps WHERE cot_id >= ? AND cot_id < ?", [lo, hi])
+    con.execute("DELETE FROM step_scores WHERE cot_id >= ? AND cot_id < ?", [lo, hi])
     con.execute("DELETE FROM cots WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM problems WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM run_metrics WHERE dataset_id = ?", [dataset_id])

@@ -15,7 +15,7 @@ import streamlit as st
 from core import agreement
 from core.agreement import Side
 from core.queries import CotFilter
-from ui import common
+from ui import common, steps_view
 
 PAGE_SIZE = 25
 
@@ -71,6 +71,9 @@ def _number(value: float | None) -> str:
 st.title("Agreement")
 with common.guard():
     f = common.sidebar_filter()
+    if st.segmented_control("Compare", ["CoT scores", "step labels"], default="CoT scores", key="agr_mode") == "step labels":
+        steps_view.agreement_section(f)  # two step sources, step by step (ui/steps_view.py)
+        st.stop()
     stamp = common.store_stamp()
     catalogue = cached_catalogue(stamp)
     if not catalogue:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core import queries, render
 from core.text import load_markers
-from ui import common
+from ui import common, steps_view
 
 DIFF_LINES_SHOWN = 1500  # a diff longer than this shows its start, and offers the whole file
 MARKERS = load_markers()
@@ -167,6 +167,7 @@ with common.guard():
                 with think:
                     show_text(cot["thinking"], f"reader_think_all_{cot_id}",
                               empty="No separate thinking: the response had no thinking markers, so all of it is the solution below.")
+            steps_view.steps_expander(problem_id, cot_id, expanded=False)  # the step view, when a source split it
             st.markdown("**Solution**")
             show_text(cot["solution"], f"reader_solution_all_{cot_id}", empty="The response has no solution after its thinking.")
             answer = math_markdown(cot["answer"]) if cot["answer"] else "none found"

