@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ../shared/realdata beside the repository (absent on a user's machine)
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
-TABLES = ("datasets", "problems", "cots", "scores", "score_sources", "problem_scores", "run_metrics", "meta")
+TABLES = ("datasets", "problems", "problem_keys", "cots", "scores", "score_sources", "problem_scores", "run_metrics", "meta")
 
 
 def require_realdata() -> Path:
