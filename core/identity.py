@@ -42,20 +42,21 @@ KEY_VERSION = 1
 # ---------------------------------------------------------------------------- normalisation
 
 _BOX = r"\\(?:boxed|fbox)\s*\{\s*\}"
-# One instruction sentence at the start: it ends at its full stop (or colon), which is found
-# after the \boxed{} it mentions, so "Return your final response within \boxed{}." goes whole.
+# One instruction sentence at the start: it ends at its full stop (or colon, or line break), which
+# is found after the \boxed{} it mentions, so "Return your final response within \boxed{}." goes
+# whole.
 _LEADING = [
-    re.compile(r"^(?:[^.?!]*?" + _BOX + r"[^.?!:]*?)(?:[.!:]+|$)\s*"),
+    re.compile(r"^(?:[^.?!\n]*?" + _BOX + r"[^.?!:\n]*?)(?:[.!:]+|$|(?=\n))\s*"),
     re.compile(r"^(?:please\s+)?(?:let'?s|let\s+us)\s+(?:think|reason)\s+step\s+by\s+step[.:]?\s*"),
     re.compile(r"^(?:please\s+)?(?:solve|answer)\s+(?:this|the\s+following)\s+(?:math\s+|mathematical\s+)?"
                r"(?:problem|question)(?:\s+step\s+by\s+step)?\s*[.:]\s*"),
     re.compile(r"^(?:problem|question)\s*(?:\d+\s*)?:\s*"),
 ]
-# One instruction sentence at the end: from the previous sentence end to the end of the text.
+# One instruction sentence at the end: from the previous sentence end (or line break) to the end.
 _TRAILING = [
-    re.compile(r"(?:^|(?<=[.?!:]))[^.?!]*?" + _BOX + r"[^.?!]*?[.!]*\s*$"),
-    re.compile(r"(?:^|(?<=[.?!:]))\s*(?:please\s+)?(?:let'?s|let\s+us)\s+(?:think|reason)\s+step\s+by\s+step[.!]?\s*$"),
-    re.compile(r"(?:^|(?<=[.?!:]))\s*(?:please\s+)?(?:reason|think)\s+step\s+by\s+step[.!]?\s*$"),
+    re.compile(r"(?:^|(?<=[.?!:\n]))[^.?!\n]*?" + _BOX + r"[^.?!\n]*?[.!]*\s*$"),
+    re.compile(r"(?:^|(?<=[.?!:\n]))\s*(?:please\s+)?(?:let'?s|let\s+us)\s+(?:think|reason)\s+step\s+by\s+step[.!]?\s*$"),
+    re.compile(r"(?:^|(?<=[.?!:\n]))\s*(?:please\s+)?(?:reason|think)\s+step\s+by\s+step[.!]?\s*$"),
     re.compile(r"\s*(?:solution|answer)\s*:\s*(?:<think>)?\s*$"),
 ]
 _DELIMITERS = re.compile(r"\$+|\\[()\[\]]")
@@ -91,8 +92,7 @@ def question_key(question: str) -> str:
     'find x+1 if x=\\\\frac{1}{2}'
     """
     text = unicodedata.normalize("NFKC", question or "").casefold()
-    text = _SPACES.sub(" ", text).strip()
-    text = _strip_instructions(text)
+    text = _strip_instructions(text.strip())  # before the line breaks go: they end sentences too
     text = _DELIMITERS.sub(" ", text)
     text = _FRAC.sub(r"\\frac", text)
     text = _LEFT_RIGHT.sub("", text)
