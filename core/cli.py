@@ -7,6 +7,7 @@
     python -m core demo [--problems N] [--out FILE]
     python -m core index [--path DIR] [--json]
     python -m core score|finetune|evaluate ...   (see core/ml_cli.py)
+    python -m core keys|contamination|near-duplicates ...   (see core/problems_cli.py)
     python -m core jobs [--json]
 
 The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from core import jobs, store
 from core.ml_cli import add_ml_cli
+from core.problems_cli import add_problems_cli
 
 
 def _bar(desc: str):
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs.add_cli(sub)  # worker --job ID, jobs [--json]
     add_ml_cli(sub)  # score, finetune, evaluate
+    add_problems_cli(sub)  # keys, contamination, near-duplicates
     return parser
 
 

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from core import jobs, store
+from core import jobs, problems_cli, store
 from core.jobs import JobCancelled
 
 PROGRESS_EVERY_S = 0.25  # at most ~4 progress writes a second
@@ -349,6 +349,10 @@ JOB_KINDS: dict[str, JobFn] = {
     "score": score_job,
     "finetune": finetune_job,
     "evaluate": evaluate_job,
+    # problem stages (core/problems_cli.py)
+    "keys": problems_cli.keys_job,
+    "contamination": problems_cli.contamination_job,
+    "near_duplicates": problems_cli.near_duplicates_job,
 }
 
 
