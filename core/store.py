@@ -149,8 +149,8 @@ CREATE TABLE IF NOT EXISTS contamination_state (
 -- whose Jaccard similarity reaches the threshold (problem_id < other_id).
 CREATE TABLE IF NOT EXISTS problem_minhash (
     problem_id BIGINT NOT NULL,
-    signature BLOB NOT NULL,
-    queried BOOLEAN NOT NULL          -- its near-duplicates among the problems then present are stored
+    signature BLOB NOT NULL,          -- uint32 MinHash values
+    passes_done INTEGER NOT NULL      -- LSH passes it was queried in (all: its near-duplicates are stored)
 );
 
 CREATE TABLE IF NOT EXISTS near_duplicate_pairs (
