@@ -22,11 +22,12 @@ Results:
   with no near-duplicate) for every problem.
 
 Resumable: signatures are committed a batch at a time, and so are the queries (each problem
-records how many of the LSH passes it has been queried in). A rerun with nothing new does
+records how many of the LSH bands it has been queried in). A rerun with nothing new does
 nothing; a new dataset's problems are sketched and queried against every problem; a change of
 shingle size or permutations starts over, a change of threshold re-queries. The LSH index lives
-in memory only while the stage runs, built in passes of a few bands each (``bands_per_pass``)
-so that its size stays bounded at hundreds of thousands of problems.
+in memory only while the stage runs, built in passes of a few bands each (``bands_per_pass``,
+by default as many as keep it near 1 GB) so its size stays bounded at OmniThought's 708k
+problems.
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ class NearDupOptions:
     threshold: float = DEFAULT_THRESHOLD  # Jaccard similarity of shingle sets
     shingle: int = DEFAULT_SHINGLE  # words per shingle
     num_perm: int = DEFAULT_NUM_PERM  # MinHash permutations
-    bands_per_pass: int = 6  # LSH bands held in memory at once
+    bands_per_pass: int | None = None  # LSH bands held in memory at once (None: as many as fit INDEX_ENTRIES)
     batch_problems: int = 20_000  # problems per committed batch
 
     def __post_init__(self):
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold is a Jaccard similarity in (0, 1] (got {self.threshold})")
-        if self.shingle < 1 or self.num_perm < 2 or self.bands_per_pass < 1:
+        if self.shingle < 1 or self.num_perm < 2 or (self.bands_per_pass is not None and self.bands_per_pass < 1):
             raise ValueError("shingle must be >= 1, num_perm >= 2 and bands_per_pass >= 1")
 
     def sketch_params(self) -> dict:
@@ -100,8 +101,19 @@ def lsh_params(options: NearDupOptions) -> tuple[int, int]:
 
 
 def lsh_layout(options: NearDupOptions) -> list[int]:
-    """[bands, rows per band, bands per pass]: what a problem's ``passes_done`` refers to."""
-    return [*lsh_params(options), options.bands_per_pass]
+    """[bands, rows per band]: what a problem's ``bands_done`` refers to."""
+    return list(lsh_params(options))
+
+
+# datasketch's in-memory index costs ~300 bytes per (problem, band) (a bytes key and a set per
+# bucket): passes of this many entries keep it near 1 GB.
+INDEX_ENTRIES = 3_000_000
+
+
+def band_passes(bands: int, problems: int, bands_per_pass: int | None) -> list[tuple[int, int]]:
+    """[first band, end band) of each pass over the index."""
+    per_pass = bands_per_pass or max(2, INDEX_ENTRIES // max(problems, 1))
+    return [(b, min(b + per_pass, bands)) for b in range(0, bands, per_pass)]
 
 
 def signatures(keys: list[str], options: NearDupOptions) -> np.ndarray:
@@ -147,7 +159,7 @@ def _reset_if_changed(options: NearDupOptions, source_id: int, params: dict, *, 
             reset = "signatures" if params else None
         elif params.get("threshold") != options.threshold or params.get("lsh") != lsh_layout(options):
             con.execute("DELETE FROM near_duplicate_pairs")
-            con.execute("UPDATE problem_minhash SET passes_done = 0")
+            con.execute("UPDATE problem_minhash SET bands_done = 0")
             reset = "pairs"
         con.execute("COMMIT")
     return reset
@@ -212,77 +224,92 @@ def run_near_duplicates(db=None, options: NearDupOptions | None = None, progress
     if stop:
         return {**stats, "cancelled": True, "seconds": time.perf_counter() - started}
 
-    # ---- query: each problem not yet queried in every LSH pass, against every problem
-    passes = [list(range(b, min(b + options.bands_per_pass, bands))) for b in range(0, bands, options.bands_per_pass)]
-    n_passes = len(passes)
-    pending = store.read_rows("SELECT count(*) FROM problem_minhash WHERE passes_done < ?", [n_passes], db=db)[0][0]
-    stats.update(queried=0, pairs_new=0, passes=n_passes)
+    # ---- query: each problem not yet queried in every band, against every problem
+    pending = store.read_rows("SELECT count(*) FROM problem_minhash WHERE bands_done < ?", [bands], db=db)[0][0]
+    stats.update(queried=0, pairs_new=0, passes=0)
     if pending:
-        everything = store.read_df(
-            "SELECT m.problem_id, m.signature, m.passes_done, k.question_key FROM problem_minhash m "
-            "JOIN problem_keys k ON k.problem_id = m.problem_id AND k.key_version = ? ORDER BY m.problem_id",
-            [identity.KEY_VERSION], db=db,
-        )
-        ids = everything["problem_id"].to_list()
-        sigs = np.frombuffer(b"".join(everything["signature"].to_list()), dtype=np.uint32).reshape(len(ids), options.num_perm)
-        keys = dict(zip(ids, everything["question_key"].to_list()))
-        passes_done = dict(zip(ids, everything["passes_done"].to_list()))
-        del everything
-        position = {pid: i for i, pid in enumerate(ids)}
+        with store.connect(db, read_only=True) as con:  # Arrow: the fixed-size signatures are one buffer
+            table = con.sql("SELECT problem_id, signature, bands_done FROM problem_minhash ORDER BY problem_id").arrow()
+        if isinstance(table, pa.RecordBatchReader):
+            table = table.read_all()
+        ids = table.column("problem_id").to_numpy()
+        blobs = table.column("signature").combine_chunks()
+        offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int64 if pa.types.is_large_binary(blobs.type) else np.int32)
+        offsets = offsets[blobs.offset:blobs.offset + len(blobs) + 1]
+        data = np.frombuffer(blobs.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+        if data.size != len(ids) * options.num_perm * 4:
+            raise ValueError("problem_minhash holds signatures of another size; run with the options they were made with")
+        sigs = data.view(np.uint32).reshape(len(ids), options.num_perm)
+        bands_done = table.column("bands_done").to_numpy().copy()
+        del table, blobs
+        position = {pid: i for i, pid in enumerate(ids.tolist())}
         uf = _UnionFind()
         for a, b in store.read_rows("SELECT problem_id, other_id FROM near_duplicate_pairs", db=db):
             uf.union(a, b)
         shingle_cache: dict[int, set[str]] = {}
 
-        def shingle_set(pid: int) -> set[str]:
-            got = shingle_cache.get(pid)
-            if got is None:
-                if len(shingle_cache) > 200_000:
-                    shingle_cache.clear()
-                got = shingle_cache[pid] = shingles(keys[pid], options.shingle)
-            return got
+        def shingle_sets(wanted: set[int]) -> None:
+            """Shingles of these problems into the cache, their keys read from the store."""
+            missing = [pid for pid in wanted if pid not in shingle_cache]
+            if len(shingle_cache) + len(missing) > 200_000:
+                shingle_cache.clear()
+                missing = list(wanted)
+            if missing:
+                for pid, key in store.read_rows(
+                        "SELECT problem_id, question_key FROM problem_keys WHERE key_version = ? "
+                        "AND problem_id IN (SELECT unnest(?::BIGINT[]))", [identity.KEY_VERSION, missing], db=db):
+                    shingle_cache[pid] = shingles(key, options.shingle)
 
-        total = sum(n_passes - min(d, n_passes) for d in passes_done.values())
+        passes = band_passes(bands, len(ids), options.bands_per_pass)
+        stats["passes"] = len(passes)
+        total = int(np.maximum(bands - bands_done, 0).sum())
         work_done = 0
         if progress:
             progress("near-duplicates: query", 0, total)
-        for p, band_ids in enumerate(passes):
-            todo = [pid for pid in ids if passes_done[pid] == p]
+        for b0, b1 in passes:
+            # problems not yet queried in these bands (one killed mid-pass is queried in all of them again)
+            todo_mask = (bands_done >= b0) & (bands_done < b1)
+            todo = ids[todo_mask].tolist()
             if not todo:
                 continue
-            lo, hi = band_ids[0] * rows_per_band, (band_ids[-1] + 1) * rows_per_band
+            lo, hi = b0 * rows_per_band, b1 * rows_per_band
             part = np.ascontiguousarray(sigs[:, lo:hi])
 
             def sketch(i: int, part=part):
                 return LeanMinHash(seed=MINHASH_SEED, hashvalues=part[i], scheme="affine32")
 
-            if len(band_ids) > 1:  # datasketch's index takes two bands or more
-                lsh = MinHashLSH(num_perm=hi - lo, params=(len(band_ids), rows_per_band))
+            if b1 - b0 > 1:  # datasketch's index takes two bands or more
+                lsh = MinHashLSH(num_perm=hi - lo, params=(b1 - b0, rows_per_band))
                 with lsh.insertion_session(buffer_size=100_000) as session:
-                    for i, pid in enumerate(ids):
+                    for i, pid in enumerate(ids.tolist()):
                         session.insert(pid, sketch(i), check_duplication=False)
                 query = lambda i: lsh.query(sketch(i))  # noqa: E731
             else:  # a lone last band is a plain bucket table
                 buckets: dict[bytes, list[int]] = {}
-                for i, pid in enumerate(ids):
+                for i, pid in enumerate(ids.tolist()):
                     buckets.setdefault(part[i].tobytes(), []).append(pid)
                 query = lambda i: buckets.get(part[i].tobytes(), ())  # noqa: E731
+            in_pass = {int(p) for p in todo}
             for start in range(0, len(todo), options.batch_problems):
                 if cancelled is not None and cancelled():
                     return {**stats, "cancelled": True, "seconds": time.perf_counter() - started}
                 batch = todo[start:start + options.batch_problems]
-                found: list[tuple[int, int, float]] = []
+                candidates: list[tuple[int, int]] = []
                 for pid in batch:
                     for other in query(position[pid]):
-                        # a candidate still to be queried in this pass, with a larger id, finds the pair itself
-                        if other == pid or (passes_done[other] == p and other > pid):
+                        # a candidate also queried in this pass, with a larger id, finds the pair itself
+                        if other == pid or (other in in_pass and other > pid):
                             continue
-                        if uf.find(pid) == uf.find(other):
-                            continue  # already in one cluster: the pair adds nothing to it
-                        similarity = jaccard(shingle_set(pid), shingle_set(other))
-                        if similarity >= options.threshold:
-                            found.append((min(pid, other), max(pid, other), similarity))
-                            uf.union(pid, other)
+                        candidates.append((pid, other))
+                shingle_sets({x for pair in candidates for x in pair})
+                found: list[tuple[int, int, float]] = []
+                for pid, other in candidates:
+                    if uf.find(pid) == uf.find(other):
+                        continue  # already in one cluster: the pair adds nothing to it
+                    similarity = jaccard(shingle_cache[pid], shingle_cache[other])
+                    if similarity >= options.threshold:
+                        found.append((min(pid, other), max(pid, other), similarity))
+                        uf.union(pid, other)
                 pairs = pa.table({
                     "problem_id": pa.array([f[0] for f in found], pa.int64()),
                     "other_id": pa.array([f[1] for f in found], pa.int64()),
@@ -294,15 +321,15 @@ def run_near_duplicates(db=None, options: NearDupOptions | None = None, progress
                     con.execute("INSERT INTO near_duplicate_pairs SELECT b.* FROM pair_batch b WHERE NOT EXISTS "
                                 "(SELECT 1 FROM near_duplicate_pairs n WHERE n.problem_id = b.problem_id AND n.other_id = b.other_id)")
                     con.unregister("pair_batch")
-                    con.execute("UPDATE problem_minhash SET passes_done = ? WHERE problem_id IN (SELECT unnest(?::BIGINT[]))",
-                                [p + 1, batch])
+                    con.execute("UPDATE problem_minhash SET bands_done = ? WHERE problem_id IN (SELECT unnest(?::BIGINT[]))",
+                                [b1, batch])
                     con.execute("COMMIT")
                 for pid in batch:
-                    passes_done[pid] = p + 1
+                    bands_done[position[pid]] = b1
                 stats["pairs_new"] += len(found)
-                work_done += len(batch)
+                work_done += len(batch) * (b1 - b0)
                 if progress:
-                    progress("near-duplicates: query", work_done, total)
+                    progress("near-duplicates: query", min(work_done, total), total)
             del query
         stats["queried"] = pending
 

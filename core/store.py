@@ -150,7 +150,7 @@ CREATE TABLE IF NOT EXISTS contamination_state (
 CREATE TABLE IF NOT EXISTS problem_minhash (
     problem_id BIGINT NOT NULL,
     signature BLOB NOT NULL,          -- uint32 MinHash values
-    passes_done INTEGER NOT NULL      -- LSH passes it was queried in (all: its near-duplicates are stored)
+    bands_done INTEGER NOT NULL       -- LSH bands it was queried in (all: its near-duplicates are stored)
 );
 
 CREATE TABLE IF NOT EXISTS near_duplicate_pairs (
