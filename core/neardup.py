@@ -26,7 +26,7 @@ records how many of the LSH bands it has been queried in). A rerun with nothing 
 nothing; a new dataset's problems are sketched and queried against every problem; a change of
 shingle size or permutations starts over, a change of threshold re-queries. The LSH index lives
 in memory only while the stage runs, built in passes of a few bands each (``bands_per_pass``,
-by default as many as keep it near 1 GB) so its size stays bounded at OmniThought's 708k
+by default as many as keep it near 0.8 GB) so its size stays bounded at OmniThought's 708k
 problems.
 """
 
@@ -105,9 +105,10 @@ def lsh_layout(options: NearDupOptions) -> list[int]:
     return list(lsh_params(options))
 
 
-# datasketch's in-memory index costs ~300 bytes per (problem, band) (a bytes key and a set per
-# bucket): passes of this many entries keep it near 1 GB.
-INDEX_ENTRIES = 3_000_000
+# datasketch's in-memory index costs ~410 bytes per (problem, band), most of it a set per
+# bucket (measured: 4 bands x 709,888 problems = 1.17 GB); passes of this many entries keep it
+# near 0.8 GB beside the 0.36 GB of signatures.
+INDEX_ENTRIES = 2_000_000
 
 
 def band_passes(bands: int, problems: int, bands_per_pass: int | None) -> list[tuple[int, int]]:
@@ -197,6 +198,36 @@ def _sketch_missing(options: NearDupOptions, progress, cancelled, *, db=None) ->
     return done, False
 
 
+def _load_signatures(num_perm: int, *, db=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(problem ids, signatures, bands done) of every sketched problem, in id order.
+
+    Read in Arrow batches straight into preallocated arrays: an ORDER BY, or one Arrow table
+    of 708k blobs, cost DuckDB and pyarrow 0.4-0.9 GB more at the peak than the 362 MB kept."""
+    n = store.read_rows("SELECT count(*) FROM problem_minhash", db=db)[0][0]
+    ids = np.empty(n, np.int64)
+    sigs = np.empty((n, num_perm), np.uint32)
+    bands_done = np.empty(n, np.int32)
+    at = 0
+    with store.connect(db, read_only=True) as con:
+        reader = con.sql("SELECT problem_id, signature, bands_done FROM problem_minhash").to_arrow_reader(50_000)
+        for batch in reader:
+            k = batch.num_rows
+            blobs = batch.column(1)
+            offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int64 if pa.types.is_large_binary(blobs.type) else np.int32)
+            offsets = offsets[blobs.offset:blobs.offset + k + 1]
+            data = np.frombuffer(blobs.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+            if data.size != k * num_perm * 4 or at + k > n:
+                raise ValueError("problem_minhash holds signatures of another size; run with the options they were made with")
+            ids[at:at + k] = batch.column(0).to_numpy()
+            sigs[at:at + k] = data.view(np.uint32).reshape(k, num_perm)
+            bands_done[at:at + k] = batch.column(2).to_numpy()
+            at += k
+    if n > 1 and not (ids[1:] > ids[:-1]).all():
+        order = np.argsort(ids, kind="stable")
+        ids, sigs, bands_done = ids[order], sigs[order], bands_done[order]
+    return ids, sigs, bands_done
+
+
 def run_near_duplicates(db=None, options: NearDupOptions | None = None, progress: ProgressFn | None = None,
                         cancelled: CancelledFn | None = None) -> dict:
     """Bring near-duplicate pairs and clusters up to date (see the module docstring)."""
@@ -228,37 +259,17 @@ def run_near_duplicates(db=None, options: NearDupOptions | None = None, progress
     pending = store.read_rows("SELECT count(*) FROM problem_minhash WHERE bands_done < ?", [bands], db=db)[0][0]
     stats.update(queried=0, pairs_new=0, passes=0)
     if pending:
-        with store.connect(db, read_only=True) as con:  # Arrow: the fixed-size signatures are one buffer
-            table = con.sql("SELECT problem_id, signature, bands_done FROM problem_minhash ORDER BY problem_id").arrow()
-        if isinstance(table, pa.RecordBatchReader):
-            table = table.read_all()
-        ids = table.column("problem_id").to_numpy()
-        blobs = table.column("signature").combine_chunks()
-        offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int64 if pa.types.is_large_binary(blobs.type) else np.int32)
-        offsets = offsets[blobs.offset:blobs.offset + len(blobs) + 1]
-        data = np.frombuffer(blobs.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-        if data.size != len(ids) * options.num_perm * 4:
-            raise ValueError("problem_minhash holds signatures of another size; run with the options they were made with")
-        sigs = data.view(np.uint32).reshape(len(ids), options.num_perm)
-        bands_done = table.column("bands_done").to_numpy().copy()
-        del table, blobs
+        ids, sigs, bands_done = _load_signatures(options.num_perm, db=db)
         position = {pid: i for i, pid in enumerate(ids.tolist())}
         uf = _UnionFind()
         for a, b in store.read_rows("SELECT problem_id, other_id FROM near_duplicate_pairs", db=db):
             uf.union(a, b)
-        shingle_cache: dict[int, set[str]] = {}
-
-        def shingle_sets(wanted: set[int]) -> None:
-            """Shingles of these problems into the cache, their keys read from the store."""
-            missing = [pid for pid in wanted if pid not in shingle_cache]
-            if len(shingle_cache) + len(missing) > 200_000:
-                shingle_cache.clear()
-                missing = list(wanted)
-            if missing:
-                for pid, key in store.read_rows(
-                        "SELECT problem_id, question_key FROM problem_keys WHERE key_version = ? "
-                        "AND problem_id IN (SELECT unnest(?::BIGINT[]))", [identity.KEY_VERSION, missing], db=db):
-                    shingle_cache[pid] = shingles(key, options.shingle)
+        def shingle_sets(wanted: set[int]) -> dict[int, set[str]]:
+            """Shingles of one batch's candidate problems, their keys read from the store (a
+            cache across batches held ~3 KB a problem: 0.6 GB at 708k)."""
+            return {pid: shingles(key, options.shingle) for pid, key in store.read_rows(
+                "SELECT problem_id, question_key FROM problem_keys WHERE key_version = ? "
+                "AND problem_id IN (SELECT unnest(?::BIGINT[]))", [identity.KEY_VERSION, list(wanted)], db=db)}
 
         passes = band_passes(bands, len(ids), options.bands_per_pass)
         stats["passes"] = len(passes)
@@ -301,7 +312,7 @@ def run_near_duplicates(db=None, options: NearDupOptions | None = None, progress
                         if other == pid or (other in in_pass and other > pid):
                             continue
                         candidates.append((pid, other))
-                shingle_sets({x for pair in candidates for x in pair})
+                shingle_cache = shingle_sets({x for pair in candidates for x in pair})
                 found: list[tuple[int, int, float]] = []
                 for pid, other in candidates:
                     if uf.find(pid) == uf.find(other):
