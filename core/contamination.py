@@ -331,7 +331,7 @@ def run_contamination(db=None, options: ContaminationOptions | None = None, prog
     changed: set[int] = set()
     with store.connect(db, read_only=False) as con:
         con.execute("BEGIN")
-        for (dataset_id, bench, scope), (fp, done, complete) in state.items():
+        for (dataset_id, bench, scope), (fp, _done, _complete) in state.items():
             still_wanted = bench in refs and fp == fingerprints[(bench, scope)]
             if dataset_id in target_ids and not still_wanted and (scope in scopes or bench not in refs):
                 _clear(con, dataset_id, bench, scope, source_id)
@@ -363,7 +363,7 @@ def run_contamination(db=None, options: ContaminationOptions | None = None, prog
     if progress:
         progress("contamination", 0, total)
 
-    for dataset_id, name, scope, after, benches in groups:
+    for dataset_id, _name, scope, after, benches in groups:
         changed.add(dataset_id)
         index = BenchmarkIndex([r for b in benches for r in refs[b]], options.n)
         if after == -1:

@@ -294,12 +294,12 @@ def run_near_duplicates(db=None, options: NearDupOptions | None = None, progress
                 with lsh.insertion_session(buffer_size=100_000) as session:
                     for i, pid in enumerate(ids.tolist()):
                         session.insert(pid, sketch(i), check_duplication=False)
-                query = lambda i: lsh.query(sketch(i))  # noqa: E731
+                query = lambda i, lsh=lsh, sketch=sketch: lsh.query(sketch(i))  # noqa: E731
             else:  # a lone last band is a plain bucket table
                 buckets: dict[bytes, list[int]] = {}
                 for i, pid in enumerate(ids.tolist()):
                     buckets.setdefault(part[i].tobytes(), []).append(pid)
-                query = lambda i: buckets.get(part[i].tobytes(), ())  # noqa: E731
+                query = lambda i, buckets=buckets, part=part: buckets.get(part[i].tobytes(), ())  # noqa: E731
             in_pass = {int(p) for p in todo}
             for start in range(0, len(todo), options.batch_problems):
                 if cancelled is not None and cancelled():
