@@ -429,6 +429,9 @@ def counts(*, datasets: tuple[str, ...] = (), benchmarks: tuple[str, ...] = (), 
     """One row per (dataset, benchmark) compared: problems, problems flagged (any match of the
     question), of them exact, CoTs flagged (with the CoT check), and whether the comparison is
     complete. The Overview table and ``python -m core contamination``."""
+    if not identity.tables_present("contamination_state", "contamination_matches", db=db):
+        return pl.DataFrame(schema={"dataset": pl.String, "benchmark": pl.String, "problems": pl.Int64, "flagged": pl.Int64,
+                                    "exact": pl.Int64, "cots_flagged": pl.Int64, "complete": pl.Boolean})
     where, params = ["d.status = 'ready'"], []
     if datasets:
         where.append(f"d.name IN ({', '.join('?' * len(datasets))})")
@@ -460,6 +463,10 @@ def counts(*, datasets: tuple[str, ...] = (), benchmarks: tuple[str, ...] = (), 
 def matches_of(problem_id: int, *, db=None) -> pl.DataFrame:
     """Every benchmark problem this problem (or one of its CoTs) matches, best first, with the
     benchmark problem's question so both can be read side by side."""
+    if not identity.tables_present("contamination_matches", db=db):
+        return pl.DataFrame(schema={"benchmark": pl.String, "benchmark_problem_id": pl.Int64, "benchmark_dataset": pl.String,
+                                    "benchmark_problem_key": pl.String, "overlap": pl.Float64, "shared_ngrams": pl.Int32,
+                                    "exact": pl.Boolean, "cot_id": pl.Int64, "benchmark_question": pl.String})
     return store.read_df(
         "SELECT m.benchmark, m.benchmark_problem_id, d.name AS benchmark_dataset, bp.problem_key AS benchmark_problem_key, "
         "m.overlap, m.shared_ngrams, m.exact, m.cot_id, bp.question AS benchmark_question "

@@ -33,6 +33,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import polars as pl
 import pyarrow as pa
 
 from core import store
@@ -203,10 +204,23 @@ def run_problem_keys(db=None, options: KeyOptions | None = None, progress: Progr
 # ---------------------------------------------------------------------------- identity queries
 
 
+def tables_present(*names: str, db=None) -> bool:
+    """Whether the store has these tables. The app reads with read-only connections, which never
+    create tables, so a store made before a table existed lacks it until its next ingest or
+    stage (both run store.init_store); readers then show what they can without it."""
+    found = store.read_rows("SELECT count(DISTINCT table_name) FROM duckdb_tables() WHERE table_name IN "
+                            "(SELECT unnest(?::VARCHAR[]))", [list(names)], db=db)[0][0]
+    return found == len(set(names))
+
+
 def problem_counts(*, db=None) -> dict[str, int]:
     """Problems in the ready datasets: ``rows`` (one per problem per dataset, what the datasets
     table sums) and ``distinct`` (one per question key: a benchmark's problem and the copies of
     it in its evaluation runs count once; a problem without a key yet counts alone)."""
+    if not tables_present("problem_keys", db=db):
+        rows = store.read_rows("SELECT count(*) FROM problems p JOIN datasets d USING (dataset_id) "
+                               "WHERE d.status = 'ready'", db=db)[0][0]
+        return {"rows": int(rows), "distinct": int(rows)}
     rows, distinct = store.read_rows(
         "SELECT count(*), count(DISTINCT k.key_hash) + count(*) FILTER (WHERE k.key_hash IS NULL) "
         "FROM problems p JOIN datasets d USING (dataset_id) "
@@ -221,6 +235,9 @@ def same_problem(problem_id: int, *, db=None):
     problem an evaluation run's problem attaches to, the runs that answered a benchmark problem,
     a teacher dataset's copy. Columns: problem_id, dataset, format, problem_key, benchmark,
     cots; benchmark datasets first."""
+    if not tables_present("problem_keys", db=db):
+        return pl.DataFrame(schema={"problem_id": pl.Int64, "dataset": pl.String, "format": pl.String,
+                                    "problem_key": pl.String, "benchmark": pl.String, "cots": pl.Int64})
     return store.read_df(
         "WITH me AS (SELECT question_key, key_hash FROM problem_keys WHERE problem_id = ? AND key_version = ?) "
         "SELECT p.problem_id, d.name AS dataset, d.format, p.problem_key, p.benchmark, "

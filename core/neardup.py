@@ -394,6 +394,9 @@ def near_duplicates_of(problem_id: int, *, limit: int = 50, db=None) -> pl.DataF
     """The other problems of this problem's near-duplicate cluster, most similar first: problem_id,
     dataset, problem_key, benchmark, jaccard (exact, of the shingle sets, to this problem),
     question. Empty when the stage has not run or the problem has no near-duplicate."""
+    if not identity.tables_present("problem_keys", "problem_scores", db=db):
+        return pl.DataFrame(schema={"problem_id": pl.Int64, "dataset": pl.String, "problem_key": pl.String,
+                                    "benchmark": pl.String, "question": pl.String, "jaccard": pl.Float64})
     rows = store.read_df(
         "WITH src AS (SELECT source_id FROM score_sources WHERE name = ?), "
         "me AS (SELECT ps.value FROM problem_scores ps JOIN src USING (source_id) "
@@ -420,6 +423,9 @@ def near_duplicates_of(problem_id: int, *, limit: int = 50, db=None) -> pl.DataF
 def summary(*, db=None) -> pl.DataFrame:
     """Per dataset: problems sketched, problems in a near-duplicate cluster, clusters touching it,
     and clusters shared with another dataset."""
+    if not identity.tables_present("problem_scores", db=db):
+        return pl.DataFrame(schema={"dataset": pl.String, "problems": pl.Int64, "in_clusters": pl.Int64, "clusters": pl.Int64,
+                                    "clusters_across_datasets": pl.Int64, "largest_cluster": pl.Int64})
     return store.read_df(
         """
         WITH src AS (SELECT source_id FROM score_sources WHERE name = ?),

@@ -79,3 +79,21 @@ def test_reader_shows_where_else_the_problem_is_and_opens_it(staged):
     open_bench.click().run()
     assert not at.exception
     assert at.session_state["reader_problem_id"] == bench_id
+
+
+def test_a_store_from_before_these_tables_still_opens(tmp_path, app_store):
+    """The app reads with read-only connections, which create no table: a store made before
+    problem_keys and the stage tables existed shows its row count and no stage figures."""
+    require_realdata()
+    db = tmp_path / "old.duckdb"
+    ingest(str(REALDATA / "benchmarks" / "aime24_test.jsonl"), fmt="benchmark", db=db)
+    with store.connect(db, read_only=False) as con:
+        for table in ("problem_keys", "contamination_matches", "contamination_state", "problem_minhash",
+                      "near_duplicate_pairs", "problem_scores"):
+            con.execute(f"DROP TABLE {table}")
+    app_store(db)
+    at = _open("pages/overview.py")
+    assert next(m for m in at.metric if m.label == "Problems").value == "30"
+    problem_id = store.read_rows("SELECT min(problem_id) FROM problems", db=db)[0][0]
+    at = _open("pages/reader.py", reader_problem_id=problem_id, **{f"reader_relations_{problem_id}": True})
+    assert any(e.label.startswith("Elsewhere: 0 same, 0 benchmark match(es), 0 near-duplicate(s)") for e in at.expander)
