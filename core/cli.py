@@ -5,6 +5,7 @@
     python -m core demo [--problems N] [--out FILE]
     python -m core index [--path DIR] [--json]
     python -m core map [--model M] [--device cuda] [--clusters K] [--json]
+    python -m core keys|contamination|near-duplicates ...   (see core/problems_cli.py)
     python -m core jobs [--json]
     python -m core tokens|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
     python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
@@ -29,6 +30,7 @@ from core import job_kinds, store
 from core.errors import UserError
 from core.options import add_arguments, from_namespace
 from core.progress import ProgressBar, RunContext
+from core.problems_cli import add_problems_cli
 
 
 def _bar(desc: str):
@@ -331,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs)
 
     add_job_commands(sub)  # tokens, verify, score, finetune, evaluate
+    add_problems_cli(sub)  # keys, contamination, near-duplicates
     return parser
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core import store
+from core import identity, store
 from core.formats import (
     MERGING_FORMATS,
     ReadOptions,
@@ -240,6 +240,8 @@ class _Stager:
         ]
         tables = {
             "problems": pa.Table.from_arrays([pa.array(self.p_cols[f.name], f.type) for f in PROBLEM_SCHEMA], schema=PROBLEM_SCHEMA),
+            # each problem's question key (core.identity), so it meets its copies in other datasets
+            "problem_keys": identity.key_columns(self.p_cols["problem_id"], self.p_cols["question"]),
             "cots": pa.Table.from_arrays(cot_arrays, schema=COT_SCHEMA),
             "scores": pa.Table.from_arrays([pa.array(self.s_cols[f.name], f.type) for f in SCORE_SCHEMA], schema=SCORE_SCHEMA),
         }
@@ -309,10 +311,11 @@ def _load_chunks(db, folder: Path, dataset_id: int, chunks: int, progress: Progr
     sources = {}
     groups = _load_groups(folder, chunks)
     for done, names in enumerate(groups, start=1):
-        files = {table: [str(folder / table / name) for name in names] for table in ("problems", "cots", "scores")}
+        files = {table: [str(folder / table / name) for name in names] for table in ("problems", "problem_keys", "cots", "scores")}
         with store.connect(db, read_only=False) as con:
             con.execute("BEGIN")
             con.execute("INSERT INTO problems SELECT * FROM read_parquet(?)", [files["problems"]])
+            con.execute("INSERT INTO problem_keys SELECT * FROM read_parquet(?)", [files["problem_keys"]])
             con.execute(
                 f"INSERT INTO cots ({', '.join(COT_SCHEMA.names)}) "
                 "SELECT * FROM read_parquet(?)", [files["cots"]]

@@ -116,6 +116,12 @@ register(JobKind("steps", "core.step_stage:steps_job",
                  help="split CoTs into steps with roles by the rule set (resumable)"))
 register(JobKind("step_labels", "core.step_labels:step_labels_job",
                  help="ingest a step-label file (Thought Anchors, PRM800K, ProcessBench) for a dataset"))
+register(JobKind("keys", "core.problems_cli:keys_job",
+                 help="give every problem its normalised question key (resumable)"))
+register(JobKind("contamination", "core.problems_cli:contamination_job",
+                 help="check problems against every ingested benchmark (resumable)"))
+register(JobKind("near_duplicates", "core.problems_cli:near_duplicates_job",
+                 help="cluster near-duplicate problems with MinHash/LSH (resumable)"))
 register(JobKind("map", "core.worker:map_job",
                  help="embed, project and cluster the problems for the Map page (resumable)"))
 

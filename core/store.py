@@ -170,6 +170,52 @@ CREATE TABLE IF NOT EXISTS step_scores (
     error VARCHAR
 );
 
+-- Problem identity (core.identity): each problem's normalised question, so the same problem
+-- in a teacher dataset, a benchmark and an evaluation run meets by key.
+CREATE TABLE IF NOT EXISTS problem_keys (
+    problem_id BIGINT NOT NULL,
+    key_version INTEGER NOT NULL,     -- core.identity.KEY_VERSION the key was made with
+    question_key VARCHAR NOT NULL,
+    key_hash BIGINT NOT NULL          -- 64-bit hash of question_key, for joins
+);
+
+-- Benchmark contamination (core.contamination): each match of a problem's question (or, with
+-- the CoT check, of one of its CoTs) against a benchmark problem; the per-problem figures are
+-- in problem_scores under the stage's score source.
+CREATE TABLE IF NOT EXISTS contamination_matches (
+    problem_id BIGINT NOT NULL,
+    benchmark VARCHAR NOT NULL,
+    benchmark_problem_id BIGINT NOT NULL,
+    cot_id BIGINT,                    -- NULL: the question matched; else this CoT's text did
+    shared_ngrams INTEGER NOT NULL,
+    overlap DOUBLE NOT NULL,          -- share of the benchmark problem's n-grams found
+    exact BOOLEAN NOT NULL            -- equal question keys
+);
+
+-- Which (dataset, benchmark) comparisons are done, against which reference set and options.
+CREATE TABLE IF NOT EXISTS contamination_state (
+    dataset_id INTEGER NOT NULL,
+    benchmark VARCHAR NOT NULL,
+    scope VARCHAR NOT NULL,           -- question | cot
+    fingerprint VARCHAR NOT NULL,     -- the benchmark's reference problems and the options
+    done_through BIGINT NOT NULL,     -- problems (or CoTs) up to this id are committed
+    complete BOOLEAN NOT NULL
+);
+
+-- Near-duplicate problems (core.neardup): each problem's MinHash signature, and the pairs
+-- whose Jaccard similarity reaches the threshold (problem_id < other_id).
+CREATE TABLE IF NOT EXISTS problem_minhash (
+    problem_id BIGINT NOT NULL,
+    signature BLOB NOT NULL,          -- uint32 MinHash values
+    bands_done INTEGER NOT NULL       -- LSH bands it was queried in (all: its near-duplicates are stored)
+);
+
+CREATE TABLE IF NOT EXISTS near_duplicate_pairs (
+    problem_id BIGINT NOT NULL,
+    other_id BIGINT NOT NULL,
+    jaccard DOUBLE NOT NULL
+);
+
 -- The eval harness's own figures (Qwen2.5-Math *_metrics.json), shown beside ours.
 CREATE TABLE IF NOT EXISTS run_metrics (
     dataset_id INTEGER NOT NULL,
@@ -372,6 +418,13 @@ def delete_dataset_rows(con: duckdb.DuckDBPyConnection, dataset_id: int) -> None
     con.execute("DELETE FROM problem_map WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
     con.execute("DELETE FROM steps WHERE cot_id >= ? AND cot_id < ?", [lo, hi])
     con.execute("DELETE FROM step_scores WHERE cot_id >= ? AND cot_id < ?", [lo, hi])
+    con.execute("DELETE FROM problem_keys WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
+    con.execute("DELETE FROM contamination_matches WHERE (problem_id >= ? AND problem_id < ?) "
+                "OR (benchmark_problem_id >= ? AND benchmark_problem_id < ?)", [lo, hi, lo, hi])
+    con.execute("DELETE FROM contamination_state WHERE dataset_id = ?", [dataset_id])
+    con.execute("DELETE FROM problem_minhash WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
+    con.execute("DELETE FROM near_duplicate_pairs WHERE (problem_id >= ? AND problem_id < ?) "
+                "OR (other_id >= ? AND other_id < ?)", [lo, hi, lo, hi])
     con.execute("DELETE FROM cots WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM problems WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM run_metrics WHERE dataset_id = ?", [dataset_id])

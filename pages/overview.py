@@ -15,6 +15,7 @@ from core import access, charts, jobs, queries, store, summary
 from core.formats import FORMATS
 from core.records import IngestError
 from ui import common, frames
+from ui import problems as problem_ui
 
 JOB_FAILED = {"failed", "cancelled", "interrupted"}  # interrupted: its worker died; resume it on the Jobs page
 JOB_ENDED = {"done", *JOB_FAILED}
@@ -112,7 +113,7 @@ with common.guard():
             charts.dataset_label(n, g) for n, g in zip(datasets["name"], datasets["generated"])], dtype=pl.String))
         c = st.columns(4)
         c[0].metric("Datasets", f"{datasets.height:,}")
-        c[1].metric("Problems", f"{int(datasets['n_problems'].sum()):,}")
+        problem_ui.problem_metric(c[1])  # one per question key: a benchmark and its eval runs' copies count once
         c[2].metric("CoTs", f"{int(datasets['n_cots'].sum()):,}")
         c[3].metric("Models / teachers", f"{rows['model'].n_unique():,}")
 
@@ -145,6 +146,8 @@ with common.guard():
             st.dataframe(sources, hide_index=True, key="overview_sources")
         else:
             st.info("No scores yet: run verification or an LLM judge on the Jobs page.")
+
+        problem_ui.overview_section()
 
         st.subheader("Token length by correctness")
         df = frames.metric_frame(f)

