@@ -297,7 +297,11 @@ def catalogue(*, db=None) -> pl.DataFrame:
     with store.connect(db, read_only=True) as con:
         row = con.execute(f"SELECT {columns} FROM cots WHERE dataset_id IN {ready}").fetchall()[0]
         scored = []
+        # read-only connections create no table: a store from before problem_scores lacks it
+        present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         for level, table, key in (("cot", "scores", "cot_id"), ("problem", "problem_scores", "problem_id")):
+            if table not in present:
+                continue
             frame = store.fetch_pl(
                 con,
                 f"SELECT '{level}' AS level, ss.name AS source, ss.kind, v.metric, {stats} FROM {table} v "
