@@ -283,7 +283,7 @@ def resolve(con, target: Path, wanted) -> dict[str, tuple[int, ...]]:
         stamp = _store_stamp(target)
         if stamp != res.stamp:
             fingerprint = con.execute(
-                "SELECT coalesce(string_agg(dataset_id || ':' || coalesce(content_hash, '') || ':' || n_cots, ',' "
+                "SELECT coalesce(string_agg(dataset_id || ':' || created_at || ':' || coalesce(content_hash, '') || ':' || n_cots, ',' "
                 "ORDER BY dataset_id), '') FROM datasets WHERE status = 'ready'").fetchall()[0][0]
             if fingerprint != res.fingerprint:
                 res.found, res.fingerprint = {}, fingerprint
