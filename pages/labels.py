@@ -100,8 +100,8 @@ with common.guard():
                          hide_index=True, key="lab_q_progress")
         nxt = labels.next_in_queue(q["items"])
         go, drop = st.columns([2, 1])
-        go.button("Label it in the Reader", key="lab_q_open", type="primary", disabled=who is None,
-                  on_click=open_queue, args=(picked, nxt["problem_id"] if nxt else None, nxt["cot_id"] if nxt else None))
+        if go.button("Label it in the Reader", key="lab_q_open", type="primary", disabled=who is None):
+            open_queue(picked, nxt["problem_id"] if nxt else None, nxt["cot_id"] if nxt else None)
         drop.button("Delete this queue", key="lab_q_delete", on_click=delete_queue, args=(picked,),
                     help="The queue only; the labels given stay.")
 
