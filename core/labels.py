@@ -636,7 +636,8 @@ def queues(*, db=None) -> pl.DataFrame:
 
 def queue(queue_id: int, *, annotator: str | None = None, db=None) -> dict[str, Any]:
     """A queue's spec and items (position, cot_key, cot_id in this store or None, problem_id,
-    stratum, done: labelled by ``annotator``), with done / total."""
+    stratum, done: labelled by ``annotator``), with done / total, in_store (items this store
+    holds) and by_annotator ({annotator: items they labelled})."""
     path = _labels_file(db)
     con = label_store.open_file(path)
     try:
@@ -656,16 +657,19 @@ def queue(queue_id: int, *, annotator: str | None = None, db=None) -> dict[str, 
                                                                   return_dtype=pl.Int64).alias("cot_id"))
         problems = store.fetch_pl(rcon, "SELECT cot_id, problem_id FROM cots WHERE cot_id IN (SELECT unnest(?::BIGINT[]))",
                                   [here["cot_id"].drop_nulls().to_list()])
+        by_annotator = dict(rcon.execute(
+            "SELECT annotator, count(DISTINCT cot_key) FROM labels WHERE cot_key IN (SELECT unnest(?::VARCHAR[])) "
+            "GROUP BY annotator ORDER BY annotator", [frame["cot_key"].to_list()]).fetchall())
         done_keys = set()
         if annotator:
             done_keys = {r[0] for r in rcon.execute(
-                "SELECT DISTINCT cot_key FROM labels WHERE annotator = ?", [annotator]).fetchall()} \
-                if path.exists() else set()
+                "SELECT DISTINCT cot_key FROM labels WHERE annotator = ? AND cot_key IN (SELECT unnest(?::VARCHAR[]))",
+                [annotator, frame["cot_key"].to_list()]).fetchall()}
     here = here.join(problems.cast({"cot_id": pl.Int64}), on="cot_id", how="left", maintain_order="left") \
         .with_columns(done=pl.col("cot_key").is_in(list(done_keys)))
     return {"queue_id": queue_id, "name": head[0], "created_by": head[1], "created_at": head[2],
             "spec": json.loads(head[3]), "items": here.drop("n_chars"), "done": int(here["done"].sum()),
-            "total": here.height}
+            "total": here.height, "by_annotator": by_annotator, "in_store": int(here["cot_id"].is_not_null().sum())}
 
 
 def next_in_queue(items: pl.DataFrame, *, after_cot: int | None = None) -> dict[str, Any] | None:
