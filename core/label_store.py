@@ -125,15 +125,41 @@ def is_human_source(name: str | None) -> bool:
 
 def open_file(path: Path, *, create: bool = False) -> sqlite3.Connection:
     """A connection to the labels file (WAL, every commit synced, 30 s patience for a writer)."""
-    if not create and not path.exists():
-        raise FileNotFoundError(path)
+    if not path.exists():
+        if not create:
+            raise FileNotFoundError(path)
+        _create_file(path)
     con = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     con.execute("PRAGMA busy_timeout = 30000")
     if create:
-        con.execute("PRAGMA journal_mode = WAL")
-        con.executescript(SCHEMA)
+        con.executescript(SCHEMA)  # a file of an older layout gains new tables
     con.execute("PRAGMA synchronous = FULL")
     return con
+
+
+def _create_file(path: Path) -> None:
+    """Make the labels file whole, under another name, then link it into place: a reader that
+    sees the file always finds its tables (made in place, a page reading while the first label
+    was written found the file without them: "no such table: events"). Two processes making it
+    at once: the first link wins, the other's copy is dropped."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".labels-new-", suffix=".sqlite", dir=path.parent)
+    os.close(fd)
+    try:
+        con = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode = WAL")  # kept in the file's header
+            con.executescript(SCHEMA)
+        finally:
+            con.close()
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
 
 
 @contextlib.contextmanager

@@ -433,3 +433,41 @@ def test_the_sql_console_reads_the_labels(demo_store):
         "WHERE ss.kind = 'human' ORDER BY ALL", db=demo_store)
     assert ("human: alice", "rv", 6.0) in result.frame.rows() and ("annotations", "flag:exclude", 1.0) in result.frame.rows()
     assert sqlconsole.run_query("SELECT count(*) FROM label_events", db=demo_store).frame.item() == 3
+
+
+def test_a_reader_never_finds_the_labels_file_without_its_tables(tmp_path):
+    """The first label creates the file while pages may already look for it: a reader that
+    sees the file must find its tables (the file is made whole under another name, then linked
+    into place). Writers in threads race to create it, readers poll it; every event arrives."""
+    import threading
+
+    failures: list[str] = []
+    for attempt in range(15):
+        path = tmp_path / f"store{attempt}.duckdb{label_store.SUFFIX}"
+        done = threading.Event()
+
+        def read() -> None:
+            while not done.is_set():
+                try:
+                    label_store.snapshot(path)
+                except Exception as exc:  # any failure of a reader fails the test
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    return
+
+        def write(i: int) -> None:
+            label_store.append(path, [{"event_id": f"event{attempt:03d}{i:03d}", "at": label_store.now_iso(),
+                                       "annotator": f"a{i}", "cot_key": "0" * 32, "field": "rv", "value": "1",
+                                       "cot_id": None, "n_chars": 1, "context": "{}"}])
+
+        readers = [threading.Thread(target=read) for _ in range(2)]
+        writers = [threading.Thread(target=write, args=(i,)) for i in range(3)]
+        for t in readers + writers:
+            t.start()
+        for t in writers:
+            t.join()
+        done.set()
+        for t in readers:
+            t.join()
+        assert label_store.snapshot(path).events.height == 3
+        assert not list(tmp_path.glob(".labels-new-*"))  # no half-made file left behind
+    assert not failures, failures[:3]
