@@ -320,6 +320,13 @@ class _ReadWriteLock:
 # Connections of this process to the store (see connect()).
 _process_lock = _ReadWriteLock()
 
+# DuckDB 2.0's Python client can hand one thread the database instance another thread is still
+# opening, and a query there that scans a registered Arrow table (the labels merged into reads,
+# an export's batch ids) then fails with "Table Function with name python_arrow_scan does not
+# exist" (4 threads opening and closing one file: 3 of 4 failed within 300 connections;
+# serialised, none of 4,800). Opening is serialised; the queries still run side by side.
+_open_lock = threading.Lock()
+
 # Whether read-only connections see the human labels (core/label_store.py); labels_off() sets
 # it to False for the calls inside it, in this thread.
 _with_labels: contextvars.ContextVar[bool] = contextvars.ContextVar("thoughtscope_with_labels", default=True)
@@ -361,7 +368,8 @@ def connect(
     with _process_lock.read() if read_only else _process_lock.write():
         while True:
             try:
-                con = duckdb.connect(str(target), read_only=read_only)
+                with _open_lock:
+                    con = duckdb.connect(str(target), read_only=read_only)
                 break
             except duckdb.Error as exc:  # IOException / ConnectionException on lock
                 if not _is_lock_error(exc) or time.monotonic() > deadline:
