@@ -7,7 +7,8 @@ The store is copied into ``--workdir`` first (the benchmark writes into the copy
 given store). In one process, as the app serves its browser sessions, ``--readers`` threads
 read what a page reads (Explore's count and first 50 CoTs, through core.queries) in a loop
 while one thread writes ``--labels`` labels, one RV label on a random CoT at a time, ``--gap-s``
-apart (people clicking):
+apart (people clicking), in ``--rounds`` rounds of the three phases (no writes, then each way;
+the next round in reverse order) pooled:
 
 * baseline, *into the store*: each label a short read-write transaction on the DuckDB store
   (``store.connect(read_only=False)``, one row into ``scores`` under a ``human`` source), as a
@@ -106,7 +107,7 @@ def _phase(db: Path, write, ids: list[int], n_labels: int, readers: int, gap_s: 
     """Readers loop page reads while one thread writes ``n_labels`` labels with ``write``
     (None: no writes, the readers run for ``n_labels * gap_s`` seconds)."""
     reads: list[float] = []
-    writes: list[float] = []
+    writes: list[float] = []  # raw seconds; run() pools the rounds
     failures: list[str] = []
     lock = threading.Lock()
     running = threading.Event()
@@ -140,8 +141,7 @@ def _phase(db: Path, write, ids: list[int], n_labels: int, readers: int, gap_s: 
     running.clear()
     for t in threads:
         t.join()
-    return {"writes": _quantiles(writes), "reads": _quantiles(reads), "elapsed_s": elapsed,
-            "reads_per_s": len(reads) / elapsed, "failures": failures[:5]}
+    return {"writes": writes, "reads": reads, "elapsed_s": elapsed, "failures": failures[:5]}
 
 
 def _while_held(db: Path, hold_s: float, write, cot_id: int, workdir: Path) -> float:
@@ -161,7 +161,8 @@ def _while_held(db: Path, hold_s: float, write, cot_id: int, workdir: Path) -> f
         holder.wait(timeout=hold_s + 120)
 
 
-def run(source: Path, workdir: Path, n_labels: int, readers: int, gap_s: float, hold_s: float, repeats: int) -> dict:
+def run(source: Path, workdir: Path, n_labels: int, readers: int, gap_s: float, hold_s: float, repeats: int,
+        rounds: int = 1) -> dict:
     from core import label_store, store
 
     db = workdir / "bench-labels-copy.duckdb"
@@ -176,14 +177,25 @@ def run(source: Path, workdir: Path, n_labels: int, readers: int, gap_s: float, 
         source_id = store.ensure_source(con, STORE_SOURCE, "human")
 
     result: dict = {"store": str(source), "cots": len(ids), "labels": n_labels, "readers": readers, "gap_s": gap_s,
-                    "hold_s": hold_s, "load_before": machine_load()}
+                    "hold_s": hold_s, "rounds": rounds, "load_before": machine_load()}
     _page_read(db)  # warm the file's pages
-    log("page reads alone")
-    result["alone"] = _phase(db, None, ids, n_labels, readers, gap_s, seed=0)
-    log(f"{n_labels} labels into the store while {readers} threads read")
-    result["into_store"] = _phase(db, lambda c, v: _store_label(db, c, v, source_id), ids, n_labels, readers, gap_s, seed=1)
-    log(f"{n_labels} labels beside the store while {readers} threads read")
-    result["beside_store"] = _phase(db, lambda c, v: _side_label(db, c, v), ids, n_labels, readers, gap_s, seed=2)
+    phases = {"alone": None, "into_store": lambda c, v: _store_label(db, c, v, source_id),
+              "beside_store": lambda c, v: _side_label(db, c, v)}
+    raw: dict[str, dict] = {name: {"writes": [], "reads": [], "elapsed_s": 0.0, "failures": []} for name in phases}
+    # the phases in turn, A B C then C B A: on a shared machine whose load drifts, no phase
+    # gets only the quiet or only the busy minutes
+    for round_ in range(rounds):
+        order = list(phases) if round_ % 2 == 0 else list(reversed(phases))
+        for name in order:
+            log(f"round {round_ + 1}/{rounds}: {name.replace('_', ' ')}, {n_labels} labels, {readers} threads reading")
+            got = _phase(db, phases[name], ids, n_labels, readers, gap_s, seed=round_ * 10 + list(phases).index(name))
+            for key in ("writes", "reads", "failures"):
+                raw[name][key] += got[key]
+            raw[name]["elapsed_s"] += got["elapsed_s"]
+    for name, got in raw.items():
+        result[name] = {"writes": _quantiles(got["writes"]), "reads": _quantiles(got["reads"]),
+                        "elapsed_s": got["elapsed_s"], "reads_per_s": len(got["reads"]) / got["elapsed_s"],
+                        "failures": got["failures"][:5]}
 
     log(f"one label each way while another process holds the store for {hold_s:g} s")
     result["held_into_store_s"] = _while_held(db, hold_s, lambda c, v: _store_label(db, c, v, source_id), ids[0], workdir)
@@ -227,7 +239,7 @@ def report(r: dict) -> str:
         ["page read, store only (p50)", _ms(r["read_store_only"]["p50_s"])],
     ]
     failures = alone["failures"] + into["failures"] + beside["failures"]
-    return (f"{r['cots']:,} CoTs; {r['labels']} labels {r['gap_s']:g} s apart; {r['readers']} reader threads; "
+    return (f"{r['cots']:,} CoTs; {r['rounds']} rounds of {r['labels']} labels {r['gap_s']:g} s apart; {r['readers']} reader threads; "
             f"{r['label_events']} label events at the end; load {r['load_before']['load_1m']} -> {r['load_after']['load_1m']}\n"
             + format_table(["writes", "label p50 ms", "label max ms", "read p50 ms", "read max ms", "reads/s", "read p50 vs baseline"], rows)
             + "\n" + format_table(["step", "ms"], held)
@@ -245,13 +257,14 @@ def main() -> int:
     parser.add_argument("--gap-s", type=float, default=0.05, help="pause between two labels")
     parser.add_argument("--hold-s", type=float, default=3.0, help="how long another process holds the store")
     parser.add_argument("--repeats", type=int, default=20, help="page reads for the merge cost")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three phases (A B C, then C B A, ...)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-labels-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         source = args.store if args.store else generated_store(workdir, args.generate)
-        result = run(source, workdir, args.labels, args.readers, args.gap_s, args.hold_s, args.repeats)
+        result = run(source, workdir, args.labels, args.readers, args.gap_s, args.hold_s, args.repeats, args.rounds)
     print(report(result))
     if args.json:
         print(json.dumps(result, default=str))

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_labels_runs_at_tiny_n(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_labels.py"), "--generate", "300", "--workdir", str(tmp_path),
-         "--labels", "5", "--gap-s", "0.01", "--hold-s", "0.5", "--repeats", "3", "--json"],
+         "--labels", "5", "--rounds", "2", "--gap-s", "0.01", "--hold-s", "0.5", "--repeats", "3", "--json"],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
@@ -28,8 +28,8 @@ def test_bench_labels_runs_at_tiny_n(tmp_path):
     assert result["cots"] > 0
     for phase in ("alone", "into_store", "beside_store"):
         assert result[phase]["failures"] == [] and result[phase]["reads"]["n"] >= 1
-    assert result["into_store"]["writes"]["n"] == result["beside_store"]["writes"]["n"] == 5
-    assert result["label_events"] == 5 + 1  # the phase's labels and the one written while the store was held
+    assert result["into_store"]["writes"]["n"] == result["beside_store"]["writes"]["n"] == 2 * 5  # two rounds
+    assert result["label_events"] == 2 * 5 + 1  # both rounds' labels and the one written while the store was held
     assert result["read_merged"]["n"] == result["read_store_only"]["n"] == 3
     # the labels went beside the copy, not beside the store it was given
     source = Path(result["store"])
