@@ -20,8 +20,8 @@ the next round in reverse order) pooled:
 Then one label each way while *another process* holds a read-only connection to the store for
 ``--hold-s`` seconds (a console query, a second app server, a CLI read): DuckDB cannot open the
 file for writing then, so the store write waits the hold out; the label beside it does not.
-Last, what merging the labels into every read costs: the same page read with the labels merged
-and inside ``store.labels_off()``.
+Last, what merging the labels into every read costs: the same page read, and a bare read
+connection opened and closed, with the labels merged and inside ``store.labels_off()``.
 
 With ``--json`` the last stdout line is the whole result as one JSON object.
 """
@@ -82,6 +82,16 @@ def _page_read(db: Path) -> float:
     started = time.perf_counter()
     queries.count(queries.CotFilter(), db=db)
     queries.page(queries.CotFilter(), limit=50, db=db)
+    return time.perf_counter() - started
+
+
+def _open(db: Path) -> float:
+    """A read connection opened, asked ``SELECT 1`` and closed: what merging costs per connection."""
+    from core import store
+
+    started = time.perf_counter()
+    with store.connect(db) as con:
+        con.execute("SELECT 1").fetchall()
     return time.perf_counter() - started
 
 
@@ -201,14 +211,18 @@ def run(source: Path, workdir: Path, n_labels: int, readers: int, gap_s: float, 
     result["held_into_store_s"] = _while_held(db, hold_s, lambda c, v: _store_label(db, c, v, source_id), ids[0], workdir)
     result["held_beside_store_s"] = _while_held(db, hold_s, lambda c, v: _side_label(db, c, v), ids[0], workdir)
 
-    log("page reads with the labels merged and without")
-    merged, plain = [], []
+    log("page reads and bare connections with the labels merged and without")
+    merged, plain, open_merged, open_plain = [], [], [], []
     for _ in range(repeats):
         merged.append(_page_read(db))
+        open_merged.append(_open(db))
         with store.labels_off():
             plain.append(_page_read(db))
+            open_plain.append(_open(db))
     result["read_merged"] = _quantiles(merged)
     result["read_store_only"] = _quantiles(plain)
+    result["open_merged"] = _quantiles(open_merged)
+    result["open_store_only"] = _quantiles(open_plain)
     result["label_events"] = store.read_rows("SELECT count(*) FROM label_events", db=db)[0][0]
     result["load_after"] = machine_load()
     return result
@@ -237,6 +251,8 @@ def report(r: dict) -> str:
         ["the same, beside the store (ours)", _ms(r["held_beside_store_s"])],
         ["page read, labels merged (p50)", _ms(r["read_merged"]["p50_s"])],
         ["page read, store only (p50)", _ms(r["read_store_only"]["p50_s"])],
+        ["read connection opened and closed, labels merged (p50)", _ms(r["open_merged"]["p50_s"])],
+        ["the same, store only (p50)", _ms(r["open_store_only"]["p50_s"])],
     ]
     failures = alone["failures"] + into["failures"] + beside["failures"]
     return (f"{r['cots']:,} CoTs; {r['rounds']} rounds of {r['labels']} labels {r['gap_s']:g} s apart; {r['readers']} reader threads; "

@@ -30,7 +30,7 @@ def test_bench_labels_runs_at_tiny_n(tmp_path):
         assert result[phase]["failures"] == [] and result[phase]["reads"]["n"] >= 1
     assert result["into_store"]["writes"]["n"] == result["beside_store"]["writes"]["n"] == 2 * 5  # two rounds
     assert result["label_events"] == 2 * 5 + 1  # both rounds' labels and the one written while the store was held
-    assert result["read_merged"]["n"] == result["read_store_only"]["n"] == 3
+    assert result["read_merged"]["n"] == result["read_store_only"]["n"] == result["open_merged"]["n"] == 3
     # the labels went beside the copy, not beside the store it was given
     source = Path(result["store"])
     assert not (source.parent / (source.name + ".labels.sqlite")).exists()
