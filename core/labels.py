@@ -170,11 +170,12 @@ def identities(cot_ids: list[int], *, db=None) -> dict[int, dict[str, Any]]:
 
 
 def _identities(cot_ids: list[int], *, db=None) -> dict[int, dict[str, Any]]:
+    where, params = label_store.ids_in("c.cot_id", cot_ids)
     with store.labels_off():
         rows = store.read_rows(
             f"SELECT c.cot_id, {label_store.KEY_SQL}, c.n_chars, d.name, c.model, c.sample_idx, p.problem_key "
             "FROM cots c JOIN problems p ON p.problem_id = c.problem_id JOIN datasets d ON d.dataset_id = c.dataset_id "
-            "WHERE d.status = 'ready' AND c.cot_id IN (SELECT unnest(?::BIGINT[]))", [list(cot_ids)], db=db)
+            f"WHERE d.status = 'ready' AND {where}", params, db=db)
     return {r[0]: {"cot_key": r[1], "n_chars": r[2], "context": {"dataset": r[3], "model": r[4], "sample": r[5],
                                                                    "problem_key": r[6]}} for r in rows}
 
@@ -655,8 +656,8 @@ def queue(queue_id: int, *, annotator: str | None = None, db=None) -> dict[str, 
         found = label_store.resolve(rcon, store.db_path(db), frame.select("cot_key", "cot_id", "n_chars"))
         here = frame.with_columns(pl.col("cot_key").map_elements(lambda k: (found.get(k) or (None,))[0],
                                                                   return_dtype=pl.Int64).alias("cot_id"))
-        problems = store.fetch_pl(rcon, "SELECT cot_id, problem_id FROM cots WHERE cot_id IN (SELECT unnest(?::BIGINT[]))",
-                                  [here["cot_id"].drop_nulls().to_list()])
+        where, params = label_store.ids_in("cot_id", here["cot_id"].drop_nulls().to_list())
+        problems = store.fetch_pl(rcon, f"SELECT cot_id, problem_id FROM cots WHERE {where}", params)
         by_annotator = dict(rcon.execute(
             "SELECT annotator, count(DISTINCT cot_key) FROM labels WHERE cot_key IN (SELECT unnest(?::VARCHAR[])) "
             "GROUP BY annotator ORDER BY annotator", [frame["cot_key"].to_list()]).fetchall())
