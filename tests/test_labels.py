@@ -446,7 +446,7 @@ def test_a_reader_never_finds_the_labels_file_without_its_tables(tmp_path):
         path = tmp_path / f"store{attempt}.duckdb{label_store.SUFFIX}"
         done = threading.Event()
 
-        def read() -> None:
+        def read(path=path, done=done) -> None:
             while not done.is_set():
                 try:
                     label_store.snapshot(path)
@@ -454,7 +454,7 @@ def test_a_reader_never_finds_the_labels_file_without_its_tables(tmp_path):
                     failures.append(f"{type(exc).__name__}: {exc}")
                     return
 
-        def write(i: int) -> None:
+        def write(i: int, path=path, attempt=attempt) -> None:
             label_store.append(path, [{"event_id": f"event{attempt:03d}{i:03d}", "at": label_store.now_iso(),
                                        "annotator": f"a{i}", "cot_key": "0" * 32, "field": "rv", "value": "1",
                                        "cot_id": None, "n_chars": 1, "context": "{}"}])
