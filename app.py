@@ -17,6 +17,7 @@ PAGES = [
     st.Page("pages/reader.py", title="Reader", url_path="reader"),
     st.Page("pages/distributions.py", title="Distributions", url_path="distributions"),
     st.Page("pages/agreement.py", title="Agreement", url_path="agreement"),
+    st.Page("pages/labels.py", title="Labels", url_path="labels"),
     st.Page("pages/map.py", title="Map", url_path="map"),
     st.Page("pages/select.py", title="Select", url_path="select"),
     st.Page("pages/export.py", title="Export", url_path="export"),

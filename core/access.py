@@ -10,6 +10,16 @@ reached by anyone who reaches its port, so the decisions for it live here (no St
   a read-only server, and, when a list of job users is set, only the users on it.
 * ``confine_to_roots()``: a path typed into the browser is ingested only when it lies, after
   symlinks are resolved, under one of the ingest roots (default: the data folder).
+* ``label_refusal()``: may this session add human labels (core/labels.py), and under which name?
+
+Labels on a read-only server. Read-only mode protects the store and the box: no ingest, no
+upload, no job. Labels touch neither (they are kept beside the store, in a file of their own,
+and each names who gave it), and they are the researchers' own judgement of what they read, as
+recipes are (which read-only mode also keeps). So a *known* user (signed in, named by the
+proxy, or the ``user`` setting) may label on a read-only server. Two things are refused there:
+a name typed into the page (on a server meant to be looked at by many, anyone could write
+labels in anyone's name), and importing a labels file from the browser (it writes labels under
+other people's names, like an ingest: job users only, as ingests are, on any server).
 
 Settings come from the environment, which overrides an optional TOML file
 (``$THOUGHTSCOPE_CONFIG``, else ``thoughtscope.toml`` in the project folder, table
@@ -142,6 +152,29 @@ def require_job_rights(user: str | None = None) -> None:
     reason = job_refusal(user)
     if reason:
         raise AccessDenied(reason)
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def label_refusal(user: str | None, *, typed: bool = False, cfg: AccessConfig | None = None) -> str | None:
+    """Why this session may not add labels as ``user`` (None: it may). ``typed``: the name was
+    typed into the page rather than known from sign-in, the proxy or the settings."""
+    cfg = cfg or config()
+    if not user or not str(user).strip():
+        if cfg.read_only:
+            return ("This server is read-only: labels here need a signed-in user (or the server's "
+                    "THOUGHTSCOPE_USER); typed names are not taken.")
+        return "Give your name to label (or sign in, or set THOUGHTSCOPE_USER): every label records who gave it."
+    if typed and cfg.read_only:
+        return ("This server is read-only: labels here need a signed-in user (or the server's THOUGHTSCOPE_USER), "
+                "so that nobody can label in someone else's name; a typed name is not taken.")
+    return None
+
+
+def may_type_annotator(cfg: AccessConfig | None = None) -> bool:
+    """Whether a session with no known user may give a name to label under (not on a read-only server)."""
+    return not (cfg or config()).read_only
 
 
 # ----------------------------------------------------------------------------- ingest roots

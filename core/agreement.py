@@ -210,7 +210,16 @@ def metric_sources(*, db=None) -> dict[str, list[dict[str, str]]]:
 def default_sides(catalogue: dict[str, list[dict[str, str]]]) -> tuple[Side, Side] | None:
     """A first comparison worth looking at: the newest judge's RV (or CD, or logic) against the
     dataset's labels of that metric; else a label's correctness against the verifier's; else the
-    first two sources of one metric. None when no metric has two sources."""
+    first two sources of one metric. None when no metric has two sources. Where people have
+    labelled a metric that a judge, a verifier or a dataset's labels also give, that comparison
+    comes first: the newest judge (else verifier, else dataset label) against the first annotator."""
+    for metric in ("rv", "cd", "logic", "correct"):
+        found = catalogue.get(metric, [])
+        people = [s["name"] for s in found if s["kind"] == "human" and s["name"] != "annotations"]
+        machines = next((names for kind in ("judge", "verifier", "label")
+                         if (names := [s["name"] for s in found if s["kind"] == kind])), [])
+        if people and machines:
+            return Side((machines[-1],), metric), Side((people[0],), metric)
     for metric in ("rv", "cd"):
         found = catalogue.get(metric, [])
         judges = [s["name"] for s in found if s["kind"] == "judge"]

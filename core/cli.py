@@ -11,6 +11,7 @@
     python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
     python -m core split-steps [--unit sentence|paragraph] [--from-source S]
     python -m core steps [--json] [--source S [--source S2]]
+    python -m core labels export|import|summary   (core/labels_cli.py)
 
 The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb. The job-kind commands
 run the job's own runner in this process with a progress bar, their flags generated from the
@@ -30,6 +31,7 @@ from core import job_kinds, store
 from core.errors import UserError
 from core.options import add_arguments, from_namespace
 from core.progress import ProgressBar, RunContext
+from core.labels_cli import add_labels_cli
 from core.problems_cli import add_problems_cli
 
 
@@ -334,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_job_commands(sub)  # tokens, verify, score, finetune, evaluate
     add_problems_cli(sub)  # keys, contamination, near-duplicates
+    add_labels_cli(sub)  # labels export|import|summary
     return parser
 
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import polars as pl
 
-from core import queries, store
+from core import labels, queries, store
 from core.errors import UserError
 from core.progress import ProgressFn
 from core.queries import OWN_CORRECTNESS, CotFilter
@@ -349,6 +349,8 @@ def export(
         **_conditions(what, db=db),
         "source_datasets": _datasets_of(numbers, db=db),
         "score_sources": _score_sources(_sources_used(what, db=db), db=db),
+        # the human labels read (core/labels.py): how many, the latest, a hash; absent when none
+        **({"annotations": state} if (state := labels.state(_sources_used(what, db=db), db=db)) else {}),
         "batches": batches,
         "batch_size": batch_size,
         "store_schema_version": store.SCHEMA_VERSION,

@@ -14,7 +14,8 @@ The file (format version 2; version 1 files, which have no conditions, still loa
      "conditions": [condition, ...],      # the selection's own, applied inside the pool
      "mode": "thresholds" | "capacity" | "per_problem" | "target",
      "params": {the rule's fields; "score": {"metric", "source", "level", "higher_is_better"}},
-     "seed": 0}
+     "seed": 0,
+     "annotations": {"sources", "labels", "latest", "sha256"}}   # only when it reads human labels
 
 where a condition is ``{"level": "cot" | "problem", "source": name or null (a CoT column),
 "metric": ..., "lo": number or null, "hi": number or null, "missing": false}`` (see
@@ -132,9 +133,11 @@ def path_of(name: str) -> Path:
     return recipes_dir() / f"{slug(name)}.json"
 
 
-def save(recipe: Recipe, *, overwrite: bool = False) -> Path:
+def save(recipe: Recipe, *, overwrite: bool = False, db=None) -> Path:
     """Write the recipe as JSON (atomically); refuses to replace another recipe's file unless
-    ``overwrite``."""
+    ``overwrite``. A recipe that reads human labels records their state in ``db``'s labels
+    (``annotations``: count, latest, sha256; core.labels.state), so a later run can tell
+    whether the labels it selects on have changed since."""
     if not recipe.name.strip():
         raise RecipeError("give the recipe a name")
     target = path_of(recipe.name)
@@ -146,6 +149,11 @@ def save(recipe: Recipe, *, overwrite: bool = False) -> Path:
         )
     data = recipe.as_dict()
     data["saved_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    from core import labels
+
+    annotations = labels.state(labels.human_sources_of(recipe.selection), db=db)
+    if annotations:
+        data["annotations"] = annotations
     fd, tmp = tempfile.mkstemp(prefix=".recipe-", suffix=".json", dir=target.parent)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2, ensure_ascii=False)

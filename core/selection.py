@@ -80,6 +80,7 @@ from core import queries, store
 from core.errors import UserError
 from core.render import inert_figure
 from core.figures import COT_COLUMNS, Condition, Figure, passes_sql, reason_sql
+from core.label_store import is_human_source
 from core.queries import CotFilter
 
 # ---------------------------------------------------------------------------- parameters
@@ -109,12 +110,15 @@ class ScoreSources:
 
 def default_score_sources(*, db=None) -> ScoreSources:
     """Every source that gave each metric, in the order they entered the store (dataset
-    labels first, later judges and verifiers after). Correctness lists each dataset's own
-    sources first (its labels, then math-verify: queries.own_correctness_sources), then any
+    labels first, later judges and verifiers after; people's labels never: a selection reads
+    them only when it names them). Correctness lists each dataset's own sources first (its labels, then math-verify: queries.own_correctness_sources), then any
     other source that gave it, so a CoT takes its dataset's own verdict, as the sidebar does."""
     own = queries.own_correctness_sources(db=db)
     correct = (*own, *(s for s in queries.sources("correct", db=db) if s not in own))
-    return ScoreSources(tuple(queries.sources("rv", db=db)), tuple(queries.sources("cd", db=db)), correct)
+    # people's labels (core/labels.py) are read only when a selection names them
+    machine = {m: tuple(s for s in names if not is_human_source(s))
+               for m, names in (("rv", queries.sources("rv", db=db)), ("cd", queries.sources("cd", db=db)), ("correct", correct))}
+    return ScoreSources(machine["rv"], machine["cd"], machine["correct"])
 
 
 # Per-CoT numeric columns a rule may rank by without a score source.

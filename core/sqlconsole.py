@@ -170,7 +170,7 @@ def _check_select(sql: str) -> None:
         if kind == "table" and re.search(r"[./\\:*?]", name):
             raise UserError(
                 f"The console cannot read files: '{name}' in FROM names a file, not a table; "
-                "the tables are datasets, problems, cots, score_sources, scores and run_metrics."
+                "the tables are datasets, problems, cots, score_sources, scores, labels and run_metrics."
             )
 
 

@@ -11,6 +11,7 @@ store and loads them in short transactions; a dataset becomes visible only when 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import random
 import threading
@@ -319,6 +320,29 @@ class _ReadWriteLock:
 # Connections of this process to the store (see connect()).
 _process_lock = _ReadWriteLock()
 
+# DuckDB 2.0's Python client can hand one thread the database instance another thread is still
+# opening, and a query there that scans a registered Arrow table (the labels merged into reads,
+# an export's batch ids) then fails with "Table Function with name python_arrow_scan does not
+# exist" (4 threads opening and closing one file: 3 of 4 failed within 300 connections;
+# serialised, none of 4,800). Opening is serialised; the queries still run side by side.
+_open_lock = threading.Lock()
+
+# Whether read-only connections see the human labels (core/label_store.py); labels_off() sets
+# it to False for the calls inside it, in this thread.
+_with_labels: contextvars.ContextVar[bool] = contextvars.ContextVar("thoughtscope_with_labels", default=True)
+
+
+@contextlib.contextmanager
+def labels_off() -> Iterator[None]:
+    """Read connections opened inside see the store's own tables only, without the human labels
+    that every other read connection sees merged in (core/label_store.py): for figures cached
+    until the store changes, which a new label must not invalidate."""
+    token = _with_labels.set(False)
+    try:
+        yield
+    finally:
+        _with_labels.reset(token)
+
 
 @contextlib.contextmanager
 def connect(
@@ -328,6 +352,10 @@ def connect(
     timeout_s: float = 60.0,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short-lived connection, retried while another process holds the lock.
+
+    A read-only connection also sees the human labels kept beside the store (``scores``,
+    ``score_sources`` and ``steps`` with the labels' rows added, and ``labels``; see
+    core/label_store.py), unless opened inside :func:`labels_off`.
 
     Keep the ``with`` block short: while it is open, a read-write connection locks every
     other process out, and a read-only one locks writers out.
@@ -340,7 +368,8 @@ def connect(
     with _process_lock.read() if read_only else _process_lock.write():
         while True:
             try:
-                con = duckdb.connect(str(target), read_only=read_only)
+                with _open_lock:
+                    con = duckdb.connect(str(target), read_only=read_only)
                 break
             except duckdb.Error as exc:  # IOException / ConnectionException on lock
                 if not _is_lock_error(exc) or time.monotonic() > deadline:
@@ -354,6 +383,10 @@ def connect(
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 1.6, 0.25)
         try:
+            if read_only and _with_labels.get():
+                from core import label_store
+
+                label_store.attach(con, target)  # the labels beside the store, merged into reads
             yield con
         finally:
             con.close()

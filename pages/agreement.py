@@ -1,6 +1,7 @@
 """Agreement: two score sources on the same CoTs as a confusion matrix, with exact agreement,
 agreement within ±1, Cohen's kappa (quadratic-weighted for 0-9 scales) and the mean absolute
-difference. Click a cell (or pick it below the chart) to list its CoTs and open one in the Reader.
+difference. A person's labels are a source too (``human: <name>``): against a judge, this is
+how far to trust the judge on the CoTs nobody labelled. Click a cell (or pick it below the chart) to list its CoTs and open one in the Reader.
 
 Every number is computed on all CoTs the sidebar filter matches that both sides scored.
 """
@@ -12,7 +13,7 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import agreement
+from core import agreement, labels, store
 from core.agreement import Side
 from core.queries import CotFilter
 from ui import common, steps_view
@@ -29,7 +30,17 @@ def cached_pairs(filter_key: str, stamp: tuple[float, float], a: Side, b: Side, 
 @st.cache_data(ttl=600, show_spinner=False)
 def cached_catalogue(stamp: tuple[float, float]) -> dict:
     del stamp
-    return agreement.metric_sources()
+    with store.labels_off():  # the labels' sources are added fresh (with_human_sources)
+        return agreement.metric_sources()
+
+
+def with_human_sources(catalogue: dict) -> dict:
+    """The store's sources per metric plus the human labels' (every annotator is a source)."""
+    out = {metric: list(found) for metric, found in catalogue.items()}
+    for metric, source in common.human_figures().select("metric", "source").iter_rows():
+        if source != labels.COMBINED:
+            out.setdefault(metric, []).append({"name": source, "kind": "human"})
+    return out
 
 
 def _cell_from_click() -> None:
@@ -75,7 +86,7 @@ with common.guard():
         steps_view.agreement_section(f)  # two step sources, step by step (ui/steps_view.py)
         st.stop()
     stamp = common.store_stamp()
-    catalogue = cached_catalogue(stamp)
+    catalogue = with_human_sources(cached_catalogue(stamp[:2]))
     if not catalogue:
         st.info("The store holds no scores yet. Ingest a dataset with labels, verify answers, or run a judge on the Jobs page.")
         st.stop()
@@ -90,6 +101,9 @@ with common.guard():
         st.info("Choose a metric and at least one source for each side.")
         st.stop()
 
+    if any(labels.is_human_source(s) for s in (*a.sources, *b.sources)):
+        common.labels_in_view()  # a side is people's labels: refresh after each new label
+        stamp = common.store_stamp()
     frame = cached_pairs(repr(f), stamp, a, b, f)
     if frame.height == 0:
         st.info("No CoT matching the filter has a value from both sides. Sources that split a metric between them "

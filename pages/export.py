@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import export, queries, recipes
+from core import export, labels, queries, recipes
 from ui import common
 
 SOURCES = {
@@ -65,6 +65,9 @@ with common.guard():
     else:
         what = base
     key = json.dumps(what.as_dict() if isinstance(what, recipes.Recipe) else what.to_params(), sort_keys=True)
+    if labels.uses_labels(what):  # it reads people's labels: count again after each new label
+        common.labels_in_view()
+        stamp = common.store_stamp()
     n = kept_count(key, db, stamp, what)
     st.metric("CoTs to export", f"{n:,}")
 

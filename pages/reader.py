@@ -13,7 +13,7 @@ import streamlit as st
 
 from core import queries, render
 from core.text import load_markers
-from ui import common, steps_view
+from ui import annotate, common, steps_view
 from ui import problems as problem_ui
 
 DIFF_LINES_SHOWN = 1500  # a diff longer than this shows its start, and offers the whole file
@@ -37,6 +37,12 @@ def go_to(problem_id: int | None) -> None:
     st.session_state["reader_cot_id"] = None
     if problem_id is None:
         del st.query_params["problem"]
+
+
+def go_to_cot(problem_id: int | None, cot_id: int | None) -> None:
+    """Show a problem with one of its CoTs focused (None: its first); labelling moves this way."""
+    st.session_state["reader_problem_id"] = problem_id
+    st.session_state["reader_cot_id"] = cot_id
 
 
 def show_text(text: str | None, key: str, *, empty: str) -> None:
@@ -104,6 +110,7 @@ st.title("Reader")
 with common.guard():
     requested = st.query_params.get("problem")  # read first: the filter rewrites the URL
     f = common.sidebar_filter()
+    common.labels_in_view()  # the CoTs' labels show here: cached reads refresh after each label
     stamp = common.store_stamp()
 
     problem_id = st.session_state.get("reader_problem_id")
@@ -154,9 +161,12 @@ with common.guard():
                 show_text(problem["reference_solution"], f"reader_refsol_all_{problem_id}", empty="")
     problem_ui.reader_section(problem_id, problem["question"], go_to)
 
-    correct_sources = common.catalogue(stamp)["correct"]  # every source, so a missing verdict shows
+    # every source, so a missing verdict shows (people's own verdicts are in the labels line)
+    correct_sources = [s for s in common.catalogue(stamp)["correct"] if not annotate.labels.is_human_source(s)]
     st.subheader(f"CoTs ({cots.height})")
     wanted_cot = st.session_state.get("reader_cot_id")
+    labeller = annotate.Labeller(problem_id, cots, focus=wanted_cot, go_to_cot=go_to_cot, next_problem_id=next_id)
+    labeller.bar()  # who labels, the labelling queue, the keys (ui/annotate.py)
     for cot in cots.iter_rows(named=True):
         cot_id = cot["cot_id"]
         with st.container(border=True, key=f"reader_cot_{cot_id}"):
@@ -182,6 +192,7 @@ with common.guard():
                 )
             else:
                 st.caption("No scores for this CoT yet.")
+            labeller.show(cot)  # its labels; the labelling panel on the focused CoT
 
     st.subheader("Side by side")
     if cots.height < 2:

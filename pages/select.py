@@ -19,7 +19,7 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import recipes, selection
+from core import labels, recipes, selection
 from core.figures import Figure
 from core.selection import CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds
 from ui import common
@@ -39,6 +39,15 @@ PERCENT = st.column_config.NumberColumn(format="percent")
 
 
 # ---------------------------------------------------------------------------- cached core calls
+
+
+def labels_stamp(stamp: tuple, sel: Selection) -> tuple:
+    """The cache stamp for a selection: it changes with every new label when the selection
+    reads people's labels (core/labels.py), else it is the store's."""
+    if labels.uses_labels(sel):
+        common.labels_in_view()
+        return common.store_stamp()
+    return stamp
 
 
 @st.cache_resource(ttl=600, max_entries=2, show_spinner="Reading the pool's ids and numbers…")
@@ -89,7 +98,8 @@ def score_choices(stamp: tuple[float, float]) -> dict[str, Figure]:
 def _defaults(cat: dict, max_tokens: int) -> dict:
     return {
         "sel_mode": "thresholds",
-        "sel_rv_sources": list(cat["rv"]), "sel_cd_sources": list(cat["cd"]), "sel_correct_sources": list(cat["correct"]),
+        # every source but people's labels, which a selection reads only when asked to
+        **{f"sel_{m}_sources": [s for s in cat[m] if not labels.is_human_source(s)] for m in ("rv", "cd", "correct")},
         "sel_rv_range": (0, 9), "sel_cd_range": (0, 9), "sel_tokens_range": (0, max_tokens), "sel_thr_correct": False,
         "sel_cap_preset": "7B", "sel_cap_c": 5.0, "sel_cap_lambda": 1.0, "sel_cap_beta": 0.5, "sel_cap_k": 1,
         "sel_cap_correct": False, "sel_seed": 0,
@@ -230,6 +240,7 @@ with common.guard():
                    "its reason ('Why dropped' below); the mode then decides among the CoTs that pass them all. "
                    "E.g. a judge's logic ≥ 1 for EasyDistill's ThoughtX recipe.")
         conditions = common.condition_widgets(st, rows, "sel_")
+    stamp = labels_stamp(stamp, Selection(base=base, sources=sources, conditions=conditions))
 
     mode = st.radio("Mode", list(MODES), format_func=MODES.get, horizontal=True, key="sel_mode")
     # the modes that rank by no score read the pool first, so they show only the controls for
@@ -330,6 +341,7 @@ with common.guard():
 
     sel = Selection(base=base, rule=rule, sources=sources, seed=int(st.session_state.sel_seed), conditions=conditions)
     st.session_state.current_selection = sel
+    stamp = labels_stamp(stamp, sel)
     selection_key = json.dumps(recipes.Recipe("current", sel).as_dict(), sort_keys=True)
     pool = cached_pool(selection.pool_key(sel), db, stamp, sel)
     # a threshold rule is answered from the pool's index; the other rules decide every CoT once

@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from core import figures, queries, render, store
+from core import figures, labels, queries, render, store
 from core.errors import UserError
 from core.figures import Condition, Figure
 from core.queries import CotFilter
@@ -31,29 +31,67 @@ def db_file() -> Path:
     return store.db_path(os.environ.get("THOUGHTSCOPE_DB"))
 
 
-def store_stamp() -> tuple[float, float]:
+def store_stamp() -> tuple:
     """Changes whenever the store is written (the file or its WAL): the cache key that
-    keeps cached figures fresh without re-querying on every rerun."""
+    keeps cached figures fresh without re-querying on every rerun. While this run reads human
+    labels (the filter has a condition on them, or the page called :func:`labels_in_view`), it
+    also changes with every new label; otherwise a label, kept beside the store, leaves every
+    cached page as it is."""
     path = db_file()
     wal = path.with_name(path.name + ".wal")
-    return (path.stat().st_mtime if path.exists() else 0.0, wal.stat().st_mtime if wal.exists() else 0.0)
+    base = (path.stat().st_mtime if path.exists() else 0.0, wal.stat().st_mtime if wal.exists() else 0.0)
+    return (*base, labels_version()) if st.session_state.get("_labels_in_view") else base
+
+
+def labels_version() -> int:
+    """Changes whenever a label is added to this store's labels (core/label_store.py)."""
+    return labels.version(db=db_file())
+
+
+def labels_in_view() -> None:
+    """This run shows human labels whatever the filter (the Reader, a comparison with a human
+    source): its cached reads must refresh after each new label. The sidebar filter resets it
+    at the start of every run."""
+    st.session_state["_labels_in_view"] = True
 
 
 @st.cache_data(ttl=600, show_spinner=False)
-def catalogue(stamp: tuple[float, float]) -> dict:
-    """Datasets, models, benchmarks and score sources for the filter widgets."""
+def _store_catalogue(stamp: tuple[float, float]) -> dict:
     del stamp  # only the cache key
-    sets = queries.datasets()
-    return {
-        "datasets": sets["name"].to_list(),
-        "generated": sets.filter(sets["generated"])["name"].to_list(),  # synthetic data, labelled as such
-        "models": queries.distinct_values("model"),
-        "benchmarks": queries.distinct_values("benchmark"),
-        "rv": queries.sources("rv"),
-        "cd": queries.sources("cd"),
-        "correct": queries.sources("correct"),
-        **queries.slider_maxima(),
-    }
+    with store.labels_off():  # the labels' sources are added fresh by catalogue()
+        sets = queries.datasets()
+        return {
+            "datasets": sets["name"].to_list(),
+            "generated": sets.filter(sets["generated"])["name"].to_list(),  # synthetic data, labelled as such
+            "models": queries.distinct_values("model"),
+            "benchmarks": queries.distinct_values("benchmark"),
+            "rv": queries.sources("rv"),
+            "cd": queries.sources("cd"),
+            "correct": queries.sources("correct"),
+            **queries.slider_maxima(),
+        }
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=8)
+def _human_figures(db: str, version: int) -> pl.DataFrame:
+    del db, version  # only the cache key
+    return labels.human_figures()
+
+
+def human_figures() -> pl.DataFrame:
+    """The figures human labels give (core.labels.human_figures), fresh after every label."""
+    return _human_figures(str(db_file()), labels_version())
+
+
+def catalogue(stamp: tuple) -> dict:
+    """Datasets, models, benchmarks and score sources for the filter widgets (the store's,
+    cached until it is written, and the human labels' sources, fresh)."""
+    cat = _store_catalogue(tuple(stamp[:2]))
+    human = human_figures()
+    if human.height == 0:
+        return cat
+    extra = {m: human.filter(pl.col("metric") == m)["source"].to_list() for m in ("rv", "cd", "correct")}
+    return {**cat, **{m: [*cat[m], *(s for s in extra[m] if s not in cat[m])] for m in extra}}
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=32)
@@ -91,16 +129,24 @@ _CONDITION_MODES = ("in a range", "has a value", "has no value")
 
 
 @st.cache_data(ttl=600, show_spinner=False)
-def figure_catalogue(stamp: tuple[float, float]) -> pl.DataFrame:
-    """Every figure of the store with its range (core.figures.catalogue), for the widgets."""
+def _store_figures(stamp: tuple[float, float]) -> pl.DataFrame:
     del stamp  # only the cache key
-    return figures.catalogue()
+    with store.labels_off():  # a new label must not recompute the store's figures (seconds at 2M CoTs)
+        return figures.catalogue()
+
+
+def figure_catalogue(stamp: tuple) -> pl.DataFrame:
+    """Every figure of the store with its range (core.figures.catalogue), and the human labels'
+    (fresh after every label), for the widgets."""
+    human = human_figures()
+    store_part = _store_figures(tuple(stamp[:2]))
+    return pl.concat([store_part, human]) if human.height else store_part
 
 
 # cache_resource: one shared dict, not a copy unpickled on every rerun of every page (the
 # sidebar reads it on each); nothing mutates it
 @st.cache_resource(ttl=600, show_spinner=False, max_entries=4)
-def _catalogue_rows(db: str, stamp: tuple[float, float]) -> dict[Figure, dict]:
+def _catalogue_rows(db: str, stamp: tuple[float, float], version: int) -> dict[Figure, dict]:
     return {figures.figure_of(r): r for r in figure_catalogue(stamp).iter_rows(named=True)}
 
 
@@ -227,7 +273,7 @@ def conditions_state(prefix: str, conditions: tuple[Condition, ...], rows: dict[
 def catalogue_rows(stamp) -> dict[Figure, dict]:
     """The figure catalogue as {Figure: its row (count, min, max, integer, binary, label)};
     shared, do not change it."""
-    return _catalogue_rows(str(db_file()), stamp)
+    return _catalogue_rows(str(db_file()), tuple(stamp[:2]), labels_version())
 
 
 def _add_condition(prefix: str, rows: dict[Figure, dict], labels: dict[str, Figure]) -> None:
@@ -338,6 +384,7 @@ def sidebar_filter() -> CotFilter:
     numeric filter is a slider with typed bounds; "Add a condition on a figure" adds a condition
     on any figure of the store (core.figures.catalogue), kept in the URL as ``conditions=``.
     """
+    st.session_state["_labels_in_view"] = False  # a page that shows labels says so again (labels_in_view)
     stamp = store_stamp()
     cat = catalogue(stamp)
     rows = catalogue_rows(stamp)
@@ -413,6 +460,8 @@ def sidebar_filter() -> CotFilter:
                 del st.query_params[k]
         st.query_params.update(params)
     st.session_state.current_filter = current
+    if labels.uses_labels(current):  # its cached results must refresh after each new label
+        labels_in_view()
     return current
 
 
@@ -432,6 +481,16 @@ def _problem_set_line(sb, key: str) -> None:
     # not an "f_" key: sidebar_filter re-assigns those each run, which a button refuses
     right.button("clear", key="filter_clear_problem_set", on_click=_clear_problem_set,
                  help="Drop the map selection from the filter")
+
+
+def add_filter_condition(cond: Condition) -> None:
+    """Add ``cond`` to the sidebar's filters on figures, as its picker does (a widget callback:
+    the sidebar's widgets must not exist yet in this run)."""
+    rows = catalogue_rows(store_stamp())
+    ident = st.session_state.get("f_cond_next", 0)
+    st.session_state["f_cond_next"] = ident + 1
+    st.session_state["f_conds"] = [*st.session_state.get("f_conds", []), {"id": ident, **cond.figure.as_dict()}]
+    st.session_state.update(_condition_state("f_", ident, cond, rows))
 
 
 def set_filter(f: CotFilter) -> None:
