@@ -355,7 +355,7 @@ def test_bad_requests_are_refused_before_any_work(judge_store, tiny_backend):
     before = snapshot(judge_store)
     for fields, message in [
         ({"tasks": "first_error,verdicts"}, "Step-judge tasks are first_error, roles"),
-        ({"backend": "prm", "model": "x"}, "not its role: use --tasks first_error with --backend prm"),
+        ({"backend": "prm", "model": "x", "tasks": "first_error,roles"}, "not its role: use --tasks first_error with --backend prm"),
         ({"guided": True}, "needs the vllm backend"),
         ({"max_chars": 0}, "max chars must be at least 1"),
         ({"threshold": 1.5}, "threshold must lie between 0 and 1"),
