@@ -17,7 +17,9 @@ prompt; then, on the same engine:
   steps, scores and per-CoT figures batch by batch.
 
 Both judge the same steps; the figures are steps judged per second and prompts per second,
-and the ratio ours / baseline (1.0: the step judge adds nothing to the model's cost). It also
+and the ratio ours / baseline in steps per wall second and per CPU second of this process (torch's
+threads included; 1.0: the step judge adds nothing to the model's cost; on a shared machine
+trust the CPU ratio). It also
 says how many answers parsed (a 135M model follows the format poorly; that is the model, not
 the machinery). With ``--json`` the last stdout line is the whole result as one JSON object.
 """
@@ -92,17 +94,17 @@ def main() -> int:
     n_prompts = sum(len(p) for _, p in batches)
     log(f"baseline: {n_prompts} prompts over {n_steps} steps, {len(batches)} generate calls")
     tokens_before = engine.generated_tokens
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for _, prompts in batches:
         engine.generate([p.messages for p in prompts], max_new_tokens=args.max_new_tokens, temperature=0.0)
-    plain_s = time.perf_counter() - started
+    plain_s, plain_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     plain_tokens = engine.generated_tokens - tokens_before
 
     log("ours: judge_steps end to end")
     tokens_before = engine.generated_tokens
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     run = step_judge.judge_steps(db, ids, options, backend=engine)
-    ours_s = time.perf_counter() - started
+    ours_s, ours_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     ours_tokens = engine.generated_tokens - tokens_before
     assert run.steps == n_steps, (run.steps, n_steps)  # the same steps judged
 
@@ -111,22 +113,24 @@ def main() -> int:
         "model": args.model, "device": args.device, "cots": len(ids), "steps": n_steps, "prompts": n_prompts,
         "tasks": list(options.tasks), "unit": args.unit, "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
-        "plain": {"seconds": plain_s, "generated_tokens": plain_tokens, "steps_per_s": n_steps / plain_s,
+        "plain": {"seconds": plain_s, "cpu_seconds": plain_cpu, "generated_tokens": plain_tokens, "steps_per_s": n_steps / plain_s,
                   "prompts_per_s": n_prompts / plain_s},
-        "ours": {"seconds": ours_s, "generated_tokens": ours_tokens, "steps_per_s": n_steps / ours_s,
+        "ours": {"seconds": ours_s, "cpu_seconds": ours_cpu, "generated_tokens": ours_tokens, "steps_per_s": n_steps / ours_s,
                  "prompts_per_s": n_prompts / ours_s, "first_errors_found": run.first_errors_found,
                  "first_error_missing": run.first_error_missing, "roles_given": run.roles_given,
                  "roles_missing": run.roles_missing},
         "ratio_steps_per_s": (n_steps / ours_s) / (n_steps / plain_s),
+        "ratio_steps_per_cpu_s": plain_cpu / ours_cpu,
         "load_before": load_before, "load_after": load_after,
     }
     rows = [
-        ["plain generate (baseline)", n_steps, n_prompts, plain_s, plain_tokens, n_steps / plain_s, 1.0],
-        ["ours: judge_steps end to end", n_steps, n_prompts, ours_s, ours_tokens, n_steps / ours_s, result["ratio_steps_per_s"]],
+        ["plain generate (baseline)", n_steps, n_prompts, plain_s, plain_cpu, plain_tokens, n_steps / plain_s, 1.0, 1.0],
+        ["ours: judge_steps end to end", n_steps, n_prompts, ours_s, ours_cpu, ours_tokens, n_steps / ours_s,
+         result["ratio_steps_per_s"], result["ratio_steps_per_cpu_s"]],
     ]
-    print(format_table(["path", "steps", "prompts", "seconds", "gen tokens", "steps/s", "ratio"], rows))
+    print(format_table(["path", "steps", "prompts", "wall s", "CPU s", "gen tokens", "steps/s", "ratio wall", "ratio CPU"], rows))
     print(f"| {args.model} ({args.device}), {len(ids)} CoTs, {args.tasks}, {args.max_new_tokens} new tokens | "
-          f"{n_steps / plain_s:.2f} | {n_steps / ours_s:.2f} | {result['ratio_steps_per_s']:.2f} |")
+          f"{n_steps / plain_s:.2f} | {n_steps / ours_s:.2f} | {result['ratio_steps_per_s']:.2f}; {result['ratio_steps_per_cpu_s']:.2f} |")
     fe_total = len(ids) if "first_error" in options.tasks else 0
     print(f"parsed: first_error {fe_total - run.first_error_missing} of {fe_total} CoTs; "
           f"roles {run.roles_given} of {run.roles_given + run.roles_missing} steps; "
