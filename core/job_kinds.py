@@ -43,6 +43,7 @@ from core.finetune import FinetuneOptions
 from core.judge import JudgeOptions, ScoreTarget
 from core.judge_ray import RayOptions
 from core.options import from_params, param_names
+from core.step_judge import StepJudgeOptions
 from core.tokens import TokensOptions
 from core.verify import VerifyOptions
 
@@ -116,6 +117,9 @@ register(JobKind("steps", "core.step_stage:steps_job",
                  help="split CoTs into steps with roles by the rule set (resumable)"))
 register(JobKind("step_labels", "core.step_labels:step_labels_job",
                  help="ingest a step-label file (Thought Anchors, PRM800K, ProcessBench) for a dataset"))
+register(JobKind("judge-steps", "core.worker:judge_steps_job", options=(ScoreTarget, StepJudgeOptions, RayOptions),
+                 command=True, check=_check_score, hidden=("params",),
+                 help="judge CoTs step by step (first wrong step, role of each step) with an LLM or a PRM, as a step source (resumable)"))
 register(JobKind("keys", "core.problems_cli:keys_job",
                  help="give every problem its normalised question key (resumable)"))
 register(JobKind("contamination", "core.problems_cli:contamination_job",

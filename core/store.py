@@ -430,9 +430,10 @@ def ensure_source(
     params: str | None = None,
 ) -> int:
     """The id of score source ``name``, created if new (inside the caller's transaction)."""
-    row = con.execute("SELECT source_id FROM score_sources WHERE name = ?", [name]).fetchone()
-    if row:
-        return row[0]
+    # fetchall, not fetchone: a result left unfinished makes the connection refuse register()
+    rows = con.execute("SELECT source_id FROM score_sources WHERE name = ?", [name]).fetchall()
+    if rows:
+        return rows[0][0]
     next_id = con.execute("SELECT coalesce(max(source_id), 0) + 1 FROM score_sources").fetchone()[0]
     con.execute(
         "INSERT INTO score_sources (source_id, name, kind, model, template_hash, params) "

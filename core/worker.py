@@ -301,6 +301,43 @@ def score_job(target, options, ray, ctx) -> dict:
     return outcome
 
 
+def judge_steps_job(target, options, ray, ctx) -> dict:
+    """Judge CoTs step by step (core.step_judge.judge_steps, or core.step_judge_ray's twin when
+    a Ray address is given) as a step source. As with ``score_job``, a job fixes its CoT ids on
+    the first run and its source name defaults to the job's own (step judge:<model>:job<id>),
+    so a resumed job judges exactly the CoTs the killed one had not committed."""
+    from core import step_judge, step_judge_ray
+
+    if ctx.job_id is not None:
+        ids_file = _job_file(ctx, "cots.json")
+        if ids_file.exists():
+            ids = json.loads(ids_file.read_text())
+        else:
+            ids = target.resolve(ctx.db)
+            ids_file.write_text(json.dumps(ids))
+        if not options.source_name:
+            short = Path(options.model).name if Path(options.model).exists() else options.model
+            options = replace(options, source_name=f"step judge:{short}:job{ctx.job_id}")
+    else:
+        ids = target.resolve(ctx.db)
+    address = ray.resolved_address()
+    steps = f"the steps of '{options.from_source}'" if options.from_source else f"{options.unit} steps"
+    ctx.log(f"judging {len(ids):,} CoTs ({steps}) on {', '.join(options.tasks)} with {options.model} ({options.backend})"
+            + (f" on Ray at {address}" if address else "") + (f" as source '{options.source_name}'" if options.source_name else ""))
+    if address is not None:
+        run = step_judge_ray.judge_steps_ray(ctx.db, ids, options, ray, progress=ctx.progress, cancelled=ctx.cancelled)
+    else:
+        run = step_judge.judge_steps(ctx.db, ids, options, progress=ctx.progress, cancelled=ctx.cancelled)
+    if run.cancelled:
+        ctx.log(f"cancelled ({run.stopped}); {run.judged:,} CoTs committed by this run are kept")
+        raise JobCancelled()
+    ctx.log(f"judged {run.judged:,} CoTs, {run.steps:,} steps into '{run.source}' "
+            f"(step figures under '{step_judge.figures_name(run.source)}')")
+    outcome = asdict(run)
+    outcome["figures_source"] = step_judge.figures_name(run.source)
+    return outcome
+
+
 def recipe_export(name: str, recipe_name: str, thinking: str = "think_tags", *, db=None,
                   log: Callable[[str], None] = print, progress=None) -> str:
     """The recipe's CoTs in TRL messages format, written beside the model (data/models/<name>/

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import access, evaluate, export, finetune, generation, job_kinds, jobs, judge, queries, recipes
+from core import access, evaluate, export, finetune, generation, job_kinds, jobs, judge, queries, recipes, step_judge, step_stats
 from core.errors import UserError
 from core.options import defaults
 from ui import common
@@ -111,6 +111,64 @@ def _score_form() -> None:
         st.session_state.pop("jobs_score_cost", None)
 
 
+def _step_judge_form() -> None:
+    """The step judge (core.step_judge): a first-wrong-step verdict and a role per step from an
+    LLM, or per-step scores from a process reward model, written as a step source."""
+    current = st.session_state.get("current_filter")
+    saved = recipes.list_recipes()
+    default = defaults(step_judge.StepJudgeOptions)
+    sources = step_stats.step_sources()["source"].to_list()
+    with st.form("jobs_step_judge_form"):
+        st.markdown("**Judge CoTs step by step** (first wrong step as in ProcessBench, a role per step; "
+                    "a new step source; resumable)")
+        choices = ["current filter", "a saved recipe"]
+        which = st.radio("Which CoTs", choices, horizontal=True, key="jobs_sj_which")
+        recipe = st.selectbox("Recipe", saved, key="jobs_sj_recipe", index=None,
+                              placeholder="no saved recipe" if not saved else "choose a recipe")
+        c1, c2 = st.columns(2)
+        max_cots = c1.number_input("At most this many CoTs (the first by id)", min_value=1, value=20, step=10,
+                                   key="jobs_sj_max")
+        tasks = c2.multiselect("Tasks", list(step_judge.TASKS), default=list(step_judge.TASKS), key="jobs_sj_tasks",
+                               help="first_error: the number of the first wrong step, or none (ProcessBench's protocol); "
+                                    "roles: one of the eight roles per step. A process reward model does first_error only.")
+        c1, c2 = st.columns(2)
+        model = c1.text_input("Judge model", value=default["model"], key="jobs_sj_model",
+                              help="A chat model, or with a prm backend a process reward model (e.g. Qwen/Qwen2.5-Math-PRM-7B).")
+        backend = c2.selectbox("Backend", list(step_judge.JUDGE_BACKENDS), key="jobs_sj_backend",
+                               help="transformers runs anywhere; vllm needs a GPU; prm / prm-vllm score steps with a PRM.")
+        c1, c2 = st.columns(2)
+        steps_of = c1.selectbox("Steps", [f"split by {u}" for u in ("paragraph", "sentence")] + sources, key="jobs_sj_steps",
+                                help="Split each CoT here, or judge the steps of an existing step source (rules, "
+                                     "a dataset's labels) so the two can be compared step for step on Agreement.")
+        batch = c2.number_input("CoTs per batch (committed together)", min_value=1, value=None, key="jobs_sj_batch",
+                                placeholder="default for the backend")
+        new_tokens = st.number_input("Max new tokens", min_value=1, value=default["max_new_tokens"], key="jobs_sj_tokens")
+        estimate, measure, start, long_ok = _cost_buttons("jobs_sj", "Start the step judge")
+    if not (estimate or measure or start):
+        return
+    params = {"tasks": tasks, "model": model.strip() or None, "backend": backend, "max_cots": max_cots, "batch_size": batch,
+              "max_new_tokens": new_tokens}
+    if steps_of.startswith("split by "):
+        params["unit"] = steps_of.removeprefix("split by ")
+    else:
+        params["from_source"] = steps_of
+    if which == choices[1]:
+        if not recipe:
+            raise UserError("Choose a saved recipe (save one on the Select page), or judge the current filter.")
+        params["recipe"] = recipe
+    else:
+        chosen = (current or queries.CotFilter()).as_dict()
+        params["filter"] = {k: v for k, v in chosen.items() if v not in (None, (), [], "", "any")}
+    params = {k: v for k, v in params.items() if v not in (None, [])}
+    cost = _cost("judge-steps", params, lambda target, options, ray: step_judge.estimate_cost(None, target, options),
+                 measure=measure, key="jobs_sj_cost")
+    if start:
+        generation.check_cost(cost, confirmed=long_ok)
+        job_id = jobs.submit("judge-steps", params)
+        st.session_state.jobs_started = f"Started job {job_id}: step judge with {params.get('model', default['model'])}."
+        st.session_state.pop("jobs_sj_cost", None)
+
+
 def _finetune_form() -> None:
     saved = recipes.list_recipes()
     trl_exports = _trl_exports()
@@ -190,9 +248,10 @@ def _evaluate_form() -> None:
 
 
 def _start_forms() -> None:
-    tabs = st.tabs(["Re-score with a judge", "Fine-tune", "Evaluate", "Tokens and verification"])
+    tabs = st.tabs(["Re-score with a judge", "Fine-tune", "Evaluate", "Tokens and verification", "Judge steps"])
     for tab, form, cost_key in ((tabs[0], _score_form, "jobs_score_cost"), (tabs[1], _finetune_form, None),
-                                (tabs[2], _evaluate_form, "jobs_eval_cost"), (tabs[3], _count_forms, None)):
+                                (tabs[2], _evaluate_form, "jobs_eval_cost"), (tabs[3], _count_forms, None),
+                                (tabs[4], _step_judge_form, "jobs_sj_cost")):
         with tab, common.guard():  # a refused submission shows its reason and keeps the other forms
             form()
             if cost_key and st.session_state.get(cost_key):
@@ -275,6 +334,15 @@ def _results(job: dict) -> None:
         c4.metric("Generation (s)", f"{result.get('generation_seconds') or 0:.0f}")
         st.caption(f"Model '{result.get('model')}', now the dataset '{result.get('dataset')}': compare it with other "
                    "models on the Distributions page (filter by dataset or model).")
+    elif job["kind"] == "judge-steps" and job["state"] == "done" and result:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("CoTs judged", f"{result.get('judged', 0):,}", help="By this run; CoTs an earlier run committed are not judged again.")
+        c2.metric("Steps", f"{result.get('steps', 0):,}")
+        c3.metric("With a wrong step", f"{result.get('first_errors_found', 0):,}")
+        c4.metric("Unreadable answers", f"{result.get('first_error_missing', 0) + result.get('roles_missing', 0):,}",
+                  help="First-error answers that could not be read plus steps given no role; raw output kept with the reason.")
+        st.caption(f"Step source '{result.get('source')}' (figures under '{result.get('figures_source')}'): read it in the "
+                   "Reader's step view, compare it with another step source on Agreement, filter on its figures in the sidebar.")
     elif job["kind"] == "score" and job["state"] == "done" and result:
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("Scores written", f"{result.get('scored', 0):,}",

@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BENCHMARKS, QWEN_OUTPUTS, REALDATA, REPO, build_tiny_llama, judge_corpus, judge_rows, require_realdata
+from helpers import (
+    BENCHMARKS,
+    QWEN_OUTPUTS,
+    REALDATA,
+    REPO,
+    build_tiny_llama,
+    build_tiny_qwen2_prm,
+    judge_corpus,
+    judge_rows,
+    require_realdata,
+)
 
 ROOT = REPO
 
@@ -153,6 +163,13 @@ def tiny_backend(tiny_llama):
     from core.generation import open_backend
 
     return open_backend("transformers", str(tiny_llama), device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_prm(tmp_path_factory) -> Path:
+    """A randomly initialised Qwen2.5-Math-PRM look-alike (Qwen2ForProcessRewardModel, the
+    <extra_0> separator), saved with save_pretrained (tests/helpers.py)."""
+    return build_tiny_qwen2_prm(tmp_path_factory.mktemp("tiny-prm"), corpus=judge_corpus())
 
 
 MAP_RUN = QWEN_OUTPUTS / "Qwen" / "Qwen2.5-Math-7B"  # one model's AIME 2024 and MATH500 runs

@@ -366,3 +366,58 @@ def as_read(markdown: str) -> str:
     test can look for a dataset's name in a caption without spelling out its escaping."""
     import re
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# What a model folder's own code would do if anything imported it: leave a file behind.
+REMOTE_CODE = (
+    "from pathlib import Path\n"
+    "Path(__file__).with_name('REMOTE_CODE_RAN').write_text('the PRM folder's own code was imported')\n"
+)
+
+
+def build_tiny_qwen2_prm(folder: Path, corpus: list[str] | None = None) -> Path:
+    """A randomly initialised 2-layer Qwen2.5-Math-PRM look-alike saved with save_pretrained:
+    the architecture ``Qwen2ForProcessRewardModel`` (a Qwen2 decoder, ``score`` = Linear(h, h),
+    ReLU, Linear(h, 2)), a byte-level BPE tokenizer with Qwen's chat markers and the step
+    separator ``<extra_0>`` as special tokens, and, like the real checkpoint, an ``auto_map``
+    naming a ``modeling_qwen2_rm.py`` in the folder (here one that leaves a REMOTE_CODE_RAN file
+    behind if anything ever imports it)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config
+
+    from core.prm import model_class
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>"]
+    bpe.train_from_iterator(corpus or TINY_CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>", additional_special_tokens=["<|im_start|>", "<extra_0>"])
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(folder))
+    torch.manual_seed(0)
+    # head_dim 64: vLLM's CPU attention kernels (the parity test) take 64, not the 8 of a 32-wide model
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    model = model_class()(config)
+    with torch.no_grad():  # a head initialised at std 0.02 gives probabilities near 0.5: spread them
+        model.score[0].weight.mul_(8.0)
+        model.score[2].weight.mul_(8.0)
+        model.score[2].bias.copy_(torch.tensor([0.0, 3.6]))  # centred so that steps fall on both sides of 0.5
+    model.save_pretrained(str(folder))
+    saved = json.loads((folder / "config.json").read_text())
+    saved["auto_map"] = {"AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"}
+    (folder / "config.json").write_text(json.dumps(saved, indent=2))
+    (folder / "modeling_qwen2_rm.py").write_text(REMOTE_CODE)
+    return folder
