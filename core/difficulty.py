@@ -590,3 +590,206 @@ def band_conditions(band: str, source: str = SOURCE) -> tuple:
 
 def options_dict(opts) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
+
+
+# ---------------------------------------------------------------------------- python -m core problems
+
+
+def _pivot(con, source_id: int | None, ids_table: str) -> dict[int, dict[str, float]]:
+    """{problem_id: {metric: value}} of one source's problem figures for the registered ids."""
+    if source_id is None:
+        return {}
+    out: dict[int, dict[str, float]] = {}
+    for pid, metric, value in con.execute(
+            f"SELECT problem_id, metric, value FROM problem_scores WHERE source_id = ? AND value IS NOT NULL "
+            f"AND problem_id IN (SELECT problem_id FROM {ids_table})", [source_id]).fetchall():
+        out.setdefault(pid, {})[metric] = value
+    return out
+
+
+def _ordered(values: dict[str, float], ks: list[int]) -> dict[str, float | int]:
+    """A problem's pooled figures in PROBLEM_METRICS order (counts as ints), pass@k after the pass rate."""
+    out: dict[str, float | int] = {}
+    for metric in PROBLEM_METRICS:
+        if metric in values:
+            value = values[metric]
+            out[metric] = int(value) if metric in ("n", "c", "shortest_correct_tokens", "models", "models_solved", "solved_by_all",
+                                                   "unsolved_by_all") else value
+        if metric == "pass_rate":
+            out.update({f"pass@{k}": values[f"pass@{k}"] for k in ks if f"pass@{k}" in values})
+    return out
+
+
+def problems_report(f=None, *, difficulty_source: str = SOURCE, limit: int | None = None, offset: int = 0,
+                    db=None) -> tuple[int, list[dict[str, Any]]]:
+    """The problems with a CoT filter ``f`` matches (a CotFilter, as the app's; None: every CoT),
+    in problem-id order: (how many match, one dict per problem of the page) with its dataset,
+    keys, question, the matching CoTs, its difficulty figures (pooled and per model, with pass@k
+    per model), each student's figures, its contamination matches and its near-duplicate
+    cluster. What ``python -m core problems`` prints."""
+    import pyarrow as pa
+
+    from core import queries
+
+    f = f if f is not None else queries.CotFilter()
+    sql, params = queries.matching_sql(f, db=db)
+    with store.connect(db, read_only=True) as con:
+        total = con.execute(f"SELECT count(DISTINCT problem_id) FROM ({sql})", params).fetchone()[0]
+        page = con.execute(f"SELECT problem_id, count(*) AS cots FROM ({sql}) GROUP BY problem_id ORDER BY problem_id "
+                           f"LIMIT ? OFFSET ?", [*params, limit if limit is not None else 1 << 62, int(offset)]).fetchall()
+        if not page:
+            return total, []
+        cots = dict(page)
+        con.register("report_ids", pa.table({"problem_id": pa.array([p for p, _ in page], pa.int64())}))
+        have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        problems = con.execute(
+            "SELECT p.problem_id, d.name, p.problem_key, p.benchmark, p.question, p.reference_answer, k.question_key "
+            "FROM problems p JOIN datasets d USING (dataset_id) "
+            + ("LEFT JOIN problem_keys k ON k.problem_id = p.problem_id AND k.key_version = ? " if "problem_keys" in have
+               else "LEFT JOIN (SELECT NULL::BIGINT AS problem_id, NULL AS question_key) k ON false ")
+            + "WHERE p.problem_id IN (SELECT problem_id FROM report_ids) ORDER BY p.problem_id",
+            [identity.KEY_VERSION] if "problem_keys" in have else []).fetchall()
+        sources = {name: (sid, json.loads(p) if p else {}) for name, sid, p in con.execute(
+            "SELECT name, source_id, params FROM score_sources WHERE kind = 'stage'").fetchall()}
+        diff_id, diff_params = sources.get(difficulty_source, (None, {}))
+        ks = list(diff_params.get("ks", []))
+        pooled = _pivot(con, diff_id, "report_ids")
+        per_model: dict[int, list[dict]] = {}
+        if diff_id is not None and "problem_model_figures" in have:
+            for pid, model, n, c, short, med_ok, med_bad in con.execute(
+                    "SELECT problem_id, model, n, c, shortest_correct_tokens, median_tokens_correct, median_tokens_incorrect "
+                    "FROM problem_model_figures WHERE source_id = ? AND problem_id IN (SELECT problem_id FROM report_ids) "
+                    "ORDER BY problem_id, model", [diff_id]).fetchall():
+                entry: dict[str, Any] = {"model": model, "n": n, "c": c, "pass_rate": c / n if n else None}
+                entry.update({f"pass@{k}": pass_at_k(n, c, k) for k in ks if n >= k})
+                entry.update(shortest_correct_tokens=short, median_tokens_correct=med_ok, median_tokens_incorrect=med_bad)
+                per_model.setdefault(pid, []).append(entry)
+        students = {name: (sid, p) for name, (sid, p) in sources.items() if p.get("stage") == STUDENT_STAGE}
+        student_values = {name: _pivot(con, sid, "report_ids") for name, (sid, _) in students.items()}
+        matches: dict[int, list[dict]] = {}
+        if "contamination_matches" in have:
+            for pid, bench, bpid, bkey, overlap, exact in con.execute(
+                    "SELECT m.problem_id, m.benchmark, m.benchmark_problem_id, bp.problem_key, m.overlap, m.exact "
+                    "FROM contamination_matches m JOIN problems bp ON bp.problem_id = m.benchmark_problem_id "
+                    "WHERE m.cot_id IS NULL AND m.problem_id IN (SELECT problem_id FROM report_ids) "
+                    "ORDER BY m.problem_id, m.overlap DESC, m.benchmark").fetchall():
+                matches.setdefault(pid, []).append({"benchmark": bench, "benchmark_problem_id": bpid,
+                                                    "benchmark_problem_key": bkey, "overlap": overlap, "exact": exact})
+        near = _pivot(con, sources.get("near-duplicates", (None, {}))[0], "report_ids")
+        con.unregister("report_ids")
+    out = []
+    for pid, dataset, key, benchmark, question, reference, question_key in problems:
+        student_figures = {}
+        for name, (_, p) in students.items():
+            values = student_values[name].get(pid)
+            if values:
+                student_figures[name] = {"evaluation": p.get("evaluation"), "model": p.get("model"),
+                                         **{m: (int(values[m]) if m in ("n", "c", "failed") else values[m])
+                                            for m in (*STUDENT_METRICS, *(f"pass@{k}" for k in p.get("ks", []))) if m in values}}
+        cluster = near.get(pid, {})
+        out.append({
+            "problem_id": pid, "dataset": dataset, "problem_key": key, "benchmark": benchmark, "question": question,
+            "reference_answer": reference, "question_key": question_key, "cots": cots[pid],
+            "difficulty": ({"source": difficulty_source, **_ordered(pooled.get(pid, {}), ks), "models_detail": per_model.get(pid, [])}
+                           if diff_id is not None else None),
+            "students": student_figures,
+            "contamination": matches.get(pid, []),
+            "near_duplicates": ({"cluster_id": int(cluster["cluster_id"]), "cluster_size": int(cluster.get("cluster_size", 1))}
+                                if "cluster_id" in cluster else None),
+        })
+    return total, out
+
+
+def problems_table(report: list[dict[str, Any]]) -> pl.DataFrame:
+    """problems_report's dicts as one flat row each (the text output of ``problems``)."""
+    rows = []
+    for r in report:
+        d = r["difficulty"] or {}
+        rows.append({
+            "problem_id": r["problem_id"], "dataset": r["dataset"], "question": " ".join((r["question"] or "").split())[:60],
+            "cots": r["cots"], "n": d.get("n"), "c": d.get("c"), "pass_rate": d.get("pass_rate"),
+            "shortest_correct": d.get("shortest_correct_tokens"),
+            "per_model": "; ".join(f"{m['model']} {m['c']}/{m['n']}" for m in d.get("models_detail", [])) or None,
+            "students": "; ".join(f"{name.removeprefix('student: ')} {s.get('c')}/{s.get('n')}" for name, s in r["students"].items())
+            or None,
+            "contaminated": ", ".join(sorted({m["benchmark"] for m in r["contamination"]})) or None,
+            "cluster_size": (r["near_duplicates"] or {}).get("cluster_size"),
+        })
+    schema = {"problem_id": pl.Int64, "dataset": pl.String, "question": pl.String, "cots": pl.Int64, "n": pl.Int64,
+              "c": pl.Int64, "pass_rate": pl.Float64, "shortest_correct": pl.Float64, "per_model": pl.String,
+              "students": pl.String, "contaminated": pl.String, "cluster_size": pl.Int64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def filter_from_args(args):
+    """The CotFilter a command's filter flags describe: ``--filter`` (the app's URL query, e.g.
+    ``datasets=X&conditions=[...]``, as the address bar shows it), else a saved ``--recipe``'s
+    base filter, narrowed by ``--dataset``/``--model``/``--benchmark`` and ``--condition`` JSON
+    (core.figures.Condition.as_dict form)."""
+    from urllib.parse import parse_qs
+
+    from core import queries
+    from core.figures import Condition, FigureError
+
+    if getattr(args, "recipe", None):
+        from core import recipes
+
+        f = recipes.load(args.recipe).selection.base
+    else:
+        f = queries.CotFilter.from_params(parse_qs(args.filter or "", keep_blank_values=False))
+    changes: dict[str, Any] = {}
+    for name, flag in (("datasets", "dataset"), ("models", "model"), ("benchmarks", "benchmark")):
+        given = tuple(v.strip() for v in (getattr(args, flag, None) or "").split(",") if v.strip())
+        if given:
+            changes[name] = given
+    conditions = []
+    for text in getattr(args, "condition", None) or []:
+        try:
+            conditions.append(Condition.from_dict(json.loads(text)))
+        except json.JSONDecodeError as exc:
+            raise FigureError(f"--condition {text!r} is not JSON: {exc}") from exc
+    if conditions:
+        changes["conditions"] = (*f.conditions, *conditions)
+    return f.with_(**changes) if changes else f
+
+
+def add_filter_arguments(p) -> None:
+    p.add_argument("--filter", help="the app's filter as its URL query (the part after '?' in the address bar)")
+    p.add_argument("--recipe", help="a saved recipe's filter instead")
+    p.add_argument("--dataset", help="only these datasets, comma-separated")
+    p.add_argument("--model", help="only these models, comma-separated")
+    p.add_argument("--benchmark", help="only these benchmarks, comma-separated")
+    p.add_argument("--condition", action="append", help='a condition on a figure as JSON, e.g. '
+                   '\'{"level": "problem", "source": "difficulty", "metric": "pass_rate", "hi": 0.25}\' (repeatable)')
+
+
+def cmd_problems(args) -> int:
+    import sys
+
+    f = filter_from_args(args)
+    limit = args.limit if args.limit is not None else (None if args.json else 100)
+    total, report = problems_report(f, difficulty_source=args.difficulty_source, limit=limit, offset=args.offset, db=args.db)
+    if args.json:
+        print(json.dumps(report, indent=1, default=str, ensure_ascii=False))
+    elif not report:
+        print("No problem matches the filter." if not total else f"No problem at offset {args.offset:,} (of {total:,}).")
+    else:
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=240, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
+            print(problems_table(report))
+    shown = f"{args.offset + 1:,}-{args.offset + len(report):,}" if report else "none"
+    print(f"{total:,} problems match; shown {shown}. Figures of '{args.difficulty_source}'"
+          + ("" if report and report[0]["difficulty"] is not None else " (not computed: run `python -m core difficulty`)")
+          + ".", file=sys.stderr)
+    return 0
+
+
+def add_cli(sub) -> None:
+    """``python -m core problems`` (the stages' own commands come from their job kinds)."""
+    p = sub.add_parser("problems", help="per problem: difficulty (pooled and per model), students, contamination, "
+                                        "near-duplicates, for the problems the filter matches")
+    add_filter_arguments(p)
+    p.add_argument("--difficulty-source", default=SOURCE, help="the difficulty stage's source (default %(default)s)")
+    p.add_argument("--limit", type=int, help="at most this many problems (default: 100 as a table, all with --json)")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one object per problem, every figure")
+    p.set_defaults(func=cmd_problems)
