@@ -536,20 +536,16 @@ def student_job(opts: StudentOptions, ctx) -> dict:
 # ---------------------------------------------------------------------------- reading the figures
 
 
-def stage_sources(stage: str, *, db=None) -> pl.DataFrame:
-    """The score sources a stage of this module made (stage 'difficulty' or 'student'): name,
-    source_id and its parameters (dict), oldest first."""
-    if not identity.tables_present("score_sources", db=db):
-        return pl.DataFrame(schema={"name": pl.String, "source_id": pl.Int32, "params": pl.Object})
+def stage_sources(stage: str, *, db=None) -> list[dict[str, Any]]:
+    """The score sources a stage of this module made (stage 'difficulty' or 'student'), oldest
+    first: name, source_id, params (a dict)."""
     rows = store.read_rows("SELECT name, source_id, params FROM score_sources WHERE kind = 'stage' "
                            "AND json_extract_string(params, '$.stage') = ? ORDER BY source_id", [stage], db=db)
-    return pl.DataFrame({"name": [r[0] for r in rows], "source_id": [r[1] for r in rows],
-                         "params": [json.loads(r[2]) if r[2] else {} for r in rows]},
-                        schema={"name": pl.String, "source_id": pl.Int32, "params": pl.Object})
+    return [{"name": r[0], "source_id": r[1], "params": json.loads(r[2]) if r[2] else {}} for r in rows]
 
 
 def is_student_source(name: str, *, db=None) -> bool:
-    return name in stage_sources(STUDENT_STAGE, db=db)["name"].to_list()
+    return any(s["name"] == name for s in stage_sources(STUDENT_STAGE, db=db))
 
 
 def student_report(source: str, *, rare: float = 0.25, db=None) -> pl.DataFrame:
@@ -793,3 +789,63 @@ def add_cli(sub) -> None:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one object per problem, every figure")
     p.set_defaults(func=cmd_problems)
+
+
+# ---------------------------------------------------------------------------- export manifest
+
+
+def manifest_section(conditions: list, score_source: str | None, problem_ids: list[int], target, *, db=None) -> dict | None:
+    """What an export's manifest says about the difficulty and student figures it used (None when
+    it used none): each source with its parameters and the figures its conditions or score read,
+    the student evaluations the problems were matched against, and a file beside the export,
+    ``<export>.problem_figures.jsonl``, with every exported problem's figures of those sources
+    (one line per problem: problem_id, dataset, question_key, then {source: {metric: value}})."""
+    import hashlib as _hashlib
+
+    import pyarrow as pa
+
+    ours = {s["name"]: s for stage in (STAGE, STUDENT_STAGE) for s in stage_sources(stage, db=db)}
+    used: dict[str, set[str]] = {}
+    for cond in conditions:
+        if cond.figure.source in ours:
+            used.setdefault(cond.figure.source, set()).add(cond.figure.metric)
+    if score_source in ours:
+        used.setdefault(score_source, set())
+    if not used:
+        return None
+    names = list(used)
+    with store.connect(db, read_only=True) as con:
+        con.register("manifest_ids", pa.table({"problem_id": pa.array(sorted(set(problem_ids)), pa.int64())}))
+        base = store.fetch_pl(
+            con, "SELECT p.problem_id, d.name AS dataset, k.question_key FROM problems p JOIN datasets d USING (dataset_id) "
+                 "LEFT JOIN problem_keys k ON k.problem_id = p.problem_id AND k.key_version = ? "
+                 "WHERE p.problem_id IN (SELECT problem_id FROM manifest_ids) ORDER BY p.problem_id", [identity.KEY_VERSION])
+        values = store.fetch_pl(
+            con, "SELECT ps.problem_id, ss.name AS source, ps.metric, ps.value FROM problem_scores ps "
+                 "JOIN score_sources ss USING (source_id) WHERE ss.name IN (SELECT unnest(?::VARCHAR[])) "
+                 "AND ps.problem_id IN (SELECT problem_id FROM manifest_ids) AND ps.value IS NOT NULL", [names])
+        con.unregister("manifest_ids")
+    per_problem: dict[int, dict[str, dict[str, float]]] = {}
+    for pid, source, metric, value in values.iter_rows():
+        per_problem.setdefault(pid, {}).setdefault(source, {})[metric] = value
+    path = target.with_name(target.name + ".problem_figures.jsonl")
+    with open(path, "w", encoding="utf-8") as fh:
+        for pid, dataset, key in base.iter_rows():
+            fh.write(json.dumps({"problem_id": pid, "dataset": dataset, "question_key": key,
+                                 **{name: per_problem.get(pid, {}).get(name) for name in names}}, ensure_ascii=False) + "\n")
+    digest = _hashlib.sha256(path.read_bytes()).hexdigest()
+    students = []
+    for name in names:
+        params = ours[name]["params"]
+        if params.get("stage") == STUDENT_STAGE:
+            students.append({"source": name, **{k: params.get(k) for k in (
+                "evaluation", "model", "content_hash", "problems_evaluated", "samples", "samples_judged", "correctness",
+                "reads")}})
+    return {
+        "sources": [{"name": name, "stage": ours[name]["params"].get("stage"), "params": ours[name]["params"],
+                     "figures_used": sorted(used[name])} for name in names],
+        "student_evaluations": students,
+        "problems": base.height,
+        "problems_with_figures": sum(1 for pid in base["problem_id"].to_list() if pid in per_problem),
+        "file": path.name, "sha256": digest, "bytes": path.stat().st_size,
+    }

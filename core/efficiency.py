@@ -22,9 +22,11 @@ counted the CoT (``cots.tokenizer``; a CoT not counted yet waits for ``python -m
 
 Candidate spans (:func:`candidate_spans`), in text order of where they end: the content of a
 ``\\boxed{...}`` (or ``\\fbox``), the answer after "the answer is" / "final answer is" (up to
-the sentence end), and "= N" at a sentence end (the right-hand side of the last "=" before a
-full stop, a line break or the end, when it is a number or a numeric LaTeX expression such as
-``\\frac{1}{2}``, ``2\\sqrt{3}``). Each is checked against the reference answer with the verifier
+the sentence end), and "= N" and "is N" at a sentence end (what follows the last "=" or "is"
+before a full stop, a line break or the end, closing math delimiters aside, when it is a number,
+a number and a unit word ("204 minutes" states 204), or a numeric LaTeX expression such as
+``\\frac{1}{2}``, ``2\\sqrt{3}``; when the reference answer is not a number, also a short
+formula such as ``x^3 + 3x - 6``). Each is checked against the reference answer with the verifier
 of correctness (math-verify, as core/verify.py: the reference parsed as math, the span as
 ``\\boxed{span}``), after two shortcuts that cannot disagree with it: the same text
 (whitespace, ``$`` and LaTeX spacing aside) is a match, and two integers compare as integers.
@@ -38,8 +40,8 @@ incorrect CoT without a reference gets NULL.
 Worked example (tests/test_efficiency.py, with a tokenizer that makes each whitespace-separated
 word a token): the thinking "Let x = 3. Then 2x = 6. Wait, check: 6 / 2 = 3. So the answer is 6.
 Alternatively, let me try 3 + 3 = 6." with reference 6 has 29 tokens. Its spans, in order: "3"
-(after "x ="), "6" (after "2x ="), "3" (after "2 ="), "6" ("the answer is"), "6" (after "3 + 3
-="). The first "= 6." ends in token 8 ("6."), so first_correct_tokens = 8, first_correct_frac
+(after "x ="), "6" (after "2x ="), "3" (after "2 ="), "6" (after "the answer is", and again as
+"is 6"), "6" (after "3 + 3 ="). The first "= 6." ends in token 8 ("6."), so first_correct_tokens = 8, first_correct_frac
 = 8/29 = 0.276, overthinking_tail = 21. One sentence holds switch phrases ("Alternatively",
 "let me try"): strategy_switches = 1, switches_per_1k = 1000/29 = 34.5.
 
@@ -107,10 +109,16 @@ class Span:
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*\{")
 _ANSWER_IS = re.compile(r"(?<![\w])(?:the|final)\s+answer\s+is\b[ \t]*:?[ \t]*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
-# "= rhs" then a sentence end: rhs has no "=" and no line break, and is short
-_EQUALS = re.compile(r"=(?![=<>])([^=\n]{1,40}?)[\s$]*(?:[.!?](?=\s|$)|\n|$)")
+# "= rhs" / "is rhs" right before a sentence end (closing math delimiters allowed in between):
+# rhs holds no "=" and no line break and is short
+_TAIL = r"((?:[^=\n]){1,60}?)(?:\s|\$|\\\)|\\\])*(?:[.!?](?=\s|$)|\n|$)"
+_EQUALS = re.compile(r"=(?![=<>])" + _TAIL)
+_IS = re.compile(r"(?<![\w])is\s+(?!not\b)" + _TAIL)
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_DELIMITERS = re.compile(r"\$|\\[()\[\]]")
 _NUMERIC = re.compile(r"[-+]?[\d.,/^(){}\[\]+\-*\s]*\d[\d.,/^(){}\[\]+\-*\s]*")
+_NUMBER_UNIT = re.compile(r"([-+]?\d[\d,]*(?:\.\d+)?)\s+[A-Za-z]+(?:\s+[A-Za-z]+)?")
+_WORD = re.compile(r"[A-Za-z]{3,}")
 
 
 def _brace_end(text: str, open_at: int) -> int | None:
@@ -132,14 +140,33 @@ def _brace_end(text: str, open_at: int) -> int | None:
     return None
 
 
-def _numeric(rhs: str) -> bool:
-    """Whether an "= N" right-hand side is a number or a numeric LaTeX expression."""
-    bare = _LATEX_COMMAND.sub("", rhs.replace("$", ""))
+def numeric(text: str) -> bool:
+    """Whether ``text`` is a number or a numeric LaTeX expression (``\\frac{1}{2}``, ``2\\sqrt{3}``)."""
+    bare = _LATEX_COMMAND.sub("", _DELIMITERS.sub("", text))
     return bool(_NUMERIC.fullmatch(bare.strip()))
 
 
-def candidate_spans(text: str) -> list[Span]:
-    """Every candidate span of ``text`` (see the module docstring), ordered by where it ends."""
+def _stated(rhs: str, symbolic: bool) -> str | None:
+    """The answer an "= rhs" or "is rhs" states, or None: a number (a unit word or two after it
+    dropped) or a numeric expression; with ``symbolic``, also a short formula (no word of three
+    letters or more outside LaTeX commands)."""
+    answer = _DELIMITERS.sub(" ", rhs).strip().rstrip(",;:").strip()
+    if not answer:
+        return None
+    if numeric(answer):
+        return answer
+    unit = _NUMBER_UNIT.fullmatch(answer)
+    if unit:
+        return unit.group(1)
+    if symbolic and len(answer) <= 60 and not _WORD.search(_LATEX_COMMAND.sub("", answer)):
+        return answer
+    return None
+
+
+def candidate_spans(text: str, *, symbolic: bool = False) -> list[Span]:
+    """Every candidate span of ``text`` (see the module docstring), ordered by where it ends.
+    ``symbolic`` (a reference answer that is not a number) lets "= rhs" and "is rhs" be short
+    formulas too, not only numbers."""
     spans: list[Span] = []
     for m in _BOX.finditer(text):
         close = _brace_end(text, m.end() - 1)
@@ -154,12 +181,13 @@ def candidate_spans(text: str) -> list[Span]:
         if answer and len(answer) <= 200:
             offset = raw.find(answer)
             spans.append(Span(start + offset, start + offset + len(answer), "answer_is", answer))
-    for m in _EQUALS.finditer(text):
-        rhs = m.group(1)
-        answer = rhs.strip().strip("$").strip()
-        if answer and _numeric(answer):
-            offset = rhs.find(answer)
-            spans.append(Span(m.start(1) + offset, m.start(1) + offset + len(answer), "equals", answer))
+    for kind, pattern in (("equals", _EQUALS), ("is", _IS)):
+        for m in pattern.finditer(text):
+            rhs = m.group(1)
+            answer = _stated(rhs, symbolic)
+            if answer is not None:
+                offset = max(0, rhs.find(answer))
+                spans.append(Span(m.start(1) + offset, m.start(1) + offset + len(answer), kind, answer))
     spans.sort(key=lambda s: (s.end, s.start))
     return spans
 
@@ -187,6 +215,7 @@ class Reference:
         self.answer = answer
         self.normal = _normal(answer)
         self.integer = int(self.normal) if _INT.fullmatch(self.normal) else None
+        self.is_number = numeric(answer)
         self.gold = parse(_as_math(answer.strip()), parsing_timeout=_timeout())
         self._seen: dict[str, bool] = {}
         self.verified = 0  # spans math-verify was asked about (the shortcuts and the cache aside)
@@ -244,7 +273,7 @@ def strategy_switches(text: str) -> int:
 def first_correct(text: str, reference: Reference) -> tuple[Span | None, int]:
     """The first candidate span of ``text`` that states ``reference``, and how many spans were
     looked at (all of them when none matches)."""
-    spans = candidate_spans(text)
+    spans = candidate_spans(text, symbolic=not reference.is_number)
     for i, span in enumerate(spans):
         if reference.matches(span.text):
             return span, i + 1
