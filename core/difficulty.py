@@ -88,9 +88,9 @@ BANDS: dict[str, tuple[str, list[tuple[str, float | None, float | None]]]] = {
     "limo": ("solved 1-3 of 32 (LIMO)", [("c", 1, 3), ("n", 32, 32)]),
     "unsolved": ("unsolved by every model", [("unsolved_by_all", 1, None)]),
     "solved_by_all": ("solved by every model", [("solved_by_all", 1, None)]),
-    "hard": ("pass rate 0-0.25", [("pass_rate", 0, 0.25)]),
+    "hard": ("pass rate at most 0.25", [("pass_rate", None, 0.25)]),
     "medium": ("pass rate 0.25-0.75", [("pass_rate", 0.25, 0.75)]),
-    "easy": ("pass rate 0.75-1", [("pass_rate", 0.75, 1)]),
+    "easy": ("pass rate at least 0.75", [("pass_rate", 0.75, None)]),
 }
 
 
