@@ -29,7 +29,7 @@ a number and a unit word ("204 minutes" states 204), or a numeric LaTeX expressi
 formula such as ``x^3 + 3x - 6``). Each is checked against the reference answer with the verifier
 of correctness (math-verify, as core/verify.py: the reference parsed as math, the span as
 ``\\boxed{span}``), after two shortcuts that cannot disagree with it: the same text
-(whitespace, ``$`` and LaTeX spacing aside) is a match, and two integers compare as integers.
+(whitespace and ``$`` aside, ``\\dfrac`` read as ``\\frac``) is a match, and two integers compare as integers.
 The first span that matches is the first-correct position; the spans after it are not checked.
 
 The reference is the problem's reference answer; a problem without one (OmniThought has none)
@@ -150,7 +150,7 @@ def _stated(rhs: str, symbolic: bool) -> str | None:
     """The answer an "= rhs" or "is rhs" states, or None: a number (a unit word or two after it
     dropped) or a numeric expression; with ``symbolic``, also a short formula (no word of three
     letters or more outside LaTeX commands)."""
-    answer = _DELIMITERS.sub(" ", rhs).strip().rstrip(",;:").strip()
+    answer = _DELIMITERS.sub(" ", rhs).strip().rstrip(".,;:").strip()
     if not answer:
         return None
     if numeric(answer):
@@ -177,7 +177,7 @@ def candidate_spans(text: str, *, symbolic: bool = False) -> list[Span]:
         stop = _SENTENCE_END.search(text, start)
         end = stop.start() if stop else len(text)
         raw = text[start:end]
-        answer = raw.strip().strip("*").strip().strip("$").strip()
+        answer = raw.strip().strip("*").strip().strip("$").strip().rstrip(".,;:").strip()
         if answer and len(answer) <= 200:
             offset = raw.find(answer)
             spans.append(Span(start + offset, start + offset + len(answer), "answer_is", answer))
@@ -194,13 +194,14 @@ def candidate_spans(text: str, *, symbolic: bool = False) -> list[Span]:
 
 # ---------------------------------------------------------------------------- the verifier
 
-_SPACING = re.compile(r"\s+|\$|\\[,;:! ]|\\left|\\right|~")
+_SPACING = re.compile(r"\s+|\$")
 _INT = re.compile(r"[-+]?\d+")
 
 
 def _normal(text: str) -> str:
-    text = _SPACING.sub("", text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    return text.rstrip(".").lstrip("+")
+    """The form the same-text shortcut compares: whitespace and ``$`` dropped, ``\\dfrac`` /
+    ``\\tfrac`` as ``\\frac`` (math-verify reads each pair alike)."""
+    return _SPACING.sub("", text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
 
 
 class Reference:
