@@ -6,6 +6,7 @@
     python -m core index [--path DIR] [--json]
     python -m core map [--model M] [--device cuda] [--clusters K] [--json]
     python -m core keys|contamination|near-duplicates ...   (see core/problems_cli.py)
+    python -m core problems [--json] [--filter QUERY] [--dataset D] [--condition JSON]   (core/difficulty.py)
     python -m core jobs [--json]
     python -m core tokens|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
     python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
@@ -127,7 +128,7 @@ def cmd_ingest(args) -> int:
 def cmd_summary(args) -> int:
     from core.summary import format_table, summary
 
-    df = summary(db=args.db)
+    df = summary(db=args.db, efficiency=args.json)
     if args.json:
         print(json.dumps(df.to_dicts(), indent=1, default=str))
     else:
@@ -337,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(sub)  # tokens, verify, score, finetune, evaluate
     add_problems_cli(sub)  # keys, contamination, near-duplicates
     add_labels_cli(sub)  # labels export|import|summary
+    from core.difficulty import add_cli as add_difficulty_cli
+
+    add_difficulty_cli(sub)  # problems
     return parser
 
 

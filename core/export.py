@@ -351,6 +351,7 @@ def export(
         "score_sources": _score_sources(_sources_used(what, db=db), db=db),
         # the human labels read (core/labels.py): how many, the latest, a hash; absent when none
         **({"annotations": state} if (state := labels.state(_sources_used(what, db=db), db=db)) else {}),
+        "problem_figures": _problem_figures(what, numbers, target, db=db),
         "batches": batches,
         "batch_size": batch_size,
         "store_schema_version": store.SCHEMA_VERSION,
@@ -360,6 +361,20 @@ def export(
     manifest_path.write_text(text + "\n")
     # hand back what the file says (lists, not tuples), so the two never differ
     return ExportResult(target, manifest_path, json.loads(text), numbers.height, batches)
+
+
+def _problem_figures(what: Recipe | Selection | CotFilter, numbers: pl.DataFrame, target: Path, *, db=None):
+    """The difficulty and student figures the export's conditions or score read, per exported
+    problem, in a file beside it, and the student evaluations they were matched against
+    (core.difficulty.manifest_section; None when it read none)."""
+    from core.difficulty import manifest_section
+
+    sel = what.selection if isinstance(what, Recipe) else what
+    base = sel.base if isinstance(sel, Selection) else sel
+    conditions = [*base.conditions, *(sel.conditions if isinstance(sel, Selection) else ())]
+    score = getattr(sel.rule, "score", None) if isinstance(sel, Selection) else None
+    return manifest_section(conditions, score.source if score is not None else None,
+                            numbers["problem_id"].unique().to_list(), target, db=db)
 
 
 def _datasets_of(numbers: pl.DataFrame, *, db=None) -> list[dict[str, Any]]:

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import UserError
+from core.difficulty import DifficultyOptions, StudentOptions
+from core.efficiency import EfficiencyOptions, EfficiencyRayOptions
 from core.evaluate import EvalOptions
 from core.finetune import FinetuneOptions
 from core.judge import JudgeOptions, ScoreTarget
@@ -128,6 +130,12 @@ register(JobKind("near_duplicates", "core.problems_cli:near_duplicates_job",
                  help="cluster near-duplicate problems with MinHash/LSH (resumable)"))
 register(JobKind("map", "core.worker:map_job",
                  help="embed, project and cluster the problems for the Map page (resumable)"))
+register(JobKind("difficulty", "core.difficulty:difficulty_job", options=(DifficultyOptions,), command=True,
+                 help="per problem and model: samples, correct, pass rate, pass@k, token figures (resumable)"))
+register(JobKind("student", "core.difficulty:student_job", options=(StudentOptions,), command=True,
+                 help="a student's pass rates from an evaluation on every problem with the same question key"))
+register(JobKind("efficiency", "core.efficiency:efficiency_job", options=(EfficiencyOptions, EfficiencyRayOptions),
+                 command=True, help="per CoT: first-correct position, overthinking tail, strategy switches (resumable; Ray)"))
 
 
 def get(kind: str) -> JobKind:

@@ -217,6 +217,31 @@ CREATE TABLE IF NOT EXISTS near_duplicate_pairs (
     jaccard DOUBLE NOT NULL
 );
 
+-- Difficulty from samples (core.difficulty): per problem and model, under the difficulty
+-- stage's score source (one per correctness source). The pooled and per-CoT figures are rows of
+-- problem_scores and scores; this table keeps the per-model detail `python -m core problems` shows.
+CREATE TABLE IF NOT EXISTS problem_model_figures (
+    problem_id BIGINT NOT NULL,
+    source_id INTEGER NOT NULL,
+    model VARCHAR NOT NULL,
+    n INTEGER NOT NULL,               -- samples with a verdict
+    c INTEGER NOT NULL,               -- correct ones
+    shortest_correct_tokens INTEGER,  -- NULL: no correct sample, or samples counted by different tokenizers
+    median_tokens_correct DOUBLE,
+    median_tokens_incorrect DOUBLE
+);
+
+-- How far a stage that publishes figures per dataset has got (core.difficulty, core.first_correct):
+-- the inputs it saw (fingerprint), the last id committed, and whether the dataset is done.
+CREATE TABLE IF NOT EXISTS stage_state (
+    stage VARCHAR NOT NULL,
+    source_id INTEGER NOT NULL,
+    dataset_id INTEGER NOT NULL,
+    fingerprint VARCHAR NOT NULL,
+    done_through BIGINT NOT NULL,
+    complete BOOLEAN NOT NULL
+);
+
 -- The eval harness's own figures (Qwen2.5-Math *_metrics.json), shown beside ours.
 CREATE TABLE IF NOT EXISTS run_metrics (
     dataset_id INTEGER NOT NULL,
@@ -459,6 +484,13 @@ def delete_dataset_rows(con: duckdb.DuckDBPyConnection, dataset_id: int) -> None
     con.execute("DELETE FROM problem_minhash WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
     con.execute("DELETE FROM near_duplicate_pairs WHERE (problem_id >= ? AND problem_id < ?) "
                 "OR (other_id >= ? AND other_id < ?)", [lo, hi, lo, hi])
+    con.execute("DELETE FROM problem_model_figures WHERE problem_id >= ? AND problem_id < ?", [lo, hi])
+    con.execute("DELETE FROM stage_state WHERE dataset_id = ?", [dataset_id])
+    # a student's pass rates (core.difficulty) were read from this dataset: they go with it
+    student = ("(SELECT source_id FROM score_sources WHERE kind = 'stage' "
+               "AND json_extract(params, '$.student_of_dataset_id')::INTEGER = ?)")
+    con.execute(f"DELETE FROM problem_scores WHERE source_id IN {student}", [dataset_id])
+    con.execute(f"DELETE FROM stage_state WHERE source_id IN {student}", [dataset_id])
     con.execute("DELETE FROM cots WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM problems WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM run_metrics WHERE dataset_id = ?", [dataset_id])

@@ -41,9 +41,12 @@ GROUP BY ALL
 KEYS = ["dataset", "model", "benchmark"]
 
 
-def summary(*, db=None) -> pl.DataFrame:
+def summary(*, db=None, efficiency: bool = False) -> pl.DataFrame:
     """One row per (dataset, model, benchmark); accuracy columns are ``acc[<source>]`` in
-    percent, plus ``harness_acc`` where the input carried the harness's own figure."""
+    percent, plus ``harness_acc`` where the input carried the harness's own figure. With
+    ``efficiency`` (``summary --json``), also core.efficiency's figures by each dataset's own
+    correctness: acc_per_1k_tokens, tokens_per_correct, median_overthinking_tail and
+    accuracy_by_length (a list of {lo, hi, cots, accuracy})."""
     with store.connect(db, read_only=True) as con:
         counts = store.fetch_pl(con, _COUNTS)
         accuracy = store.fetch_pl(con, _ACCURACY)
@@ -59,6 +62,10 @@ def summary(*, db=None) -> pl.DataFrame:
         out = out.join(wide, on=KEYS, how="left", nulls_equal=True)
     if not harness.is_empty():
         out = out.join(harness, on=KEYS, how="left", nulls_equal=True)
+    if efficiency:
+        from core.efficiency import summary_figures
+
+        out = out.join(summary_figures(db=db), on=KEYS, how="left", nulls_equal=True)
     return out.sort(KEYS, nulls_last=True)
 
 

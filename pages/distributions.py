@@ -13,7 +13,7 @@ import streamlit as st
 
 from core import charts, metrics, queries
 from core.queries import CotFilter
-from ui import common, frames, steps_view
+from ui import common, difficulty_view, frames, steps_view
 
 BUDGET_CHOICES = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 PERCENT = st.column_config.NumberColumn(format="percent")
@@ -194,6 +194,9 @@ with common.guard():
         st.subheader("Per-problem pass rate against mean length")
         _selectable_chart(frames.derived("pass_rate_scatter", f, lambda d: charts.pass_rate_scatter(
             pass_rates, n_cots=d.height, log_x=log_x), log_x), "pass_rate", "problem")
+
+    # ---------------------------------------------------------------- efficiency by model (ui/difficulty_view.py)
+    difficulty_view.distributions_section(f)
 
     # ---------------------------------------------------------------- steps (ui/steps_view.py)
     steps_view.distributions_section(f)

@@ -22,7 +22,7 @@ import streamlit as st
 from core import labels, recipes, selection
 from core.figures import Figure
 from core.selection import CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds
-from ui import common
+from ui import common, difficulty_view
 
 MODES = {
     "thresholds": "Thresholds",
@@ -240,6 +240,7 @@ with common.guard():
                    "its reason ('Why dropped' below); the mode then decides among the CoTs that pass them all. "
                    "E.g. a judge's logic ≥ 1 for EasyDistill's ThoughtX recipe.")
         conditions = common.condition_widgets(st, rows, "sel_")
+        difficulty_view.select_presets(st, rows, "sel_")  # difficulty bands, a student's failures
     stamp = labels_stamp(stamp, Selection(base=base, sources=sources, conditions=conditions))
 
     mode = st.radio("Mode", list(MODES), format_func=MODES.get, horizontal=True, key="sel_mode")
@@ -374,6 +375,7 @@ with common.guard():
             key=f"sel_hist_{column}", width="stretch", config={"displayModeBar": False},
         )
 
+    difficulty_view.student_counts((*base.conditions, *conditions))  # how many problems a student fails
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Kept CoTs", f"{report.kept_cots:,}")
     m2.metric("Dropped CoTs", f"{report.dropped_cots:,}")

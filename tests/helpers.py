@@ -421,3 +421,41 @@ def build_tiny_qwen2_prm(folder: Path, corpus: list[str] | None = None) -> Path:
     (folder / "config.json").write_text(json.dumps(saved, indent=2))
     (folder / "modeling_qwen2_rm.py").write_text(REMOTE_CODE)
     return folder
+
+
+# --------------------------------------------------------------------------- hand-countable stores
+
+GENERIC_MAP = {"question": "question", "response": "response", "answer": "answer", "model": "model",
+               "correct": "correct", "id": "id", "sample": "sample"}
+
+
+def whitespace_tokenizer(folder: Path) -> Path:
+    """A tokenizer.json whose tokens are the whitespace-separated words, so a test can count
+    tokens by hand ("Let x = 3." is 4 tokens)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    path = folder / "whitespace-tokenizer.json"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.save(str(path))
+    return path
+
+
+def ingest_generic(db: Path, rows: list[dict], name: str, *, tokenizer: Path | None = None) -> int:
+    """Ingest generic rows (id, question, response, answer, model, correct, sample; a missing key
+    is no value) as dataset ``name`` through the real ingest, count tokens (with ``tokenizer``,
+    default the offline one); returns the dataset id."""
+    from core.formats import ReadOptions
+    from core.ingest import ingest
+    from core.tokens import count_tokens_stage
+
+    src = write_jsonl(db.parent / f"{name.replace(' ', '_')}.jsonl", rows)
+    mapping = {role: col for role, col in GENERIC_MAP.items() if any(col in r for r in rows)}
+    result = ingest(str(src), fmt="generic", name=name, db=db, opts=ReadOptions(mapping=mapping))
+    if tokenizer is not None:
+        count_tokens_stage(db=db, tokenizer=str(tokenizer), dataset_id=result.dataset_id)
+    else:
+        count_tokens_stage(db=db, dataset_id=result.dataset_id)
+    return result.dataset_id
