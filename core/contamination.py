@@ -50,6 +50,8 @@ import polars as pl
 import pyarrow as pa
 
 from core import identity, store
+from core.errors import UserError
+from core.options import option
 
 SOURCE = "contamination"
 DEFAULT_N = 8
@@ -62,22 +64,29 @@ CancelledFn = Callable[[], bool]
 
 @dataclass
 class ContaminationOptions:
-    """Options of :func:`run_contamination` (the defaults are justified in the README)."""
+    """Options of :func:`run_contamination` (``python -m core contamination``, job kind
+    ``contamination``; the defaults are justified in the README)."""
 
-    n: int = DEFAULT_N  # words per n-gram
-    min_overlap: float = DEFAULT_MIN_OVERLAP  # share of a benchmark problem's n-grams that flags
-    check_cots: bool = False  # also look for benchmark problems quoted in CoT text
-    cot_min_overlap: float = DEFAULT_COT_MIN_OVERLAP
-    datasets: tuple[str, ...] = ()  # check only these datasets (default: every non-benchmark one)
-    batch_problems: int = 20_000  # problems per committed batch
-    batch_cots: int = 2_000  # CoTs per committed batch (their text is long)
+    n: int = option(DEFAULT_N, help="words per n-gram (s1 uses 8)")
+    min_overlap: float = option(DEFAULT_MIN_OVERLAP, help="share of a benchmark problem's n-grams a problem must "
+                                                          "contain to be flagged; 0: any shared n-gram (s1's rule)")
+    check_cots: bool = option(False, flag="--cots", label="Also check the CoT text (slow)",
+                              help="also look for benchmark problems quoted in CoT text (reads every CoT)")
+    cot_min_overlap: float = option(DEFAULT_COT_MIN_OVERLAP, help="with --cots: share of a benchmark problem's "
+                                                                  "n-grams a CoT must quote")
+    datasets: tuple[str, ...] = option((), flag="--dataset", help="only these datasets, comma-separated (checked and "
+                                                                  "printed; default: every non-benchmark dataset)")
+    batch_problems: int = option(20_000, help="problems per committed batch")
+    batch_cots: int = option(2_000, help="CoTs per committed batch (their text is long)")
 
     def __post_init__(self):
         if self.n < 1:
-            raise ValueError(f"n must be at least 1 (got {self.n})")
+            raise UserError(f"n (words per n-gram) must be at least 1 (got {self.n}).")
         for name in ("min_overlap", "cot_min_overlap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a share of n-grams between 0 and 1 (got {getattr(self, name)})")
+                raise UserError(f"{name} is a share of n-grams between 0 and 1 (got {getattr(self, name)}).")
+        if self.batch_problems < 1 or self.batch_cots < 1:
+            raise UserError("batch problems and batch cots must be at least 1.")
         self.datasets = tuple(self.datasets)
 
     def fingerprint_part(self, scope: str) -> dict:
@@ -204,7 +213,8 @@ def _targets(options: ContaminationOptions, *, db=None) -> list[tuple[int, str, 
     if options.datasets:
         unknown = set(options.datasets) - {r[1] for r in rows}
         if unknown:
-            raise ValueError(f"no non-benchmark dataset named {', '.join(sorted(unknown))} in the store")
+            raise UserError(f"no non-benchmark dataset named {', '.join(sorted(unknown))} in the store; the datasets "
+                            f"checked are {', '.join(r[1] for r in rows) or 'none'}.")
         rows = [r for r in rows if r[1] in options.datasets]
     return rows
 
