@@ -49,9 +49,10 @@ from dataclasses import asdict, dataclass
 import polars as pl
 import pyarrow as pa
 
-from core import identity, store
+from core import identity, queries, store
 from core.errors import UserError
 from core.options import option
+from core.queries import CotFilter
 
 SOURCE = "contamination"
 DEFAULT_N = 8
@@ -435,14 +436,28 @@ def run_contamination(db=None, options: ContaminationOptions | None = None, prog
 # ---------------------------------------------------------------------------- reading the results
 
 
-def counts(*, datasets: tuple[str, ...] = (), benchmarks: tuple[str, ...] = (), db=None) -> pl.DataFrame:
+def counts(*, datasets: tuple[str, ...] = (), benchmarks: tuple[str, ...] = (), f: CotFilter | None = None,
+           db=None) -> pl.DataFrame:
     """One row per (dataset, benchmark) compared: problems, problems flagged (any match of the
     question), of them exact, CoTs flagged (with the CoT check), and whether the comparison is
-    complete. The Overview table and ``python -m core contamination``."""
+    complete. The Overview table and ``python -m core contamination``.
+
+    With a filter ``f`` (the app's, core.queries), only the problems with a CoT the filter
+    matches are counted (and only those CoTs for ``cots_flagged``), and a dataset with none of
+    them has no row; without one, every problem of each dataset."""
     if not identity.tables_present("contamination_state", "contamination_matches", db=db):
         return pl.DataFrame(schema={"dataset": pl.String, "benchmark": pl.String, "problems": pl.Int64, "flagged": pl.Int64,
                                     "exact": pl.Int64, "cots_flagged": pl.Int64, "complete": pl.Boolean})
+    filtered = f is not None and f != CotFilter()
     where, params = ["d.status = 'ready'"], []
+    scope_cte, in_scope_problem, in_scope_cot, problems = "", "", "", "d.n_problems"
+    if filtered:
+        matching, params = queries.matching_sql(f, db=db)
+        scope_cte = (f"m AS (SELECT cot_id, problem_id FROM ({matching})), "
+                     "mp AS (SELECT problem_id >> 32 AS dataset_id, count(DISTINCT problem_id) AS problems FROM m GROUP BY 1), ")
+        in_scope_problem = "AND problem_id IN (SELECT problem_id FROM m)"
+        in_scope_cot = "AND cot_id IN (SELECT cot_id FROM m)"
+        problems = "mp.problems"
     if datasets:
         where.append(f"d.name IN ({', '.join('?' * len(datasets))})")
         params += list(datasets)
@@ -451,18 +466,19 @@ def counts(*, datasets: tuple[str, ...] = (), benchmarks: tuple[str, ...] = (), 
         params += list(benchmarks)
     return store.read_df(
         f"""
-        WITH q AS (SELECT problem_id >> 32 AS dataset_id, benchmark, count(DISTINCT problem_id) AS flagged,
+        WITH {scope_cte}
+             q AS (SELECT problem_id >> 32 AS dataset_id, benchmark, count(DISTINCT problem_id) AS flagged,
                           count(DISTINCT problem_id) FILTER (WHERE exact) AS exact
-                   FROM contamination_matches WHERE cot_id IS NULL GROUP BY ALL),
+                   FROM contamination_matches WHERE cot_id IS NULL {in_scope_problem} GROUP BY ALL),
              c AS (SELECT problem_id >> 32 AS dataset_id, benchmark, count(DISTINCT cot_id) AS cots_flagged
-                   FROM contamination_matches WHERE cot_id IS NOT NULL GROUP BY ALL),
+                   FROM contamination_matches WHERE cot_id IS NOT NULL {in_scope_cot} GROUP BY ALL),
              s AS (SELECT dataset_id, benchmark, bool_and(complete) FILTER (WHERE scope = 'question') AS complete,
                           bool_or(scope = 'cot') AS cots_checked
                    FROM contamination_state GROUP BY ALL)
-        SELECT d.name AS dataset, s.benchmark, d.n_problems AS problems, coalesce(q.flagged, 0) AS flagged,
+        SELECT d.name AS dataset, s.benchmark, {problems} AS problems, coalesce(q.flagged, 0) AS flagged,
                coalesce(q.exact, 0) AS exact, CASE WHEN s.cots_checked THEN coalesce(c.cots_flagged, 0) END AS cots_flagged,
                coalesce(s.complete, false) AS complete
-        FROM s JOIN datasets d USING (dataset_id)
+        FROM s JOIN datasets d USING (dataset_id) {"JOIN mp USING (dataset_id)" if filtered else ""}
         LEFT JOIN q USING (dataset_id, benchmark) LEFT JOIN c USING (dataset_id, benchmark)
         WHERE {' AND '.join(where)}
         ORDER BY d.dataset_id, s.benchmark

@@ -3,6 +3,7 @@ near-duplicate problems, the map of the problems.
 
     python -m core keys                                   # question keys of problems without one
     python -m core contamination [--n 8] [--min-overlap 0.2] [--cots] [--dataset D,..] [--benchmark B,..] [--no-run] [--json]
+                                 [the app's filter: --filter URL-or-JSON, --model M, --condition JSON, ...]
     python -m core near-duplicates [--threshold 0.6] [--no-run] [--json]
     python -m core map [--model M] [--device cuda] [--clusters K] [--no-project] [--json]
 
@@ -12,8 +13,9 @@ a job started from the Jobs page and its form take the same options. The runners
 the stage; the ``*_command`` functions add what each command prints for a person:
 ``contamination`` and ``near-duplicates`` first bring their stage up to date (a no-op when
 nothing is new; ``--no-run`` skips it), then print their figures (contamination as one row per
-dataset x benchmark, near-duplicates as one row per dataset); ``map`` says what it did in a
-sentence, or prints the result as JSON with ``--json``.
+dataset x benchmark, counting the problems the app's filter matches (core.filter_args),
+near-duplicates as one row per dataset); ``map`` says what it did in a sentence, or prints the
+result as JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -45,12 +47,17 @@ def _csv(values) -> tuple[str, ...]:
 def contamination_command(parser):
     """`python -m core contamination`: bring the check up to date, then print the dataset x
     benchmark counts."""
+    from core.filter_args import add_filter_arguments
+
     parser.add_argument("--benchmark", action="append", help="print only these benchmarks, comma-separated")
     parser.add_argument("--no-run", action="store_true", help="print the stored figures without updating them")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    # the app's filter (--dataset is the option above, --benchmark the benchmarks compared with)
+    add_filter_arguments(parser, skip=("dataset", "benchmark"))
 
     def command(args, options, run) -> int:
         from core.contamination import counts
+        from core.filter_args import filter_from_args
 
         (opts,) = options
         if not args.no_run:
@@ -62,7 +69,8 @@ def contamination_command(parser):
                 print(f"Checked {result['checked_problems']:,} problems"
                       + (f" and {result['checked_cots']:,} CoTs" if opts.check_cots else "")
                       + f" against {', '.join(result['benchmarks'])} in {result['seconds']:.1f} s.", file=sys.stderr)
-        table = counts(datasets=opts.datasets, benchmarks=_csv(args.benchmark), db=args.db)
+        f = filter_from_args(args, datasets=opts.datasets)
+        table = counts(datasets=opts.datasets, benchmarks=_csv(args.benchmark), f=f, db=args.db)
         _print_table(table, args.json, "No contamination figures yet: run `python -m core contamination`.")
         return 0
 

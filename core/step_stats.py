@@ -343,34 +343,21 @@ def report(sources: list[str], f: CotFilter | None = None, *, db=None) -> dict[s
 def add_cli(sub) -> None:
     """Register `steps` (statistics; `split-steps`, the rule stage, is the job kind 'steps')."""
     p = sub.add_parser("steps", help="step statistics of the filtered CoTs per step source; two sources: their agreement")
+    from core.filter_args import add_filter_arguments
+
     p.add_argument("--source", action="append", default=[], help="a step source (repeat for two; default: every one)")
-    p.add_argument("--dataset", action="append", default=[], help="only these datasets (repeatable)")
-    p.add_argument("--model", action="append", default=[], help="only these models (repeatable)")
-    p.add_argument("--correct-source", help="the correctness source that splits correct from incorrect CoTs")
-    p.add_argument("--filter", help="a CotFilter as JSON (as recipes store it), combined with the options above")
     p.add_argument("--json", action="store_true", help="print JSON (the default prints a short table)")
+    add_filter_arguments(p)  # the app's filter; --correct-source splits correct from incorrect CoTs
     p.set_defaults(func=_cmd_steps)
-
-
-def _filter_from_args(args) -> CotFilter:
-    from core.recipes import filter_from_dict
-
-    base = filter_from_dict(json.loads(args.filter)) if args.filter else CotFilter()
-    changes: dict[str, Any] = {}
-    if args.dataset:
-        changes["datasets"] = tuple(args.dataset)
-    if args.model:
-        changes["models"] = tuple(args.model)
-    if args.correct_source:
-        changes["correct_source"] = args.correct_source
-    return base.with_(**changes) if changes else base
 
 
 def _cmd_steps(args) -> int:
     import sys
 
+    from core.filter_args import filter_from_args
+
     try:
-        result = report(args.source, _filter_from_args(args), db=args.db)
+        result = report(args.source, filter_from_args(args), db=args.db)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

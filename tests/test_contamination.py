@@ -271,3 +271,38 @@ def test_options_are_checked():
 def test_unknown_dataset_is_named(db):
     with pytest.raises(ValueError, match="no non-benchmark dataset named nope"):
         run_contamination(db, ContaminationOptions(datasets=("nope",)))
+
+
+def test_counts_and_the_command_take_the_apps_filter(db, capsys):
+    """`contamination --json` counts what the app's filter matches: from its own flags, the app's
+    URL, or a condition; each checked against plain SQL over the per-problem figures."""
+    from urllib.parse import quote
+
+    from core.cli import main
+    from core.queries import CotFilter
+
+    run_contamination(db)
+    model, = store.read_rows("SELECT model FROM cots GROUP BY 1 ORDER BY count(DISTINCT problem_id), 1 LIMIT 1",
+                             db=db)[0]
+    of_model = "(SELECT problem_id FROM cots WHERE model = ?)"
+    problems = store.read_rows(f"SELECT count(*) FROM problems WHERE problem_id IN {of_model}", [model], db=db)[0][0]
+    flagged = dict(store.read_rows(
+        f"SELECT substr(metric, 14), count(*) FROM problem_scores WHERE metric LIKE 'contaminated:%' "
+        f"AND problem_id IN {of_model} GROUP BY 1", [model], db=db))
+    table = contamination.counts(f=CotFilter(models=(model,)), db=db)
+    assert set(table["problems"]) == {problems} and 0 < problems < 530
+    assert {r["benchmark"]: r["flagged"] for r in table.to_dicts() if r["flagged"]} == flagged
+    assert set(table["benchmark"]) == set(BENCHMARKS) and set(table["dataset"]) == {"runs"}
+
+    url = f"http://localhost:8501/overview?datasets=runs&models={quote(model)}"
+    for extra in (["--model", model], ["--filter", url], ["--filter", json.dumps({"models": [model]})]):
+        assert main(["--db", str(db), "contamination", "--no-run", "--json", *extra]) == 0
+        assert json.loads(capsys.readouterr().out) == table.to_dicts()
+
+    # dropping the problems contaminated with aime24, as the sidebar's control does
+    drop = json.dumps({"level": "problem", "source": "contamination", "metric": "contaminated:aime24", "missing": True})
+    assert main(["--db", str(db), "contamination", "--no-run", "--json", "--condition", drop]) == 0
+    printed = {r["benchmark"]: r for r in json.loads(capsys.readouterr().out)}
+    aime_flagged = store.read_rows("SELECT count(*) FROM problem_scores WHERE metric = 'contaminated:aime24'", db=db)[0][0]
+    assert printed["aime24"]["flagged"] == 0 and printed["aime24"]["problems"] == 530 - aime_flagged == 500
+    assert printed["math500"]["flagged"] == 500
