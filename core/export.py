@@ -21,8 +21,9 @@ can commit between batches), and appended to a temporary file that is renamed in
 complete. The manifest (``<file>.manifest.json``) records the recipe or filter, counts, source
 datasets, every condition on a figure (the filter's and the selection's, in words and as
 data) with the CoTs each drop reason removed, the score sources read (with their kind, model
-and parameters; each dataset's own correctness resolved to the sources it read), the file's
-sha256 and size, the format and when it was made.
+and parameters; each dataset's own correctness resolved to the sources it read), the
+benchmarks the exported datasets were checked against for contamination and the problems
+dropped for each (``contamination``), the file's sha256 and size, the format and when it was made.
 
     >>> from core import export
     >>> result = export.export(recipe, "trl", thinking="think_tags")
@@ -348,6 +349,7 @@ def export(
         "dropped_by_reason": dropped,
         **_conditions(what, db=db),
         "source_datasets": _datasets_of(numbers, db=db),
+        "contamination": _contamination(sel, numbers, db=db),
         "score_sources": _score_sources(_sources_used(what, db=db), db=db),
         "batches": batches,
         "batch_size": batch_size,
@@ -358,6 +360,16 @@ def export(
     manifest_path.write_text(text + "\n")
     # hand back what the file says (lists, not tuples), so the two never differ
     return ExportResult(target, manifest_path, json.loads(text), numbers.height, batches)
+
+
+def _contamination(sel: Selection | CotFilter, numbers: pl.DataFrame, *, db=None) -> dict[str, Any]:
+    """The benchmarks the exported datasets were checked against, and the problems dropped for
+    each (core.contamination.export_summary)."""
+    from core import contamination
+
+    if isinstance(sel, Selection):
+        return contamination.export_summary(sel.base, sel.conditions, numbers, db=db)
+    return contamination.export_summary(sel, (), numbers, db=db)
 
 
 def _datasets_of(numbers: pl.DataFrame, *, db=None) -> list[dict[str, Any]]:

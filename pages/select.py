@@ -19,10 +19,10 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import recipes, selection
+from core import contamination, recipes, selection
 from core.figures import Figure
 from core.selection import CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds
-from ui import common
+from ui import common, problems
 
 MODES = {
     "thresholds": "Thresholds",
@@ -102,11 +102,13 @@ def _defaults(cat: dict, max_tokens: int) -> dict:
 def _state_of(recipe: recipes.Recipe, max_tokens: int, choices: dict, rows: dict) -> dict:
     """Widget values that show ``recipe`` (its base filter goes to the sidebar separately)."""
     sel, rule = recipe.selection, recipe.selection.rule
+    control, others = contamination.split_conditions(sel.conditions, with_only=False)  # the drop control's own
     state = {
         "sel_mode": rule.mode, "sel_seed": sel.seed,
         "sel_rv_sources": list(sel.sources.rv), "sel_cd_sources": list(sel.sources.cd),
         "sel_correct_sources": list(sel.sources.correct),
-        **common.conditions_state("sel_", sel.conditions, rows),
+        **problems.contamination_state("sel_", control),
+        **common.conditions_state("sel_", others, rows),
     }
     if isinstance(rule, Thresholds):
         state.update(
@@ -223,13 +225,15 @@ with common.guard():
         correct_sources = c3.multiselect("Correctness", cat["correct"], key="sel_correct_sources")
     sources = ScoreSources(tuple(rv_sources), tuple(cd_sources), tuple(correct_sources))
 
+    # dropping contaminated problems is a preset of conditions (one per benchmark), applied with the others
+    contaminated = problems.contamination_widgets(st, "sel_", modes=("all", "drop"), title="Drop contaminated problems")
     n_conditions = len(st.session_state.get("sel_conds", []))
     with st.expander(f"Conditions on figures ({n_conditions})" if n_conditions else "Conditions on figures",
                      expanded=bool(n_conditions)):
         st.caption("Applied first, inside the pool: a CoT that fails a condition is dropped with that condition as "
                    "its reason ('Why dropped' below); the mode then decides among the CoTs that pass them all. "
                    "E.g. a judge's logic ≥ 1 for EasyDistill's ThoughtX recipe.")
-        conditions = common.condition_widgets(st, rows, "sel_")
+        conditions = (*contaminated, *common.condition_widgets(st, rows, "sel_"))
 
     mode = st.radio("Mode", list(MODES), format_func=MODES.get, horizontal=True, key="sel_mode")
     # the modes that rank by no score read the pool first, so they show only the controls for

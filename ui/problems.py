@@ -11,6 +11,7 @@ import polars as pl
 import streamlit as st
 
 from core import contamination, identity, neardup, render
+from core.figures import Condition
 from ui import common
 
 
@@ -127,3 +128,71 @@ def reader_section(problem_id: int, question: str, go_to: Callable[[int], None])
         if not (same.height or matches.height or near.height):
             st.caption("No copy, benchmark match or near-duplicate known (or the stages have not run: "
                        "`python -m core contamination`, `python -m core near-duplicates`).")
+
+
+# ---------------------------------------------------------------------------- the contamination control
+
+
+_CONTAMINATION_MODES = {"all": "every problem", "drop": "drop contaminated", "only": "only contaminated"}
+_ANY_BENCHMARK = "(any benchmark)"
+
+
+def contamination_state(prefix: str, control: contamination.ContaminationFilter) -> dict:
+    """Session values that show ``control`` in contamination_widgets(prefix=...)."""
+    return {f"{prefix}contam_mode": control.mode,
+            f"{prefix}contam_drop": list(control.benchmarks) if control.mode == "drop" else [],
+            f"{prefix}contam_only": control.benchmarks[0] if control.mode == "only" and control.benchmarks else _ANY_BENCHMARK}
+
+
+def _drop_every_benchmark(prefix: str, benchmarks: tuple[str, ...]) -> None:
+    """on_change of the mode: 'drop contaminated' starts with every benchmark checked."""
+    if st.session_state.get(f"{prefix}contam_mode") == "drop" and not st.session_state.get(f"{prefix}contam_drop"):
+        st.session_state[f"{prefix}contam_drop"] = list(benchmarks)
+
+
+def contamination_widgets(where, prefix: str, *, modes: tuple[str, ...] = contamination.MODES,
+                          title: str = "Benchmark contamination") -> tuple[Condition, ...]:
+    """An expander to keep every problem, drop the problems contaminated with chosen benchmarks,
+    or keep only contaminated ones; returns the ordinary conditions that says
+    (core.contamination.ContaminationFilter). Nothing is drawn when no benchmark was checked
+    and none is asked for. State lives under ``prefix`` + "contam_"."""
+    table = common.per_stamp("contamination_benchmarks", contamination.checked_benchmarks)
+    checked = table["benchmark"].to_list()
+    flagged = dict(zip(checked, table["flagged"].to_list()))
+    unchecked = dict(zip(checked, table["unchecked"].to_list()))
+    mode_key, drop_key, only_key = (f"{prefix}contam_{name}" for name in ("mode", "drop", "only"))
+    named = [*(st.session_state.get(drop_key) or []), st.session_state.get(only_key, _ANY_BENCHMARK)]
+    options = sorted(set(checked) | {b for b in named if b != _ANY_BENCHMARK})
+    if not options:
+        return ()
+    if st.session_state.get(mode_key) not in modes:
+        st.session_state[mode_key] = "all"
+
+    def label(benchmark: str) -> str:
+        if benchmark == _ANY_BENCHMARK:
+            return benchmark
+        return f"{benchmark} ({flagged[benchmark]:,} flagged)" if benchmark in flagged else f"{benchmark} (not checked here)"
+
+    active = st.session_state[mode_key] != "all"
+    with where.expander(title + (" · on" if active else ""), expanded=active):
+        mode = st.radio(title, modes, format_func=_CONTAMINATION_MODES.get, key=mode_key, horizontal=True,
+                        label_visibility="collapsed", on_change=_drop_every_benchmark, args=(prefix, tuple(checked)),
+                        help="Problems whose question matches a benchmark problem (the contamination check on the "
+                             "Overview page: equal normalised question, or enough shared 8-grams).")
+        control = contamination.ContaminationFilter()
+        if mode == "drop":
+            chosen = st.multiselect("Drop problems contaminated with", options, key=drop_key, format_func=label,
+                                    placeholder="the benchmarks you will report on")
+            control = contamination.ContaminationFilter("drop", tuple(chosen))
+        elif mode == "only":
+            st.session_state[only_key] = st.session_state.get(only_key, _ANY_BENCHMARK)
+            choice = st.selectbox("Only problems contaminated with", [_ANY_BENCHMARK, *options], key=only_key,
+                                  format_func=label)
+            control = contamination.ContaminationFilter("only", () if choice == _ANY_BENCHMARK else (choice,))
+        wanted = control.benchmarks or (tuple(checked) if mode == "only" else ())
+        missing = sorted({d for b in wanted for d in unchecked.get(b, [])})
+        if missing:
+            st.caption("Not (completely) checked against " + ", ".join(map(render.escape_inline, wanted)) + ": "
+                       + ", ".join(map(render.escape_inline, missing)) + ". Their problems count as clean until the "
+                       "check runs (Overview, or `python -m core contamination`).")
+    return control.conditions()
