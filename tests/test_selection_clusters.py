@@ -208,3 +208,26 @@ def test_the_select_page_keeps_one_problem_per_near_duplicate_cluster(db, app_st
     for c in _cots(db):
         per_cluster[c["map"]] += c["cot_id"] in kept
     assert sorted(per_cluster.values()) == [10] * 7
+
+
+def test_explore_shows_a_problems_near_duplicates(db, app_store):
+    """AppTest: Explore on the teacher's CoTs lists its 20 problems (each with near-duplicates)
+    and, for one, the other problems of its cluster by plain SQL; a click opens one in the Reader."""
+    from streamlit.testing.v1 import AppTest
+
+    app_store(db)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/explore.py").run()
+    at.multiselect(key="f_datasets").set_value(["teacher"]).run()
+    at.selectbox(key="explore_page_size").set_value(100).run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    assert any(e.label == "Near-duplicates: 20 problem(s) on this page have some" for e in at.expander)
+    chosen = at.selectbox(key="explore_near_problem").value
+    others = {r[0] for r in store.read_rows(
+        "SELECT o.problem_id FROM problem_scores me JOIN problem_scores o ON o.value = me.value AND o.metric = me.metric "
+        "AND o.source_id = me.source_id JOIN score_sources ss ON ss.source_id = me.source_id AND ss.name = 'near-duplicates' "
+        "WHERE me.problem_id = ? AND me.metric = 'cluster_id' AND o.problem_id <> me.problem_id", [chosen], db=db)}
+    buttons = [b for b in at.button if b.key.startswith(f"explore_near_{chosen}_")]
+    assert {int(b.key.rsplit("_", 1)[1]) for b in buttons} == others and len(others) == 2  # the runs' copy, the benchmark's
+    buttons[0].click().run()
+    assert at.session_state["reader_problem_id"] in others

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import polars as pl
 import streamlit as st
 
-from core import contamination, identity, neardup, render
-from core.figures import Condition
+from core import contamination, identity, neardup, queries, render
+from core.figures import Condition, Figure
 from ui import common
 
 
@@ -196,3 +196,44 @@ def contamination_widgets(where, prefix: str, *, modes: tuple[str, ...] = contam
                        + ", ".join(map(render.escape_inline, missing)) + ". Their problems count as clean until the "
                        "check runs (Overview, or `python -m core contamination`).")
     return control.conditions()
+
+
+# ---------------------------------------------------------------------------- Explore: near-duplicates
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def _cluster_sizes(db: str, stamp, cots: tuple[tuple[int, int], ...]) -> dict[int, int]:
+    """Problem -> its near-duplicate cluster's size, for the (cot_id, problem_id) pairs of a
+    page whose problem has at least one near-duplicate, in the page's order."""
+    del stamp
+    size = Figure("cluster_size", neardup.SOURCE, level="problem")
+    values = queries.figure_values([c for c, _ in cots], [size], db=db)
+    of_cot = dict(zip(values["cot_id"], values[size.label()])) if size.label() in values.columns else {}
+    return {p: int(of_cot[c]) for c, p in cots if of_cot.get(c) is not None and of_cot[c] > 1}
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def _near_of(db: str, stamp, problem_id: int) -> pl.DataFrame:
+    del stamp
+    return neardup.near_duplicates_of(problem_id, limit=20, db=db)
+
+
+def explore_section(rows: pl.DataFrame, open_problem: Callable[[int], None]) -> None:
+    """Below Explore's table: the near-duplicate clusters of the page's problems (those with at
+    least one near-duplicate), and for a chosen one its near-duplicates, each opening in the
+    Reader. Nothing is drawn when none of the page's problems has one."""
+    db, stamp = str(common.db_file()), common.store_stamp()
+    sizes = _cluster_sizes(db, stamp, tuple(zip(rows["cot_id"].to_list(), rows["problem_id"].to_list())))
+    if not sizes:
+        return
+    with st.expander(f"Near-duplicates: {len(sizes)} problem(s) on this page have some"):
+        chosen = st.selectbox("Problem", list(sizes), key="explore_near_problem",
+                              format_func=lambda p: f"problem {p} · cluster of {sizes[p]}")
+        near = _near_of(db, stamp, chosen)
+        for row in near.iter_rows(named=True):
+            text = (f"{row['jaccard']:.2f} · {render.escape_inline(row['dataset'])} · "
+                    f"{render.escape_inline(row['question'][:120])}")
+            if st.button(text, key=f"explore_near_{chosen}_{row['problem_id']}"):
+                open_problem(row["problem_id"])  # in the script's run, not a callback: it may switch page
+        st.caption("Jaccard similarity of word bigrams to the chosen problem; click one to read it. Select's "
+                   "'Across clusters' keeps one problem per cluster.")
