@@ -61,6 +61,12 @@ def test_overview_counts_each_problem_once_and_shows_contamination(staged):
     near = next(d.value for d in at.dataframe if "in_clusters" in d.value.columns)
     assert dict(zip(near["dataset"], near["in_clusters"]))["aime24_test"] == 30
     assert at.button(key="overview_run_contamination") and at.button(key="overview_run_near_duplicates")
+    # the table counts what the sidebar filter matches: with AIME 2024's problems dropped, none is flagged
+    at.radio(key="f_contam_mode").set_value("drop").run()
+    at.multiselect(key="f_contam_drop").set_value(["aime24"]).run()
+    table = next(d.value for d in at.dataframe if "flagged" in d.value.columns)
+    assert {b: (p, n) for b, p, n in zip(table["benchmark"], table["problems"], table["flagged"])} == {
+        "aime24": (500, 0), "math500": (500, 500)}
 
 
 def test_reader_shows_where_else_the_problem_is_and_opens_it(staged):

@@ -22,9 +22,9 @@ def _problem_counts(db: str, stamp) -> dict[str, int]:
 
 
 @st.cache_data(ttl=600, show_spinner=False)
-def _contamination_counts(db: str, stamp) -> pl.DataFrame:
+def _contamination_counts(db: str, stamp, f=None) -> pl.DataFrame:
     del stamp
-    return contamination.counts(db=db)
+    return contamination.counts(f=f, db=db)
 
 
 @st.cache_data(ttl=600, show_spinner=False)
@@ -55,16 +55,18 @@ def _submit(kind: str) -> None:
     st.session_state[f"overview_{kind}_job"] = jobs.submit(kind, {})
 
 
-def overview_section() -> None:
-    """Contamination per dataset x benchmark and near-duplicate clusters per dataset, with a
-    button that brings each stage up to date in a background job."""
+def overview_section(f=None) -> None:
+    """Contamination per dataset x benchmark (among the problems with a CoT the sidebar filter
+    ``f`` matches) and near-duplicate clusters per dataset, with a button that brings each stage
+    up to date in a background job."""
     db, stamp = str(common.db_file()), common.store_stamp()
     st.subheader("Benchmark contamination")
-    table = _contamination_counts(db, stamp)
+    table = _contamination_counts(db, stamp, f)
     if table.height:
         st.caption("Per dataset and benchmark: problems whose question matches a benchmark problem (equal normalised "
                    "question, or at least the stage's share of the benchmark problem's 8-grams). The Reader shows each "
-                   "match beside the benchmark problem. Same table: `python -m core contamination`.")
+                   "match beside the benchmark problem. Counted among the problems with a CoT the sidebar filter "
+                   "matches; same table: `python -m core contamination --json` with the same filter.")
         st.dataframe(table, hide_index=True, key="overview_contamination")
     else:
         st.caption("Not checked yet: the check compares every problem of every dataset with every ingested "
