@@ -651,10 +651,10 @@ def export_summary(base: CotFilter, selection_conditions, numbers: pl.DataFrame,
     still flagged with it (0 for a benchmark dropped)."""
     from_filter = dropped_benchmarks(base.conditions)
     from_selection = dropped_benchmarks(selection_conditions)
-    if not identity.tables_present("contamination_state", "contamination_matches", db=db):
+    checked = checked_benchmarks(db=db)  # empty when the tables are absent or the check never ran
+    if checked.height == 0:
         return {"checked": False, "benchmarks": [], "dropped_benchmarks": list(dict.fromkeys(from_filter + from_selection)),
                 "note": "this store was never checked for contamination (python -m core contamination)"}
-    checked = checked_benchmarks(db=db)
     exported = set(numbers["dataset"].drop_nulls().unique().to_list())
     params = store.read_rows("SELECT params FROM score_sources WHERE name = ?", [SOURCE], db=db)
     options = json.loads(params[0][0]) if params and params[0][0] else {}

@@ -208,6 +208,17 @@ def test_the_select_page_keeps_one_problem_per_near_duplicate_cluster(db, app_st
     for c in _cots(db):
         per_cluster[c["map"]] += c["cot_id"] in kept
     assert sorted(per_cluster.values()) == [10] * 7
+    # Export names the mode and writes exactly the kept CoTs; the manifest says no contamination check ran
+    at.switch_page("pages/export.py").run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    assert any("mode 'across clusters'" in c.value for c in at.caption)
+    at.selectbox(key="exp_format").set_value("jsonl").run()
+    at.button(key="exp_go").click().run()
+    manifest = at.session_state["exp_last"]["manifest"]
+    assert manifest["counts"]["rows"] == 70 and manifest["contamination"]["checked"] is False
+    exported = {json.loads(line)["cot_id"] for line in open(at.session_state["exp_last"]["path"])}
+    assert exported == kept
+    assert any("never checked for benchmark contamination" in w.value for w in at.warning)
 
 
 def test_explore_shows_a_problems_near_duplicates(db, app_store):
@@ -231,3 +242,4 @@ def test_explore_shows_a_problems_near_duplicates(db, app_store):
     assert {int(b.key.rsplit("_", 1)[1]) for b in buttons} == others and len(others) == 2  # the runs' copy, the benchmark's
     buttons[0].click().run()
     assert at.session_state["reader_problem_id"] in others
+
