@@ -4,20 +4,20 @@
     python -m core summary [--json]
     python -m core demo [--problems N] [--out FILE]
     python -m core index [--path DIR] [--json]
-    python -m core map [--model M] [--device cuda] [--clusters K] [--json]
-    python -m core keys|contamination|near-duplicates ...   (see core/problems_cli.py)
     python -m core problems [--json] [--filter QUERY] [--dataset D] [--condition JSON]   (core/difficulty.py)
     python -m core jobs [--json]
     python -m core tokens|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
+    python -m core keys|contamination|near-duplicates|map [--flags]  (job kinds too; core/problems_cli.py)
+    python -m core split-steps [--unit sentence|paragraph] [--from-source S]   (the job kind 'steps')
     python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
-    python -m core split-steps [--unit sentence|paragraph] [--from-source S]
     python -m core steps [--json] [--source S [--source S2]]
     python -m core labels export|import|summary   (core/labels_cli.py)
 
 The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb. The job-kind commands
 run the job's own runner in this process with a progress bar, their flags generated from the
 kind's options classes (core.options), so a command line and a job started from the Jobs page
-take the same options and give the same result; the result is printed as one JSON line. A
+take the same options and give the same result; the result is printed as one JSON line, or
+as the kind's own ``cli`` hook prints it (a table, a sentence; see add_job_commands). A
 request that cannot go ahead (core.errors.UserError) prints "error: ..." and exits 2.
 """
 
@@ -33,7 +33,6 @@ from core.errors import UserError
 from core.options import add_arguments, from_namespace
 from core.progress import ProgressBar, RunContext
 from core.labels_cli import add_labels_cli
-from core.problems_cli import add_problems_cli
 
 
 def _bar(desc: str):
@@ -215,54 +214,43 @@ def cmd_jobs(args) -> int:
     return 0
 
 
-def _run_kind(kind: job_kinds.JobKind, args) -> int:
+def _run_kind(kind: job_kinds.JobKind, args, command=None) -> int:
     """A job kind's runner in this process: options from the flags, a progress bar, the
-    result printed as one JSON line (log lines go to stderr)."""
+    result printed as one JSON line (log lines go to stderr), or handed to the kind's own
+    ``command`` (see add_job_commands)."""
     options = tuple(from_namespace(cls, args) for cls in kind.options)
     if kind.check is not None:
         kind.check(*options)
-    with ProgressBar(kind.name) as bar:
-        ctx = RunContext(db=args.db, progress=bar, log=lambda message: print(message, file=sys.stderr))
-        result = kind.runner()(*options, ctx)
+
+    def run() -> dict:
+        with ProgressBar(kind.name) as bar:
+            ctx = RunContext(db=args.db, progress=bar, log=lambda message: print(message, file=sys.stderr))
+            return kind.runner()(*options, ctx)
+
+    if command is not None:
+        return command(args, options, run)
+    result = run()
     print(json.dumps({k: v for k, v in result.items() if k not in kind.hidden}, default=str))
     return 0
 
 
 def add_job_commands(subparsers) -> None:
-    """A command per job kind with ``command=True``, its flags from the kind's options."""
+    """A command per job kind with ``command`` set, its flags from the kind's options.
+
+    A kind's ``cli`` hook, ``hook(parser) -> command``, adds the command's own flags (``--json``,
+    ``--no-run``, ...) and returns ``command(args, options, run) -> exit code``: ``options`` are
+    the kind's options instances made from the flags, ``run()`` runs the job's runner on them
+    here with a progress bar and returns its result, and the command prints what it wants."""
     for kind in job_kinds.KINDS.values():
-        if not kind.command:
+        name = kind.command_name()
+        if name is None:
             continue
-        p = subparsers.add_parser(kind.name, help=kind.help, description=kind.help)
+        p = subparsers.add_parser(name, help=kind.help, description=kind.help)
         for cls in kind.options:
             add_arguments(p, cls, title=getattr(cls, "OPTION_GROUP", cls.__name__) if len(kind.options) > 1 else None)
-        p.set_defaults(func=lambda args, kind=kind: _run_kind(kind, args))
-
-
-def cmd_map(args) -> int:
-    """Embed the problems not embedded yet, then project, cluster and publish the map."""
-    from core.problem_map import MapError, MapOptions, run_map
-
-    params = {k: getattr(args, k) for k in ("model", "device", "batch_size", "commit_every", "n_neighbors", "min_dist",
-                                             "clusters", "pca_dims", "seed", "max_problems", "projection") if getattr(args, k) is not None}
-    params["project"] = not args.no_project
-    try:
-        opts = MapOptions.from_params(params)
-        update, close = _bar("map")
-        try:
-            result = run_map(args.db, opts, progress=update)
-        finally:
-            close()
-    except MapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, default=str) if args.json else
-          f"Embedded {result['embed']['embedded']:,} problems with {result['embed']['model']}; "
-          + ("the map was already current." if result.get("map", {}).get("current") else
-             f"map '{result['map']['source']}': {result['map']['problems']:,} problems, {result['map']['clusters']} clusters."
-             if result.get("map") else f"no projection yet ({result['embed']['pending']:,} problems still to embed)."
-             if result["embed"]["pending"] else "no projection (--no-project)."))
-    return 0
+        hook = kind.cli_hook()
+        command = hook(p) if hook is not None else None
+        p.set_defaults(func=lambda args, kind=kind, command=command: _run_kind(kind, args, command))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,32 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("map", help="embed, project and cluster the problems for the Map page (resumable)")
-    p.add_argument("--model", help="sentence-transformers model: HF id or folder (default: all-MiniLM-L6-v2, offline)")
-    p.add_argument("--device", help="cpu | cuda | mps (default: the best available)")
-    p.add_argument("--batch-size", type=int, help="texts per forward pass (default 64)")
-    p.add_argument("--commit-every", type=int, help="problems per committed batch (default 1024)")
-    p.add_argument("--n-neighbors", type=int, help="UMAP neighbours (default 15)")
-    p.add_argument("--min-dist", type=float, help="UMAP min_dist (default 0.1)")
-    p.add_argument("--projection", choices=("umap", "pca"), help="umap (default) or pca (seconds at 700k, coarser)")
-    p.add_argument("--pca-dims", type=int, help="PCA dimensions before UMAP (default 50)")
-    p.add_argument("--clusters", type=int, help="k-means clusters (default about sqrt(problems/2), 2-100)")
-    p.add_argument("--seed", type=int, help="seed of PCA, UMAP and k-means (default 0)")
-    p.add_argument("--max-problems", type=int, help="embed at most this many problems in this run")
-    p.add_argument("--no-project", action="store_true", help="embed only")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_map)
-
     from core import step_stats
 
-    step_stats.add_cli(sub)  # steps [--json], split-steps
+    step_stats.add_cli(sub)  # steps [--json]: statistics, not a job
 
     p = sub.add_parser("jobs", help="list background jobs and their state")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 
-    add_job_commands(sub)  # tokens, verify, score, finetune, evaluate
-    add_problems_cli(sub)  # keys, contamination, near-duplicates
+    add_job_commands(sub)  # tokens, verify, score, finetune, evaluate, keys, contamination, near-duplicates, map, split-steps
     add_labels_cli(sub)  # labels export|import|summary
     from core.difficulty import add_cli as add_difficulty_cli
 

@@ -49,7 +49,11 @@ from dataclasses import asdict, dataclass
 import polars as pl
 import pyarrow as pa
 
-from core import identity, store
+from core import identity, queries, store
+from core.errors import UserError
+from core.figures import Condition, Figure
+from core.options import option
+from core.queries import CotFilter
 
 SOURCE = "contamination"
 DEFAULT_N = 8
@@ -62,22 +66,29 @@ CancelledFn = Callable[[], bool]
 
 @dataclass
 class ContaminationOptions:
-    """Options of :func:`run_contamination` (the defaults are justified in the README)."""
+    """Options of :func:`run_contamination` (``python -m core contamination``, job kind
+    ``contamination``; the defaults are justified in the README)."""
 
-    n: int = DEFAULT_N  # words per n-gram
-    min_overlap: float = DEFAULT_MIN_OVERLAP  # share of a benchmark problem's n-grams that flags
-    check_cots: bool = False  # also look for benchmark problems quoted in CoT text
-    cot_min_overlap: float = DEFAULT_COT_MIN_OVERLAP
-    datasets: tuple[str, ...] = ()  # check only these datasets (default: every non-benchmark one)
-    batch_problems: int = 20_000  # problems per committed batch
-    batch_cots: int = 2_000  # CoTs per committed batch (their text is long)
+    n: int = option(DEFAULT_N, help="words per n-gram (s1 uses 8)")
+    min_overlap: float = option(DEFAULT_MIN_OVERLAP, help="share of a benchmark problem's n-grams a problem must "
+                                                          "contain to be flagged; 0: any shared n-gram (s1's rule)")
+    check_cots: bool = option(False, flag="--cots", label="Also check the CoT text (slow)",
+                              help="also look for benchmark problems quoted in CoT text (reads every CoT)")
+    cot_min_overlap: float = option(DEFAULT_COT_MIN_OVERLAP, help="with --cots: share of a benchmark problem's "
+                                                                  "n-grams a CoT must quote")
+    datasets: tuple[str, ...] = option((), flag="--dataset", help="only these datasets, comma-separated (checked and "
+                                                                  "printed; default: every non-benchmark dataset)")
+    batch_problems: int = option(20_000, help="problems per committed batch")
+    batch_cots: int = option(2_000, help="CoTs per committed batch (their text is long)")
 
     def __post_init__(self):
         if self.n < 1:
-            raise ValueError(f"n must be at least 1 (got {self.n})")
+            raise UserError(f"n (words per n-gram) must be at least 1 (got {self.n}).")
         for name in ("min_overlap", "cot_min_overlap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a share of n-grams between 0 and 1 (got {getattr(self, name)})")
+                raise UserError(f"{name} is a share of n-grams between 0 and 1 (got {getattr(self, name)}).")
+        if self.batch_problems < 1 or self.batch_cots < 1:
+            raise UserError("batch problems and batch cots must be at least 1.")
         self.datasets = tuple(self.datasets)
 
     def fingerprint_part(self, scope: str) -> dict:
@@ -204,7 +215,8 @@ def _targets(options: ContaminationOptions, *, db=None) -> list[tuple[int, str, 
     if options.datasets:
         unknown = set(options.datasets) - {r[1] for r in rows}
         if unknown:
-            raise ValueError(f"no non-benchmark dataset named {', '.join(sorted(unknown))} in the store")
+            raise UserError(f"no non-benchmark dataset named {', '.join(sorted(unknown))} in the store; the datasets "
+                            f"checked are {', '.join(r[1] for r in rows) or 'none'}.")
         rows = [r for r in rows if r[1] in options.datasets]
     return rows
 
@@ -425,14 +437,28 @@ def run_contamination(db=None, options: ContaminationOptions | None = None, prog
 # ---------------------------------------------------------------------------- reading the results
 
 
-def counts(*, datasets: tuple[str, ...] = (), benchmarks: tuple[str, ...] = (), db=None) -> pl.DataFrame:
+def counts(*, datasets: tuple[str, ...] = (), benchmarks: tuple[str, ...] = (), f: CotFilter | None = None,
+           db=None) -> pl.DataFrame:
     """One row per (dataset, benchmark) compared: problems, problems flagged (any match of the
     question), of them exact, CoTs flagged (with the CoT check), and whether the comparison is
-    complete. The Overview table and ``python -m core contamination``."""
+    complete. The Overview table and ``python -m core contamination``.
+
+    With a filter ``f`` (the app's, core.queries), only the problems with a CoT the filter
+    matches are counted (and only those CoTs for ``cots_flagged``), and a dataset with none of
+    them has no row; without one, every problem of each dataset."""
     if not identity.tables_present("contamination_state", "contamination_matches", db=db):
         return pl.DataFrame(schema={"dataset": pl.String, "benchmark": pl.String, "problems": pl.Int64, "flagged": pl.Int64,
                                     "exact": pl.Int64, "cots_flagged": pl.Int64, "complete": pl.Boolean})
+    filtered = f is not None and f != CotFilter()
     where, params = ["d.status = 'ready'"], []
+    scope_cte, in_scope_problem, in_scope_cot, problems = "", "", "", "d.n_problems"
+    if filtered:
+        matching, params = queries.matching_sql(f, db=db)
+        scope_cte = (f"m AS (SELECT cot_id, problem_id FROM ({matching})), "
+                     "mp AS (SELECT problem_id >> 32 AS dataset_id, count(DISTINCT problem_id) AS problems FROM m GROUP BY 1), ")
+        in_scope_problem = "AND problem_id IN (SELECT problem_id FROM m)"
+        in_scope_cot = "AND cot_id IN (SELECT cot_id FROM m)"
+        problems = "mp.problems"
     if datasets:
         where.append(f"d.name IN ({', '.join('?' * len(datasets))})")
         params += list(datasets)
@@ -441,18 +467,19 @@ def counts(*, datasets: tuple[str, ...] = (), benchmarks: tuple[str, ...] = (), 
         params += list(benchmarks)
     return store.read_df(
         f"""
-        WITH q AS (SELECT problem_id >> 32 AS dataset_id, benchmark, count(DISTINCT problem_id) AS flagged,
+        WITH {scope_cte}
+             q AS (SELECT problem_id >> 32 AS dataset_id, benchmark, count(DISTINCT problem_id) AS flagged,
                           count(DISTINCT problem_id) FILTER (WHERE exact) AS exact
-                   FROM contamination_matches WHERE cot_id IS NULL GROUP BY ALL),
+                   FROM contamination_matches WHERE cot_id IS NULL {in_scope_problem} GROUP BY ALL),
              c AS (SELECT problem_id >> 32 AS dataset_id, benchmark, count(DISTINCT cot_id) AS cots_flagged
-                   FROM contamination_matches WHERE cot_id IS NOT NULL GROUP BY ALL),
+                   FROM contamination_matches WHERE cot_id IS NOT NULL {in_scope_cot} GROUP BY ALL),
              s AS (SELECT dataset_id, benchmark, bool_and(complete) FILTER (WHERE scope = 'question') AS complete,
                           bool_or(scope = 'cot') AS cots_checked
                    FROM contamination_state GROUP BY ALL)
-        SELECT d.name AS dataset, s.benchmark, d.n_problems AS problems, coalesce(q.flagged, 0) AS flagged,
+        SELECT d.name AS dataset, s.benchmark, {problems} AS problems, coalesce(q.flagged, 0) AS flagged,
                coalesce(q.exact, 0) AS exact, CASE WHEN s.cots_checked THEN coalesce(c.cots_flagged, 0) END AS cots_flagged,
                coalesce(s.complete, false) AS complete
-        FROM s JOIN datasets d USING (dataset_id)
+        FROM s JOIN datasets d USING (dataset_id) {"JOIN mp USING (dataset_id)" if filtered else ""}
         LEFT JOIN q USING (dataset_id, benchmark) LEFT JOIN c USING (dataset_id, benchmark)
         WHERE {' AND '.join(where)}
         ORDER BY d.dataset_id, s.benchmark
@@ -475,3 +502,222 @@ def matches_of(problem_id: int, *, db=None) -> pl.DataFrame:
         "WHERE m.problem_id = ? ORDER BY m.cot_id NULLS FIRST, m.overlap DESC, m.benchmark",
         [problem_id], db=db,
     )
+
+
+# ---------------------------------------------------------------------------- as conditions (filter, Select)
+#
+# The sidebar's "Benchmark contamination" control and Select's "drop contaminated problems" are
+# ordinary conditions on this stage's figures (core.figures), so URLs, recipes, Explore's
+# columns, drop reasons and the export manifest treat them like any other condition:
+#
+# * drop problems contaminated with B: ``contaminated:B`` has no value (the stage writes it for
+#   flagged problems only), one condition per benchmark;
+# * only problems contaminated with B: ``contaminated:B`` has a value;
+# * only problems contaminated with any benchmark: ``contaminated`` >= 1 (1/0 per checked problem).
+
+CONTAMINATED = "contaminated"
+BENCHMARK_PREFIX = "contaminated:"
+MODES = ("all", "drop", "only")
+
+
+def benchmark_figure(benchmark: str) -> Figure:
+    """``contaminated:<benchmark>``: the best overlap with that benchmark (flagged problems only)."""
+    return Figure(BENCHMARK_PREFIX + benchmark, SOURCE, level="problem")
+
+
+ANY_FIGURE = Figure(CONTAMINATED, SOURCE, level="problem")
+
+
+def _benchmark_of(figure: Figure) -> str | None:
+    if figure.source == SOURCE and figure.level == "problem" and figure.metric.startswith(BENCHMARK_PREFIX):
+        return figure.metric[len(BENCHMARK_PREFIX):]
+    return None
+
+
+@dataclass(frozen=True)
+class ContaminationFilter:
+    """What the contamination control asks for. ``mode`` 'all' (no condition), 'drop' (problems
+    contaminated with any of ``benchmarks``) or 'only' (problems contaminated with
+    ``benchmarks[0]``; with no benchmark, with any)."""
+
+    mode: str = "all"
+    benchmarks: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise UserError(f"The contamination control's mode is one of {', '.join(MODES)}, not '{self.mode}'.")
+        object.__setattr__(self, "benchmarks", tuple(dict.fromkeys(self.benchmarks)))
+        if self.mode == "only" and len(self.benchmarks) > 1:
+            raise UserError("Keep only the problems contaminated with one benchmark, or with any.")
+
+    def conditions(self) -> tuple[Condition, ...]:
+        if self.mode == "drop":
+            return tuple(Condition(benchmark_figure(b), missing=True) for b in self.benchmarks)
+        if self.mode == "only":
+            return (Condition(benchmark_figure(self.benchmarks[0])),) if self.benchmarks else (Condition(ANY_FIGURE, lo=1),)
+        return ()
+
+    def describe(self) -> str:
+        if self.mode == "drop" and self.benchmarks:
+            return f"problems contaminated with {', '.join(self.benchmarks)} dropped"
+        if self.mode == "only":
+            return f"only problems contaminated with {self.benchmarks[0] if self.benchmarks else 'any benchmark'}"
+        return "every problem, contaminated or not"
+
+
+def _is_only(cond: Condition) -> bool:
+    """'Only problems contaminated with B' (B has a value) or 'with any benchmark' (contaminated >= 1)."""
+    if cond.missing:
+        return False
+    if _benchmark_of(cond.figure) is not None:
+        return cond.lo is None and cond.hi is None
+    return cond.figure == ANY_FIGURE and cond.lo == 1 and cond.hi in (None, 1)
+
+
+def split_conditions(conditions, *, with_only: bool = True) -> tuple[ContaminationFilter, tuple[Condition, ...]]:
+    """The contamination control's conditions among ``conditions`` (a URL's, a recipe's), and the
+    rest in their order. Every 'drop' condition goes to the control; an 'only' one does when it
+    is alone and ``with_only`` (the control shows one mode at a time; Select's has no 'only');
+    anything else stays a plain condition."""
+    drop = [c for c in conditions if c.missing and _benchmark_of(c.figure) is not None]
+    only = [c for c in conditions if _is_only(c)] if with_only else []
+    if drop:
+        taken = drop
+        control = ContaminationFilter("drop", tuple(_benchmark_of(c.figure) for c in drop))
+    elif len(only) == 1:
+        taken = only
+        benchmark = _benchmark_of(only[0].figure)
+        control = ContaminationFilter("only", (benchmark,) if benchmark is not None else ())
+    else:
+        return ContaminationFilter(), tuple(conditions)
+    return control, tuple(c for c in conditions if c not in taken)
+
+
+def dropped_benchmarks(conditions) -> tuple[str, ...]:
+    """The benchmarks whose contaminated problems ``conditions`` drop."""
+    return tuple(dict.fromkeys(b for c in conditions if c.missing and (b := _benchmark_of(c.figure)) is not None))
+
+
+def checked_benchmarks(*, db=None) -> pl.DataFrame:
+    """Each benchmark the stage has compared some dataset with: benchmark, datasets compared
+    (complete), datasets not (completely) compared among the ready non-benchmark ones, and the
+    problems flagged with it. What the contamination controls offer."""
+    schema = {"benchmark": pl.String, "checked": pl.List(pl.String), "unchecked": pl.List(pl.String), "flagged": pl.Int64}
+    if not identity.tables_present("contamination_state", "contamination_matches", db=db):
+        return pl.DataFrame(schema=schema)
+    return store.read_df(
+        """
+        WITH targets AS (SELECT dataset_id, name FROM datasets WHERE status = 'ready' AND format <> 'benchmark'),
+             done AS (SELECT benchmark, dataset_id FROM contamination_state WHERE scope = 'question' AND complete),
+             benches AS (SELECT DISTINCT benchmark FROM contamination_state)
+        SELECT b.benchmark,
+               list(t.name ORDER BY t.dataset_id) FILTER (WHERE d.dataset_id IS NOT NULL) AS checked,
+               list(t.name ORDER BY t.dataset_id) FILTER (WHERE d.dataset_id IS NULL) AS unchecked,
+               (SELECT count(DISTINCT m.problem_id) FROM contamination_matches m
+                WHERE m.benchmark = b.benchmark AND m.cot_id IS NULL) AS flagged
+        FROM benches b CROSS JOIN targets t LEFT JOIN done d ON d.benchmark = b.benchmark AND d.dataset_id = t.dataset_id
+        GROUP BY b.benchmark ORDER BY b.benchmark
+        """, db=db,
+    ).with_columns(pl.col("checked", "unchecked").fill_null([]))
+
+
+# ---------------------------------------------------------------------------- the export manifest
+
+
+def _flagged_in(con, relation: str, params: list, benchmarks: list[str]) -> dict[str, dict[str, int]]:
+    """Per benchmark, the problems and CoTs of ``relation`` (SQL with cot_id, problem_id) that
+    the stage flagged with it; plus 'any': those flagged with at least one of ``benchmarks``."""
+    if not benchmarks:
+        return {}
+    metrics = [BENCHMARK_PREFIX + b for b in benchmarks]
+    flagged = (f"SELECT r.cot_id, r.problem_id, substr(ps.metric, {len(BENCHMARK_PREFIX) + 1}) AS benchmark "
+               f"FROM ({relation}) r JOIN problem_scores ps ON ps.problem_id = r.problem_id "
+               "JOIN score_sources ss ON ss.source_id = ps.source_id AND ss.name = ? "
+               "WHERE ps.metric IN (SELECT unnest(?::VARCHAR[]))")
+    rows = con.execute(
+        f"SELECT benchmark, count(DISTINCT problem_id), count(DISTINCT cot_id) FROM ({flagged}) GROUP BY ROLLUP (benchmark)",
+        [*params, SOURCE, metrics]).fetchall()
+    return {("any" if b is None else b): {"problems": p, "cots": c} for b, p, c in rows}
+
+
+def export_summary(base: CotFilter, selection_conditions, numbers: pl.DataFrame, *, db=None) -> dict:
+    """The manifest's ``contamination`` section for an export of ``numbers`` (the kept CoTs:
+    cot_id, problem_id, dataset) made with filter ``base`` and a selection's conditions.
+
+    Per benchmark the stage knows: which exported datasets were checked against it (completely)
+    and which were not; the problems (and CoTs) dropped because they are contaminated with it,
+    by the filter's conditions (counted among the CoTs the filter matches without them) and by
+    the selection's (counted in the pool, the CoTs the filter matches); and the exported problems
+    still flagged with it (0 for a benchmark dropped)."""
+    from_filter = dropped_benchmarks(base.conditions)
+    from_selection = dropped_benchmarks(selection_conditions)
+    checked = checked_benchmarks(db=db)  # empty when the tables are absent or the check never ran
+    if checked.height == 0:
+        return {"checked": False, "benchmarks": [], "dropped_benchmarks": list(dict.fromkeys(from_filter + from_selection)),
+                "note": "this store was never checked for contamination (python -m core contamination)"}
+    exported = set(numbers["dataset"].drop_nulls().unique().to_list())
+    params = store.read_rows("SELECT params FROM score_sources WHERE name = ?", [SOURCE], db=db)
+    options = json.loads(params[0][0]) if params and params[0][0] else {}
+    benchmarks = checked["benchmark"].to_list()
+    with store.connect(db, read_only=True) as con:
+        # the filter's drops: among what the filter matches without its contamination drops
+        undropped = base.with_(conditions=tuple(c for c in base.conditions
+                                                if not (c.missing and _benchmark_of(c.figure) in from_filter)))
+        sql, sql_params = queries.matching_sql(undropped, db=db)
+        by_filter = _flagged_in(con, sql, sql_params, list(from_filter))
+        # the selection's drops: in its pool, what the filter matches
+        sql, sql_params = queries.matching_sql(base, db=db)
+        by_selection = _flagged_in(con, sql, sql_params, list(from_selection))
+        con.register("export_kept", numbers.select("cot_id", "problem_id").to_arrow())
+        try:
+            still = _flagged_in(con, "SELECT cot_id, problem_id FROM export_kept", [], benchmarks)
+        finally:
+            con.unregister("export_kept")
+    rows = []
+    for r in checked.iter_rows(named=True):
+        b = r["benchmark"]
+        dropped = {where: counts_of[b] if b in counts_of else {"problems": 0, "cots": 0}
+                   for where, counts_of, drops in (("filter", by_filter, from_filter), ("selection", by_selection, from_selection))
+                   if b in drops}
+        rows.append({
+            "benchmark": b,
+            "datasets_checked": [d for d in r["checked"] if d in exported],
+            "datasets_not_checked": [d for d in r["unchecked"] if d in exported],
+            "dropped": dropped or None,
+            "exported_problems_flagged": still.get(b, {}).get("problems", 0),
+        })
+    dropped_total = {where: counts_of.get("any", {"problems": 0, "cots": 0})
+                     for where, counts_of, drops in (("filter", by_filter, from_filter), ("selection", by_selection, from_selection))
+                     if drops}
+    keep = ("n", "min_overlap", "check_cots", "cot_min_overlap", "benchmarks")
+    return {
+        "checked": True,
+        "options": {k: options[k] for k in keep if k in options},
+        "benchmarks": rows,
+        "dropped_benchmarks": list(dict.fromkeys(from_filter + from_selection)),
+        "problems_dropped": dropped_total,
+    }
+
+
+def describe_export(section: dict) -> list[tuple[str, str]]:
+    """What a manifest's contamination section means, as (level, sentence) pairs for the Export
+    page: 'info' for what was checked and dropped, 'warning' for exported problems still flagged
+    and exported datasets never checked."""
+    if not section.get("checked"):
+        return [("warning", "This store was never checked for benchmark contamination "
+                            "(Overview, or `python -m core contamination`).")]
+    out = []
+    rows = section["benchmarks"]
+    checked = [r["benchmark"] for r in rows if r["datasets_checked"]]
+    if checked:
+        out.append(("info", f"Checked against {', '.join(checked)}."))
+    for r in rows:
+        for where, n in (r["dropped"] or {}).items():
+            out.append(("info", f"{r['benchmark']}: {n['problems']:,} problems ({n['cots']:,} CoTs) dropped by the {where}."))
+    still = [f"{r['benchmark']} ({r['exported_problems_flagged']:,})" for r in rows if r["exported_problems_flagged"]]
+    if still:
+        out.append(("warning", f"Exported problems flagged as contaminated: {', '.join(still)}."))
+    unchecked = sorted({d for r in rows for d in r["datasets_not_checked"]})
+    if unchecked:
+        out.append(("warning", f"Not (completely) checked for contamination: {', '.join(unchecked)}."))
+    return out

@@ -21,8 +21,9 @@ can commit between batches), and appended to a temporary file that is renamed in
 complete. The manifest (``<file>.manifest.json``) records the recipe or filter, counts, source
 datasets, every condition on a figure (the filter's and the selection's, in words and as
 data) with the CoTs each drop reason removed, the score sources read (with their kind, model
-and parameters; each dataset's own correctness resolved to the sources it read), the file's
-sha256 and size, the format and when it was made.
+and parameters; each dataset's own correctness resolved to the sources it read), the
+benchmarks the exported datasets were checked against for contamination and the problems
+dropped for each (``contamination``), the file's sha256 and size, the format and when it was made.
 
     >>> from core import export
     >>> result = export.export(recipe, "trl", thinking="think_tags")
@@ -348,6 +349,7 @@ def export(
         "dropped_by_reason": dropped,
         **_conditions(what, db=db),
         "source_datasets": _datasets_of(numbers, db=db),
+        "contamination": _contamination(sel, numbers, db=db),
         "score_sources": _score_sources(_sources_used(what, db=db), db=db),
         # the human labels read (core/labels.py): how many, the latest, a hash; absent when none
         **({"annotations": state} if (state := labels.state(_sources_used(what, db=db), db=db)) else {}),
@@ -375,6 +377,16 @@ def _problem_figures(what: Recipe | Selection | CotFilter, numbers: pl.DataFrame
     score = getattr(sel.rule, "score", None) if isinstance(sel, Selection) else None
     return manifest_section(conditions, score.source if score is not None else None,
                             numbers["problem_id"].unique().to_list(), target, db=db)
+
+
+def _contamination(sel: Selection | CotFilter, numbers: pl.DataFrame, *, db=None) -> dict[str, Any]:
+    """The benchmarks the exported datasets were checked against, and the problems dropped for
+    each (core.contamination.export_summary)."""
+    from core import contamination
+
+    if isinstance(sel, Selection):
+        return contamination.export_summary(sel.base, sel.conditions, numbers, db=db)
+    return contamination.export_summary(sel, (), numbers, db=db)
 
 
 def _datasets_of(numbers: pl.DataFrame, *, db=None) -> list[dict[str, Any]]:

@@ -37,6 +37,8 @@ import polars as pl
 import pyarrow as pa
 
 from core import store
+from core.errors import UserError
+from core.options import option
 
 KEY_VERSION = 1
 
@@ -146,10 +148,14 @@ def key_columns(problem_ids: list[int], questions: list[str]) -> pa.Table:
 
 @dataclass
 class KeyOptions:
-    """Options of :func:`run_problem_keys`."""
+    """Options of :func:`run_problem_keys` (``python -m core keys``, job kind ``keys``)."""
 
-    dataset_id: int | None = None  # only this dataset's problems (default: every ready dataset)
-    batch_problems: int = 20_000  # problems per committed batch
+    dataset_id: int | None = option(None, help="only this dataset's problems (default: every ready dataset)")
+    batch_problems: int = option(20_000, help="problems per committed batch")
+
+    def __post_init__(self):
+        if self.batch_problems < 1:
+            raise UserError(f"batch problems must be at least 1, got {self.batch_problems}.")
 
 
 _KEY_TODO = """

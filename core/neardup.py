@@ -43,6 +43,8 @@ import polars as pl
 import pyarrow as pa
 
 from core import identity, store
+from core.errors import UserError
+from core.options import option
 
 SOURCE = "near-duplicates"
 DEFAULT_THRESHOLD = 0.6
@@ -57,19 +59,24 @@ CancelledFn = Callable[[], bool]
 
 @dataclass
 class NearDupOptions:
-    """Options of :func:`run_near_duplicates`."""
+    """Options of :func:`run_near_duplicates` (``python -m core near-duplicates``, job kind
+    ``near_duplicates``)."""
 
-    threshold: float = DEFAULT_THRESHOLD  # Jaccard similarity of shingle sets
-    shingle: int = DEFAULT_SHINGLE  # words per shingle
-    num_perm: int = DEFAULT_NUM_PERM  # MinHash permutations
-    bands_per_pass: int | None = None  # LSH bands held in memory at once (None: as many as fit INDEX_ENTRIES)
-    batch_problems: int = 20_000  # problems per committed batch
+    threshold: float = option(DEFAULT_THRESHOLD, help="Jaccard similarity of two problems' shingle sets at or above "
+                                                      "which they are near-duplicates")
+    shingle: int = option(DEFAULT_SHINGLE, help="words per shingle")
+    num_perm: int = option(DEFAULT_NUM_PERM, help="MinHash permutations")
+    bands_per_pass: int | None = option(None, help="LSH bands held in memory at once (default: as many as keep the "
+                                                   "index near 0.8 GB)")
+    batch_problems: int = option(20_000, help="problems per committed batch")
 
     def __post_init__(self):
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold is a Jaccard similarity in (0, 1] (got {self.threshold})")
+            raise UserError(f"threshold is a Jaccard similarity in (0, 1] (got {self.threshold}).")
         if self.shingle < 1 or self.num_perm < 2 or (self.bands_per_pass is not None and self.bands_per_pass < 1):
-            raise ValueError("shingle must be >= 1, num_perm >= 2 and bands_per_pass >= 1")
+            raise UserError("shingle must be >= 1, num_perm >= 2 and bands_per_pass >= 1.")
+        if self.batch_problems < 1:
+            raise UserError(f"batch problems must be at least 1 (got {self.batch_problems}).")
 
     def sketch_params(self) -> dict:
         """What the stored signatures depend on."""
@@ -217,7 +224,7 @@ def _load_signatures(num_perm: int, *, db=None) -> tuple[np.ndarray, np.ndarray,
             offsets = offsets[blobs.offset:blobs.offset + k + 1]
             data = np.frombuffer(blobs.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
             if data.size != k * num_perm * 4 or at + k > n:
-                raise ValueError("problem_minhash holds signatures of another size; run with the options they were made with")
+                raise UserError("problem_minhash holds signatures of another size; run with the options they were made with.")
             ids[at:at + k] = batch.column(0).to_numpy()
             sigs[at:at + k] = data.view(np.uint32).reshape(k, num_perm)
             bands_done[at:at + k] = batch.column(2).to_numpy()

@@ -18,7 +18,7 @@ with a sentence, so the CLI, a job and a page refuse bad values the same way::
 
 Field types understood: str, int, float, bool (a ``--flag``, or ``--no-flag`` when it
 defaults to True), ``X | None``, and ``tuple[str, ...]`` / ``tuple[int, ...]`` (a
-comma-separated flag). Fields of other types (a dict, say) are params only, not flags.
+comma-separated flag, which may also be repeated: ``--dataset a --dataset b,c``). Fields of other types (a dict, say) are params only, not flags.
 A class may set ``OPTION_PREFIX = "ray_"``: its fields are then ``ray_<name>`` in flags and
 params (``--ray-replicas``), so several classes can share one flat namespace.
 """
@@ -231,14 +231,16 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls, *, title: str | No
         target.add_argument(
             flag, *meta.get("aliases", ()), dest=dest, default=None, required=required and not optional,
             type=str if item is not None else inner, choices=meta.get("choices") if item is None else None,
-            metavar="A,B" if item is not None else None,
+            metavar="A,B" if item is not None else None, action="append" if item is not None else "store",
             help=help_text,
         )
 
 
 def from_namespace(cls, args: argparse.Namespace):
-    """``cls`` from parsed flags: a flag not given keeps the field's default."""
+    """``cls`` from parsed flags: a flag not given keeps the field's default; a list flag given
+    several times is the comma-joined whole."""
     given = {key: getattr(args, key) for key in param_names(cls) if getattr(args, key, None) is not None}
+    given = {key: ",".join(value) if isinstance(value, list) else value for key, value in given.items()}
     return from_params(cls, given)
 
 

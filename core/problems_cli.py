@@ -1,39 +1,27 @@
-"""Command line and job glue for the problem stages: question keys, benchmark contamination,
-near-duplicate problems.
+"""The problem stages as jobs and commands: question keys, benchmark contamination,
+near-duplicate problems, the map of the problems.
 
     python -m core keys                                   # question keys of problems without one
     python -m core contamination [--n 8] [--min-overlap 0.2] [--cots] [--dataset D,..] [--benchmark B,..] [--no-run] [--json]
+                                 [the app's filter: --filter URL-or-JSON, --model M, --condition JSON, ...]
     python -m core near-duplicates [--threshold 0.6] [--no-run] [--json]
+    python -m core map [--model M] [--device cuda] [--clusters K] [--no-project] [--json]
 
+Each is a job kind (core/job_kinds.py): its flags are generated from its options class
+(``KeyOptions``, ``ContaminationOptions``, ``NearDupOptions``, ``MapOptions``), so the command,
+a job started from the Jobs page and its form take the same options. The runners below run
+the stage; the ``*_command`` functions add what each command prints for a person:
 ``contamination`` and ``near-duplicates`` first bring their stage up to date (a no-op when
-nothing is new; ``--no-run`` skips it), then print their figures: contamination as one row per
-dataset x benchmark (problems, flagged, exact), near-duplicates as one row per dataset.
+nothing is new; ``--no-run`` skips it), then print their figures (contamination as one row per
+dataset x benchmark, counting the problems the app's filter matches (core.filter_args),
+near-duplicates as one row per dataset); ``map`` says what it did in a sentence, or prints the
+result as JSON with ``--json``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import fields
-from typing import Any
-
-
-def options_from(cls, params: dict[str, Any]):
-    """An options dataclass from a job's params (unknown keys ignored, lists made tuples)."""
-    names = {f.name for f in fields(cls)}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names and v is not None}
-    return cls(**kwargs)
-
-
-def _csv(text: str | None) -> tuple[str, ...]:
-    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
-
-
-def _bar(desc: str):
-    from core.progress import ProgressBar
-
-    bar = ProgressBar(desc)
-    return bar, bar.close
 
 
 def _print_table(df, as_json: bool, empty: str) -> None:
@@ -48,87 +36,88 @@ def _print_table(df, as_json: bool, empty: str) -> None:
             print(df)
 
 
-def cmd_keys(args) -> int:
-    from core.identity import run_problem_keys
-
-    update, close = _bar("keys")
-    result = run_problem_keys(args.db, progress=update)
-    close()
-    print(json.dumps(result))
-    return 0
+def _csv(values) -> tuple[str, ...]:
+    """A repeatable, comma-separated flag's values."""
+    return tuple(p.strip() for v in values or () for p in str(v).split(",") if p.strip())
 
 
-def cmd_contamination(args) -> int:
-    from core.contamination import ContaminationOptions, counts, run_contamination
-
-    if not args.no_run:
-        options = ContaminationOptions(n=args.n, min_overlap=args.min_overlap, check_cots=args.cots,
-                                       cot_min_overlap=args.cot_min_overlap, datasets=_csv(args.dataset))
-        update, close = _bar("contamination")
-        try:
-            result = run_contamination(args.db, options, progress=update)
-        except ValueError as exc:
-            close()
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        close()
-        if not result["benchmarks"]:
-            print("No benchmark in the store: ingest one with `python -m core ingest FILE --format benchmark` "
-                  "(or evaluation runs, whose benchmarks count too).", file=sys.stderr)
-        elif not args.json:
-            print(f"Checked {result['checked_problems']:,} problems"
-                  + (f" and {result['checked_cots']:,} CoTs" if options.check_cots else "")
-                  + f" against {', '.join(result['benchmarks'])} in {result['seconds']:.1f} s.", file=sys.stderr)
-    table = counts(datasets=_csv(args.dataset), benchmarks=_csv(args.benchmark), db=args.db)
-    _print_table(table, args.json, "No contamination figures yet: run `python -m core contamination`.")
-    return 0
+# ---------------------------------------------------------------------------- commands (core.cli)
 
 
-def cmd_near_duplicates(args) -> int:
-    from core.neardup import NearDupOptions, run_near_duplicates, summary
+def contamination_command(parser):
+    """`python -m core contamination`: bring the check up to date, then print the dataset x
+    benchmark counts."""
+    from core.filter_args import add_filter_arguments
 
-    if not args.no_run:
-        options = NearDupOptions(threshold=args.threshold, shingle=args.shingle, num_perm=args.num_perm)
-        update, close = _bar("near-duplicates")
-        result = run_near_duplicates(args.db, options, progress=update)
-        close()
-        if not args.json:
-            print(f"Near-duplicates up to date ({result['seconds']:.1f} s): {result['sketched']:,} problems sketched, "
-                  f"{result['queried']:,} queried, {result['pairs_new']:,} new pairs.", file=sys.stderr)
-    _print_table(summary(db=args.db), args.json, "No near-duplicate figures yet: run `python -m core near-duplicates`.")
-    return 0
+    parser.add_argument("--benchmark", action="append", help="print only these benchmarks, comma-separated")
+    parser.add_argument("--no-run", action="store_true", help="print the stored figures without updating them")
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    # the app's filter (--dataset is the option above, --benchmark the benchmarks compared with)
+    add_filter_arguments(parser, skip=("dataset", "benchmark"))
 
+    def command(args, options, run) -> int:
+        from core.contamination import counts
+        from core.filter_args import filter_from_args
 
-def add_problems_cli(sub) -> None:
-    from core.contamination import DEFAULT_COT_MIN_OVERLAP, DEFAULT_MIN_OVERLAP, DEFAULT_N
-    from core.neardup import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, DEFAULT_THRESHOLD
+        (opts,) = options
+        if not args.no_run:
+            result = run()
+            if not result["benchmarks"]:
+                print("No benchmark in the store: ingest one with `python -m core ingest FILE --format benchmark` "
+                      "(or evaluation runs, whose benchmarks count too).", file=sys.stderr)
+            elif not args.json:
+                print(f"Checked {result['checked_problems']:,} problems"
+                      + (f" and {result['checked_cots']:,} CoTs" if opts.check_cots else "")
+                      + f" against {', '.join(result['benchmarks'])} in {result['seconds']:.1f} s.", file=sys.stderr)
+        f = filter_from_args(args, datasets=opts.datasets)
+        table = counts(datasets=opts.datasets, benchmarks=_csv(args.benchmark), f=f, db=args.db)
+        _print_table(table, args.json, "No contamination figures yet: run `python -m core contamination`.")
+        return 0
 
-    p = sub.add_parser("keys", help="give every problem its normalised question key (resumable)")
-    p.set_defaults(func=cmd_keys)
-
-    p = sub.add_parser("contamination", help="check every dataset's problems against every benchmark (resumable); "
-                                            "print dataset x benchmark counts")
-    p.add_argument("--n", type=int, default=DEFAULT_N, help="words per n-gram (default %(default)s)")
-    p.add_argument("--min-overlap", type=float, default=DEFAULT_MIN_OVERLAP,
-                   help="share of a benchmark problem's n-grams that flags a problem; 0: any shared n-gram (default %(default)s)")
-    p.add_argument("--cots", action="store_true", help="also look for benchmark problems quoted in CoT text (slow)")
-    p.add_argument("--cot-min-overlap", type=float, default=DEFAULT_COT_MIN_OVERLAP)
-    p.add_argument("--dataset", help="only these datasets, comma-separated (checked and printed)")
-    p.add_argument("--benchmark", help="print only these benchmarks, comma-separated")
-    p.add_argument("--no-run", action="store_true", help="print the stored figures without updating them")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_contamination)
-
-    p = sub.add_parser("near-duplicates", help="MinHash/LSH near-duplicate clusters of problems (resumable); print per dataset")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="Jaccard similarity (default %(default)s)")
-    p.add_argument("--shingle", type=int, default=DEFAULT_SHINGLE, help="words per shingle (default %(default)s)")
-    p.add_argument("--num-perm", type=int, default=DEFAULT_NUM_PERM, help="MinHash permutations (default %(default)s)")
-    p.add_argument("--no-run", action="store_true", help="print the stored figures without updating them")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_near_duplicates)
+    return command
 
 
-# ---------------------------------------------------------------------------- job kinds (core.worker)
+def near_duplicates_command(parser):
+    """`python -m core near-duplicates`: bring the clusters up to date, then print them per dataset."""
+    parser.add_argument("--no-run", action="store_true", help="print the stored figures without updating them")
+    parser.add_argument("--json", action="store_true", help="print the per-dataset figures as JSON")
+
+    def command(args, options, run) -> int:
+        from core.neardup import summary
+
+        if not args.no_run:
+            result = run()
+            if not args.json:
+                print(f"Near-duplicates up to date ({result['seconds']:.1f} s): {result['sketched']:,} problems sketched, "
+                      f"{result['queried']:,} queried, {result['pairs_new']:,} new pairs.", file=sys.stderr)
+        _print_table(summary(db=args.db), args.json, "No near-duplicate figures yet: run `python -m core near-duplicates`.")
+        return 0
+
+    return command
+
+
+def map_command(parser):
+    """`python -m core map`: embed what is new, then project, cluster and publish; one sentence
+    (or the result as JSON)."""
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    def command(args, options, run) -> int:
+        result = run()
+        if args.json:
+            print(json.dumps(result, default=str))
+            return 0
+        embed, made = result["embed"], result.get("map")
+        print(f"Embedded {embed['embedded']:,} problems with {embed['model']}; "
+              + ("the map was already current." if made and made.get("current") else
+                 f"map '{made['source']}': {made['problems']:,} problems, {made['clusters']} clusters." if made else
+                 f"no projection yet ({embed['pending']:,} problems still to embed)." if embed["pending"] else
+                 "no projection (--no-project)."))
+        return 0
+
+    return command
+
+
+# ---------------------------------------------------------------------------- job kinds (core.job_kinds)
 
 
 def _raise_if_cancelled(result: dict) -> dict:
@@ -140,29 +129,27 @@ def _raise_if_cancelled(result: dict) -> dict:
     return result
 
 
-def keys_job(params: dict[str, Any], ctx) -> dict:
-    from core.identity import KeyOptions, run_problem_keys
+def keys_job(opts, ctx) -> dict:
+    """Job kind 'keys' (core.identity.KeyOptions)."""
+    from core.identity import run_problem_keys
 
-    return _raise_if_cancelled(run_problem_keys(ctx.db, options_from(KeyOptions, params), progress=ctx.progress,
-                                                cancelled=ctx.cancelled))
+    return _raise_if_cancelled(run_problem_keys(ctx.db, opts, progress=ctx.progress, cancelled=ctx.cancelled))
 
 
-def contamination_job(params: dict[str, Any], ctx) -> dict:
-    from core.contamination import ContaminationOptions, run_contamination
+def contamination_job(opts, ctx) -> dict:
+    """Job kind 'contamination' (core.contamination.ContaminationOptions)."""
+    from core.contamination import run_contamination
 
-    result = run_contamination(ctx.db, options_from(ContaminationOptions, params), progress=ctx.progress,
-                               cancelled=ctx.cancelled)
-    _raise_if_cancelled(result)
+    result = _raise_if_cancelled(run_contamination(ctx.db, opts, progress=ctx.progress, cancelled=ctx.cancelled))
     ctx.log(f"checked {result['checked_problems']:,} problems against {len(result['benchmarks'])} benchmark(s), "
             f"{result['matches']:,} matches")
     return result
 
 
-def near_duplicates_job(params: dict[str, Any], ctx) -> dict:
-    from core.neardup import NearDupOptions, run_near_duplicates
+def near_duplicates_job(opts, ctx) -> dict:
+    """Job kind 'near_duplicates' (core.neardup.NearDupOptions)."""
+    from core.neardup import run_near_duplicates
 
-    result = run_near_duplicates(ctx.db, options_from(NearDupOptions, params), progress=ctx.progress,
-                                 cancelled=ctx.cancelled)
-    _raise_if_cancelled(result)
+    result = _raise_if_cancelled(run_near_duplicates(ctx.db, opts, progress=ctx.progress, cancelled=ctx.cancelled))
     ctx.log(f"near-duplicates: {result.get('pairs_new', 0):,} new pairs")
     return result

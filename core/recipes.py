@@ -12,7 +12,7 @@ The file (format version 2; version 1 files, which have no conditions, still loa
      "base": {CotFilter fields; "conditions": [condition, ...]},
      "sources": {"rv": [source, ...], "cd": [...], "correct": [...]},
      "conditions": [condition, ...],      # the selection's own, applied inside the pool
-     "mode": "thresholds" | "capacity" | "per_problem" | "target",
+     "mode": "thresholds" | "capacity" | "per_problem" | "target" | "per_cluster",
      "params": {the rule's fields; "score": {"metric", "source", "level", "higher_is_better"}},
      "seed": 0,
      "annotations": {"sources", "labels", "latest", "sha256"}}   # only when it reads human labels

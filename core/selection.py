@@ -20,7 +20,10 @@ The rules:
   with weight ``w = exp(-lambda * max(0, CD - C) - beta * |CD - RV|)`` without replacement;
 * :class:`PerProblem` -- shortest correct CoT, top-k by a score, or every correct CoT;
 * :class:`TargetSize` -- about N CoTs, split across models (or datasets) in the pool's
-  proportions, keeping within each group the shortest correct or the best by a score.
+  proportions, keeping within each group the shortest correct or the best by a score;
+* :class:`PerCluster` -- across clusters of problems (near-duplicate clusters, map clusters):
+  one problem per near-duplicate cluster, at most m problems or CoTs per cluster, or a target
+  size spread over clusters in proportion or uniformly.
 
 A rule's ``score`` (:class:`Score`) may be any figure: a CoT column, a (source, metric) of
 ``scores``, or of ``problem_scores`` (``Score("pass_rate", "difficulty", level="problem")``).
@@ -271,8 +274,62 @@ class TargetSize:
             raise UserError("keeping the best by score needs a score")
 
 
-Rule = Thresholds | CapacityMatched | PerProblem | TargetSize
-RULES: dict[str, type] = {r.mode: r for r in (Thresholds, CapacityMatched, PerProblem, TargetSize)}
+CLUSTER_UNITS = ("problems", "cots")
+CLUSTER_SPREADS = ("cap", "proportional", "uniform")
+CLUSTER_PICKS = ("most_cots", "score", "random")
+
+
+@dataclass(frozen=True)
+class PerCluster:
+    """Across clusters of problems: any problem figure whose value names a group (the
+    near-duplicate stage's ``cluster_id``, a map's ``cluster``). A problem without a value is a
+    cluster of its own. ``unit`` 'problems' keeps whole problems (every CoT of a kept problem
+    that passed the conditions), 'cots' single CoTs. ``spread``:
+
+    * 'cap': at most ``m`` units per cluster ("one problem per near-duplicate cluster" is
+      unit='problems', m=1);
+    * 'proportional': about ``n`` units, each cluster's quota in proportion to its units in the
+      pool (largest remainders, capped by what it has; proportional_quotas);
+    * 'uniform': about ``n`` units spread evenly over the clusters (a small cluster gives all it
+      has, the rest goes to the others).
+
+    Which units a cluster keeps (``pick``): the problems with the most CoTs in the pool; the
+    best by ``score`` (any figure: a per-problem pass rate, or a CoT score, a problem taking its
+    best CoT's); or random with the selection's seed. Ties go to the smaller id."""
+
+    mode: ClassVar[str] = "per_cluster"
+    cluster_metric: str = "cluster_id"
+    cluster_source: str = "near-duplicates"
+    unit: str = "problems"
+    spread: str = "cap"
+    m: int = 1
+    n: int = 1000
+    pick: str = "most_cots"
+    score: Score | None = None
+
+    def __post_init__(self):
+        if not self.cluster_metric or not self.cluster_source:
+            raise UserError("name the cluster figure: a per-problem metric and its source (e.g. cluster_id, near-duplicates)")
+        if self.unit not in CLUSTER_UNITS:
+            raise UserError(f"count clusters in one of {', '.join(CLUSTER_UNITS)}, not '{self.unit}'")
+        if self.spread not in CLUSTER_SPREADS:
+            raise UserError(f"spread over clusters by one of {', '.join(CLUSTER_SPREADS)}, not '{self.spread}'")
+        if self.pick not in CLUSTER_PICKS:
+            raise UserError(f"pick within a cluster by one of {', '.join(CLUSTER_PICKS)}, not '{self.pick}'")
+        if self.pick == "score" and self.score is None:
+            raise UserError("picking the best of each cluster by a figure needs that figure (score)")
+        if self.m < 1:
+            raise UserError(f"keep at least 1 {self.unit[:-1]} per cluster (m), not {self.m}")
+        if self.n < 0:
+            raise UserError("the target size must not be negative")
+
+    @property
+    def cluster(self) -> Figure:
+        return Figure(self.cluster_metric, self.cluster_source, level="problem")
+
+
+Rule = Thresholds | CapacityMatched | PerProblem | TargetSize | PerCluster
+RULES: dict[str, type] = {r.mode: r for r in (Thresholds, CapacityMatched, PerProblem, TargetSize, PerCluster)}
 
 
 def rule_as_dict(rule: Rule) -> dict[str, Any]:
@@ -335,8 +392,10 @@ def _rule_score(rule: Rule) -> Score | None:
 
 def condition_figures(sel: Selection) -> list[Figure]:
     """The figures the selection's conditions read that are not CoT columns, in order, each
-    once: the pool carries each as column ``fig_<i>`` (figure_column)."""
-    return list(dict.fromkeys(c.figure for c in sel.conditions if not c.figure.is_column))
+    once, then the rule's own (a PerCluster's cluster figure): the pool carries each as column
+    ``fig_<i>`` (figure_column)."""
+    rule_figures = [sel.rule.cluster] if isinstance(sel.rule, PerCluster) else []
+    return list(dict.fromkeys([*(c.figure for c in sel.conditions if not c.figure.is_column), *rule_figures]))
 
 
 def figure_column(sel: Selection, figure: Figure) -> str:
@@ -360,7 +419,7 @@ def pool_key(sel: Selection) -> str:
     }
     if score is not None and score.source is not None and score.level != "cot":
         key["score"].append(score.level)
-    if sel.conditions:
+    if condition_figures(sel):
         key["figures"] = [f.as_dict() for f in condition_figures(sel)]
     return json.dumps(key, sort_keys=True)
 
@@ -893,10 +952,57 @@ def _add_target(chain: _Chain, rule: TargetSize, sel: Selection, con) -> None:
     )
 
 
+_UNIT_WORDS = {"problems": ("problem", "problems"), "cots": ("CoT", "CoTs")}
+
+
+def _cluster_order(rule: PerCluster, seed: int) -> str:
+    """ORDER BY over the per-problem units (problem_id, n_cots, best, u): the best first."""
+    if rule.pick == "most_cots":
+        return "n_cots DESC, problem_id"
+    if rule.pick == "random":
+        return "u, problem_id"
+    return f"best {'DESC' if rule.score.higher_is_better else 'ASC'} NULLS LAST, problem_id"
+
+
+def cluster_quotas(rule: PerCluster, units: dict[str, int]) -> dict[str, int]:
+    """Each cluster's quota of units for a 'proportional' or 'uniform' spread (``units``: the
+    cluster's units in the pool), summing to min(n, total)."""
+    weights = units if rule.spread == "proportional" else {c: 1 for c in units}
+    return proportional_quotas(weights, units, rule.n)
+
+
+def _add_per_cluster(chain: _Chain, rule: PerCluster, sel: Selection, con) -> None:
+    column = figure_column(sel, rule.cluster)
+    best = "max(score)" if rule.score is None or rule.score.higher_is_better else "min(score)"
+    chain.add("pool_c", f"SELECT *, coalesce(CAST({column} AS VARCHAR), 'problem ' || problem_id) AS clu FROM pool")
+    if rule.unit == "problems":
+        chain.add("units", f"SELECT clu, problem_id, count(*) AS n_cots, {best} AS best, "
+                           f"{_uniform_sql(sel.seed).replace('cot_id', 'problem_id')} AS u FROM pool_c GROUP BY clu, problem_id")
+        order, key = _cluster_order(rule, sel.seed), "problem_id"
+    else:
+        chain.add("units", f"SELECT clu, cot_id, problem_id, count(*) OVER (PARTITION BY problem_id) AS n_cots, "
+                           f"score AS best, {_uniform_sql(sel.seed)} AS u FROM pool_c")
+        order, key = _cluster_order(rule, sel.seed).replace("problem_id", "problem_id, cot_id"), "cot_id"
+    chain.add("ranked_units", f"SELECT {key}, clu, row_number() OVER (PARTITION BY clu ORDER BY {order}) AS rank FROM units")
+    if rule.spread == "cap":
+        limit, beyond = str(int(rule.m)), f"'beyond {rule.m} {_UNIT_WORDS[rule.unit][rule.m > 1]} of its cluster'"
+        chain.add("unit_kept", f"SELECT {key}, rank <= {limit} AS kept FROM ranked_units")
+    else:
+        counts = store.fetch_pl(con, chain.sql("SELECT clu, count(*) AS units FROM units GROUP BY clu"), chain.params)
+        quotas = cluster_quotas(rule, dict(zip(counts["clu"], counts["units"])))
+        chain.add("cluster_quotas", "SELECT unnest(?::VARCHAR[]) AS clu, unnest(?::BIGINT[]) AS quota",
+                  [list(quotas), list(quotas.values())])
+        chain.add("unit_kept", f"SELECT r.{key}, r.rank <= coalesce(q.quota, 0) AS kept FROM ranked_units r "
+                               "LEFT JOIN cluster_quotas q USING (clu)")
+        beyond = "'beyond its cluster''s quota'"
+    chain.add("decision", f"SELECT pool_c.* EXCLUDE (clu), NULL::DOUBLE AS weight, k.kept, "
+                          f"CASE WHEN NOT k.kept THEN {beyond} END AS reason FROM pool_c JOIN unit_kept k USING ({key})")
+
+
 # Each rule's SQL step: adds CTEs over relation ``pool`` ending in ``decision`` (see the module
 # docstring, "Adding a rule").
 _STEPS = {Thresholds: _add_thresholds, CapacityMatched: _add_capacity, PerProblem: _add_per_problem,
-          TargetSize: _add_target}
+          TargetSize: _add_target, PerCluster: _add_per_cluster}
 
 
 def _decision_sql(con, sel: Selection, relation: str = "SELECT * FROM pool_in",

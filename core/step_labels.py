@@ -47,6 +47,8 @@ import pyarrow as pa
 
 from core import step_stage, store
 from core import steps as steps_mod
+from core.errors import UserError
+from core.options import option
 from core.records import IngestError
 from core.steps import ROLES, STEP_TEXT_SQL
 
@@ -82,13 +84,23 @@ class StepRecord:
 
 @dataclass
 class StepLabelOptions:
-    path: str
-    dataset: str | None = None  # attach to this dataset's CoTs; None: make a dataset from the file
-    format: str | None = None  # detected when None
-    source_name: str | None = None  # default: the layout's name ("thought anchors", ...)
-    tokenizer: str | None = None
-    skip_bad: bool = False
-    dataset_name: str | None = None  # the new dataset's name (no `dataset`); default the file's stem
+    """A step-label ingest (job kind ``step_labels``; on the command line ``python -m core ingest
+    FILE --steps-for DATASET``)."""
+
+    path: str = option(help="the step-label file (.jsonl, .json or .parquet)")
+    dataset: str | None = option(None, help="attach the labels to this dataset's CoTs (empty: PRM800K and ProcessBench "
+                                            "files become a dataset of their own)")
+    format: str | None = option(None, help=f"the file's layout: {', '.join(FORMATS)} (default: detected)")
+    source_name: str | None = option(None, help="the step source's name (default: the layout's name)")
+    tokenizer: str | None = option(None, help="tokenizer for step token counts (default: the offline SmolLM2 one)")
+    skip_bad: bool = option(False, help="ingest the good records, report the bad ones")
+    dataset_name: str | None = option(None, help="the new dataset's name (without a dataset; default: the file's stem)")
+
+    def __post_init__(self):
+        if not str(self.path or "").strip():
+            raise UserError("Give the step-label file's path.")
+        if self.format is not None and self.format not in FORMATS:
+            raise UserError(f"The step-label layout '{self.format}' is not one of {', '.join(FORMATS)}.")
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -311,7 +323,7 @@ def _dataset_id(db, name: str) -> int:
     rows = store.read_rows("SELECT dataset_id FROM datasets WHERE name = ? AND status = 'ready'", [name], db=db)
     if not rows:
         known = [r[0] for r in store.read_rows("SELECT name FROM datasets WHERE status = 'ready' ORDER BY 1", db=db)]
-        raise ValueError(f"No ready dataset named '{name}' to attach step labels to; the datasets are {', '.join(known) or 'none'}.")
+        raise UserError(f"No ready dataset named '{name}' to attach step labels to; the datasets are {', '.join(known) or 'none'}.")
     return rows[0][0]
 
 
@@ -460,7 +472,7 @@ def attach(db, dataset: str, path: Path, fmt: str, *, source_name: str | None = 
     row = store.read_rows("SELECT source_id, kind, params FROM score_sources WHERE name = ?", [source], db=db)
     params = json.loads(row[0][2] or "{}") if row else {}
     if row and row[0][1] != "label":
-        raise ValueError(f"The score source '{source}' is a {row[0][1]}, not dataset labels; choose another --step-source.")
+        raise UserError(f"The score source '{source}' is a {row[0][1]}, not dataset labels; choose another --step-source.")
     if any(f.get("sha256") == sha and f.get("dataset") == dataset for f in params.get("files", [])):
         return {"source": source, "dataset": dataset, "format": fmt, "already_present": True, "cots": 0, "steps": 0,
                 "skipped_records": 0, "seconds": time.perf_counter() - started}
@@ -606,9 +618,14 @@ def run_step_labels(db=None, options: StepLabelOptions | None = None, progress: 
     return result
 
 
-def step_labels_job(params: dict, ctx) -> dict:
-    """Job kind 'step_labels': run_step_labels with StepLabelOptions from the job's params."""
-    opts = StepLabelOptions(**params)
+def step_labels_job(opts: StepLabelOptions, ctx) -> dict:
+    """Job kind 'step_labels': run_step_labels. Started from the browser, so the file must lie
+    under an ingest root (core.access.confine_to_roots), as an ingest job's must."""
+    from dataclasses import replace
+
+    from core.access import confine_to_roots
+
+    opts = replace(opts, path=confine_to_roots(opts.path, "generic"))
     ctx.log(f"ingesting step labels from {opts.path}" + (f" for dataset '{opts.dataset}'" if opts.dataset else ""))
     return run_step_labels(ctx.db, opts, progress=ctx.progress, cancelled=ctx.cancelled)
 

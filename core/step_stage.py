@@ -29,6 +29,8 @@ import pyarrow as pa
 
 from core import steps as steps_mod
 from core import store
+from core.errors import UserError
+from core.options import option
 from core.steps import ROLES, STEP_TEXT_SQL
 
 ProgressFn = Callable[[str, int, int | None], None]
@@ -45,29 +47,25 @@ STEP_SCHEMA = pa.schema([
 
 @dataclass
 class StepOptions:
-    """What the step stage does. ``source_name`` defaults to 'step rules (<unit>)', or
-    'step rules on <source>' with ``from_source``; a rules file other than the bundled one adds
-    its hash's first 8 characters."""
+    """What the step stage does (``python -m core split-steps``, job kind ``steps``).
+    ``source_name`` defaults to 'step rules (<unit>)', or 'step rules on <source>' with
+    ``from_source``; a rules file other than the bundled one adds its hash's first 8 characters."""
 
-    unit: str = "sentence"
-    rules: str | None = None  # YAML path; None: core/step_roles.yaml
-    tokenizer: str | None = None  # None: the offline default (core.tokens.DEFAULT_TOKENIZER)
-    datasets: tuple[str, ...] = ()  # dataset names; empty: every ready dataset
-    from_source: str | None = None  # reuse this step source's segmentation instead of splitting
-    source_name: str | None = None
-    batch_cots: int = BATCH_COTS
-    max_cots: int | None = None  # the first N CoTs still to do (by id), for a quick look
+    unit: str = option("sentence", choices=steps_mod.UNITS, help="a step is a sentence or a paragraph")
+    rules: str | None = option(None, help="role rules YAML (default core/step_roles.yaml)")
+    tokenizer: str | None = option(None, help="tokenizer for step token counts (default: the offline SmolLM2 one)")
+    datasets: tuple[str, ...] = option((), flag="--dataset", help="only these datasets (default: every ready dataset)")
+    from_source: str | None = option(None, help="label this step source's steps instead of splitting the text")
+    source_name: str | None = option(None, help="the step source to write (default 'step rules (<unit>)')")
+    batch_cots: int = option(BATCH_COTS, help="CoTs per committed batch at most")
+    max_cots: int | None = option(None, help="only the first N CoTs still to do (by id), for a quick look")
 
-    @classmethod
-    def from_params(cls, params: dict) -> StepOptions:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown step option(s): {', '.join(sorted(unknown))}")
-        values = dict(params)
-        if values.get("datasets") is not None:
-            values["datasets"] = tuple(values["datasets"])
-        return cls(**values)
+    def __post_init__(self):
+        if self.unit not in steps_mod.UNITS:
+            raise UserError(f"unknown step unit '{self.unit}': use one of {', '.join(steps_mod.UNITS)}")
+        if self.batch_cots < 1 or (self.max_cots is not None and self.max_cots < 0):
+            raise UserError("batch cots must be at least 1 and max cots not negative.")
+        self.datasets = tuple(self.datasets)
 
 
 @dataclass
@@ -323,8 +321,6 @@ def run_steps(db=None, options: StepOptions | None = None, progress: ProgressFn 
     from core.tokens import DEFAULT_TOKENIZER, load_tokenizer
 
     opts = options or StepOptions()
-    if opts.unit not in steps_mod.UNITS:
-        raise ValueError(f"unknown step unit '{opts.unit}': use one of {', '.join(steps_mod.UNITS)}")
     rules = steps_mod.RoleRules.load(opts.rules)
     tokenizer_name = opts.tokenizer or DEFAULT_TOKENIZER
     name = opts.source_name or default_source_name(opts, rules)
@@ -334,12 +330,12 @@ def run_steps(db=None, options: StepOptions | None = None, progress: ProgressFn 
     if opts.from_source:
         row = store.read_rows("SELECT source_id FROM score_sources WHERE name = ?", [opts.from_source], db=db)
         if not row:
-            raise ValueError(f"There is no step source '{opts.from_source}' in the store to take steps from.")
+            raise UserError(f"There is no step source '{opts.from_source}' in the store to take steps from.")
         from_source_id = row[0][0]
     known = {r[0] for r in store.read_rows("SELECT name FROM datasets WHERE status = 'ready'", db=db)}
     missing = [d for d in opts.datasets if d not in known]
     if missing:
-        raise ValueError(f"No ready dataset named {', '.join(repr(m) for m in missing)}; the datasets are {', '.join(sorted(known)) or 'none'}.")
+        raise UserError(f"No ready dataset named {', '.join(repr(m) for m in missing)}; the datasets are {', '.join(sorted(known)) or 'none'}.")
     source_id = _claim_source(db, name, _source_params(opts, rules, tokenizer_name))
     todo = _todo(db, opts, source_id)
     result = StepRunResult(source=name)
@@ -383,11 +379,10 @@ def run_steps(db=None, options: StepOptions | None = None, progress: ProgressFn 
     return result.as_dict()
 
 
-def steps_job(params: dict, ctx) -> dict:
-    """Job kind 'steps': run_steps with StepOptions from the job's params, resumable."""
+def steps_job(opts: StepOptions, ctx) -> dict:
+    """Job kind 'steps' (and ``python -m core split-steps``): run_steps, resumable."""
     from core.progress import JobCancelled
 
-    opts = StepOptions.from_params(params)
     ctx.log(f"splitting and labelling steps ({opts.from_source or opts.unit}) into "
             f"'{opts.source_name or 'the default step rules source'}'")
     result = run_steps(ctx.db, opts, progress=ctx.progress, cancelled=ctx.cancelled)

@@ -341,47 +341,23 @@ def report(sources: list[str], f: CotFilter | None = None, *, db=None) -> dict[s
 
 
 def add_cli(sub) -> None:
-    """Register `steps` (statistics) and `split-steps` (the rule stage)."""
+    """Register `steps` (statistics; `split-steps`, the rule stage, is the job kind 'steps')."""
     p = sub.add_parser("steps", help="step statistics of the filtered CoTs per step source; two sources: their agreement")
+    from core.filter_args import add_filter_arguments
+
     p.add_argument("--source", action="append", default=[], help="a step source (repeat for two; default: every one)")
-    p.add_argument("--dataset", action="append", default=[], help="only these datasets (repeatable)")
-    p.add_argument("--model", action="append", default=[], help="only these models (repeatable)")
-    p.add_argument("--correct-source", help="the correctness source that splits correct from incorrect CoTs")
-    p.add_argument("--filter", help="a CotFilter as JSON (as recipes store it), combined with the options above")
     p.add_argument("--json", action="store_true", help="print JSON (the default prints a short table)")
+    add_filter_arguments(p)  # the app's filter; --correct-source splits correct from incorrect CoTs
     p.set_defaults(func=_cmd_steps)
-
-    p = sub.add_parser("split-steps", help="split CoTs into steps and label their roles with the rule set (resumable)")
-    p.add_argument("--unit", default="sentence", choices=("sentence", "paragraph"))
-    p.add_argument("--rules", help="role rules YAML (default core/step_roles.yaml)")
-    p.add_argument("--dataset", action="append", default=[], help="only these datasets (repeatable)")
-    p.add_argument("--from-source", help="label this step source's steps instead of splitting the text")
-    p.add_argument("--source-name", help="the step source to write (default 'step rules (<unit>)')")
-    p.add_argument("--tokenizer", help="tokenizer for step token counts (default: the offline SmolLM2 one)")
-    p.add_argument("--max-cots", type=int, help="only the first N CoTs still to do")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_split_steps)
-
-
-def _filter_from_args(args) -> CotFilter:
-    from core.recipes import filter_from_dict
-
-    base = filter_from_dict(json.loads(args.filter)) if args.filter else CotFilter()
-    changes: dict[str, Any] = {}
-    if args.dataset:
-        changes["datasets"] = tuple(args.dataset)
-    if args.model:
-        changes["models"] = tuple(args.model)
-    if args.correct_source:
-        changes["correct_source"] = args.correct_source
-    return base.with_(**changes) if changes else base
 
 
 def _cmd_steps(args) -> int:
     import sys
 
+    from core.filter_args import filter_from_args
+
     try:
-        result = report(args.source, _filter_from_args(args), db=args.db)
+        result = report(args.source, filter_from_args(args), db=args.db)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -404,26 +380,18 @@ def _cmd_steps(args) -> int:
     return 0
 
 
-def _cmd_split_steps(args) -> int:
-    import sys
+def split_steps_command(parser):
+    """`python -m core split-steps` (job kind 'steps', flags from StepOptions): one sentence, or
+    the result as JSON with --json."""
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    from core.progress import ProgressBar
-    from core.step_stage import StepOptions, run_steps
+    def command(args, options, run) -> int:
+        result = run()
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"'{result['source']}': {result['cots']:,} CoTs, {result['steps']:,} steps, {result['tokens']:,} tokens "
+                  f"in {result['seconds']:.1f} s" + (f"; {result['remaining']:,} still to do" if result["remaining"] else ""))
+        return 0
 
-    opts = StepOptions(unit=args.unit, rules=args.rules, datasets=tuple(args.dataset), from_source=args.from_source,
-                       source_name=args.source_name, tokenizer=args.tokenizer, max_cots=args.max_cots)
-    update = ProgressBar("split-steps")
-    close = update.close
-    try:
-        result = run_steps(args.db, opts, progress=update)
-    except ValueError as exc:
-        close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    close()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"'{result['source']}': {result['cots']:,} CoTs, {result['steps']:,} steps, {result['tokens']:,} tokens "
-              f"in {result['seconds']:.1f} s" + (f"; {result['remaining']:,} still to do" if result["remaining"] else ""))
-    return 0
+    return command

@@ -384,13 +384,12 @@ def evaluate_job(opts, ctx) -> dict:
     return evaluate(opts, db=ctx.db, progress=ctx.progress, cancelled=ctx.cancelled, log=ctx.log)
 
 
-def map_job(params: dict[str, Any], ctx) -> dict:
-    """The map of the problems (core.problem_map.run_map). Params: MapOptions fields. Each
-    committed batch of embeddings is kept on a cancel or a crash; a resumed job embeds the
-    rest, then projects."""
-    from core.problem_map import MapOptions, run_map
+def map_job(opts, ctx) -> dict:
+    """The map of the problems (core.problem_map.run_map, options MapOptions). Each committed
+    batch of embeddings is kept on a cancel or a crash; a resumed job embeds the rest, then
+    projects."""
+    from core.problem_map import run_map
 
-    opts = MapOptions.from_params(params)
     ctx.log(f"mapping the problems with {opts.model}")
     result = run_map(ctx.db, opts, progress=ctx.progress, cancelled=ctx.cancelled)
     if result.get("cancelled"):

@@ -12,7 +12,7 @@ import streamlit as st
 
 from core import queries
 from core.queries import CotFilter
-from ui import annotate, common
+from ui import annotate, common, problems
 
 PAGE_SIZES = (25, 50, 100, 250)
 # What each sortable column is called in the sort menu and the table header.
@@ -124,6 +124,8 @@ with common.guard():
         row = table.row(picked[0], named=True)
         open_in_reader(row["problem_id"], row["cot_id"])
     annotate.explore_panel(rows)  # label the page's CoTs one after another (ui/annotate.py)
+
+    problems.explore_section(rows, lambda problem_id: open_in_reader(problem_id, None))
 
     with st.form("explore_open_form", border=False):
         id_col, button_col = st.columns([2, 1], vertical_alignment="bottom")

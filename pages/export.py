@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import export, labels, queries, recipes
+from core import contamination, export, labels, queries, recipes, render
 from ui import common
 
 SOURCES = {
@@ -21,7 +21,7 @@ SOURCES = {
     "filter": "Every CoT the sidebar filter matches",
 }
 MODE_LABELS = {"thresholds": "thresholds", "capacity": "capacity-matched", "per_problem": "per problem",
-               "target": "target size"}
+               "target": "target size", "per_cluster": "across clusters"}
 MIME = {".jsonl": "application/jsonl", ".parquet": "application/vnd.apache.parquet"}
 
 
@@ -99,6 +99,8 @@ with common.guard():
         if manifest["counts"].get("truncated"):
             st.warning(f"{manifest['counts']['truncated']:,} exported CoTs are truncated (their thinking never "
                        "closed). Set 'Truncated: only complete' in the sidebar filter to leave them out.")
+        for level, sentence in contamination.describe_export(manifest.get("contamination") or {}):
+            getattr(st, level)(render.escape_inline(sentence))  # benchmark and dataset names come from the data
         path = Path(last["path"])
         st.download_button(f"Download {path.name}", data=_file_reader(str(path)), file_name=path.name,
                            mime=MIME.get(path.suffix, "application/octet-stream"), key="exp_download")

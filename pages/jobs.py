@@ -248,10 +248,11 @@ def _evaluate_form() -> None:
 
 
 def _start_forms() -> None:
-    tabs = st.tabs(["Re-score with a judge", "Fine-tune", "Evaluate", "Tokens and verification", "Judge steps"])
+    tabs = st.tabs(["Re-score with a judge", "Fine-tune", "Evaluate", "Tokens and verification", "Judge steps",
+                    "Problems and steps"])
     for tab, form, cost_key in ((tabs[0], _score_form, "jobs_score_cost"), (tabs[1], _finetune_form, None),
                                 (tabs[2], _evaluate_form, "jobs_eval_cost"), (tabs[3], _count_forms, None),
-                                (tabs[4], _step_judge_form, "jobs_sj_cost")):
+                                (tabs[4], _step_judge_form, "jobs_sj_cost"), (tabs[5], _stage_forms, None)):
         with tab, common.guard():  # a refused submission shows its reason and keeps the other forms
             form()
             if cost_key and st.session_state.get(cost_key):
@@ -266,6 +267,32 @@ def _count_forms() -> None:
         options_form("verify", fields=(), title="**Verify answers**", submit="Start verification",
                      caption="Checks each CoT's final answer against its problem's reference answer with math-verify "
                              "(source 'math-verify'); CoTs already verified are skipped.")
+
+
+# The problem and step stages: forms generated from their options (core.job_kinds), the fields
+# a researcher sets; the rest keep their defaults (the command line takes every option).
+STAGE_FORMS = (
+    ("contamination", ("n", "min_overlap", "check_cots", "cot_min_overlap", "datasets"), "**Benchmark contamination**",
+     "Check contamination", "Every problem of every non-benchmark dataset against every ingested benchmark (n-gram "
+     "overlap and exact matches); only what is new since the last run is checked."),
+    ("near_duplicates", ("threshold", "shingle", "num_perm"), "**Near-duplicate problems**", "Find near-duplicates",
+     "MinHash/LSH clusters of problems within and across datasets; only new problems are sketched."),
+    ("map", ("model", "device", "projection", "clusters", "max_problems", "project"), "**Map of the problems**",
+     "Compute the map", "Embeds what is not embedded yet, then projects and clusters every problem (the Map page)."),
+    ("keys", (), "**Question keys**", "Fill question keys",
+     "Normalised question keys for problems ingested before keys existed (new ingests make their own)."),
+    ("steps", ("unit", "datasets", "from_source", "source_name", "max_cots"), "**Steps inside CoTs**", "Split into steps",
+     "Splits each CoT's thinking into steps with roles and micro-actions by the rule set; resumable."),
+    ("step_labels", ("path", "dataset", "format", "source_name", "skip_bad", "dataset_name"), "**Step labels from a file**",
+     "Ingest step labels", "A Thought Anchors, PRM800K or ProcessBench file on the server (under the ingest roots)."),
+)
+
+
+def _stage_forms() -> None:
+    columns = st.columns(2)
+    for i, (kind, fields, title, submit, caption) in enumerate(STAGE_FORMS):
+        with columns[i % 2], common.guard():  # a refused value shows under its own form
+            options_form(kind, fields=fields, title=title, submit=submit, caption=caption)
 
 
 def _job_card(job: dict) -> None:

@@ -147,7 +147,7 @@ with common.guard():
         else:
             st.info("No scores yet: run verification or an LLM judge on the Jobs page.")
 
-        problem_ui.overview_section()
+        problem_ui.overview_section(f)
 
         st.subheader("Token length by correctness")
         df = frames.metric_frame(f)

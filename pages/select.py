@@ -19,17 +19,24 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import labels, recipes, selection
+from core import contamination, labels, recipes, selection
 from core.figures import Figure
-from core.selection import CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds
-from ui import common, difficulty_view
+from core.selection import (
+    CapacityMatched, PerCluster, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds,
+)
+from ui import common, difficulty_view, problems
 
 MODES = {
     "thresholds": "Thresholds",
     "capacity": "Capacity-matched (OmniThought)",
     "per_problem": "Per problem",
     "target": "Target size",
+    "per_cluster": "Across clusters",
 }
+CLUSTER_UNIT_LABELS = {"problems": "problems", "cots": "CoTs"}
+CLUSTER_SPREAD_LABELS = {"cap": "at most m per cluster", "proportional": "n in proportion",
+                         "uniform": "n spread evenly"}
+CLUSTER_PICK_LABELS = {"most_cots": "most CoTs", "score": "best by a figure", "random": "random (seed)"}
 PER_PROBLEM_LABELS = {"shortest_correct": "shortest correct", "top_k": "top k by a score", "all_correct": "all correct"}
 BALANCE_LABELS = {"model": "model", "dataset": "dataset", "model_dataset": "model and dataset"}
 WITHIN_LABELS = {"shortest_correct": "shortest correct", "score": "best by a score"}
@@ -106,17 +113,20 @@ def _defaults(cat: dict, max_tokens: int) -> dict:
         "sel_pp_rule": "shortest_correct", "sel_pp_k": 1, "sel_pp_correct": False,
         "sel_score": "tokens", "sel_score_order": "highest first",
         "sel_tg_n": 1000, "sel_tg_balance": "model", "sel_tg_within": "shortest_correct", "sel_tg_correct": True,
+        "sel_cl_unit": "problems", "sel_cl_spread": "cap", "sel_cl_m": 1, "sel_cl_n": 1000, "sel_cl_pick": "most_cots",
     }
 
 
 def _state_of(recipe: recipes.Recipe, max_tokens: int, choices: dict, rows: dict) -> dict:
     """Widget values that show ``recipe`` (its base filter goes to the sidebar separately)."""
     sel, rule = recipe.selection, recipe.selection.rule
+    control, others = contamination.split_conditions(sel.conditions, with_only=False)  # the drop control's own
     state = {
         "sel_mode": rule.mode, "sel_seed": sel.seed,
         "sel_rv_sources": list(sel.sources.rv), "sel_cd_sources": list(sel.sources.cd),
         "sel_correct_sources": list(sel.sources.correct),
-        **common.conditions_state("sel_", sel.conditions, rows),
+        **problems.contamination_state("sel_", control),
+        **common.conditions_state("sel_", others, rows),
     }
     if isinstance(rule, Thresholds):
         state.update(
@@ -134,6 +144,12 @@ def _state_of(recipe: recipes.Recipe, max_tokens: int, choices: dict, rows: dict
     elif isinstance(rule, TargetSize):
         state.update(sel_tg_n=rule.n, sel_tg_balance=rule.balance, sel_tg_within=rule.within,
                      sel_tg_correct=rule.require_correct)
+    elif isinstance(rule, PerCluster):
+        label = next((k for k, v in choices.items() if v == rule.cluster), None)
+        if label is None:
+            raise ValueError(f"the recipe groups by {rule.cluster.label()}, which this store does not have")
+        state.update(sel_cl_figure=label, sel_cl_unit=rule.unit, sel_cl_spread=rule.spread, sel_cl_m=rule.m,
+                     sel_cl_n=rule.n, sel_cl_pick=rule.pick)
     score = getattr(rule, "score", None)
     if score is not None:
         label = next((k for k, v in choices.items() if v == score.figure), None)
@@ -188,6 +204,44 @@ def _slider_with_histogram(slot, label: str, key: str, lo: int, hi: int):
     return chart, value
 
 
+def _cluster_widgets(controls, choices: dict) -> PerCluster:
+    """The 'Across clusters' mode: group by any problem figure naming a cluster (near-duplicate
+    cluster_id, a map's cluster), at most m per cluster or n spread over them."""
+    clusters = {label: f for label, f in choices.items() if f.level == "problem"}
+    if not clusters:
+        controls.info("No per-problem figure to group by: run the near-duplicate check (Overview) or build a map "
+                      "(Map page), whose clusters then appear here.")
+        st.stop()
+    if st.session_state.get("sel_cl_figure") not in clusters:
+        preferred = [k for k, f in clusters.items() if (f.metric, f.source) == ("cluster_id", "near-duplicates")]
+        preferred += [k for k, f in clusters.items() if f.metric == "cluster"]
+        st.session_state.sel_cl_figure = (preferred or list(clusters))[0]
+    c1, c2, c3, c4 = controls.columns([3, 2, 3, 1])
+    label = c1.selectbox("Clusters from", list(clusters), key="sel_cl_figure",
+                         help="A per-problem figure whose value names a cluster: the near-duplicate stage's "
+                              "cluster_id, a map's cluster. A problem without a value is a cluster of its own.")
+    unit = c2.radio("Count", list(CLUSTER_UNIT_LABELS), format_func=CLUSTER_UNIT_LABELS.get, horizontal=True,
+                    key="sel_cl_unit")
+    spread = c3.radio("Keep", list(CLUSTER_SPREAD_LABELS), format_func=CLUSTER_SPREAD_LABELS.get, horizontal=True,
+                      key="sel_cl_spread")
+    if spread == "cap":
+        m, n = int(c4.number_input("m", 1, 1_000_000, step=1, key="sel_cl_m")), int(st.session_state.sel_cl_n)
+    else:
+        m, n = int(st.session_state.sel_cl_m), int(c4.number_input("n", 0, 100_000_000, step=100, key="sel_cl_n"))
+    pick = controls.radio("Within a cluster, keep those with", list(CLUSTER_PICK_LABELS),
+                          format_func=CLUSTER_PICK_LABELS.get, horizontal=True, key="sel_cl_pick")
+    score = None
+    if pick == "score":
+        score = _score_widgets(choices, controls)
+    elif pick == "random":
+        controls.number_input("Seed", 0, 2**31 - 1, step=1, key="sel_seed")
+    figure = clusters[label]
+    controls.caption("One problem per near-duplicate cluster: count problems, at most 1 per cluster. A kept problem "
+                     "keeps every CoT that passed the conditions; with CoTs counted, a problem ranks its CoTs by the "
+                     "figure (a per-problem figure ranks every CoT of a problem alike).")
+    return PerCluster(figure.metric, figure.source, unit=unit, spread=spread, m=m, n=n, pick=pick, score=score)
+
+
 # ---------------------------------------------------------------------------- the page
 
 st.title("Select")
@@ -233,13 +287,15 @@ with common.guard():
         correct_sources = c3.multiselect("Correctness", cat["correct"], key="sel_correct_sources")
     sources = ScoreSources(tuple(rv_sources), tuple(cd_sources), tuple(correct_sources))
 
+    # dropping contaminated problems is a preset of conditions (one per benchmark), applied with the others
+    contaminated = problems.contamination_widgets(st, "sel_", modes=("all", "drop"), title="Drop contaminated problems")
     n_conditions = len(st.session_state.get("sel_conds", []))
     with st.expander(f"Conditions on figures ({n_conditions})" if n_conditions else "Conditions on figures",
                      expanded=bool(n_conditions)):
         st.caption("Applied first, inside the pool: a CoT that fails a condition is dropped with that condition as "
                    "its reason ('Why dropped' below); the mode then decides among the CoTs that pass them all. "
                    "E.g. a judge's logic ≥ 1 for EasyDistill's ThoughtX recipe.")
-        conditions = common.condition_widgets(st, rows, "sel_")
+        conditions = (*contaminated, *common.condition_widgets(st, rows, "sel_"))
         difficulty_view.select_presets(st, rows, "sel_")  # difficulty bands, a student's failures
     stamp = labels_stamp(stamp, Selection(base=base, sources=sources, conditions=conditions))
 
@@ -327,7 +383,7 @@ with common.guard():
             score = _score_widgets(choices, controls)
             require = controls.checkbox("Only among verified-correct CoTs", key="sel_pp_correct")
         rule = PerProblem(rule=pp_rule, k=int(k), score=score, require_correct=require)
-    else:
+    elif mode == "target":
         c1, c2, c3 = controls.columns([1, 2, 2])
         n = c1.number_input("Target CoTs", 0, 100_000_000, step=100, key="sel_tg_n")
         balance = c2.radio("Keep the mix of", list(BALANCE_LABELS), format_func=BALANCE_LABELS.get, horizontal=True,
@@ -339,6 +395,8 @@ with common.guard():
             score = _score_widgets(choices, controls)
             require = controls.checkbox("Only verified-correct CoTs", key="sel_tg_correct")
         rule = TargetSize(n=int(n), balance=balance, within=within, score=score, require_correct=require)
+    else:
+        rule = _cluster_widgets(controls, choices)
 
     sel = Selection(base=base, rule=rule, sources=sources, seed=int(st.session_state.sel_seed), conditions=conditions)
     st.session_state.current_selection = sel

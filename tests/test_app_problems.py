@@ -61,6 +61,12 @@ def test_overview_counts_each_problem_once_and_shows_contamination(staged):
     near = next(d.value for d in at.dataframe if "in_clusters" in d.value.columns)
     assert dict(zip(near["dataset"], near["in_clusters"]))["aime24_test"] == 30
     assert at.button(key="overview_run_contamination") and at.button(key="overview_run_near_duplicates")
+    # the table counts what the sidebar filter matches: with AIME 2024's problems dropped, none is flagged
+    at.radio(key="f_contam_mode").set_value("drop").run()
+    at.multiselect(key="f_contam_drop").set_value(["aime24"]).run()
+    table = next(d.value for d in at.dataframe if "flagged" in d.value.columns)
+    assert {b: (p, n) for b, p, n in zip(table["benchmark"], table["problems"], table["flagged"])} == {
+        "aime24": (500, 0), "math500": (500, 500)}
 
 
 def test_reader_shows_where_else_the_problem_is_and_opens_it(staged):
@@ -97,3 +103,74 @@ def test_a_store_from_before_these_tables_still_opens(tmp_path, app_store):
     problem_id = store.read_rows("SELECT min(problem_id) FROM problems", db=db)[0][0]
     at = _open("pages/reader.py", reader_problem_id=problem_id, **{f"reader_relations_{problem_id}": True})
     assert any(e.label.startswith("Elsewhere: 0 same, 0 benchmark match(es), 0 near-duplicate(s)") for e in at.expander)
+
+
+# ---------------------------------------------------------------------------- contamination in every page
+
+
+def _cots_without(db: Path, benchmarks: tuple[str, ...]) -> int:
+    """CoTs whose problem no benchmark of ``benchmarks`` flagged, in plain SQL."""
+    return store.read_rows(
+        "SELECT count(*) FROM cots WHERE problem_id NOT IN (SELECT problem_id FROM problem_scores "
+        "WHERE metric IN (SELECT 'contaminated:' || unnest(?::VARCHAR[])))", [list(benchmarks)], db=db)[0][0]
+
+
+def _matching(at: AppTest) -> int:
+    return int(next(m for m in at.metric if m.label == "Matching CoTs").value.replace(",", ""))
+
+
+def test_the_sidebar_drops_contaminated_problems_as_plain_conditions(staged):
+    import json
+
+    from core.figures import conditions_from_json
+
+    at = _open("pages/explore.py")
+    total = store.read_rows("SELECT count(*) FROM cots", db=staged)[0][0]
+    assert _matching(at) == total
+    at.radio(key="f_contam_mode").set_value("drop").run()
+    assert at.multiselect(key="f_contam_drop").value == ["aime24", "math500"]  # every checked benchmark at first
+    at.multiselect(key="f_contam_drop").set_value(["aime24"]).run()
+    assert not at.exception and not at.error
+    expected = _cots_without(staged, ("aime24",))
+    assert _matching(at) == expected and 0 < expected < total
+    # the URL carries ordinary conditions: one 'has no value' per benchmark, nothing else
+    conditions = conditions_from_json(at.query_params["conditions"])
+    assert [c.as_dict() for c in conditions] == [{"level": "problem", "source": "contamination",
+                                                  "metric": "contaminated:aime24", "lo": None, "hi": None, "missing": True}]
+    assert at.session_state["f_conds"] == []  # shown by the contamination control, not as a generic condition
+
+    # the same URL opened afresh shows the control as it was
+    fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    fresh.query_params["conditions"] = json.dumps([c.as_dict() for c in conditions])
+    fresh.run().switch_page("pages/explore.py").run()
+    assert fresh.radio(key="f_contam_mode").value == "drop"
+    assert fresh.multiselect(key="f_contam_drop").value == ["aime24"]
+    assert _matching(fresh) == expected
+
+    # only the contaminated ones: a single 'has a value' condition (or contaminated >= 1 for any)
+    at.radio(key="f_contam_mode").set_value("only").run()
+    at.selectbox(key="f_contam_only").set_value("aime24").run()
+    assert _matching(at) == total - expected
+    at.selectbox(key="f_contam_only").set_value("(any benchmark)").run()
+    flagged_any = store.read_rows("SELECT count(*) FROM cots WHERE problem_id IN (SELECT problem_id FROM problem_scores "
+                                  "WHERE metric = 'contaminated' AND value = 1)", db=staged)[0][0]
+    assert _matching(at) == flagged_any == total  # every run's problem is one of the two benchmarks'
+    at.radio(key="f_contam_mode").set_value("all").run()
+    assert _matching(at) == total and "conditions" not in at.query_params
+
+
+def test_select_drops_the_problems_contaminated_with_the_chosen_benchmarks(staged):
+    at = _open("pages/select.py")
+    at.radio(key="sel_contam_mode").set_value("drop").run()
+    at.multiselect(key="sel_contam_drop").set_value(["math500"]).run()
+    assert not at.exception and not at.error
+    reasons = next(d.value for d in at.dataframe if list(d.value.columns) == ["reason", "cots"])
+    dropped = store.read_rows("SELECT count(*) FROM cots WHERE problem_id IN (SELECT problem_id FROM problem_scores "
+                              "WHERE metric = 'contaminated:math500')", db=staged)[0][0]
+    assert dict(zip(reasons["reason"], reasons["cots"])) == {
+        "contaminated:math500 · contamination (per problem) has a value": dropped}
+    kept = next(m for m in at.metric if m.label == "Kept CoTs").value
+    assert int(kept.replace(",", "")) == _cots_without(staged, ("math500",))
+    # the selection carries the condition, so a recipe (and the manifest) records it
+    sel = at.session_state["current_selection"]
+    assert [c.describe() for c in sel.conditions] == ["contaminated:math500 · contamination (per problem): has no value"]

@@ -271,3 +271,125 @@ def test_options_are_checked():
 def test_unknown_dataset_is_named(db):
     with pytest.raises(ValueError, match="no non-benchmark dataset named nope"):
         run_contamination(db, ContaminationOptions(datasets=("nope",)))
+
+
+def test_counts_and_the_command_take_the_apps_filter(db, capsys):
+    """`contamination --json` counts what the app's filter matches: from its own flags, the app's
+    URL, or a condition; each checked against plain SQL over the per-problem figures."""
+    from urllib.parse import quote
+
+    from core.cli import main
+    from core.queries import CotFilter
+
+    run_contamination(db)
+    model, = store.read_rows("SELECT model FROM cots GROUP BY 1 ORDER BY count(DISTINCT problem_id), 1 LIMIT 1",
+                             db=db)[0]
+    of_model = "(SELECT problem_id FROM cots WHERE model = ?)"
+    problems = store.read_rows(f"SELECT count(*) FROM problems WHERE problem_id IN {of_model}", [model], db=db)[0][0]
+    flagged = dict(store.read_rows(
+        f"SELECT substr(metric, 14), count(*) FROM problem_scores WHERE metric LIKE 'contaminated:%' "
+        f"AND problem_id IN {of_model} GROUP BY 1", [model], db=db))
+    table = contamination.counts(f=CotFilter(models=(model,)), db=db)
+    assert set(table["problems"]) == {problems} and 0 < problems < 530
+    assert {r["benchmark"]: r["flagged"] for r in table.to_dicts() if r["flagged"]} == flagged
+    assert set(table["benchmark"]) == set(BENCHMARKS) and set(table["dataset"]) == {"runs"}
+
+    url = f"http://localhost:8501/overview?datasets=runs&models={quote(model)}"
+    for extra in (["--model", model], ["--filter", url], ["--filter", json.dumps({"models": [model]})]):
+        assert main(["--db", str(db), "contamination", "--no-run", "--json", *extra]) == 0
+        assert json.loads(capsys.readouterr().out) == table.to_dicts()
+
+    # dropping the problems contaminated with aime24, as the sidebar's control does
+    drop = json.dumps({"level": "problem", "source": "contamination", "metric": "contaminated:aime24", "missing": True})
+    assert main(["--db", str(db), "contamination", "--no-run", "--json", "--condition", drop]) == 0
+    printed = {r["benchmark"]: r for r in json.loads(capsys.readouterr().out)}
+    aime_flagged = store.read_rows("SELECT count(*) FROM problem_scores WHERE metric = 'contaminated:aime24'", db=db)[0][0]
+    assert printed["aime24"]["flagged"] == 0 and printed["aime24"]["problems"] == 530 - aime_flagged == 500
+    assert printed["math500"]["flagged"] == 500
+
+
+def test_the_contamination_control_is_plain_conditions_and_reads_back():
+    from core.contamination import ContaminationFilter, benchmark_figure, split_conditions
+    from core.errors import UserError
+    from core.figures import Condition, Figure
+
+    other = Condition(Figure("n_tokens"), hi=100)
+    for control in (ContaminationFilter(), ContaminationFilter("drop", ("aime24", "math500")),
+                    ContaminationFilter("only", ("aime24",)), ContaminationFilter("only")):
+        assert split_conditions((*control.conditions(), other)) == (control, (other,))
+    assert [c.describe() for c in ContaminationFilter("drop", ("aime24",)).conditions()] == [
+        "contaminated:aime24 · contamination (per problem): has no value"]
+    assert [c.describe() for c in ContaminationFilter("only").conditions()] == [
+        "contaminated · contamination (per problem) ≥ 1"]
+    # what the control cannot show stays a plain condition
+    bounded = Condition(benchmark_figure("aime24"), lo=0.5)
+    two_only = (Condition(benchmark_figure("a")), Condition(benchmark_figure("b")))
+    assert split_conditions((bounded,)) == (ContaminationFilter(), (bounded,))
+    assert split_conditions(two_only) == (ContaminationFilter(), two_only)
+    only_a = ContaminationFilter("only", ("a",)).conditions()
+    assert split_conditions(only_a, with_only=False) == (ContaminationFilter(), only_a)
+    with pytest.raises(UserError, match="one benchmark"):
+        ContaminationFilter("only", ("a", "b"))
+
+
+def test_checked_benchmarks_say_which_datasets_were_compared(db, tmp_path):
+    run_contamination(db)
+    later = write_jsonl(tmp_path / "later.jsonl", [{"q": "What is 1 + 1?", "r": "2"}])
+    ingest(str(later), fmt="generic", name="later", db=db, opts=_generic())
+    table = {r["benchmark"]: r for r in contamination.checked_benchmarks(db=db).to_dicts()}
+    flagged = dict(store.read_rows("SELECT benchmark, count(DISTINCT problem_id) FROM contamination_matches "
+                                   "WHERE cot_id IS NULL GROUP BY 1", db=db))
+    assert set(table) == set(BENCHMARKS)
+    assert {b: r["flagged"] for b, r in table.items() if r["flagged"]} == flagged
+    assert all(r["checked"] == ["runs"] and r["unchecked"] == ["later"] for r in table.values())
+
+
+def test_the_export_manifest_lists_the_benchmarks_checked_and_the_problems_dropped_for_each(db, tmp_path):
+    """The sidebar drops AIME 2024's problems, the selection AIME 2025's; a dataset ingested
+    after the check is exported too. The manifest says what was checked against what, what each
+    drop removed, and that MATH500's problems are still in, checked against plain SQL."""
+    from core import export, recipes
+    from core.contamination import ContaminationFilter
+    from core.queries import CotFilter
+    from core.selection import Selection, Thresholds
+
+    run_contamination(db)
+    aime = [json.loads(line)["problem"] for line in open(REALDATA / "benchmarks" / "aime24_test.jsonl")]
+    later = write_jsonl(tmp_path / "later.jsonl", [{"q": aime[0], "r": "7"}, {"q": "What is 2 + 2?", "r": "4"}])
+    ingest(str(later), fmt="generic", name="later", db=db, opts=_generic())
+    base = CotFilter(conditions=ContaminationFilter("drop", ("aime24",)).conditions())
+    sel = Selection(base, Thresholds(), conditions=ContaminationFilter("drop", ("aime25",)).conditions())
+    result = export.export(recipes.Recipe("clean", sel), "jsonl", db=db)
+    section = result.manifest["contamination"]
+
+    def flagged(benchmark: str, where: str = "") -> tuple[int, int]:
+        return store.read_rows(
+            "SELECT count(DISTINCT c.problem_id), count(*) FROM cots c JOIN problem_scores ps USING (problem_id) "
+            f"WHERE ps.metric = 'contaminated:{benchmark}' {where}", db=db)[0]
+
+    not_aime24 = "AND c.problem_id NOT IN (SELECT problem_id FROM problem_scores WHERE metric = 'contaminated:aime24')"
+    aime24 = flagged("aime24")
+    aime25 = flagged("aime25", not_aime24)  # the selection's pool is what the filter matches
+    rows = {r["benchmark"]: r for r in section["benchmarks"]}
+    assert set(rows) == set(BENCHMARKS) and section["checked"]
+    assert all(r["datasets_checked"] == ["runs"] and r["datasets_not_checked"] == ["later"] for r in rows.values())
+    assert rows["aime24"]["dropped"] == {"filter": {"problems": aime24[0], "cots": aime24[1]}} and aime24[0] == 30
+    assert rows["aime25"]["dropped"] == {"selection": {"problems": aime25[0], "cots": aime25[1]}}
+    assert rows["math500"]["dropped"] is None and rows["gsm8k"]["dropped"] is None
+    assert section["dropped_benchmarks"] == ["aime24", "aime25"]
+    assert section["problems_dropped"] == {"filter": {"problems": aime24[0], "cots": aime24[1]},
+                                           "selection": {"problems": aime25[0], "cots": aime25[1]}}
+    assert section["options"]["n"] == 8 and section["options"]["min_overlap"] == 0.2
+    # what was exported: every CoT not flagged with a dropped benchmark, 'later' whole (not checked,
+    # so its AIME copy is in); MATH500's 500 problems are exported and the manifest says so
+    exported = {json.loads(line)["cot_id"] for line in open(result.path)}
+    expected = {r[0] for r in store.read_rows(
+        "SELECT cot_id FROM cots WHERE problem_id NOT IN (SELECT problem_id FROM problem_scores "
+        "WHERE metric IN ('contaminated:aime24', 'contaminated:aime25'))", db=db)}
+    assert exported == expected and len(exported) == result.manifest["counts"]["rows"]
+    assert {b: r["exported_problems_flagged"] for b, r in rows.items()} == {
+        "aime24": 0, "aime25": 0, "math500": 500, "gsm8k": flagged("gsm8k", not_aime24)[0]}
+    said = contamination.describe_export(section)
+    assert ("info", f"aime24: 30 problems ({aime24[1]:,} CoTs) dropped by the filter.") in said
+    assert ("warning", "Exported problems flagged as contaminated: math500 (500).") in said
+    assert ("warning", "Not (completely) checked for contamination: later.") in said

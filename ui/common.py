@@ -8,6 +8,8 @@ reflection markers, RV / CD (only where the store has them), truncation, text se
 columns, every (source, metric) of scores and problem_scores), a range or "has a value" / "has
 no value". Every numeric filter is a slider with typed bounds under it (range_input). A stage
 that writes its figures under a score source appears in the picker with no change here.
+"Benchmark contamination" (ui.problems.contamination_widgets, also on Select) reads better than
+those conditions and makes the same ones (core.contamination.ContaminationFilter).
 """
 
 from __future__ import annotations
@@ -350,6 +352,10 @@ def _initial_state(start: CotFilter, cat: dict, rows: dict[Figure, dict]) -> dic
 
     correct = start.correct_source if start.correct_source in (_OWN, *cat["correct"]) else (
         _OWN if cat["correct"] else _NONE)
+    from core import contamination
+    from ui import problems
+
+    control, others = contamination.split_conditions(start.conditions)  # the contamination control's own
     state = {
         "f_datasets": [d for d in start.datasets if d in cat["datasets"]],
         "f_models": [m for m in start.models if m in cat["models"]],
@@ -360,7 +366,8 @@ def _initial_state(start: CotFilter, cat: dict, rows: dict[Figure, dict]) -> dic
         "f_correct": start.correct,
         "f_truncated": _TRUNC[start.truncated],
         "f_text": start.text,
-        **conditions_state("f_", start.conditions, rows),
+        **problems.contamination_state("f_", control),
+        **conditions_state("f_", others, rows),
     }
     state.update(range_state("f_rv", tuple(int(v) for v in (start.rv_range or (0, 9)))))
     state.update(range_state("f_cd", tuple(int(v) for v in (start.cd_range or (0, 9)))))
@@ -426,10 +433,13 @@ def sidebar_filter() -> CotFilter:
             cd = range_input(st, "Cognitive Difficulty", "f_cd", 0, 9, disabled=cd_source == _NONE)
     trunc_choice = sb.selectbox("Truncated", list(_TRUNC.values()), key="f_truncated")
     text = sb.text_input("Search question and CoT text", key="f_text")
+    from ui import problems
+
+    contaminated = problems.contamination_widgets(sb, "f_")
     n_conditions = len(st.session_state.get("f_conds", []))
     with sb.expander(f"Filters on figures ({n_conditions})" if n_conditions else "Filters on figures",
                      expanded=bool(n_conditions)):
-        conditions = condition_widgets(st, rows, "f_")
+        conditions = (*contaminated, *condition_widgets(st, rows, "f_"))
     has = {name: value != _NONE for name, value in (("rv", rv_source), ("cd", cd_source), ("correct", correct_source))}
     current = CotFilter(
         datasets=tuple(ds), models=tuple(models), benchmarks=tuple(benchmarks),
