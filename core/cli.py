@@ -7,7 +7,7 @@
     python -m core map [--model M] [--device cuda] [--clusters K] [--json]
     python -m core keys|contamination|near-duplicates ...   (see core/problems_cli.py)
     python -m core jobs [--json]
-    python -m core tokens|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
+    python -m core tokens|markers|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
     python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
     python -m core split-steps [--unit sentence|paragraph] [--from-source S]
     python -m core steps [--json] [--source S [--source S2]]
@@ -68,6 +68,12 @@ def _finish_stages(args, dataset_id: int, update) -> list[str]:
         counted = count_tokens_stage(db=args.db, tokenizer=args.tokenizer, dataset_id=dataset_id, progress=update)
         if counted["cots"]:
             done.append(f"counted the tokens of {counted['cots']:,} CoTs")
+    # reflection markers counted with an older marker set are recounted; densities published
+    from core import markers
+
+    marked = markers.run(db=args.db, dataset_id=dataset_id, progress=update)
+    if marked["recounted"]:
+        done.append(f"recounted the reflection markers of {marked['recounted']:,} CoTs")
     return done
 
 

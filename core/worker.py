@@ -219,6 +219,9 @@ def ingest_job(params: dict[str, Any], ctx: JobContext) -> dict:
             dataset_id=result.dataset_id, progress=ctx.progress,
         )
         ctx.log(f"counted tokens of {outcome['tokens']['cots']:,} CoTs")
+    from core import markers  # recount what an older marker set counted; publish the densities
+
+    outcome["markers"] = markers.run(db=ctx.db, dataset_id=result.dataset_id, progress=ctx.progress)
     if params.get("index", True):
         from core.search import build_quietly
 
@@ -243,6 +246,9 @@ def tokens_job(opts, ctx) -> dict:
     result = count_tokens_stage(db=ctx.db, tokenizer=opts.tokenizer, dataset_id=opts.dataset_id, recount=opts.recount,
                                 batch_cots=opts.batch_cots, progress=ctx.progress)
     ctx.log(f"counted {result['cots']:,} CoTs, {result['tokens']:,} tokens")
+    from core.markers import publish_density  # reflection markers per 1,000 of the new counts
+
+    result.update(publish_density(db=ctx.db, dataset_id=opts.dataset_id))
     return result
 
 

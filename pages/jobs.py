@@ -207,6 +207,10 @@ def _count_forms() -> None:
         options_form("verify", fields=(), title="**Verify answers**", submit="Start verification",
                      caption="Checks each CoT's final answer against its problem's reference answer with math-verify "
                              "(source 'math-verify'); CoTs already verified are skipped.")
+    options_form("markers", fields=("markers",), title="**Reflection markers**", submit="Recount reflection markers",
+                 caption="Recounts the CoTs counted with another marker set (an older store, or another file), each "
+                         "occurrence once under its longest phrase, then publishes reflections per 1,000 tokens "
+                         "(figure 'reflections_per_1k_tokens · reflection markers'). Resumable.")
 
 
 def _job_card(job: dict) -> None:
