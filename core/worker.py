@@ -242,9 +242,11 @@ def tokens_job(opts, ctx) -> dict:
             f"The tokenizer '{opts.tokenizer}' could not be loaded ({type(exc).__name__}: {exc}); give a Hugging Face "
             "hub id (needs the network the first time), a folder with tokenizer.json, or the default"
         ) from exc
-    ctx.log(f"counting tokens with {opts.tokenizer}" + (" (recount)" if opts.recount else ""))
+    ctx.log("counting tokens with each model's own tokenizer where known, else " + opts.tokenizer if opts.per_model
+            else f"counting tokens with {opts.tokenizer}" + (" (recount)" if opts.recount else ""))
     result = count_tokens_stage(db=ctx.db, tokenizer=opts.tokenizer, dataset_id=opts.dataset_id, recount=opts.recount,
-                                batch_cots=opts.batch_cots, progress=ctx.progress)
+                                batch_cots=opts.batch_cots, progress=ctx.progress, per_model=opts.per_model,
+                                tokenizer_map=opts.tokenizer_map, log=ctx.log)
     ctx.log(f"counted {result['cots']:,} CoTs, {result['tokens']:,} tokens")
     from core.markers import publish_density  # reflection markers per 1,000 of the new counts
 
