@@ -19,7 +19,7 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import recipes, selection
+from core import queries, recipes, selection, tokens
 from core.figures import Figure
 from core.selection import CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds
 from ui import common
@@ -75,6 +75,13 @@ def cached_dropped(selection_key: str, db: str, stamp, sort_by: str, descending:
 def cached_compare(key: str, db: str, stamp, _a: recipes.Recipe, _b: recipes.Recipe) -> pl.DataFrame:
     del key, db, stamp
     return recipes.compare(_a, _b)
+
+
+@st.cache_data(ttl=600, max_entries=16, show_spinner=False)
+def cached_tokenizers(filter_key: str, db: str, stamp, _base) -> dict:
+    """Which tokenizers the pool's token counts come from (core.queries.tokenizers)."""
+    del filter_key, db, stamp
+    return queries.tokenizers(_base)
 
 
 def score_choices(stamp: tuple[float, float]) -> dict[str, Figure]:
@@ -231,6 +238,12 @@ with common.guard():
                    "E.g. a judge's logic ≥ 1 for EasyDistill's ThoughtX recipe.")
         conditions = common.condition_widgets(st, rows, "sel_")
 
+    pool_tokenizers = cached_tokenizers(repr(base), db, stamp, base)
+    unit = tokens.token_unit(pool_tokenizers)
+    if tokens.mixed_tokenizers_note(pool_tokenizers):
+        st.warning(tokens.mixed_tokenizers_note(pool_tokenizers) + " A token range or the shortest CoT compares "
+                   "counts across them; narrow the filter to one tokenizer's datasets or models first.")
+
     mode = st.radio("Mode", list(MODES), format_func=MODES.get, horizontal=True, key="sel_mode")
     # the modes that rank by no score read the pool first, so they show only the controls for
     # metrics the pool has values of (the pool does not depend on their settings)
@@ -255,8 +268,8 @@ with common.guard():
         if "cd" in slots:
             histogram_slots["cd"], cd = _slider_with_histogram(slots["cd"], "Cognitive Difficulty", "sel_cd_range", 0, 9)
         if "n_tokens" in slots:
-            histogram_slots["n_tokens"], tok = _slider_with_histogram(slots["n_tokens"], "Tokens", "sel_tokens_range", 0,
-                                                                      max_tokens)
+            histogram_slots["n_tokens"], tok = _slider_with_histogram(slots["n_tokens"], unit[0].upper() + unit[1:],
+                                                                      "sel_tokens_range", 0, max_tokens)
         missing = [name for name, column in (("RV", "rv"), ("CD", "cd"), ("token counts", "n_tokens")) if not known[column]]
         if missing:
             controls.caption(f"No CoT of the pool has {' or '.join(missing)} from the chosen sources, so "
@@ -347,7 +360,7 @@ with common.guard():
 
     # histograms above the sliders (or below the controls), kept against dropped, cut marked;
     # none for a metric no CoT of the pool has
-    titles = {"rv": "RV", "cd": "CD", "n_tokens": "tokens"}
+    titles = {"rv": "RV", "cd": "CD", "n_tokens": unit}
     present = [c for c in titles if report.missing[c] < report.pool_cots]
     if not histogram_slots and present:
         histogram_slots = dict(zip(present, st.columns(len(present))))
