@@ -11,6 +11,8 @@
     python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
     python -m core split-steps [--unit sentence|paragraph] [--from-source S]
     python -m core steps [--json] [--source S [--source S2]]
+    python -m core select --recipe NAME_OR_FILE [--json]   (core/select_cli.py)
+    python -m core export --recipe NAME_OR_FILE --format jsonl|parquet|trl|sharegpt|alpaca --out PATH
 
 The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb. The job-kind commands
 run the job's own runner in this process with a progress bar, their flags generated from the
@@ -333,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     from core import step_stats
 
     step_stats.add_cli(sub)  # steps [--json], split-steps
+
+    from core import select_cli
+
+    select_cli.add_cli(sub)  # select, export
 
     p = sub.add_parser("jobs", help="list background jobs and their state")
     p.add_argument("--json", action="store_true")
