@@ -39,6 +39,9 @@ __all__ = [
     "pass_rate_scatter",
     "budget_label",
     "max_samples_per_problem",
+    "tokenizers_of",
+    "tokens_name",
+    "group_columns",
 ]
 
 #: The columns accuracy tables are grouped by, as in ``python -m core summary``.
@@ -81,6 +84,30 @@ def label_generated(df: pl.DataFrame, generated_names: Sequence[str]) -> pl.Data
         .otherwise(pl.col("dataset"))
         .alias("dataset")
     )
+
+
+def tokenizers_of(df: pl.DataFrame) -> dict[str | None, int]:
+    """CoTs with a token count per tokenizer in a metric frame (``tokenizer`` column), largest
+    first; {} when the frame has no such column or no count."""
+    if "tokenizer" not in df.columns or "n_tokens" not in df.columns:
+        return {}
+    counted = df.filter(pl.col("n_tokens").is_not_null()).group_by("tokenizer").len().sort(["len", "tokenizer"],
+                                                                                          descending=[True, False])
+    return dict(zip(counted["tokenizer"].to_list(), counted["len"].to_list()))
+
+
+def tokens_name(df: pl.DataFrame) -> str:
+    """The token unit of a frame's counts, for axis titles: 'tokens (SmolLM2-135M-Instruct)'
+    (core.tokens.token_unit)."""
+    from core.tokens import token_unit
+
+    return token_unit(tokenizers_of(df))
+
+
+def group_columns(df: pl.DataFrame, cols: Sequence[str] = GROUP_COLUMNS) -> tuple[str, ...]:
+    """``cols``, plus ``tokenizer`` when the frame's token counts come from several tokenizers:
+    figures over token counts are then computed per tokenizer, never pooled across them."""
+    return (*cols, "tokenizer") if len(tokenizers_of(df)) > 1 else tuple(cols)
 
 
 def budget_label(tokens: int) -> str:
@@ -355,11 +382,13 @@ def _legend(entries: int) -> dict:
     return {"orientation": "v", "font": {"size": 10}}
 
 
-def budget_figure(acc: pl.DataFrame, *, n_cots: int, group_cols: Sequence[str] = GROUP_COLUMNS) -> go.Figure:
+def budget_figure(acc: pl.DataFrame, *, n_cots: int, group_cols: Sequence[str] = GROUP_COLUMNS,
+                  tokens: str = "tokens") -> go.Figure:
     """Accuracy (left) and truncation rate (right) at each token budget, one line per group.
 
     ``acc`` is ``metrics.accuracy_at_budgets``. The x axes are logarithmic with a tick at each
-    budget (2k, 4k, ... are equally spaced, i.e. a log2 scale).
+    budget (2k, 4k, ... are equally spaced, i.e. a log2 scale). ``tokens`` names the unit
+    (tokens_name: the tokenizer the counts come from).
     """
     cols = [c for c in group_cols if c in acc.columns]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy", "Truncation rate"), horizontal_spacing=0.08)
@@ -383,7 +412,7 @@ def budget_figure(acc: pl.DataFrame, *, n_cots: int, group_cols: Sequence[str] =
             ), row=1, col=col_idx)
     ticks = sorted(set(acc["budget"].to_list())) if acc.height else []
     fig.update_xaxes(type="log", tickmode="array", tickvals=ticks, ticktext=[budget_label(t) for t in ticks],
-                     title_text="token budget (log2 scale)")
+                     title_text=f"budget in {tokens} (log2 scale)")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     note = "a CoT longer than the budget counts as wrong and truncated"
     if excluded:
@@ -454,7 +483,8 @@ def mean_pass_at_k_figure(mp: pl.DataFrame, *, n_cots: int, k: int, group_cols: 
 
 
 def pass_rate_scatter(
-    pr: pl.DataFrame, *, n_cots: int, group_cols: Sequence[str] = GROUP_COLUMNS, log_x: bool = True
+    pr: pl.DataFrame, *, n_cots: int, group_cols: Sequence[str] = GROUP_COLUMNS, log_x: bool = True,
+    tokens: str = "tokens",
 ) -> go.Figure:
     """Per problem and group: mean token length (x) against pass rate (y), from
     ``metrics.problem_pass_rates``; problems with no judged sample or no length are left out.
@@ -464,7 +494,7 @@ def pass_rate_scatter(
     cols = [c for c in group_cols if c in pr.columns]
     usable = pr.filter(pl.col("pass_rate").is_not_null() & pl.col("mean_tokens").is_not_null())
     if usable.height > SCATTER_POINT_LIMIT:
-        return _pass_rate_density(usable, n_cots=n_cots, left_out=pr.height - usable.height, log_x=log_x)
+        return _pass_rate_density(usable, n_cots=n_cots, left_out=pr.height - usable.height, log_x=log_x, tokens=tokens)
     fig = go.Figure()
     groups = usable.select(cols).unique(maintain_order=True) if cols else pl.DataFrame()
     labels = group_labels(groups, cols) if cols else ["all"]
@@ -489,7 +519,7 @@ def pass_rate_scatter(
         note += "; problems with 0 mean tokens sit off the log axis"
     fig.update_layout(
         title=_title("Per-problem pass rate against mean length", n_cots, note),
-        xaxis={"title": "mean tokens per CoT of the problem", "type": "log" if log_x else "linear"},
+        xaxis={"title": f"mean {tokens} per CoT of the problem", "type": "log" if log_x else "linear"},
         yaxis={"title": "pass rate", "tickformat": ".0%", "range": [-0.05, 1.05]},
         height=480 + (9 * len(labels) if len(labels) > 8 else 0), margin={"t": 90}, legend=_legend(len(labels)),
     )
@@ -499,7 +529,7 @@ def pass_rate_scatter(
 
 
 def _pass_rate_density(usable: pl.DataFrame, *, n_cots: int, left_out: int, log_x: bool,
-                       x_bins: int = 60, y_bins: int = 20) -> go.Figure:
+                       x_bins: int = 60, y_bins: int = 20, tokens: str = "tokens") -> go.Figure:
     """Counts of problem × group points in (mean tokens, pass rate) bins: the scatter for data
     too large to draw point by point."""
     x = usable["mean_tokens"].to_numpy()
@@ -527,15 +557,19 @@ def _pass_rate_density(usable: pl.DataFrame, *, n_cots: int, left_out: int, log_
         note += f"; {off_axis:,} with 0 mean tokens off the log axis"
     fig.update_layout(
         title=_title("Per-problem pass rate against mean length", n_cots, note),
-        xaxis={"title": "mean tokens per CoT of the problem", "type": "log" if log_x else "linear"},
+        xaxis={"title": f"mean {tokens} per CoT of the problem", "type": "log" if log_x else "linear"},
         yaxis={"title": "pass rate", "tickformat": ".0%"}, height=480, margin={"t": 90},
     )
     return inert_figure(fig)
 
 
 def max_samples_per_problem(df: pl.DataFrame, group_cols: Sequence[str] = GROUP_COLUMNS) -> int:
-    """The most CoTs any one problem has within one group: the largest k Mean@k can use."""
+    """The most CoTs with a known verdict any one problem has within one group: the largest k
+    Mean@k and Pass@k can use (they count only samples whose correctness is known, as
+    ``metrics.mean_and_pass_at_k`` does)."""
     cols = [c for c in group_cols if c in df.columns]
+    if "correct" in df.columns:
+        df = df.filter(metrics._correct_bool(df).is_not_null())
     if df.height == 0:
         return 0
     return int(df.group_by([*cols, "problem_id"]).len()["len"].max())

@@ -6,12 +6,14 @@
     python -m core index [--path DIR] [--json]
     python -m core problems [--json] [--filter QUERY] [--dataset D] [--condition JSON]   (core/difficulty.py)
     python -m core jobs [--json]
-    python -m core tokens|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
+    python -m core tokens|markers|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
     python -m core keys|contamination|near-duplicates|map [--flags]  (job kinds too; core/problems_cli.py)
     python -m core split-steps [--unit sentence|paragraph] [--from-source S]   (the job kind 'steps')
     python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
     python -m core steps [--json] [--source S [--source S2]]
     python -m core labels export|import|summary   (core/labels_cli.py)
+    python -m core select --recipe NAME_OR_FILE [--json]   (core/select_cli.py)
+    python -m core export --recipe NAME_OR_FILE --format jsonl|parquet|trl|sharegpt|alpaca --out PATH
 
 The store is --db, else $THOUGHTSCOPE_DB, else data/thoughtscope.duckdb. The job-kind commands
 run the job's own runner in this process with a progress bar, their flags generated from the
@@ -70,6 +72,12 @@ def _finish_stages(args, dataset_id: int, update) -> list[str]:
         counted = count_tokens_stage(db=args.db, tokenizer=args.tokenizer, dataset_id=dataset_id, progress=update)
         if counted["cots"]:
             done.append(f"counted the tokens of {counted['cots']:,} CoTs")
+    # reflection markers counted with an older marker set are recounted; densities published
+    from core import markers
+
+    marked = markers.run(db=args.db, dataset_id=dataset_id, progress=update)
+    if marked["recounted"]:
+        done.append(f"recounted the reflection markers of {marked['recounted']:,} CoTs")
     return done
 
 
@@ -302,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     from core import step_stats
 
     step_stats.add_cli(sub)  # steps [--json]: statistics, not a job
+
+    from core import select_cli
+
+    select_cli.add_cli(sub)  # select, export
 
     p = sub.add_parser("jobs", help="list background jobs and their state")
     p.add_argument("--json", action="store_true")

@@ -6,7 +6,8 @@
 k samples per problem under a max-new-token budget, generated through core.generation (vLLM
 on GPU, transformers on CPU). The generations are appended to a JSONL batch by batch (a killed
 or cancelled run resumes without redoing them; a cancel stops the batch's generation within a
-decoding step), then ingested as a new dataset with math-verify correctness and token counts,
+decoding step), then ingested as a new dataset with math-verify correctness and token counts (with the
+evaluated model's own tokenizer, so its lengths are in the tokens its budget counts),
 so the Distributions page compares base and tuned models side by side.
 """
 
@@ -209,7 +210,11 @@ def evaluate(
         progress=progress,
     )
     verify_stage(db=db, dataset_id=result.dataset_id, progress=progress)
-    count_tokens_stage(db=db, dataset_id=result.dataset_id, progress=progress)
+    # counted with the evaluated model's own tokenizer (its budget is in those tokens)
+    count_tokens_stage(db=db, dataset_id=result.dataset_id, tokenizer=opts.model, progress=progress)
+    from core.markers import publish_density
+
+    publish_density(db=db, dataset_id=result.dataset_id)
     rows = summary(db=db).filter(pl.col("dataset") == result.name).to_dicts()
     accuracy = rows[0].get(f"acc[{VERIFY_SOURCE}]") if len(rows) == 1 else None
     outcome = {

@@ -246,12 +246,14 @@ def export(
     *,
     thinking: str = "think_tags",
     out_dir: str | os.PathLike | None = None,
+    out_path: str | os.PathLike | None = None,
     batch_size: int = BATCH_ROWS,
     db=None,
     progress: ProgressFn | None = None,
 ) -> ExportResult:
     """Write the CoTs ``what`` keeps to ``out_dir`` (default data/exports) in ``fmt`` and a
-    manifest beside them; returns where they are and the manifest."""
+    manifest beside them; returns where they are and the manifest. ``out_path`` names the file
+    itself instead (the command line's --out); an existing file there is refused."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     response_expr(thinking)  # validates the style
@@ -270,10 +272,17 @@ def export(
     else:
         numbers = _filter_numbers(sel, db=db)
 
-    out = Path(out_dir) if out_dir is not None else exports_dir()
-    out.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc)
-    target = _target_path(out, name, fmt, now)
+    if out_path is not None:
+        target = Path(out_path).absolute()
+        if target.exists() or target.with_name(target.name + ".manifest.json").exists():
+            raise ExportError(f"{target} (or its manifest) already exists; remove it or choose another path")
+        out = target.parent
+    else:
+        out = Path(out_dir) if out_dir is not None else exports_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    if out_path is None:
+        target = _target_path(out, name, fmt, now)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".part", dir=out)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core import identity, store
+from core.markers import markers_hash
 from core.formats import (
     MERGING_FORMATS,
     ReadOptions,
@@ -386,7 +387,8 @@ def ingest(
     bad: list[IngestError] = []
     try:
         t1 = time.perf_counter()
-        stager = _Stager(staging, dataset_id, MarkerCounter(load_markers(markers_path)))
+        markers = load_markers(markers_path)
+        stager = _Stager(staging, dataset_id, MarkerCounter(markers))
         for n, item in enumerate(read_records(source, fmt, opts), start=1):
             if isinstance(item, ProblemRecord):
                 try:
@@ -409,6 +411,9 @@ def ingest(
             con.execute("BEGIN")
             for model, bench, metric, value in run_metrics_of(source, fmt, opts):
                 con.execute("INSERT INTO run_metrics VALUES (?, ?, ?, ?, ?)", [dataset_id, model, bench, metric, value])
+            # which marker set counted it (core.markers recounts a dataset counted with another)
+            con.execute("INSERT INTO marker_counts VALUES (?, ?, ?, true)",
+                        [dataset_id, markers_hash(markers), stager.base + (1 << 31) + stager.n_cots - 1])
             con.execute(
                 "UPDATE datasets SET status = 'ready', n_problems = ?, n_cots = ? WHERE dataset_id = ?",
                 [len(stager.problems), stager.n_cots, dataset_id],

@@ -50,6 +50,7 @@ from core.finetune import FinetuneOptions
 from core.identity import KeyOptions
 from core.judge import JudgeOptions, ScoreTarget
 from core.judge_ray import RayOptions
+from core.markers import MarkersOptions
 from core.neardup import NearDupOptions
 from core.options import from_params, param_names
 from core.problem_map import MapOptions
@@ -131,6 +132,8 @@ register(JobKind("ingest", "core.worker:ingest_job",
                  help="ingest a file, a folder or a hub id as a new dataset, then verify, count tokens, index"))
 register(JobKind("tokens", "core.worker:tokens_job", options=(TokensOptions,), command=True,
                  help="count tokens of CoTs without a count (resumable)"))
+register(JobKind("markers", "core.markers:markers_job", options=(MarkersOptions,), command=True,
+                 help="recount reflection markers counted with another marker set; publish their density per 1,000 tokens (resumable)"))
 register(JobKind("verify", "core.worker:verify_job", options=(VerifyOptions,), command=True,
                  help="check answers against reference answers with math-verify (resumable)"))
 register(JobKind("score", "core.worker:score_job", options=(ScoreTarget, JudgeOptions, RayOptions), command=True,

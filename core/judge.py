@@ -269,7 +269,8 @@ class JudgeOptions:
     temperature: float = option(0.0, help="0 decodes greedily (the published recipe)")
     guided: bool = option(False, help="vllm only: constrain the answer to <score>N</score>")
     fusion_alpha: float | None = option(None, label="Length-fusion alpha",
-                                        help="also write rv_fused = alpha*judge + (1-alpha)*9*length quantile")
+                                        help="also write rv_fused = alpha*judge + (1-alpha)*9*length quantile "
+                                             "(our reconstruction of the paper's blend)")
     fusion_normalisation: str = option("quantile", choices=NORMALISATIONS, help="how rv_fused normalises the length")
     source_name: str | None = option(None, help="score source name; run again with the same name to resume")
 
@@ -379,7 +380,11 @@ class ScoreRun:
 
 @dataclass(frozen=True)
 class LengthFusion:
-    """RV blended with length: ``alpha * judge + (1 - alpha) * 9 * norm(n_tokens)``.
+    """RV blended with length: ``alpha * judge + (1 - alpha) * 9 * norm(n_tokens)``, metric
+    ``rv_fused``: *this project's reconstruction*. The OmniThought paper blends the judge's RV
+    with a normalised token length at alpha = 0.5 (as a secondary source reports) but does not
+    publish the normalisation; both normalisations here are ours, and EasyDistill's own code uses
+    the judge's score alone.
 
     ``normalisation`` is "quantile" (mid-rank quantile of the token count among the CoTs this
     source scored: ties share a rank, a single CoT gets 0.5) or "minmax" ((n - min) / (max - min),

@@ -240,7 +240,7 @@ def matching_sql(f: CotFilter, *, text_columns: bool = False, db=None) -> tuple[
     params: list = []
     select = (
         "SELECT c.cot_id, c.problem_id, c.dataset_id, d.name AS dataset, d.generated, c.model, "
-        "p.benchmark, c.sample_idx, c.n_tokens, c.n_chars, c.n_paragraphs, c.n_reflections, "
+        "p.benchmark, c.sample_idx, c.n_tokens, c.tokenizer, c.n_chars, c.n_paragraphs, c.n_reflections, "
         "c.truncated, c.answer"
     )
     joins = ""
@@ -455,12 +455,21 @@ def page(
 
 
 def metric_frame(f: CotFilter, *, db=None) -> pl.DataFrame:
-    """Every matching CoT's numbers (no text) for the metrics in core.metrics."""
+    """Every matching CoT's numbers (no text) for the metrics in core.metrics, with the
+    tokenizer each token count came from."""
     sql, params = matching_sql(f, db=db)
     return store.read_df(
-        f"SELECT cot_id, problem_id, dataset, model, benchmark, n_tokens, n_reflections, "
+        f"SELECT cot_id, problem_id, dataset, model, benchmark, n_tokens, tokenizer, n_reflections, "
         f"truncated, rv, cd, correct FROM ({sql})", params, db=db,
     )
+
+
+def tokenizers(f: CotFilter, *, db=None) -> dict[str | None, int]:
+    """CoTs with a token count per tokenizer among those ``f`` matches, largest first: what a
+    token axis over them must name (core.tokens.token_unit), and whether they mix tokenizers."""
+    sql, params = matching_sql(_scores_only_shown(f) or f, db=db)
+    return dict(store.read_rows(
+        f"SELECT tokenizer, count(*) FROM ({sql}) WHERE n_tokens IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1", params, db=db))
 
 
 def neighbours(f: CotFilter, problem_id: int, *, db=None) -> tuple[int | None, int | None]:

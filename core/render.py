@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
+from core.text import phrase_pattern
+
 # ---------------------------------------------------------------------------- tokenising
 
 # What can start a math or code segment: a backtick run, a dollar run, a backslash (for
@@ -296,11 +298,11 @@ def _marker_phrases(markers: Mapping[str, Iterable[str]] | Iterable[str]) -> tup
 
 @lru_cache(maxsize=32)
 def _marker_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One pattern for all phrases, longest first so "but wait" wins over "wait"; a space in
-    a phrase matches any whitespace run, as in core.text.MarkerCounter."""
+    """One pattern for all phrases, longest first so "but wait" wins over "wait"; each phrase
+    read as core.text.MarkerCounter reads it (core.text.phrase_pattern)."""
     if not phrases:
         return None
-    alternatives = sorted((r"\s+".join(re.escape(w) for w in p.split()) for p in phrases), key=len, reverse=True)
+    alternatives = sorted((phrase_pattern(p) for p in phrases), key=len, reverse=True)
     return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
 
 

@@ -16,8 +16,19 @@ The rules:
 * :class:`Thresholds` -- RV range, CD range, token range, correctness required. EasyDistill's
   ThoughtX recipe is 3 <= RV <= 5, one CD level, and the judge's logical correctness = 1: a
   Thresholds rule plus the condition ``Condition(Figure("logic", judge_source), lo=1)``;
-* :class:`CapacityMatched` -- the OmniThought paper's selection: per problem, draw ``k`` CoTs
-  with weight ``w = exp(-lambda * max(0, CD - C) - beta * |CD - RV|)`` without replacement;
+* :class:`CapacityMatched` -- after the OmniThought paper's selection, *in this project's
+  reconstruction*: the paper says only that CoTs with CD at or below the student's capacity are
+  equally likely, that the probability falls as CD exceeds it, and that a |CD - RV| mismatch is
+  penalised; its formula is not readable in any source we have. Here per problem ``k`` CoTs
+  are drawn with weight ``w = exp(-lambda * max(0, CD - C) - beta * |CD - RV|)`` (the
+  exponential form and lambda are ours) without replacement, weights relative within the
+  problem; or, with ``weights="absolute"``, each CoT is accepted with probability ``w`` on its
+  own, so a problem whose CoTs all lie far above C can give none;
+* :class:`RvCdMix` -- EasyDistill 2.0's RV/CD mixer (``CoTRVCDMixer``, the one published
+  recipe whose code can be checked), reimplemented from its documented behaviour: CD binned at
+  edges [0, 3, 6, 10], an RV target per bin (``matched``: rising with the bin), and in each bin
+  the CoTs closest to the target, at most ``samples_per_bin`` of them, among the logically
+  correct ones;
 * :class:`PerProblem` -- shortest correct CoT, top-k by a score, or every correct CoT;
 * :class:`TargetSize` -- about N CoTs, split across models (or datasets) in the pool's
   proportions, keeping within each group the shortest correct or the best by a score;
@@ -32,8 +43,13 @@ Everything runs in DuckDB SQL over the *pool* (ids and numbers of the matching C
 their text; no Python loop over rows): :func:`decide` gives one row per pool CoT with ``kept``
 and, for a dropped one, the ``reason``; :func:`summarize` turns that into counts and shares per
 model, dataset and CD level, drop reasons and slider histograms. Sampling is reproducible
-across runs, machines and DuckDB versions: each CoT's uniform number is plain integer
-arithmetic on ``(seed, cot_id)`` (see :func:`uniform`).
+across runs, machines, DuckDB versions *and stores*: each CoT's uniform number is plain integer
+arithmetic on the seed and the CoT's *content identity* (:func:`draw_key`: an MD5 of its
+dataset's content hash, its problem's own key, its model and its sample index), not on its
+``cot_id``, which depends on the order datasets entered the store; so the same file and seed
+select the same CoTs in any store (see :func:`uniform`). Recipes saved before this (format
+versions 1 and 2) keep drawing on ``cot_id`` (``Selection.draw = "cot_id"``), so they keep
+their CoTs.
 
     >>> from core.queries import CotFilter
     >>> from core.figures import Condition, Figure
@@ -180,24 +196,46 @@ class Thresholds:
         object.__setattr__(self, "tokens_range", _int_range(self.tokens_range))
 
 
-# Student capacity presets: the paper's best CD centres (Qwen2.5-7B/32B-Instruct), beta = 0.5.
+# Student capacity presets. The paper reports the CD centre that trained each student best (5 for
+# Qwen2.5-7B-Instruct, 7 for Qwen2.5-32B-Instruct; beta = 0.5); this project uses that centre as
+# the capacity C, the CD above which the weight falls. That use is ours, not the paper's.
 CAPACITY_PRESETS: dict[str, float] = {"7B": 5.0, "32B": 7.0}
 
+# This project's reconstruction of the paper's capacity-matched weight (the paper's own formula
+# is an image no source reproduces): the exponential form and lambda are ours.
 CAPACITY_FORMULA = (
     r"w_i = \exp\!\Big(-\lambda\,\max\big(0,\ \mathrm{CD}_i - C\big)"
     r" \;-\; \beta\,\big|\mathrm{CD}_i - \mathrm{RV}_i\big|\Big),"
     r"\qquad \text{keep the } k \text{ CoTs of each problem with the largest } u_i^{1/w_i}"
 )
+CAPACITY_FORMULA_ABSOLUTE = (
+    r"w_i = \exp\!\Big(-\lambda\,\max\big(0,\ \mathrm{CD}_i - C\big)"
+    r" \;-\; \beta\,\big|\mathrm{CD}_i - \mathrm{RV}_i\big|\Big),"
+    r"\qquad \text{accept CoT } i \text{ if } u_i < w_i \text{; keep at most } k \text{ accepted per problem}"
+)
+CAPACITY_WEIGHTS = ("relative", "absolute")
 
 
 @dataclass(frozen=True)
 class CapacityMatched:
-    """OmniThought's capacity-matched selection: per problem, ``k`` CoTs drawn without
-    replacement with probability proportional to ``w`` (CAPACITY_FORMULA): every CoT with
+    """Capacity-matched selection after the OmniThought paper, in this project's
+    reconstruction (CAPACITY_FORMULA; the paper's formula is not public): every CoT with
     CD <= C weighs the same apart from the RV/CD mismatch penalty, and the weight falls by
-    exp(-lambda) per CD level above C. Drawn with Efraimidis-Spirakis keys u^(1/w), u uniform
-    per (seed, cot_id). CoTs without RV or CD (or, if required, not verified correct) are not
-    candidates."""
+    exp(-lambda) per CD level above C.
+
+    ``weights`` says how ``w`` is read:
+
+    * ``"relative"`` (default): weights are relative within a problem. Per problem, ``k`` CoTs
+      are drawn without replacement with probability proportional to ``w`` (Efraimidis-Spirakis
+      keys u^(1/w)), so a problem gives min(k, candidates) CoTs however far above C they all
+      lie;
+    * ``"absolute"``: ``w`` (at most 1) is each CoT's own acceptance probability: a CoT is
+      accepted when its uniform u < w, and at most ``k`` accepted CoTs of a problem are kept
+      (uniformly at random among them, by a second uniform). A problem whose CoTs all lie far
+      above C can give none.
+
+    u is uniform per (seed, the CoT's content identity: draw_key). CoTs without RV or CD (or,
+    if required, not verified correct) are not candidates."""
 
     mode: ClassVar[str] = "capacity"
     capacity: float = 5.0
@@ -205,18 +243,22 @@ class CapacityMatched:
     beta: float = 0.5
     k: int = 1
     require_correct: bool = False
+    weights: str = "relative"
 
     def __post_init__(self):
         if self.k < 1:
             raise UserError("k (CoTs kept per problem) must be at least 1")
         if self.lam < 0 or self.beta < 0:
             raise UserError("lambda and beta must not be negative")
+        if self.weights not in CAPACITY_WEIGHTS:
+            raise UserError(f"weights are 'relative' (within a problem) or 'absolute' (per CoT), not {self.weights!r}")
         for name in ("capacity", "lam", "beta"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     @classmethod
     def preset(cls, student: str, **changes) -> CapacityMatched:
-        """The paper's setting for a student size ('7B' -> C = 5, '32B' -> C = 7; beta 0.5)."""
+        """The capacity preset for a student size: C = the CD centre the paper found best for it
+        ('7B' -> 5, '32B' -> 7), used here as the capacity; beta 0.5 as in the paper."""
         if student not in CAPACITY_PRESETS:
             raise UserError(f"no capacity preset for '{student}'; choose {', '.join(CAPACITY_PRESETS)}")
         return cls(capacity=CAPACITY_PRESETS[student], beta=0.5, **changes)
@@ -328,8 +370,83 @@ class PerCluster:
         return Figure(self.cluster_metric, self.cluster_source, level="problem")
 
 
-Rule = Thresholds | CapacityMatched | PerProblem | TargetSize | PerCluster
-RULES: dict[str, type] = {r.mode: r for r in (Thresholds, CapacityMatched, PerProblem, TargetSize, PerCluster)}
+
+
+MIX_DEFAULT_BINS = (0.0, 3.0, 6.0, 10.0)
+MIX_NAMED_TARGETS = {"low": 2.0, "medium": 5.0, "high": 8.0}
+
+
+@dataclass(frozen=True)
+class RvCdMix:
+    """EasyDistill 2.0's RV/CD mixer (``CoTRVCDMixer`` in easydistill/operators/cot/rvcd.py,
+    read at release 2.0, commit aeb8ca3), reimplemented from its behaviour:
+
+    * a candidate is a CoT with a CD in ``cd_bins``' range (edges, default [0, 3, 6, 10]: bins
+      [0, 3), [3, 6), [6, 10]) that is logically correct: its ``score`` figure (EasyDistill: the
+      judge's ``logical_correctness``, here e.g. ``Score("logic", judge source)``) is at least
+      ``min_correctness``; without a ``score``, the selection's correctness sources must say
+      correct;
+    * each bin has an RV target: ``"matched"`` rises with the bin, 2 + bin x 8 / (bins - 1)
+      rounded to 2 decimals (2, 6, 10 for three bins; 5 for one); ``"low"`` / ``"medium"`` /
+      ``"high"`` are 2 / 5 / 8; a number is the target of every bin;
+    * per bin the candidates are ranked by |RV - target| (no RV last) and the first
+      ``samples_per_bin`` are kept, every candidate when it is None (EasyDistill's default).
+
+    It mixes over the whole pool, not per problem. Two choices differ from EasyDistill's code,
+    both for reproducibility: ties in |RV - target| are broken by the seeded per-CoT draw
+    (EasyDistill keeps its input order, which here would be the order datasets were ingested),
+    and a CD equal to the top edge falls in the last bin (EasyDistill's bisect puts it in a bin
+    of its own past the last one)."""
+
+    mode: ClassVar[str] = "rvcd_mix"
+    cd_bins: tuple[float, ...] = MIX_DEFAULT_BINS
+    rv_target: str | float = "matched"
+    samples_per_bin: int | None = None
+    score: Score | None = None
+    min_correctness: float = 1.0
+
+    def __post_init__(self):
+        edges = tuple(float(e) for e in self.cd_bins)
+        if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise UserError(f"cd_bins must be at least two increasing CD edges, e.g. [0, 3, 6, 10]; got {list(self.cd_bins)}")
+        object.__setattr__(self, "cd_bins", edges)
+        target = self.rv_target
+        if isinstance(target, str) and target not in ("matched", *MIX_NAMED_TARGETS):
+            try:
+                target = float(target)
+            except ValueError:
+                raise UserError(f"rv_target is 'matched', 'low', 'medium', 'high' or a number, not {target!r}") from None
+        if isinstance(target, bool) or not isinstance(target, (str, int, float)):
+            raise UserError(f"rv_target is 'matched', 'low', 'medium', 'high' or a number, not {target!r}")
+        object.__setattr__(self, "rv_target", target if isinstance(target, str) else float(target))
+        if self.samples_per_bin is not None and int(self.samples_per_bin) < 1:
+            raise UserError("samples_per_bin must be at least 1 (or left out: keep every candidate)")
+        object.__setattr__(self, "min_correctness", float(self.min_correctness))
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.cd_bins) - 1
+
+    def target(self, bin_index: int) -> float:
+        """The RV target of CD bin ``bin_index`` (0-based), as EasyDistill computes it."""
+        if isinstance(self.rv_target, float):
+            return self.rv_target
+        if self.rv_target in MIX_NAMED_TARGETS:
+            return MIX_NAMED_TARGETS[self.rv_target]
+        if self.n_bins <= 1:
+            return 5.0
+        return round(2.0 + bin_index * 8.0 / (self.n_bins - 1), 2)
+
+    def bin_label(self, bin_index: int) -> str:
+        lo, hi = self.cd_bins[bin_index], self.cd_bins[bin_index + 1]
+        return f"[{lo:g}, {hi:g}{']' if bin_index == self.n_bins - 1 else ')'}"
+
+
+Rule = Thresholds | CapacityMatched | PerProblem | TargetSize | PerCluster | RvCdMix
+RULES: dict[str, type] = {r.mode: r for r in (Thresholds, CapacityMatched, PerProblem, TargetSize, PerCluster, RvCdMix)}
+# The rules that draw at random, so their pool carries each CoT's draw key (draw_key).
+DRAWING_RULES = (CapacityMatched, RvCdMix)
+DRAWS = ("content", "cot_id")
 
 
 def rule_as_dict(rule: Rule) -> dict[str, Any]:
@@ -360,16 +477,21 @@ def rule_from_dict(mode: str, params: dict[str, Any]) -> Rule:
 class Selection:
     """A pool (base filter), conditions applied inside it (each drop counted under its own
     reason), a rule deciding among the CoTs that pass them, the sources the pool's RV, CD and
-    correctness come from, and a seed."""
+    correctness come from, and a seed. ``draw`` says what a random draw is keyed on:
+    ``"content"`` (each CoT's content identity, draw_key: the same data and seed select the same
+    CoTs in any store) or ``"cot_id"`` (recipes saved before content keys, kept as they were)."""
 
     base: CotFilter = field(default_factory=CotFilter)
     rule: Rule = field(default_factory=Thresholds)
     sources: ScoreSources = field(default_factory=ScoreSources)
     seed: int = 0
     conditions: tuple[Condition, ...] = ()
+    draw: str = "content"
 
     def __post_init__(self):
         object.__setattr__(self, "conditions", tuple(self.conditions))
+        if self.draw not in DRAWS:
+            raise UserError(f"draw is 'content' or 'cot_id', not {self.draw!r}")
 
 
 # ---------------------------------------------------------------------------- the pool
@@ -382,12 +504,40 @@ class Selection:
 
 POOL_COLUMNS = (
     "cot_id", "problem_id", "dataset_id", "dataset", "model", "n_tokens", "n_chars", "n_paragraphs",
-    "n_reflections", "truncated", "rv", "cd", "correct", "score",
+    "n_reflections", "truncated", "rv", "cd", "correct", "score", "draw_id",
 )
 
 
 def _rule_score(rule: Rule) -> Score | None:
     return getattr(rule, "score", None)
+
+
+def _draws(sel: Selection) -> str | None:
+    """What the pool's ``draw_id`` holds: the content key, the cot_id, or nothing (a rule
+    that draws nothing does not pay for the content key)."""
+    return sel.draw if isinstance(sel.rule, DRAWING_RULES) else None
+
+
+# The content identity of a CoT, as text: its dataset's content hash (the name, for a dataset
+# without one), its problem's own key, its model and its sample index, joined by U+001F.
+_IDENTITY_SQL = ("coalesce(dk.content_hash, 'dataset:' || dk.name) || chr(31) || pk.problem_key || chr(31) || "
+                 "coalesce(b.model, '') || chr(31) || CAST(b.sample_idx AS VARCHAR)")
+
+
+def draw_key(content_hash: str | None, problem_key: str, model: str | None, sample_idx: int, *,
+             dataset_name: str | None = None) -> int:
+    """A CoT's 64-bit draw key: the first 8 bytes of the MD5 of its content identity (as
+    _IDENTITY_SQL writes it), big-endian. The same file ingested into any store gives its
+    CoTs the same keys, whatever ids the store gave them.
+
+    >>> draw_key("abc", "p0", "QwQ-32B", 0) == draw_key("abc", "p0", "QwQ-32B", 0)
+    True
+    """
+    import hashlib
+
+    text = "\x1f".join([content_hash if content_hash is not None else f"dataset:{dataset_name}", problem_key,
+                        model or "", str(int(sample_idx))])
+    return int(hashlib.md5(text.encode("utf-8")).hexdigest()[:16], 16)
 
 
 def condition_figures(sel: Selection) -> list[Figure]:
@@ -421,6 +571,8 @@ def pool_key(sel: Selection) -> str:
         key["score"].append(score.level)
     if condition_figures(sel):
         key["figures"] = [f.as_dict() for f in condition_figures(sel)]
+    if _draws(sel):
+        key["draws"] = _draws(sel)
     return json.dumps(key, sort_keys=True)
 
 
@@ -462,14 +614,21 @@ def pool_sql(sel: Selection, *, db=None) -> tuple[str, list]:
     ]
     used = {alias for alias, *_ in wanted}
     from_problem = {alias for alias, _ in problem_figures}
-    for alias in ("rv", "cd", "correct", "score", *(f"fig_{i}" for i in range(len(figures)))):
-        if alias in used:
+    for alias in ("rv", "cd", "correct", "score", "draw_id", *(f"fig_{i}" for i in range(len(figures)))):
+        if alias == "draw_id":
+            draws = _draws(sel)
+            select.append("b.cot_id::UBIGINT AS draw_id" if draws == "cot_id" else
+                          f"('0x' || md5({_IDENTITY_SQL})[1:16])::UBIGINT AS draw_id" if draws == "content" else
+                          "NULL::UBIGINT AS draw_id")
+        elif alias in used:
             select.append("(p.correct = 1) AS correct" if alias == "correct" else f"p.{alias}")
         elif alias in from_problem:
             select.append(f"{alias}_p.value AS {alias}")
         else:
             select.append("NULL::BOOLEAN AS correct" if alias == "correct" else f"NULL::DOUBLE AS {alias}")
     sql = f"SELECT {', '.join(select)} FROM ({base_sql}) b"
+    if _draws(sel) == "content":
+        sql += (" JOIN problems pk ON pk.problem_id = b.problem_id JOIN datasets dk ON dk.dataset_id = b.dataset_id")
     if wanted:
         aliases, metrics, names, priorities = (list(column) for column in zip(*wanted))
         pivots = ", ".join(
@@ -735,11 +894,15 @@ def _pool_connection(sel: Selection, pool, db) -> Iterator[duckdb.DuckDBPyConnec
 
 # ---------------------------------------------------------------------------- rules in SQL
 
-# u in (0, 1) from splitmix64's finaliser over cot_id XOR a per-seed salt (the top 53 bits):
-# plain integer arithmetic, so Python (uniform()) and any DuckDB version give the same number.
+# u in (0, 1) from splitmix64's finaliser over the pool's draw_id (a CoT's content key, or its
+# cot_id for old recipes) XOR a per-seed salt (the top 53 bits): plain integer arithmetic, so
+# Python (uniform()) and any DuckDB version give the same number. A second, independent stream
+# of the same seed (stream 1: the absolute capacity reading's choice among accepted CoTs) uses
+# another salt; stream 0 is the salt draws always had.
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_STREAM = 0xD1B54A32D192ED03
 
 
 def _mix64(z: int) -> int:
@@ -748,18 +911,20 @@ def _mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def _seed_salt(seed: int) -> int:
-    return _mix64(((int(seed) + 1) * _GOLDEN) & _MASK)
+def _seed_salt(seed: int, stream: int = 0) -> int:
+    salt = _mix64(((int(seed) + 1) * _GOLDEN) & _MASK)
+    return salt if stream == 0 else _mix64(salt ^ ((stream * _STREAM) & _MASK))
 
 
-def uniform(seed: int, cot_id: int) -> float:
-    """The uniform number in (0, 1) the sampler gives ``cot_id`` under ``seed`` (as the SQL)."""
-    return ((_mix64((int(cot_id) & _MASK) ^ _seed_salt(seed)) >> 11) + 0.5) / 2.0**53
+def uniform(seed: int, key: int, stream: int = 0) -> float:
+    """The uniform number in (0, 1) the sampler gives the CoT with draw key ``key`` (draw_key;
+    its cot_id for a ``draw="cot_id"`` selection) under ``seed`` (as the SQL)."""
+    return ((_mix64((int(key) & _MASK) ^ _seed_salt(seed, stream)) >> 11) + 0.5) / 2.0**53
 
 
-def _uniform_sql(seed: int) -> str:
+def _uniform_sql(seed: int, stream: int = 0) -> str:
     m = f"{_MASK}::UHUGEINT"
-    x = f"xor(cot_id::UHUGEINT, {_seed_salt(seed)}::UHUGEINT)"
+    x = f"xor(draw_id::UHUGEINT, {_seed_salt(seed, stream)}::UHUGEINT)"
     x = f"((xor({x}, {x} >> 30) * {_MIX1}::UHUGEINT) & {m})"
     x = f"((xor({x}, {x} >> 27) * {_MIX2}::UHUGEINT) & {m})"
     return f"(((xor({x}, {x} >> 31) >> 11)::DOUBLE + 0.5) / 9007199254740992.0)"
@@ -841,15 +1006,72 @@ def _add_capacity(chain: _Chain, rule: CapacityMatched, sel: Selection, con) -> 
         f"SELECT *, ? * greatest(0.0, cd - ?) + ? * abs(cd - rv) AS penalty, {_uniform_sql(sel.seed)} AS u FROM pool",
         [rule.lam, rule.capacity, rule.beta],
     )
+    candidate = "rv IS NOT NULL AND cd IS NOT NULL" + (" AND correct" if rule.require_correct else "")
+    not_candidate = f"CASE WHEN rv IS NULL OR cd IS NULL THEN 'no RV/CD score' ELSE {_NOT_CORRECT} END"
+    if rule.weights == "absolute":
+        # accepted on its own when u < w (w <= 1: the penalty is never negative); the k kept of a
+        # problem's accepted CoTs are those with the smallest second uniform (uniform among them)
+        chain.add("pool_w", f"SELECT * EXCLUDE (penalty, u), exp(-penalty) AS weight, u < exp(-penalty) AS accepted, "
+                            f"{_uniform_sql(sel.seed, stream=1)} AS draw_key FROM weighed")
+        _add_ranked(
+            chain, "pool_w", eligible=f"{candidate} AND accepted", order="draw_key", partition="problem_id",
+            limit=str(int(rule.k)),
+            not_eligible=f"CASE WHEN NOT ({candidate}) OR ({candidate}) IS NULL THEN {not_candidate} "
+                         "ELSE 'not accepted (its draw u was not below its weight w)' END",
+            not_ranked=f"'accepted, but {int(rule.k)} other accepted CoT(s) of its problem were kept'",
+        )
+        return
     # Efraimidis-Spirakis draws the k largest u^(1/w). Ranking by ln(-ln u) + penalty ascending
     # (penalty = -ln w) is the same order, and stays finite where w underflows to 0.
     chain.add("pool_w", "SELECT * EXCLUDE (penalty, u), exp(-penalty) AS weight, ln(-ln(u)) + penalty AS draw_key FROM weighed")
     _add_ranked(
-        chain, "pool_w",
-        eligible="rv IS NOT NULL AND cd IS NOT NULL" + (" AND correct" if rule.require_correct else ""),
-        order="draw_key", partition="problem_id", limit=str(int(rule.k)),
-        not_eligible=f"CASE WHEN rv IS NULL OR cd IS NULL THEN 'no RV/CD score' ELSE {_NOT_CORRECT} END",
-        not_ranked="'not drawn'",
+        chain, "pool_w", eligible=candidate, order="draw_key", partition="problem_id", limit=str(int(rule.k)),
+        not_eligible=not_candidate, not_ranked="'not drawn'",
+    )
+
+
+def mix_bin_sql(rule: RvCdMix) -> tuple[str, list]:
+    """SQL over a pool's columns: the CD bin (0-based) of a CoT, NULL for no CD or a CD outside
+    the edges; the top edge belongs to the last bin."""
+    inner = " ".join(f"WHEN cd < ? THEN {b}" for b in range(rule.n_bins - 1))
+    return (f"CASE WHEN cd < ? OR cd > ? THEN NULL {inner} ELSE {rule.n_bins - 1} END",
+            [rule.cd_bins[0], rule.cd_bins[-1], *rule.cd_bins[1:-1]])
+
+
+def mix_correct_sql(rule: RvCdMix) -> tuple[str, list]:
+    """SQL over a pool's columns, true for a logically correct CoT (RvCdMix)."""
+    if rule.score is None:
+        return "coalesce(correct::INTEGER >= ?, false)", [rule.min_correctness]
+    return "coalesce(score >= ?, false)", [rule.min_correctness]
+
+
+def _add_rvcd_mix(chain: _Chain, rule: RvCdMix, sel: Selection, con) -> None:
+    binned, bin_params = mix_bin_sql(rule)
+    correct, correct_params = mix_correct_sql(rule)
+    bins = list(range(rule.n_bins))
+    beyond = [f"beyond the {rule.samples_per_bin} closest to RV {rule.target(b):g} in CD bin {rule.bin_label(b)}"
+              for b in bins]
+    chain.add("mix_targets", "SELECT unnest(?::INTEGER[]) AS mix_bin, unnest(?::DOUBLE[]) AS mix_target, "
+                             "unnest(?::VARCHAR[]) AS mix_beyond", [bins, [rule.target(b) for b in bins], beyond])
+    chain.add("mix_binned", f"SELECT *, {binned} AS mix_bin, {correct} AS mix_correct FROM pool",
+              [*bin_params, *correct_params])
+    # ranked by |RV - target| (no RV last, as EasyDistill's infinite distance), ties by the draw
+    chain.add("ranked", "SELECT b.*, NULL::DOUBLE AS weight, t.mix_beyond, b.mix_bin IS NOT NULL AND b.mix_correct AS eligible, "
+                        "row_number() OVER (PARTITION BY b.mix_bin, b.mix_bin IS NOT NULL AND b.mix_correct "
+                        f"ORDER BY abs(b.rv - t.mix_target) ASC NULLS LAST, {_uniform_sql(sel.seed)}, b.cot_id) AS rank "
+                        "FROM mix_binned b LEFT JOIN mix_targets t USING (mix_bin)")
+    if rule.score is None:
+        no_logic = _NOT_CORRECT
+    else:
+        label = rule.score.figure.label().replace("'", "''")
+        no_logic = f"CASE WHEN score IS NULL THEN 'no {label}' ELSE '{label} below {_fmt(rule.min_correctness)}' END"
+    limit = "true" if rule.samples_per_bin is None else f"rank <= {int(rule.samples_per_bin)}"
+    outside = f"CD outside the bins {rule.cd_bins[0]:g}-{rule.cd_bins[-1]:g}"
+    chain.add(
+        "decision",
+        f"SELECT *, CASE WHEN kept THEN NULL WHEN cd IS NULL THEN 'no CD score' WHEN mix_bin IS NULL THEN '{outside}' "
+        f"WHEN NOT mix_correct THEN {no_logic} ELSE mix_beyond END AS reason "
+        f"FROM (SELECT *, eligible AND {limit} AS kept FROM ranked)",
     )
 
 
@@ -1002,7 +1224,7 @@ def _add_per_cluster(chain: _Chain, rule: PerCluster, sel: Selection, con) -> No
 # Each rule's SQL step: adds CTEs over relation ``pool`` ending in ``decision`` (see the module
 # docstring, "Adding a rule").
 _STEPS = {Thresholds: _add_thresholds, CapacityMatched: _add_capacity, PerProblem: _add_per_problem,
-          TargetSize: _add_target, PerCluster: _add_per_cluster}
+          TargetSize: _add_target, PerCluster: _add_per_cluster, RvCdMix: _add_rvcd_mix}
 
 
 def _decision_sql(con, sel: Selection, relation: str = "SELECT * FROM pool_in",

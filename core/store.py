@@ -242,6 +242,15 @@ CREATE TABLE IF NOT EXISTS stage_state (
     complete BOOLEAN NOT NULL
 );
 
+-- Which reflection-marker set (and counting rule) each dataset's counts were made with
+-- (core/markers.py): the recount stage redoes a dataset whose hash differs, batch by batch.
+CREATE TABLE IF NOT EXISTS marker_counts (
+    dataset_id INTEGER NOT NULL,
+    markers_hash VARCHAR NOT NULL,    -- core.markers.markers_hash
+    done_through BIGINT NOT NULL,     -- CoTs up to this id are counted with it
+    complete BOOLEAN NOT NULL
+);
+
 -- The eval harness's own figures (Qwen2.5-Math *_metrics.json), shown beside ours.
 CREATE TABLE IF NOT EXISTS run_metrics (
     dataset_id INTEGER NOT NULL,
@@ -494,6 +503,7 @@ def delete_dataset_rows(con: duckdb.DuckDBPyConnection, dataset_id: int) -> None
     con.execute("DELETE FROM cots WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM problems WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM run_metrics WHERE dataset_id = ?", [dataset_id])
+    con.execute("DELETE FROM marker_counts WHERE dataset_id = ?", [dataset_id])
     con.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
 
 

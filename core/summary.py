@@ -1,5 +1,9 @@
 """Per dataset, model and benchmark: counts, accuracy by every correctness source, token
-statistics, and the eval harness's own accuracy beside ours."""
+statistics, and the eval harness's own accuracy beside ours.
+
+Token statistics name the tokenizer their counts come from; a group whose CoTs were counted
+by several tokenizers says so in ``tokenizer`` and has no mean or median (a SmolLM2 token and
+a Qwen token are not one unit: recount the group with one tokenizer to get them)."""
 
 from __future__ import annotations
 
@@ -10,8 +14,12 @@ from core import store
 _COUNTS = """
 SELECT d.name AS dataset, d.generated, c.model, p.benchmark,
        count(DISTINCT c.problem_id) AS problems, count(*) AS cots,
-       avg(c.n_tokens) AS mean_tokens, median(c.n_tokens) AS median_tokens,
-       count(c.n_tokens) AS counted, avg(c.truncated::INTEGER) AS truncated_share
+       CASE WHEN count(DISTINCT c.tokenizer) <= 1 THEN avg(c.n_tokens) END AS mean_tokens,
+       CASE WHEN count(DISTINCT c.tokenizer) <= 1 THEN median(c.n_tokens) END AS median_tokens,
+       count(c.n_tokens) AS counted,
+       CASE WHEN count(DISTINCT c.tokenizer) <= 1 THEN min(c.tokenizer)
+            ELSE 'mixed, not pooled: ' || string_agg(DISTINCT c.tokenizer, ', ' ORDER BY c.tokenizer) END AS tokenizer,
+       avg(c.truncated::INTEGER) AS truncated_share
 FROM cots c JOIN problems p USING (problem_id) JOIN datasets d ON d.dataset_id = c.dataset_id
 WHERE d.status = 'ready'
 GROUP BY ALL

@@ -97,6 +97,10 @@ def count_paragraphs(text: str) -> int:
 
 DEFAULT_MARKERS_PATH = Path(__file__).with_name("reflection_markers.yaml")
 
+# How occurrences are counted; part of core.markers.markers_hash, so a change here marks every
+# stored count as made by another rule and the recount stage redoes it.
+COUNTING_RULE = "longest-match-once/v2"
+
 
 def load_markers(path: str | Path | None = None) -> dict[str, list[str]]:
     """Read a marker-name -> phrases mapping from YAML (None = the bundled default file)."""
@@ -114,61 +118,92 @@ def load_markers(path: str | Path | None = None) -> dict[str, list[str]]:
     return markers
 
 
-def _phrase_pattern(phrase: str) -> str:
-    # Phrases are literal text; a space in a phrase matches any whitespace run so that
-    # "but wait" also finds "But\nwait" or "but  wait".
-    return r"\s+".join(re.escape(word) for word in phrase.split())
+_ELONGATED = re.compile(r"^(.*[^\W\d_])\+$")  # a word ending in a letter and "+": "hmm+"
+_SEPARATOR = r"[\s\-\u2010\u2011\u2013]+"  # between a phrase's words: whitespace and hyphens
+
+
+def _word_pattern(word: str) -> str:
+    elongated = _ELONGATED.match(word)
+    body = elongated.group(1) if elongated else word
+    # a straight apostrophe also matches the typographic one ("let's" finds "let’s")
+    pattern = "".join("['\u2019]" if ch in "'\u2019" else re.escape(ch) for ch in body)
+    return pattern + "+" if elongated else pattern
+
+
+def phrase_pattern(phrase: str) -> str:
+    """The regex of one marker phrase (lower case; matched in lowercased text).
+
+    A phrase is literal text, with three conveniences: the space between two words matches any
+    run of whitespace and hyphens ("hold on" finds "hold-on" and "Hold\\non"), an apostrophe
+    matches ' and ’, and a word that ends in a letter followed by ``+`` repeats that letter
+    ("hmm+" finds hmm, hmmm, hmmmm). Any other character, ``+`` inside a word included, is
+    literal ("a+b?" is those four characters).
+    """
+    return _SEPARATOR.join(_word_pattern(word) for word in phrase.split())
 
 
 _WORD_CHAR = re.compile(r"\w")
 
 
 class MarkerCounter:
-    """Counts reflection markers; each name is counted independently of the others.
+    """Counts reflection markers: each occurrence once, under the marker whose phrase is the
+    longest match there.
 
-    One regex per name, searched in the lowercased text. A single combined regex cannot count
-    overlapping names ("but wait" must count for both but_wait and wait). The left word
-    boundary is checked by hand instead of with a leading lookbehind, and case is folded with
-    str.lower() instead of re.IGNORECASE: a pattern that starts with a literal lets ``re`` use
-    its fast prefix scan, measured ~15x faster on a 160k-char text (about 1 ms instead of
-    19 ms for the default markers).
+    One regex over every phrase of every marker, searched in the lowercased text left to
+    right; at each position the longest phrase wins ("But wait" is one ``but_wait``, not also a
+    ``wait``; "hmmmm" one ``hmm``; between equally long ones the marker listed first), and the
+    next search starts after it, so occurrences never
+    overlap. A match must start and end on a word boundary ("awaiting" holds no "wait"); the
+    left boundary is checked by hand (a rejected match is retried one character later) and
+    case is folded with str.lower() rather than re.IGNORECASE: both keep re on its fast path.
+    Measured on a 120k-character text with 316 occurrences: about 1.5 ms, against 0.8 ms for
+    the earlier scan of one regex per marker, which counted "But wait" twice.
     """
 
     def __init__(self, markers: dict[str, list[str]]):
         self.names = list(markers)
-        self._patterns: dict[str, re.Pattern[str] | None] = {}
-        for name, phrases in markers.items():
-            # Longest first so that a longer phrase is preferred over its own prefix.
-            alternatives = sorted(
-                {_phrase_pattern(p.lower()) for p in phrases if p.strip()}, key=len, reverse=True
-            )
-            self._patterns[name] = (
-                re.compile("(?:" + "|".join(alternatives) + r")(?!\w)") if alternatives else None
-            )
+        alternatives = sorted({(phrase_pattern(p.lower()), index) for index, phrases in enumerate(markers.values())
+                               for p in phrases if p.strip()})
+        # the combined pattern finds where the next occurrence starts; each phrase's own
+        # pattern, tried there, finds the longest (the combined one would take the first listed)
+        self._alternatives = [(re.compile(p + r"(?!\w)"), index) for p, index in alternatives]
+        self._pattern = (
+            re.compile("(?:" + "|".join(p for p, _ in alternatives) + r")(?!\w)") if alternatives else None
+        )
 
     def count(self, text: str) -> dict[str, int]:
         return dict(zip(self.names, self.counts(text)))
 
     def counts(self, text: str) -> list[int]:
         """The counts in the order of ``names`` (the ingest's hot path: no dict per text)."""
-        lowered = text.lower()  # case-insensitive matching without re.IGNORECASE's slow path
-        return [_count_word_matches(pattern, lowered) for pattern in self._patterns.values()]
+        counts = [0] * len(self.names)
+        for _, _, index in self.occurrences(text):
+            counts[index] += 1
+        return counts
 
-
-def _count_word_matches(pattern: re.Pattern[str] | None, text: str) -> int:
-    """Non-overlapping matches of ``pattern`` that start on a word boundary."""
-    if pattern is None:
-        return 0
-    count = 0
-    pos = 0
-    while (match := pattern.search(text, pos)) is not None:
-        start = match.start()
-        if start and _WORD_CHAR.match(text, start - 1):
-            pos = start + 1  # inside a word ("awaiting"): retry just after, not after the match
-        else:
-            count += 1
-            pos = match.end()
-    return count
+    def occurrences(self, text: str) -> list[tuple[int, int, int]]:
+        """(start, end, marker index) of every counted occurrence, in text order."""
+        pattern = self._pattern
+        if pattern is None or not text:
+            return []
+        # U+0130 is the only character whose lower() is longer than itself; replacing it first
+        # keeps offsets in the lowered text valid for the original.
+        lowered = text.replace("\u0130", "I").lower()
+        found = []
+        pos = 0
+        while (match := pattern.search(lowered, pos)) is not None:
+            start = match.start()
+            if start and _WORD_CHAR.match(lowered, start - 1):
+                pos = start + 1  # inside a word ("awaiting"): retry just after, not after the match
+                continue
+            end, index = match.end(), None
+            for phrase, owner in self._alternatives:
+                longest = phrase.match(lowered, start)
+                if longest is not None and (index is None or longest.end() > end or (longest.end() == end and owner < index)):
+                    end, index = longest.end(), owner
+            found.append((start, end, index))
+            pos = end
+        return found
 
 
 # --------------------------------------------------------------------------- answer extraction

@@ -219,6 +219,9 @@ def ingest_job(params: dict[str, Any], ctx: JobContext) -> dict:
             dataset_id=result.dataset_id, progress=ctx.progress,
         )
         ctx.log(f"counted tokens of {outcome['tokens']['cots']:,} CoTs")
+    from core import markers  # recount what an older marker set counted; publish the densities
+
+    outcome["markers"] = markers.run(db=ctx.db, dataset_id=result.dataset_id, progress=ctx.progress)
     if params.get("index", True):
         from core.search import build_quietly
 
@@ -239,10 +242,15 @@ def tokens_job(opts, ctx) -> dict:
             f"The tokenizer '{opts.tokenizer}' could not be loaded ({type(exc).__name__}: {exc}); give a Hugging Face "
             "hub id (needs the network the first time), a folder with tokenizer.json, or the default"
         ) from exc
-    ctx.log(f"counting tokens with {opts.tokenizer}" + (" (recount)" if opts.recount else ""))
+    ctx.log("counting tokens with each model's own tokenizer where known, else " + opts.tokenizer if opts.per_model
+            else f"counting tokens with {opts.tokenizer}" + (" (recount)" if opts.recount else ""))
     result = count_tokens_stage(db=ctx.db, tokenizer=opts.tokenizer, dataset_id=opts.dataset_id, recount=opts.recount,
-                                batch_cots=opts.batch_cots, progress=ctx.progress)
+                                batch_cots=opts.batch_cots, progress=ctx.progress, per_model=opts.per_model,
+                                tokenizer_map=opts.tokenizer_map, log=ctx.log)
     ctx.log(f"counted {result['cots']:,} CoTs, {result['tokens']:,} tokens")
+    from core.markers import publish_density  # reflection markers per 1,000 of the new counts
+
+    result.update(publish_density(db=ctx.db, dataset_id=opts.dataset_id))
     return result
 
 

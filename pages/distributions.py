@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from core import charts, metrics, queries
+from core import charts, metrics, queries, tokens
 from core.queries import CotFilter
 from ui import common, difficulty_view, frames, steps_view
 
@@ -20,18 +20,19 @@ PERCENT = st.column_config.NumberColumn(format="percent")
 
 
 def budgets_and_k(f: CotFilter, budgets: tuple[int, ...], k: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Accuracy at budgets and Mean@k / Pass@k per dataset, model and benchmark (cached: a pass
-    over every matching CoT)."""
+    """Accuracy at budgets (per tokenizer too when the counts come from several) and Mean@k /
+    Pass@k per dataset, model and benchmark (cached: a pass over every matching CoT)."""
     return frames.derived("budgets_and_k", f, lambda df: (
-        metrics.accuracy_at_budgets(df, budgets=budgets, group_by=charts.GROUP_COLUMNS),
+        metrics.accuracy_at_budgets(df, budgets=budgets, group_by=charts.group_columns(df)),
         metrics.mean_and_pass_at_k(df, k=k, group_by=charts.GROUP_COLUMNS),
     ), budgets, k)
 
 
 def per_problem(f: CotFilter) -> tuple[int, pl.DataFrame]:
-    """The largest usable k and the per-problem pass rates (cached like budgets_and_k)."""
+    """The largest usable k (samples with a known verdict) and the per-problem pass rates
+    (cached like budgets_and_k)."""
     return frames.derived("per_problem", f, lambda df: (
-        charts.max_samples_per_problem(df), metrics.problem_pass_rates(df, group_by=charts.GROUP_COLUMNS)))
+        charts.max_samples_per_problem(df), metrics.problem_pass_rates(df, group_by=charts.group_columns(df))))
 
 
 def _selection_key(name: str) -> str:
@@ -110,6 +111,11 @@ with common.guard():
     has_rv, has_cd = bool(f.rv_source and known["rv"]), bool(f.cd_source and known["cd"])
     st.caption(f"{df.height:,} CoTs of {n_problems:,} problems match the filter; every chart "
                "below is computed on all of them. Click a bar or a heatmap cell to narrow the filter.")
+    tokenizers = frames.derived("tokenizers", f, charts.tokenizers_of)
+    unit = tokens.token_unit(tokenizers)
+    mixed = tokens.mixed_tokenizers_note(tokenizers)
+    if mixed:
+        st.warning(mixed)
 
     # ---------------------------------------------------------------- length by correctness
     st.subheader("Length by correctness")
@@ -121,9 +127,10 @@ with common.guard():
     bins = int(c4.number_input("Bins", min_value=5, max_value=200, value=40, step=5, key="dist_bins"))
     st.plotly_chart(frames.length_figure(f, facet_name=facet_name, kind=kind, bins=bins, log_x=log_x),
                     key="dist_length", width="stretch")
-    with st.expander("Length statistics by correctness"):
+    with st.expander(f"Length statistics by correctness, in {unit}"):
         st.dataframe(frames.derived("length_by_correctness", f, lambda d: metrics.length_by_correctness(
-            d, group_by=[c for c in ("model",) if c in d.columns])), hide_index=True, key="dist_length_table")
+            d, group_by=[c for c in charts.group_columns(d, ("model",)) if c in d.columns])), hide_index=True,
+            key="dist_length_table")
 
     # ---------------------------------------------------------------- RV / CD
     st.subheader("Reasoning Verbosity and Cognitive Difficulty")
@@ -160,25 +167,28 @@ with common.guard():
                 "correctness source in the sidebar, or verify them from the Jobs page.")
     else:
         c1, c2 = st.columns([3, 1])
-        budgets = c1.multiselect("Budgets (tokens)", BUDGET_CHOICES, default=list(metrics.DEFAULT_BUDGETS),
+        budgets = c1.multiselect(f"Budgets ({unit})", BUDGET_CHOICES, default=list(metrics.DEFAULT_BUDGETS),
                                  format_func=charts.budget_label, key="dist_budgets")
         max_samples, pass_rates = per_problem(f)
         max_k = max(1, max_samples)
         # a narrower filter can lower the largest usable k below the one chosen before
         st.session_state["dist_k"] = min(int(st.session_state.get("dist_k", 1)), max_k)
         k = int(c2.number_input("k for Mean@k / Pass@k", min_value=1, max_value=max_k, key="dist_k",
-                                help=f"Up to {max_k}: the most CoTs one problem has within one model."))
+                                help=f"Up to {max_k}: the most CoTs with a known verdict one problem has within one "
+                                     "dataset, model and benchmark (samples without a verdict do not count)."))
         if not budgets:
             st.info("Pick at least one budget.")
             acc, mp = budgets_and_k(f, (), k)
         else:
             acc, mp = budgets_and_k(f, tuple(sorted(budgets)), k)
-            st.plotly_chart(frames.derived("budget_figure", f, lambda d: charts.budget_figure(acc, n_cots=d.height),
-                                           tuple(sorted(budgets)), k), key="dist_budget", width="stretch")
-            st.caption("Accuracy and truncation rate per dataset, model and benchmark at each budget; "
-                       "`full_accuracy` is without a budget and matches the `acc[source]` of "
-                       "`python -m core summary` for the chosen correctness source.")
-            table = charts.budget_table(acc)
+            st.plotly_chart(frames.derived("budget_figure", f, lambda d: charts.budget_figure(
+                acc, n_cots=d.height, group_cols=charts.group_columns(d), tokens=unit), tuple(sorted(budgets)), k),
+                key="dist_budget", width="stretch")
+            st.caption(f"Accuracy and truncation rate per dataset, model and benchmark{' and tokenizer' if mixed else ''} "
+                       f"at each budget, in {unit}; `full_accuracy` is without a budget and matches the `acc[source]` "
+                       "of `python -m core summary` for the chosen correctness source.")
+            table = frames.derived("budget_table", f, lambda d: charts.budget_table(acc, charts.group_columns(d)),
+                                   tuple(sorted(budgets)), k)
             st.dataframe(table, hide_index=True, key="dist_budget_table",
                          column_config={c: PERCENT for c in table.columns if c.startswith(("acc", "trunc", "full"))})
 
@@ -193,7 +203,8 @@ with common.guard():
 
         st.subheader("Per-problem pass rate against mean length")
         _selectable_chart(frames.derived("pass_rate_scatter", f, lambda d: charts.pass_rate_scatter(
-            pass_rates, n_cots=d.height, log_x=log_x), log_x), "pass_rate", "problem")
+            pass_rates, n_cots=d.height, log_x=log_x, group_cols=charts.group_columns(d), tokens=unit), log_x),
+            "pass_rate", "problem")
 
     # ---------------------------------------------------------------- efficiency by model (ui/difficulty_view.py)
     difficulty_view.distributions_section(f)

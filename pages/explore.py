@@ -18,7 +18,7 @@ PAGE_SIZES = (25, 50, 100, 250)
 # What each sortable column is called in the sort menu and the table header.
 COLUMN_LABELS = {
     "cot_id": "CoT id", "problem_id": "problem id", "dataset": "dataset", "model": "model / teacher",
-    "benchmark": "benchmark", "sample_idx": "sample", "n_tokens": "tokens", "n_chars": "characters",
+    "benchmark": "benchmark", "sample_idx": "sample", "n_tokens": "tokens", "tokenizer": "tokenizer", "n_chars": "characters",
     "n_reflections": "reflection markers", "truncated": "truncated", "rv": "RV", "cd": "CD",
     "correct": "correct", "answer": "extracted answer",
 }
@@ -101,7 +101,7 @@ with common.guard():
     )
     table = rows.with_columns(verdict.alias("correct"))
     columns = ["cot_id", "problem_id", "dataset", "generated", "model", "benchmark", "sample_idx",
-               "n_tokens", "n_chars", "n_reflections", "truncated"]
+               "n_tokens", "tokenizer", "n_chars", "n_reflections", "truncated"]
     config = {c: st.column_config.Column(COLUMN_LABELS[c]) for c in columns if c in COLUMN_LABELS}
     config["cot_id"] = st.column_config.NumberColumn("CoT id", format="%d")
     config["problem_id"] = st.column_config.NumberColumn("problem id", format="%d")

@@ -84,7 +84,9 @@ def _score_form() -> None:
         c1, c2, c3 = st.columns(3)
         alpha = c1.number_input("Length-fusion alpha (empty: none)", min_value=0.0, max_value=1.0, value=default["fusion_alpha"],
                                 step=0.1, key="jobs_score_alpha",
-                                help="Also writes rv_fused = alpha × judge RV + (1 − alpha) × 9 × length quantile.")
+                                help="Also writes rv_fused = alpha × judge RV + (1 − alpha) × 9 × length quantile: this "
+                                     "project's reconstruction (the paper blends RV with a normalised length at "
+                                     "alpha = 0.5 but does not publish the normalisation).")
         batch = c2.number_input("Batch size", min_value=1, value=default["batch_size"], key="jobs_score_batch",
                                 placeholder=f"{generation.DEFAULT_BATCH['transformers']} (vllm: {generation.DEFAULT_BATCH['vllm']})")
         new_tokens = c3.number_input("Max new tokens", min_value=1, value=default["max_new_tokens"], key="jobs_score_tokens")
@@ -267,6 +269,10 @@ def _count_forms() -> None:
         options_form("verify", fields=(), title="**Verify answers**", submit="Start verification",
                      caption="Checks each CoT's final answer against its problem's reference answer with math-verify "
                              "(source 'math-verify'); CoTs already verified are skipped.")
+    options_form("markers", fields=("markers",), title="**Reflection markers**", submit="Recount reflection markers",
+                 caption="Recounts the CoTs counted with another marker set (an older store, or another file), each "
+                         "occurrence once under its longest phrase, then publishes reflections per 1,000 tokens "
+                         "(figure 'reflections_per_1k_tokens · reflection markers'). Resumable.")
 
 
 # The problem and step stages: forms generated from their options (core.job_kinds), the fields

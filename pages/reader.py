@@ -11,7 +11,7 @@ took about 4 s more to lay out 20k characters of math-heavy Markdown, 35-45 s mo
 import polars as pl
 import streamlit as st
 
-from core import queries, render
+from core import markers, queries, render
 from core.text import load_markers
 from ui import annotate, common, steps_view
 from ui import problems as problem_ui
@@ -76,7 +76,9 @@ def cot_header(cot: dict, matching: set[int]) -> str:
     )
     parts = [
         f"**{render.escape_inline(cot['model'] or 'unknown model')}**", f"sample {cot['sample_idx']}", tokens,
-        f"{cot['n_chars']:,} characters", f"{cot['n_reflections']:,} reflection markers", f"CoT {cot['cot_id']}",
+        f"{cot['n_chars']:,} characters",
+        render.escape_inline(markers.describe_counts(cot["reflections"], cot["n_reflections"], cot["n_tokens"])),
+        f"CoT {cot['cot_id']}",
     ]
     badges = []
     if cot["truncated"]:

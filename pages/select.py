@@ -2,8 +2,9 @@
 
 The sidebar filter is the pool; conditions on any figure (a judge's logic, a stage's pass
 rate, ...) drop CoTs inside it, each under its own reason; then a mode decides kept against
-dropped among the rest (thresholds, OmniThought's capacity-matched sampling, a per-problem
-rule, or a target size with the pool's model mix). Controls and charts for a metric the pool
+dropped among the rest (thresholds, capacity-matched sampling after OmniThought in this
+project's reconstruction, EasyDistill's RV/CD mixer, a per-problem rule, or a target size with
+the pool's model mix). Controls and charts for a metric the pool
 has no value of are not shown, and a selection that keeps nothing says why. Counts, shares and histograms are computed on every CoT of the pool; the pool's
 numbers are read once per filter into memory (core.selection.LoadedPool). A threshold slider's
 report comes from the pool's index without deciding every CoT; the other modes rerun their
@@ -19,16 +20,18 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import contamination, labels, recipes, selection
+from core import contamination, labels, queries, recipes, selection, tokens
+from core.errors import UserError
 from core.figures import Figure
 from core.selection import (
-    CapacityMatched, PerCluster, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds,
+    CapacityMatched, PerCluster, PerProblem, RvCdMix, Score, ScoreSources, Selection, TargetSize, Thresholds,
 )
 from ui import common, difficulty_view, problems
 
 MODES = {
     "thresholds": "Thresholds",
-    "capacity": "Capacity-matched (OmniThought)",
+    "capacity": "Capacity-matched (our reconstruction of OmniThought's)",
+    "rvcd_mix": "RV/CD mix (EasyDistill)",
     "per_problem": "Per problem",
     "target": "Target size",
     "per_cluster": "Across clusters",
@@ -41,6 +44,10 @@ PER_PROBLEM_LABELS = {"shortest_correct": "shortest correct", "top_k": "top k by
 BALANCE_LABELS = {"model": "model", "dataset": "dataset", "model_dataset": "model and dataset"}
 WITHIN_LABELS = {"shortest_correct": "shortest correct", "score": "best by a score"}
 PRESETS = {"7B": "7B student (C = 5)", "32B": "32B student (C = 7)", "custom": "custom"}
+WEIGHTS_LABELS = {"relative": "relative within a problem (k per problem)",
+                  "absolute": "absolute per CoT (a problem far above C can give none)"}
+MIX_TARGETS = {"matched": "matched (rises with the CD bin)", "low": "low (2)", "medium": "medium (5)", "high": "high (8)",
+               "number": "a number"}
 PAGE_SIZES = (25, 50, 100)
 PERCENT = st.column_config.NumberColumn(format="percent")
 
@@ -93,6 +100,13 @@ def cached_compare(key: str, db: str, stamp, _a: recipes.Recipe, _b: recipes.Rec
     return recipes.compare(_a, _b)
 
 
+@st.cache_data(ttl=600, max_entries=16, show_spinner=False)
+def cached_tokenizers(filter_key: str, db: str, stamp, _base) -> dict:
+    """Which tokenizers the pool's token counts come from (core.queries.tokenizers)."""
+    del filter_key, db, stamp
+    return queries.tokenizers(_base)
+
+
 def score_choices(stamp: tuple[float, float]) -> dict[str, Figure]:
     """What a rule can rank by: any figure of the store (per-CoT columns, every (source,
     metric) of scores and of problem_scores), by its label."""
@@ -109,7 +123,9 @@ def _defaults(cat: dict, max_tokens: int) -> dict:
         **{f"sel_{m}_sources": [s for s in cat[m] if not labels.is_human_source(s)] for m in ("rv", "cd", "correct")},
         "sel_rv_range": (0, 9), "sel_cd_range": (0, 9), "sel_tokens_range": (0, max_tokens), "sel_thr_correct": False,
         "sel_cap_preset": "7B", "sel_cap_c": 5.0, "sel_cap_lambda": 1.0, "sel_cap_beta": 0.5, "sel_cap_k": 1,
-        "sel_cap_correct": False, "sel_seed": 0,
+        "sel_cap_correct": False, "sel_cap_weights": "relative", "sel_seed": 0,
+        "sel_mix_bins": "0, 3, 6, 10", "sel_mix_target": "matched", "sel_mix_target_value": 5.0, "sel_mix_n": 0,
+        "sel_mix_logic": "(correctness sources)", "sel_mix_min": 1.0,
         "sel_pp_rule": "shortest_correct", "sel_pp_k": 1, "sel_pp_correct": False,
         "sel_score": "tokens", "sel_score_order": "highest first",
         "sel_tg_n": 1000, "sel_tg_balance": "model", "sel_tg_within": "shortest_correct", "sel_tg_correct": True,
@@ -122,7 +138,7 @@ def _state_of(recipe: recipes.Recipe, max_tokens: int, choices: dict, rows: dict
     sel, rule = recipe.selection, recipe.selection.rule
     control, others = contamination.split_conditions(sel.conditions, with_only=False)  # the drop control's own
     state = {
-        "sel_mode": rule.mode, "sel_seed": sel.seed,
+        "sel_mode": rule.mode, "sel_seed": sel.seed, "sel_draw": sel.draw,
         "sel_rv_sources": list(sel.sources.rv), "sel_cd_sources": list(sel.sources.cd),
         "sel_correct_sources": list(sel.sources.correct),
         **problems.contamination_state("sel_", control),
@@ -138,7 +154,19 @@ def _state_of(recipe: recipes.Recipe, max_tokens: int, choices: dict, rows: dict
     elif isinstance(rule, CapacityMatched):
         preset = next((k for k, c in selection.CAPACITY_PRESETS.items() if c == rule.capacity and rule.beta == 0.5), "custom")
         state.update(sel_cap_preset=preset, sel_cap_c=rule.capacity, sel_cap_lambda=rule.lam, sel_cap_beta=rule.beta,
-                     sel_cap_k=rule.k, sel_cap_correct=rule.require_correct)
+                     sel_cap_k=rule.k, sel_cap_correct=rule.require_correct, sel_cap_weights=rule.weights)
+    elif isinstance(rule, RvCdMix):
+        numeric = isinstance(rule.rv_target, float)
+        state.update(sel_mix_bins=", ".join(f"{e:g}" for e in rule.cd_bins),
+                     sel_mix_target="number" if numeric else rule.rv_target,
+                     sel_mix_target_value=rule.rv_target if numeric else 5.0, sel_mix_n=rule.samples_per_bin or 0,
+                     sel_mix_min=rule.min_correctness)
+        if rule.score is not None:
+            label = next((k for k, v in choices.items() if v == rule.score.figure), None)
+            if label is None:
+                raise ValueError(f"the recipe reads logical correctness from {rule.score.label()}, which this store "
+                                 "does not have")
+            state["sel_mix_logic"] = label
     elif isinstance(rule, PerProblem):
         state.update(sel_pp_rule=rule.rule, sel_pp_k=rule.k, sel_pp_correct=rule.require_correct)
     elif isinstance(rule, TargetSize):
@@ -151,7 +179,7 @@ def _state_of(recipe: recipes.Recipe, max_tokens: int, choices: dict, rows: dict
         state.update(sel_cl_figure=label, sel_cl_unit=rule.unit, sel_cl_spread=rule.spread, sel_cl_m=rule.m,
                      sel_cl_n=rule.n, sel_cl_pick=rule.pick)
     score = getattr(rule, "score", None)
-    if score is not None:
+    if score is not None and not isinstance(rule, RvCdMix):
         label = next((k for k, v in choices.items() if v == score.figure), None)
         if label is None:
             raise ValueError(f"the recipe ranks by {score.label()}, which this store does not have")
@@ -193,6 +221,41 @@ def _score_widgets(choices: dict, where) -> Score:
     order = right.radio("Keep", ["highest first", "lowest first"], horizontal=True, key="sel_score_order")
     figure = choices[label]
     return Score(figure.metric, figure.source, higher_is_better=order == "highest first", level=figure.level)
+
+
+def _mix_widgets(where, choices: dict) -> RvCdMix:
+    """The RV/CD mixer's controls; the rule they describe."""
+    where.caption(
+        "EasyDistill 2.0's RV/CD mixer (its `CoTRVCDMixer`, reimplemented here from its code): the logically correct "
+        "CoTs are binned by CD; each bin has an RV target, and the CoTs closest to it are kept, at most N per bin "
+        "(over the whole pool, not per problem). Ties go to the seeded per-CoT draw.")
+    c1, c2, c3, c4 = where.columns([2, 2, 1, 1])
+    text = c1.text_input("CD bin edges", key="sel_mix_bins", help="Increasing CD values; EasyDistill's default is "
+                         "0, 3, 6, 10 (bins [0, 3), [3, 6), [6, 10]). A CoT with a CD outside them is dropped.")
+    try:
+        edges = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"CD bin edges are numbers separated by commas, e.g. 0, 3, 6, 10; not {text!r}") from None
+    target = c2.selectbox("RV target", list(MIX_TARGETS), format_func=MIX_TARGETS.get, key="sel_mix_target")
+    value = c3.number_input("RV target value", 0.0, 9.0, step=0.5, key="sel_mix_target_value",
+                            disabled=target != "number")
+    n = c4.number_input("Per bin (0 = all)", 0, 100_000_000, step=100, key="sel_mix_n")
+    c5, c6, c7 = where.columns([3, 1, 1])
+    logic_choices = ["(correctness sources)", *choices]
+    logic = c5.selectbox("Logical correctness from", logic_choices, key="sel_mix_logic",
+                         help="EasyDistill keeps CoTs whose judge gave logical_correctness ≥ the minimum: choose the "
+                              "judge's logic figure; '(correctness sources)' uses the verdicts under 'Score sources'.")
+    minimum = c6.number_input("at least", -1e9, 1e9, step=1.0, key="sel_mix_min", disabled=logic == logic_choices[0])
+    c7.number_input("Seed", 0, 2**31 - 1, step=1, key="sel_seed", help="Breaks ties in |RV − target|.")
+    score = None
+    if logic != logic_choices[0]:
+        figure = choices[logic]
+        score = Score(figure.metric, figure.source, level=figure.level)
+    rule = RvCdMix(cd_bins=edges, rv_target=value if target == "number" else target, samples_per_bin=int(n) or None,
+                   score=score, min_correctness=minimum if score is not None else 1.0)
+    where.caption("RV target per CD bin: " + "; ".join(f"{rule.bin_label(b)} → {rule.target(b):g}"
+                                                       for b in range(rule.n_bins)))
+    return rule
 
 
 def _slider_with_histogram(slot, label: str, key: str, lo: int, hi: int):
@@ -299,6 +362,12 @@ with common.guard():
         difficulty_view.select_presets(st, rows, "sel_")  # difficulty bands, a student's failures
     stamp = labels_stamp(stamp, Selection(base=base, sources=sources, conditions=conditions))
 
+    pool_tokenizers = cached_tokenizers(repr(base), db, stamp, base)
+    unit = tokens.token_unit(pool_tokenizers)
+    if tokens.mixed_tokenizers_note(pool_tokenizers):
+        st.warning(tokens.mixed_tokenizers_note(pool_tokenizers) + " A token range or the shortest CoT compares "
+                   "counts across them; narrow the filter to one tokenizer's datasets or models first.")
+
     mode = st.radio("Mode", list(MODES), format_func=MODES.get, horizontal=True, key="sel_mode")
     # the modes that rank by no score read the pool first, so they show only the controls for
     # metrics the pool has values of (the pool does not depend on their settings)
@@ -323,8 +392,8 @@ with common.guard():
         if "cd" in slots:
             histogram_slots["cd"], cd = _slider_with_histogram(slots["cd"], "Cognitive Difficulty", "sel_cd_range", 0, 9)
         if "n_tokens" in slots:
-            histogram_slots["n_tokens"], tok = _slider_with_histogram(slots["n_tokens"], "Tokens", "sel_tokens_range", 0,
-                                                                      max_tokens)
+            histogram_slots["n_tokens"], tok = _slider_with_histogram(slots["n_tokens"], unit[0].upper() + unit[1:],
+                                                                      "sel_tokens_range", 0, max_tokens)
         missing = [name for name, column in (("RV", "rv"), ("CD", "cd"), ("token counts", "n_tokens")) if not known[column]]
         if missing:
             controls.caption(f"No CoT of the pool has {' or '.join(missing)} from the chosen sources, so "
@@ -341,27 +410,42 @@ with common.guard():
             st.warning("A range or the correctness check is set but no source for it is chosen under "
                        "'Score sources', so every CoT fails it.")
     elif mode == "capacity":
-        controls.latex(selection.CAPACITY_FORMULA)
+        weights = st.session_state.sel_cap_weights
+        controls.latex(selection.CAPACITY_FORMULA_ABSOLUTE if weights == "absolute" else selection.CAPACITY_FORMULA)
+        controls.caption(
+            "**This formula is this project's reconstruction, not the paper's.** The OmniThought paper says that CoTs "
+            "with CD at or below the student's capacity are equally likely, that the chance falls as CD exceeds it, "
+            "and that an RV/CD mismatch is penalised (β); its own formula is not reproduced in any source we have, "
+            "so the exponential form and λ are ours. Its presets are the CD centre the paper found best for each "
+            "student, used here as the capacity C.")
         c1, c2, c3, c4, c5 = controls.columns([2, 1, 1, 1, 1])
         c1.selectbox("Student", list(PRESETS), format_func=PRESETS.get, key="sel_cap_preset", on_change=_apply_preset,
-                     help="The paper's best CD centre for Qwen2.5-7B-Instruct is 5 and for Qwen2.5-32B-Instruct 7, "
-                          "with beta = 0.5.")
+                     help="The CD centre that trained each student best in the paper (5 for Qwen2.5-7B-Instruct, 7 for "
+                          "Qwen2.5-32B-Instruct, with beta = 0.5), used here as the capacity C: that use is ours.")
         capacity = c2.number_input("C (capacity)", 0.0, 9.0, step=0.5, key="sel_cap_c",
                                    disabled=st.session_state.sel_cap_preset != "custom")
         lam = c3.number_input("λ (CD above C)", 0.0, 20.0, step=0.1, key="sel_cap_lambda")
         beta = c4.number_input("β (|CD − RV|)", 0.0, 20.0, step=0.1, key="sel_cap_beta",
                                disabled=st.session_state.sel_cap_preset != "custom")
         k = c5.number_input("k per problem", 1, 50, step=1, key="sel_cap_k")
-        c6, c7 = controls.columns([1, 3])
+        c6, c7, c8 = controls.columns([1, 2, 2])
         c6.number_input("Seed", 0, 2**31 - 1, step=1, key="sel_seed",
-                        help="The same seed keeps the same CoTs; another seed draws another subset.")
-        require = c7.checkbox("Only verified-correct CoTs are candidates", key="sel_cap_correct")
-        rule = CapacityMatched(capacity=capacity, lam=lam, beta=beta, k=int(k), require_correct=require)
+                        help="The same seed keeps the same CoTs, in this store and in any other that ingested the same "
+                             "files (each CoT's draw is keyed on its content); another seed draws another subset.")
+        c7.radio("Weights", list(WEIGHTS_LABELS), format_func=WEIGHTS_LABELS.get, key="sel_cap_weights",
+                 help="Relative: w only compares a problem's CoTs, and each problem gives k of them. Absolute: w is "
+                      "each CoT's own chance to be accepted; at most k accepted CoTs per problem are kept.")
+        require = c8.checkbox("Only verified-correct CoTs are candidates", key="sel_cap_correct")
+        rule = CapacityMatched(capacity=capacity, lam=lam, beta=beta, k=int(k), require_correct=require, weights=weights)
         example = selection.capacity_weight(capacity + 2, capacity + 1, capacity=capacity, lam=lam, beta=beta)
+        how = (f"Per problem, {int(k)} CoT(s) drawn without replacement with probability proportional to w: weights "
+               "are relative within the problem, so a problem gives its CoTs even when all lie far above C"
+               if weights == "relative" else
+               f"Each CoT accepted with probability w on its own (u < w), then at most {int(k)} accepted CoT(s) kept "
+               "per problem, so a problem whose CoTs all lie far above C can give none")
         controls.caption(
-            f"Per problem, {int(k)} CoT(s) drawn without replacement with probability proportional to w (u uniform "
-            f"per seed and CoT). E.g. a CoT with CD = {capacity + 2:g} and RV = {capacity + 1:g} weighs "
-            f"exp(−{lam:g}·2 − {beta:g}·1) = {example:.3f}; one with CD ≤ C and RV = CD weighs 1. "
+            f"{how} (u uniform per seed and CoT). E.g. a CoT with CD = {capacity + 2:g} and RV = {capacity + 1:g} "
+            f"weighs exp(−{lam:g}·2 − {beta:g}·1) = {example:.3f}; one with CD ≤ C and RV = CD weighs 1. "
             "CoTs without RV or CD are never drawn."
         )
         mark = {"cd": capacity}
@@ -372,6 +456,8 @@ with common.guard():
                 f"from the chosen sources (RV: {', '.join(rv_sources) or 'none'}; CD: {', '.join(cd_sources) or 'none'}), "
                 "so it keeps nothing. Choose RV/CD sources under 'Score sources', score the CoTs with a judge on the "
                 "Jobs page, or use another mode.")
+    elif mode == "rvcd_mix":
+        rule = _mix_widgets(controls, choices)
     elif mode == "per_problem":
         c1, c2 = controls.columns([3, 1])
         pp_rule = c1.radio("Keep per problem", list(PER_PROBLEM_LABELS), format_func=PER_PROBLEM_LABELS.get,
@@ -398,7 +484,12 @@ with common.guard():
     else:
         rule = _cluster_widgets(controls, choices)
 
-    sel = Selection(base=base, rule=rule, sources=sources, seed=int(st.session_state.sel_seed), conditions=conditions)
+    draw = st.session_state.get("sel_draw", "content")
+    if draw == "cot_id" and isinstance(rule, selection.DRAWING_RULES):
+        controls.caption("This recipe was saved before draws were keyed on each CoT's content: it still draws on "
+                         "the store's cot_ids, so it keeps the CoTs it kept then, in this store only.")
+    sel = Selection(base=base, rule=rule, sources=sources, seed=int(st.session_state.sel_seed), conditions=conditions,
+                    draw=draw)
     st.session_state.current_selection = sel
     stamp = labels_stamp(stamp, sel)
     selection_key = json.dumps(recipes.Recipe("current", sel).as_dict(), sort_keys=True)
@@ -418,7 +509,7 @@ with common.guard():
 
     # histograms above the sliders (or below the controls), kept against dropped, cut marked;
     # none for a metric no CoT of the pool has
-    titles = {"rv": "RV", "cd": "CD", "n_tokens": "tokens"}
+    titles = {"rv": "RV", "cd": "CD", "n_tokens": unit}
     present = [c for c in titles if report.missing[c] < report.pool_cots]
     if not histogram_slots and present:
         histogram_slots = dict(zip(present, st.columns(len(present))))

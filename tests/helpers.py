@@ -459,3 +459,19 @@ def ingest_generic(db: Path, rows: list[dict], name: str, *, tokenizer: Path | N
     else:
         count_tokens_stage(db=db, dataset_id=result.dataset_id)
     return result.dataset_id
+
+
+def write_whitespace_tokenizer(folder: Path, *, split_digits: bool = False) -> Path:
+    """A tokenizer.json whose token count is hand-countable: one token per whitespace-separated
+    piece (``split_digits``: and each digit its own token), every piece unknown. Two of them
+    with different settings are two tokenizers that count the same text differently."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    splits = [pre_tokenizers.WhitespaceSplit()]
+    if split_digits:
+        splits.append(pre_tokenizers.Digits(individual_digits=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder

@@ -80,6 +80,48 @@ def test_capacity_mode_shows_the_formula_and_draws_one_cot_per_problem(demo_stor
     assert at.session_state["current_selection"].rule.capacity == 7.0
 
 
+MIX_BINS_SQL = """
+SELECT CASE WHEN s.value < 3 THEN 0 WHEN s.value < 6 THEN 1 ELSE 2 END AS bin, count(*) FROM cots c
+JOIN scores s ON s.cot_id = c.cot_id AND s.metric = 'cd'
+JOIN score_sources ss ON ss.source_id = s.source_id AND ss.name LIKE 'omnithought (%'
+WHERE s.value BETWEEN 0 AND 10
+  AND EXISTS (SELECT 1 FROM scores v JOIN score_sources vs USING (source_id)
+              WHERE v.cot_id = c.cot_id AND v.metric = 'correct' AND vs.name = 'omnithought' AND v.value = 1)
+GROUP BY bin
+"""
+
+
+def test_capacity_says_it_is_a_reconstruction_and_offers_absolute_weights(demo_store, app_store):
+    app_store(demo_store)
+    at = open_select()
+    at.radio(key="sel_mode").set_value("capacity")
+    rerun(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "this project's reconstruction, not the paper's" in captions
+    problems = store.read_rows("SELECT count(DISTINCT problem_id) FROM cots", db=demo_store)[0][0]
+    at.radio(key="sel_cap_weights").set_value("absolute")
+    rerun(at)
+    assert at.session_state["current_selection"].rule.weights == "absolute"
+    assert any("u_i < w_i" in latex.value for latex in at.latex)
+    assert 0 < metric(at, "Kept CoTs") < problems  # some problems give none
+
+
+def test_rvcd_mix_keeps_what_sql_counts_per_bin(demo_store, app_store):
+    app_store(demo_store)
+    at = open_select()
+    at.radio(key="sel_mode").set_value("rvcd_mix")
+    rerun(at)
+    per_bin = dict(store.read_rows(MIX_BINS_SQL, db=demo_store))
+    assert metric(at, "Kept CoTs") == sum(per_bin.values())  # every candidate when no per-bin limit
+    at.number_input(key="sel_mix_n").set_value(40)
+    rerun(at)
+    assert metric(at, "Kept CoTs") == sum(min(40, n) for n in per_bin.values())
+    assert "[0, 3) → 2; [3, 6) → 6; [6, 10] → 10" in " ".join(c.value for c in at.caption)
+    at.text_input(key="sel_mix_bins").input("0, 3, x")
+    at.run()
+    assert any("CD bin edges are numbers" in e.value for e in at.error)
+
+
 def test_a_saved_recipe_is_a_file_that_loads_back(demo_store, app_store):
     app_store(demo_store)
     at = set_thoughtx(open_select())

@@ -83,16 +83,22 @@ def cot_ids(db: Path) -> dict[tuple[str, int], int]:
 
 
 def records(db: Path, cots: list[tuple]) -> list[dict]:
-    """The test's CoTs with their cot_id and stored token count, in TINY's order."""
+    """The test's CoTs with their cot_id, stored token count and draw key (the first 8 bytes of
+    the MD5 of dataset content hash, problem key, teacher and position, joined by U+001F), in
+    TINY's order."""
+    import hashlib
+
     ids = cot_ids(db)
     tokens = dict(store.read_rows("SELECT cot_id, n_tokens FROM cots", db=db))
+    (content_hash,) = store.read_rows("SELECT content_hash FROM datasets", db=db)[0]
     position: dict[str, int] = {}
     out = []
     for problem, teacher, correct, rv, cd, words in cots:
         i = position[problem] = position.get(problem, -1) + 1
         cot_id = ids[(problem, i)]
+        key = int(hashlib.md5(f"{content_hash}\x1f{problem}\x1f{teacher}\x1f{i}".encode()).hexdigest()[:16], 16)
         out.append({"cot_id": cot_id, "problem": problem, "model": teacher, "correct": correct, "rv": rv, "cd": cd,
-                    "words": words, "tokens": tokens[cot_id]})
+                    "words": words, "tokens": tokens[cot_id], "key": key})
     return out
 
 
@@ -187,13 +193,19 @@ def test_capacity_draws_the_largest_efraimidis_spirakis_keys(tiny):
     db, recs = tiny
     for seed, k in ((0, 1), (7, 2), (123456, 1)):
         rule = CapacityMatched(k=k)
-        kept = set(selection.kept_ids(Selection(CotFilter(), rule, BOTH, seed=seed), db=db).to_list())
-        expected = set()
-        for problem in {r["problem"] for r in recs}:
-            candidates = [r for r in recs if r["problem"] == problem and r["rv"] is not None]
-            keys = sorted(candidates, key=lambda r: selection.uniform(seed, r["cot_id"]) ** (1 / weight(r)), reverse=True)
-            expected |= {r["cot_id"] for r in keys[:k]}
-        assert kept == expected, seed
+        for draw, key in (("content", "key"), ("cot_id", "cot_id")):  # "cot_id": recipes saved before content keys
+            kept = set(selection.kept_ids(Selection(CotFilter(), rule, BOTH, seed=seed, draw=draw), db=db).to_list())
+            expected = set()
+            for problem in {r["problem"] for r in recs}:
+                candidates = [r for r in recs if r["problem"] == problem and r["rv"] is not None]
+                keys = sorted(candidates, key=lambda r: selection.uniform(seed, r[key]) ** (1 / weight(r)), reverse=True)
+                expected |= {r["cot_id"] for r in keys[:k]}
+            assert kept == expected, (seed, draw)
+    # the SQL's key is the documented one
+    assert [selection.draw_key(*row) for row in store.read_rows(
+        "SELECT d.content_hash, p.problem_key, c.model, c.sample_idx FROM cots c JOIN problems p USING (problem_id) "
+        "JOIN datasets d ON d.dataset_id = c.dataset_id ORDER BY c.cot_id", db=db)] == [
+        r["key"] for r in sorted(recs, key=lambda r: r["cot_id"])]
 
 
 def test_capacity_is_deterministic_and_the_seed_changes_the_subset(demo_store):
@@ -238,6 +250,108 @@ def test_capacity_presets():
     with pytest.raises(ValueError):
         CapacityMatched.preset("3B")
     assert r"\beta" in selection.CAPACITY_FORMULA and r"\lambda" in selection.CAPACITY_FORMULA
+
+
+def test_absolute_weights_accept_each_cot_on_its_own(tiny):
+    """weights="absolute": a CoT is accepted when u < w, and of a problem's accepted CoTs the k
+    with the smallest second-stream uniform are kept (checked against plain Python)."""
+    db, recs = tiny
+    for seed, k in ((0, 1), (5, 2), (99, 1)):
+        rule = CapacityMatched(k=k, weights="absolute")
+        kept = set(selection.kept_ids(Selection(CotFilter(), rule, BOTH, seed=seed), db=db).to_list())
+        expected = set()
+        for problem in {r["problem"] for r in recs}:
+            accepted = [r for r in recs if r["problem"] == problem and r["rv"] is not None
+                        and selection.uniform(seed, r["key"]) < weight(r)]
+            accepted.sort(key=lambda r: selection.uniform(seed, r["key"], stream=1))
+            expected |= {r["cot_id"] for r in accepted[:k]}
+        assert kept == expected, seed
+    # every CoT far above capacity: the relative reading still gives one per problem, the
+    # absolute one gives none (w <= exp(-10 * 3) for CD >= 3 at C = 0)
+    far = dict(capacity=0, lam=10)
+    relative = selection.evaluate(Selection(CotFilter(), CapacityMatched(**far), BOTH), db=db)
+    absolute = selection.evaluate(Selection(CotFilter(), CapacityMatched(**far, weights="absolute"), BOTH), db=db)
+    assert relative.kept_problems == 4 and absolute.kept_cots == 0
+    assert dict(zip(absolute.reasons["reason"], absolute.reasons["cots"])) == {
+        "no RV/CD score": 1, "not accepted (its draw u was not below its weight w)": 12}
+    with pytest.raises(ValueError, match="relative"):
+        CapacityMatched(weights="per problem")
+
+
+def test_content_keyed_draws_select_the_same_cots_in_any_store(tmp_path):
+    """Two stores ingest the same two files in opposite orders, so every CoT has another cot_id
+    in each; a capacity draw and the RV/CD mixer's ties keep the same CoTs in both (by content:
+    dataset, problem key, model, sample index). Keyed on cot_id, as old recipes are, they need not."""
+    other = [(f"q{i}", "QwQ-32B", True, 4, 4 + i % 3, 5) for i in range(6)]
+    files = {}
+    for name, cots in (("tiny", TINY), ("other", other)):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(row) + "\n" for row in omnithought_rows(cots)))
+    stores = []
+    for order in (("tiny", "other"), ("other", "tiny")):
+        db = tmp_path / f"{'-'.join(order)}.duckdb"
+        for name in order:
+            ingest(str(files[name]), name=name, db=db)
+        stores.append(db)
+
+    def kept_content(sel, db):
+        ids = selection.kept_ids(sel, db=db).to_list()
+        return set(store.read_rows(
+            "SELECT d.name, p.problem_key, c.model, c.sample_idx FROM cots c JOIN problems p USING (problem_id) "
+            "JOIN datasets d ON d.dataset_id = c.dataset_id WHERE list_contains(?, c.cot_id)", [ids], db=db))
+
+    assert {r[0] for r in store.read_rows("SELECT cot_id FROM cots", db=stores[0])} != \
+        {r[0] for r in store.read_rows("SELECT cot_id FROM cots", db=stores[1])}
+    differs = 0
+    for seed in range(4):
+        for rule in (CapacityMatched(k=1), CapacityMatched(k=2, weights="absolute"),
+                     selection.RvCdMix(rv_target=4.5, samples_per_bin=2)):
+            content = [kept_content(Selection(CotFilter(), rule, BOTH, seed=seed), db) for db in stores]
+            assert content[0] == content[1] and content[0], (seed, rule)
+            by_id = [kept_content(Selection(CotFilter(), rule, BOTH, seed=seed, draw="cot_id"), db) for db in stores]
+            differs += by_id[0] != by_id[1]
+    assert differs  # keyed on cot_id the order of ingestion shows
+
+
+# ---------------------------------------------------------------------------- RV/CD mixer
+
+
+def test_rvcd_mix_by_hand(tiny):
+    """EasyDistill's mixer on TINY, with the correctness sources as its logical correctness.
+    The correct CoTs with their CD bin ([0, 3), [3, 6), [6, 10]; matched targets 2, 6, 10):
+    bin 1 (target 6): #0 RV 4, #6 RV 3, #7 RV 5, #8 RV 6, #9 no RV; bin 2 (target 10): #1 RV 2,
+    #3 RV 8, #10 RV 4, #12 RV 9; bin 0: none."""
+    db, recs = tiny
+
+    def kept(rule, seed=0):
+        ids = set(selection.kept_ids(Selection(CotFilter(), rule, BOTH, seed=seed), db=db).to_list())
+        return {i for i, r in enumerate(recs) if r["cot_id"] in ids}
+
+    RvCdMix = selection.RvCdMix
+    assert [RvCdMix().target(b) for b in range(3)] == [2, 6, 10]
+    assert RvCdMix(cd_bins=(0, 5, 10)).target(1) == 10 and RvCdMix(cd_bins=(0, 10)).target(0) == 5
+    assert RvCdMix(cd_bins=(0, 2, 4, 6, 10)).target(1) == pytest.approx(4.67)
+    # bin 1 by distance to 6: #8 (0), #7 (1), #0 (2), ...; bin 2 by distance to 10: #12 (1), #3 (2), ...
+    assert kept(RvCdMix(samples_per_bin=2)) == {8, 7, 12, 3}
+    assert kept(RvCdMix()) == {0, 1, 3, 6, 7, 8, 9, 10, 12}  # every correct CoT with a CD in [0, 10]
+    assert kept(RvCdMix(rv_target="low", samples_per_bin=1)) == {6, 1}  # RV 3 of bin 1, RV 2 of bin 2
+    assert kept(RvCdMix(rv_target=5, samples_per_bin=1)) == {7, 10}
+    # bins [0, 4) (no correct CoT) and [4, 7], target 10 (#10's CD 7 is the top edge: in); #3 and #12 lie outside
+    assert kept(RvCdMix(cd_bins=(0, 4, 7), samples_per_bin=1)) == {8}
+    # a tie (#0 RV 4 and #7 RV 5 are both 0.5 from 4.5) goes to the smaller seeded draw
+    for seed in range(6):
+        first = min((0, 7), key=lambda i: selection.uniform(seed, recs[i]["key"]))
+        assert kept(RvCdMix(rv_target=4.5, samples_per_bin=1), seed) == {first, 10}
+    report = selection.evaluate(Selection(CotFilter(), RvCdMix(samples_per_bin=2), BOTH), db=db)
+    assert dict(zip(report.reasons["reason"], report.reasons["cots"])) == {
+        "incorrect": 4,
+        "beyond the 2 closest to RV 6 in CD bin [3, 6)": 3,
+        "beyond the 2 closest to RV 10 in CD bin [6, 10]": 2,
+    }
+    with pytest.raises(ValueError, match="increasing"):
+        RvCdMix(cd_bins=(0, 6, 3))
+    with pytest.raises(ValueError, match="rv_target"):
+        RvCdMix(rv_target="lots")
 
 
 # ---------------------------------------------------------------------------- per problem
@@ -366,6 +480,9 @@ ALL_RULES = [
     PerProblem("top_k", k=2, score=Score("cd", "omnithought (QwQ-32B)", higher_is_better=False), require_correct=True),
     PerProblem("shortest_correct"),
     TargetSize(n=5, balance="model_dataset", within="score", score=Score("n_chars"), require_correct=False),
+    CapacityMatched(capacity=5, k=1, weights="absolute"),
+    selection.RvCdMix(cd_bins=(0, 4, 10), rv_target=4.5, samples_per_bin=3,
+                      score=Score("rv", "omnithought (QwQ-32B)"), min_correctness=2),
 ]
 
 
@@ -398,6 +515,45 @@ def test_a_recipe_with_unknown_fields_is_refused(tmp_path):
         recipes.Recipe.from_dict(data)
     with pytest.raises(recipes.RecipeError, match="no saved recipe"):
         recipes.load("never saved")
+
+
+def test_a_hand_written_recipe_loads_and_each_mistake_is_named(tiny, tmp_path):
+    """A recipe written by hand as the module docstring documents it: omitted fields take their
+    defaults, and a mistake gets a sentence naming the field."""
+    db, recs = tiny
+    hand = {"format_version": 3, "name": "thoughtx by hand",
+            "base": {"datasets": ["tiny"], "correct_source": "@own"},
+            "sources": {"rv": list(BOTH.rv), "cd": list(BOTH.cd), "correct": list(BOTH.correct)},
+            "mode": "thresholds", "params": {"rv_range": [3, 5], "cd_range": [4, 4], "require_correct": True}}
+    path = tmp_path / "hand.json"
+    path.write_text(json.dumps(hand))
+    recipe = recipes.load(str(path))
+    assert recipe.selection.seed == 0 and recipe.selection.draw == "content"
+    ids = cot_ids(db)
+    assert set(recipes.apply(recipe, db=db).to_list()) == {ids[k] for k in (("p0", 0), ("p2", 0), ("p2", 1))}
+    mistakes = [
+        ({"params": {"rv_range": [3, "five"]}}, r"params\.rv_range\[1\]: expected a number"),
+        ({"params": {"capacity": 5}}, r"params has no field 'capacity'; its fields are rv_range"),
+        ({"mode": "capacity", "params": {"capacity": "five"}}, r"params\.capacity: expected a number, got \"five\""),
+        ({"mode": "capacity", "params": {"weights": "both"}}, r"params: weights are 'relative'"),
+        ({"mode": "threshold"}, r"mode: \"threshold\" is not a selection rule; choose one of thresholds"),
+        ({"base": {"dataset": ["tiny"]}}, r"base has no field 'dataset'"),
+        ({"base": {"tokens_range": [0]}}, r"base\.tokens_range: expected"),
+        ({"conditions": [{"metric": "logic", "source": "judge", "lo": "one"}]}, r"conditions\[0\] is a bad condition"),
+        ({"sources": {"rv": "omnithought"}}, r"sources\.rv: expected a list"),
+        ({"seed": 1.5}, r"seed: expected a whole number"),
+        ({"draw": "random"}, r"draw: expected"),
+        ({"format_version": 7}, r"format_version: 7 is not supported"),
+        ({"rule": "thresholds"}, r"the recipe has no field 'rule'"),
+        ({"name": ""}, r"name: expected a non-empty string"),
+    ]
+    for change, message in mistakes:
+        path.write_text(json.dumps({**hand, **change}))
+        with pytest.raises(recipes.RecipeError, match=message):
+            recipes.load(str(path))
+    path.write_text("{not json")
+    with pytest.raises(recipes.RecipeError, match="cannot read the recipe file hand.json"):
+        recipes.load(str(path))
 
 
 def test_compare_counts_both_only_a_only_b_per_model(tiny):

@@ -176,7 +176,7 @@ def test_recipes_keep_conditions_and_old_recipes_still_load(db, tmp_path):
     recipe = recipes.Recipe("with conditions", sel)
     path = recipes.save(recipe)
     data = json.loads(path.read_text())
-    assert data["format_version"] == 2 and len(data["conditions"]) == 2 and data["base"]["conditions"][0]["missing"]
+    assert data["format_version"] == 3 and len(data["conditions"]) == 2 and data["base"]["conditions"][0]["missing"]
     assert recipes.load("with conditions") == recipe
     assert recipes.apply(recipes.load("with conditions"), db=db).to_list() == selection.kept_ids(sel, db=db).to_list()
     # a recipe file as version 1 wrote it: no conditions, a plain Score
@@ -195,4 +195,20 @@ def test_recipes_keep_conditions_and_old_recipes_still_load(db, tmp_path):
     with pytest.raises(recipes.RecipeError, match="version 1 recipe has no conditions"):
         recipes.Recipe.from_dict({**old, "conditions": [Condition(LOGIC).as_dict()]})
     with pytest.raises(recipes.RecipeError, match="not supported"):
-        recipes.Recipe.from_dict({**old, "format_version": 3})
+        recipes.Recipe.from_dict({**old, "format_version": 4})
+
+
+def test_rvcd_mix_reads_logical_correctness_from_the_judge(db, cots):
+    """EasyDistill's mixer with its own validity test: the judge's logic at least 1 (not the
+    dataset's verdict); with every candidate kept, the kept CoTs are those with logic >= 1 and a
+    CD inside the bins, read here with plain SQL."""
+    src = sources(db)
+    cd = dict(store.read_rows(
+        "SELECT s.cot_id, max(s.value) FROM scores s JOIN score_sources ss USING (source_id) "
+        "WHERE s.metric = 'cd' AND list_contains(?, ss.name) GROUP BY s.cot_id", [list(src.cd)], db=db))
+    rule = selection.RvCdMix(score=Score("logic", JUDGE))
+    expected = {i for i, c in cots.items() if (c["logic"] or 0) >= 1 and cd.get(i) is not None and 0 <= cd[i] <= 10}
+    assert kept(Selection(CotFilter(), rule, src), db) == expected and expected
+    report = selection.evaluate(Selection(CotFilter(), rule, src), db=db)
+    assert reasons(report)["logic · judge smollm below 1"] == sum(
+        c["logic"] == 0 and cd.get(i) is not None for i, c in cots.items())

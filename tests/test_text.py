@@ -101,27 +101,42 @@ def test_default_markers_file():
         "double_check",
         "but_wait",
         "hold_on",
+        "pause",
     }
-    assert markers["hmm"] == ["hmm", "hmmm"]
+    assert markers["hmm"] == ["hmm+"]
     assert markers["let_me_check"] == ["let me check", "let me verify", "let me confirm"]
+    assert markers["pause"] == ["let's pause", "let me pause", "let us pause"]
 
 
 def test_marker_counts_hand_counted():
     text = (
         "Wait, let me check this. Hmm... But wait, the awaiting list is long. HMMM. "
         "Alternatively we could hold on; let me verify again.\nBut\nwait: double-check "
-        "and Double check. waiting? hold-on? Let me confirm."
+        "and Double check. waiting? hold-on? Let me confirm. Let\u2019s pause. hmmmmm, hm. "
+        "Let us pause here, hmmmm."
     )
     counts = MarkerCounter(load_markers()).count(text)
     assert counts == {
-        "wait": 3,  # "Wait," + both "But wait"; not "awaiting" nor "waiting"
-        "hmm": 2,  # "Hmm", "HMMM"
+        "wait": 1,  # "Wait,"; the two "But wait" are but_wait only; not "awaiting" nor "waiting"
+        "hmm": 4,  # "Hmm", "HMMM", "hmmmmm", "hmmmm"; not "hm"
         "alternatively": 1,
         "let_me_check": 3,  # check, verify, confirm
         "double_check": 2,  # "double-check", "Double check"
         "but_wait": 2,  # "But wait", "But\nwait"
-        "hold_on": 1,  # "hold on"; "hold-on" is not the phrase
+        "hold_on": 2,  # "hold on", "hold-on"
+        "pause": 2,  # "Let’s pause" (typographic apostrophe), "Let us pause"
     }
+
+
+def test_each_occurrence_counts_once_under_the_longest_phrase():
+    markers = {"wait": ["wait"], "but_wait": ["but wait"], "but": ["but"], "hmm": ["hmm+"], "hmmm": ["hmmm"]}
+    counter = MarkerCounter(markers)
+    text = "But wait. but. wait but wait, hmmm hmmmmm"
+    assert counter.count(text) == {"wait": 1, "but_wait": 2, "but": 1, "hmm": 2, "hmmm": 0}
+    # the occurrences tile the text without overlap, in order
+    spans = [(text[s:e], counter.names[i]) for s, e, i in counter.occurrences(text)]
+    assert spans == [("But wait", "but_wait"), ("but", "but"), ("wait", "wait"), ("but wait", "but_wait"),
+                     ("hmmm", "hmm"), ("hmmmmm", "hmm")]  # "hmmm": both match as long; the first listed wins
 
 
 def test_marker_counts_empty_text_has_every_name():
@@ -131,12 +146,13 @@ def test_marker_counts_empty_text_has_every_name():
 
 def test_custom_markers_are_literal(tmp_path):
     path = tmp_path / "markers.yaml"
-    path.write_text("plus:\n  - a+b?\nsorry:\n  - sorry\nnone: []\n", encoding="utf-8")
+    path.write_text("plus:\n  - a+b?\nsorry:\n  - sorry\nnone: []\ncpp:\n  - c++\n", encoding="utf-8")
     markers = load_markers(path)
-    assert markers == {"plus": ["a+b?"], "sorry": ["sorry"], "none": []}
-    counts = MarkerCounter(markers).count("a+b? ab aab a+b?x Sorry, SORRY. unsorry")
-    # "a+b?x" has a word character right after the phrase, "unsorry" one right before it.
-    assert counts == {"plus": 1, "sorry": 2, "none": 0}
+    assert markers == {"plus": ["a+b?"], "sorry": ["sorry"], "none": [], "cpp": ["c++"]}
+    counts = MarkerCounter(markers).count("a+b? ab aab a+b?x Sorry, SORRY. unsorry c++ cc")
+    # "a+b?x" has a word character right after the phrase, "unsorry" one right before it;
+    # "+" after a non-letter is literal ("c++" is not "c repeated")
+    assert counts == {"plus": 1, "sorry": 2, "none": 0, "cpp": 1}
 
 
 def test_marker_retry_inside_word():

@@ -27,6 +27,7 @@ from core.errors import UserError
 from core.figures import Condition, Figure
 from core.queries import CotFilter
 from core.records import IngestError
+from core.tokens import token_unit, tokenizer_counts
 
 
 def db_file() -> Path:
@@ -70,6 +71,7 @@ def _store_catalogue(stamp: tuple[float, float]) -> dict:
             "rv": queries.sources("rv"),
             "cd": queries.sources("cd"),
             "correct": queries.sources("correct"),
+            "tokenizers": tokenizer_counts(),  # which tokenizers the store's counts come from
             **queries.slider_maxima(),
         }
 
@@ -420,7 +422,10 @@ def sidebar_filter() -> CotFilter:
     if correct_source != _NONE:
         _correctness_caption(sb, correct_source, tuple(ds))
     max_tokens = max(cat["max_tokens"], 1)
-    tokens = range_input(sb, "Tokens", "f_tokens", 0, max_tokens)
+    unit = token_unit(cat["tokenizers"])
+    tokens = range_input(sb, unit[0].upper() + unit[1:], "f_tokens", 0, max_tokens)
+    if len(cat["tokenizers"]) > 1:
+        sb.caption("The store's token counts come from several tokenizers: a token range mixes their units.")
     max_refl = max(cat["max_reflections"], 1)
     refl = range_input(sb, "Reflection markers", "f_reflections", 0, max_refl)
     rv_source = cd_source = _NONE

@@ -68,12 +68,20 @@ def length_figure(f: CotFilter, *, facet_name: str = "none", kind: str = "histog
     cached per filter and display choice."""
 
     def build(df: pl.DataFrame):
-        frame = charts.length_distribution_frame(df, facet_by=charts.FACETS[facet_name], kind=kind, bins=bins, log=log_x)
+        facet_by = charts.FACETS[facet_name]
+        facet_label = facet_name if facet_name != "none" else None
+        if len(charts.tokenizers_of(df)) > 1:
+            # counts of different tokenizers are never pooled: a panel per tokenizer (and facet)
+            tokenizer = pl.col("tokenizer").fill_null("no tokenizer")
+            facet = tokenizer if facet_by is None else charts._facet_values(df, facet_by) + pl.lit(" · ") + tokenizer
+            df = df.with_columns(facet.alias("_facet_tokenizer"))
+            facet_by, facet_label = "_facet_tokenizer", f"{facet_label} and tokenizer" if facet_label else "tokenizer"
+        frame = charts.length_distribution_frame(df, facet_by=facet_by, kind=kind, bins=bins, log=log_x)
         # CoTs the chart cannot place: no token count, or a count of 0 on a log axis
         no_length = int(df["n_tokens"].is_null().sum()) + (int((df["n_tokens"] <= 0).sum()) if log_x else 0)
         fig = charts.length_distribution_figure(
-            frame, kind=kind, n_cots=df.height, facet_label=facet_name if facet_name != "none" else None,
-            log_x=log_x, no_length=no_length,
+            frame, kind=kind, n_cots=df.height, facet_label=facet_label, log_x=log_x, no_length=no_length,
+            length_name=charts.tokens_name(df),
             correctness_source=queries.correctness_label(f.correct_source) if f.correct_source else None,
             **({"panel_height": panel_height} if panel_height else {}),
         )
