@@ -81,18 +81,25 @@ def _score_form() -> None:
                               help="A local folder with a Hugging Face checkpoint, a hub id (network the first time), or the offline default.")
         backend = c2.selectbox("Backend", list(generation.BACKENDS), index=generation.BACKENDS.index(default["backend"]),
                                key="jobs_score_backend", help="transformers runs anywhere; vllm needs a GPU (or the separate CPU build).")
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3, c4 = st.columns(4)
         alpha = c1.number_input("Length-fusion alpha (empty: none)", min_value=0.0, max_value=1.0, value=default["fusion_alpha"],
                                 step=0.1, key="jobs_score_alpha",
                                 help="Also writes rv_fused = alpha × judge RV + (1 − alpha) × 9 × length quantile.")
         batch = c2.number_input("Batch size", min_value=1, value=default["batch_size"], key="jobs_score_batch",
                                 placeholder=f"{generation.DEFAULT_BATCH['transformers']} (vllm: {generation.DEFAULT_BATCH['vllm']})")
         new_tokens = c3.number_input("Max new tokens", min_value=1, value=default["max_new_tokens"], key="jobs_score_tokens")
+        clip = c4.number_input("Clip responses at (characters)", min_value=1, value=default["max_chars"], step=1000,
+                               key="jobs_score_clip", placeholder="never clip",
+                               help="A longer response is cut before judging: its first and last halves are kept, with a "
+                                    "note of how many characters were left out. Empty: never clip (long CoTs may then "
+                                    "not fit the judge's context).")
+        st.caption(f"Clip: {judge.clip_description(clip)}. The estimate counts how many of the chosen CoTs it cuts; "
+                   "the run reports it and the score source's parameters record it.")
         estimate, measure, start, long_ok = _cost_buttons("jobs_score", "Start re-scoring")
     if not (estimate or measure or start):
         return
     params = {"metrics": metrics, "model": model.strip() or None, "backend": backend, "max_cots": max_cots,
-              "batch_size": batch, "max_new_tokens": new_tokens, "fusion_alpha": alpha}
+              "batch_size": batch, "max_new_tokens": new_tokens, "fusion_alpha": alpha, "max_chars": clip}
     if which == choices[1]:
         if not recipe:
             raise UserError("Choose a saved recipe (save one on the Select page), or score the current filter.")
@@ -101,7 +108,7 @@ def _score_form() -> None:
         # only the constraints: a short, readable record on the job card
         chosen = (current or queries.CotFilter()).as_dict()
         params["filter"] = {k: v for k, v in chosen.items() if v not in (None, (), [], "", "any")}
-    params = {k: v for k, v in params.items() if v is not None}
+    params = {k: v for k, v in params.items() if v is not None or k == "max_chars"}
     cost = _cost("score", params, lambda target, options, ray: judge.estimate_cost(None, target, options),
                  measure=measure, key="jobs_score_cost")
     if start:
@@ -276,13 +283,16 @@ def _results(job: dict) -> None:
         st.caption(f"Model '{result.get('model')}', now the dataset '{result.get('dataset')}': compare it with other "
                    "models on the Distributions page (filter by dataset or model).")
     elif job["kind"] == "score" and job["state"] == "done" and result:
-        c1, c2, c3, c4 = st.columns(4)
+        c1, c2, c3, c4, c5 = st.columns(5)
         c1.metric("Scores written", f"{result.get('scored', 0):,}",
                   help="(CoT, metric) pairs judged by this run; pairs an earlier run of the job committed are not counted again.")
         c2.metric("With a value", f"{result.get('with_value', 0):,}")
         c3.metric("Without a usable value", f"{result.get('errors', 0):,}",
                   help="The judge's answer had no parseable score; its raw text is kept with the reason.")
-        c4.metric("Judging (s)", f"{result.get('seconds') or 0:.0f}")
+        max_chars = (result.get("params") or {}).get("max_chars")
+        c4.metric("CoTs clipped", f"{result.get('clipped_cots', 0):,} of {result.get('cots', 0):,}",
+                  help=judge.clip_description(max_chars)[0].upper() + judge.clip_description(max_chars)[1:] + ".")
+        c5.metric("Judging (s)", f"{result.get('seconds') or 0:.0f}")
         st.caption(f"Score source '{result.get('source')}': {result.get('scored', 0):,} (CoT, metric) pairs judged now, "
                    f"{result.get('already_done', 0):,} before, {result.get('errors', 0):,} without a usable value"
                    + (f", {result['fused']:,} fused RV values" if result.get("fused") is not None else "")
