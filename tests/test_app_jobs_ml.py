@@ -90,8 +90,9 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
     at.text_input(key="jobs_ft_name").input("ui-tune")
     at.text_input(key="jobs_ft_base").input(str(tiny_model))
     at.number_input(key="jobs_ft_steps").set_value(2)
-    at.number_input(key="jobs_ft_maxlen").set_value(256)
+    at.selectbox(key="jobs_ft_overlong").set_value("truncate_thinking")
     at, tune_id = _submit(at, "Start fine-tune")
+    assert jobs.get(tune_id)["params"]["overlong"] == "truncate_thinking" and "max_length" not in jobs.get(tune_id)["params"]
 
     score = _wait_done(score_id)
     source = f"judge:{tiny_model.name}:job{score_id}"
@@ -118,6 +119,7 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
 
     card = _wait_done(tune_id)["result"]
     assert card["steps"] == 2 and card["data"] == str(exported.path)
+    assert card["lengths"]["overlong"] == "truncate_thinking" and card["loss"]["on"] == "assistant"
 
     at = at.run()
     assert not at.exception, at.exception
@@ -131,6 +133,8 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
     curve = json.loads(charts[0].proto.spec)["data"][0]
     assert curve["x"] == [1, 2] and len(curve["y"]) == 2
     assert {m.label: m.value for m in at.metric}["Steps"] == "2"
+    assert any(f"Max length {card['lengths']['max_length']:,} tokens" in c.value and "Loss on the assistant turn only"
+               in c.value for c in at.caption)
 
     # 3. evaluate the tuned model on the benchmark: the adapter is offered by its model name
     at.selectbox(key="jobs_eval_benchmark").set_value("mini_gsm8k_test")
@@ -180,10 +184,15 @@ def test_forms_start_from_the_options_defaults(app_store, demo_store):
     assert at.number_input(key="jobs_score_clip").value == judge.max_chars == 12_000
     assert any("the first 6,000 and the last 6,000 are kept" in c.value for c in at.caption)
     assert at.number_input(key="jobs_ft_save").value == tune.save_steps
-    assert at.number_input(key="jobs_ft_lr").value == tune.learning_rate
+    # the learning rate and the max length are left empty: they are resolved from the method and the data
+    assert at.number_input(key="jobs_ft_lr").value is None and tune.learning_rate == 2e-4
+    assert at.number_input(key="jobs_ft_maxlen").value is None and tune.max_length is None
+    assert at.selectbox(key="jobs_ft_method").value == tune.method == "lora"
+    assert at.selectbox(key="jobs_ft_overlong").value == tune.overlong == "drop"
+    assert at.selectbox(key="jobs_ft_loss").value == tune.loss_on == "assistant"
     assert at.selectbox(key="jobs_ft_rank").value == tune.lora_rank
     assert at.number_input(key="jobs_eval_problems").value == evaluation.problems
-    assert at.number_input(key="jobs_eval_tokens").value == evaluation.max_new_tokens
+    assert at.number_input(key="jobs_eval_tokens").value == evaluation.max_new_tokens is None  # from the model's context
     assert at.text_input(key="jobs_tokens_tokenizer").value == "SmolLM2-135M-Instruct"  # the generated tokens form
 
 
