@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from core import charts, metrics, queries
+from core import charts, compare, metrics, queries
 from core.queries import CotFilter
 from ui import common, frames, steps_view
 
@@ -173,7 +173,10 @@ with common.guard():
             acc, mp = budgets_and_k(f, (), k)
         else:
             acc, mp = budgets_and_k(f, tuple(sorted(budgets)), k)
-            st.plotly_chart(frames.derived("budget_figure", f, lambda d: charts.budget_figure(acc, n_cots=d.height),
+            # evaluation runs recorded their max new tokens: the chart marks where answers hit it
+            caps = frames.derived("budget_caps", f, lambda _: charts.label_generated(
+                compare.budget_caps(f), common.catalogue(common.store_stamp())["generated"]))
+            st.plotly_chart(frames.derived("budget_figure", f, lambda d: charts.budget_figure(acc, n_cots=d.height, caps=caps),
                                            tuple(sorted(budgets)), k), key="dist_budget", width="stretch")
             st.caption("Accuracy and truncation rate per dataset, model and benchmark at each budget; "
                        "`full_accuracy` is without a budget and matches the `acc[source]` of "
