@@ -229,7 +229,7 @@ def compare(a: Run, b: Run, *, correct_source: str | None = OWN_CORRECTNESS, db=
     if a.benchmark != b.benchmark:
         notes.append(f"The runs name different benchmarks ({a.benchmark}, {b.benchmark}); they are compared on the "
                      f"problems whose question keys match ({len(shared_keys)}).")
-    keys = pl.Series("key", sorted(shared_keys), dtype=pl.String)
+    keys = pl.Series("key", sorted(shared_keys), dtype=pl.String).implode()  # one list: is_in tests membership
     per_a_shared = per_a.filter(pl.col("key").is_in(keys))
     per_b_shared = per_b.filter(pl.col("key").is_in(keys))
     shared_cots = pl.concat([cots_a.filter(pl.col("key").is_in(keys)).with_columns(pl.lit("A").alias("side")),
