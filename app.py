@@ -7,7 +7,7 @@ The entry script only frames and routes; each page lives in pages/ and all logic
 
 import streamlit as st
 
-from ui import auth
+from ui import auth, common
 
 st.set_page_config(page_title="ThoughtScope", page_icon="🔭", layout="wide")
 
@@ -18,6 +18,7 @@ PAGES = [
     st.Page("pages/distributions.py", title="Distributions", url_path="distributions"),
     st.Page("pages/agreement.py", title="Agreement", url_path="agreement"),
     st.Page("pages/labels.py", title="Labels", url_path="labels"),
+    st.Page("pages/compare.py", title="Compare runs", url_path="compare"),
     st.Page("pages/map.py", title="Map", url_path="map"),
     st.Page("pages/select.py", title="Select", url_path="select"),
     st.Page("pages/export.py", title="Export", url_path="export"),
@@ -34,4 +35,5 @@ if not signed_in:
     auth.login_screen()
 st.sidebar.caption("ThoughtScope · CoT data curation")
 auth.sidebar_user()
+common.keep_filter_state()  # the filter survives a visit to a page without it (Jobs, SQL, Compare)
 page.run()

@@ -383,12 +383,15 @@ def _legend(entries: int) -> dict:
 
 
 def budget_figure(acc: pl.DataFrame, *, n_cots: int, group_cols: Sequence[str] = GROUP_COLUMNS,
-                  tokens: str = "tokens") -> go.Figure:
+                  tokens: str = "tokens", caps: pl.DataFrame | None = None) -> go.Figure:
     """Accuracy (left) and truncation rate (right) at each token budget, one line per group.
 
     ``acc`` is ``metrics.accuracy_at_budgets``. The x axes are logarithmic with a tick at each
     budget (2k, 4k, ... are equally spaced, i.e. a log2 scale). ``tokens`` names the unit
-    (tokens_name: the tokenizer the counts come from).
+    (tokens_name: the tokenizer the counts come from). ``caps`` (group columns,
+    ``max_new_tokens``, ``hit``, ``n``; ``core.compare.budget_caps``) marks where a group's
+    generations were cut: a dotted vertical line in the group's colour at its max new tokens,
+    saying how many of its answers stopped there.
     """
     cols = [c for c in group_cols if c in acc.columns]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy", "Truncation rate"), horizontal_spacing=0.08)
@@ -410,6 +413,8 @@ def budget_figure(acc: pl.DataFrame, *, n_cots: int, group_cols: Sequence[str] =
                 showlegend=show, line={"color": colour}, customdata=[key.get("model")] * len(budgets),
                 hovertemplate=f"{label}<br>budget %{{x:,}}: %{{y:.1%}} (n={n:,})<extra></extra>",
             ), row=1, col=col_idx)
+    if caps is not None and caps.height:
+        _draw_caps(fig, caps, groups, labels, cols)
     ticks = sorted(set(acc["budget"].to_list())) if acc.height else []
     fig.update_xaxes(type="log", tickmode="array", tickvals=ticks, ticktext=[budget_label(t) for t in ticks],
                      title_text=f"budget in {tokens} (log2 scale)")
@@ -424,6 +429,24 @@ def budget_figure(acc: pl.DataFrame, *, n_cots: int, group_cols: Sequence[str] =
     if not acc.height:
         _empty_note(fig, "No CoT has both a token count and a correctness value")
     return inert_figure(fig)
+
+
+def _draw_caps(fig: go.Figure, caps: pl.DataFrame, groups: pl.DataFrame, labels: list[str], cols: list[str]) -> None:
+    """A dotted vertical line per capped group (a trace, so it sits right on the log axis)."""
+    keys = [tuple(row[c] for c in cols) for row in groups.iter_rows(named=True)] if cols else [()]
+    for row in caps.iter_rows(named=True):
+        key = tuple(row.get(c) for c in cols)
+        if key not in keys or not row.get("max_new_tokens"):
+            continue
+        i = keys.index(key)
+        cap, hit, n = int(row["max_new_tokens"]), int(row.get("hit") or 0), int(row.get("n") or 0)
+        text = f"{labels[i]}: max new tokens {cap:,}; {hit:,} of {n:,} answers stopped there"
+        for col_idx in (1, 2):
+            fig.add_trace(go.Scatter(
+                x=[cap, cap], y=[0, 1.02], mode="lines", line={"color": _PALETTE[i % len(_PALETTE)], "dash": "dot", "width": 1.5},
+                name=f"max new tokens · {labels[i]}", legendgroup=f"cap {labels[i]}", showlegend=col_idx == 1,
+                hovertemplate=text + "<extra></extra>", meta={"max_new_tokens": cap, "hit": hit, "n": n},
+            ), row=1, col=col_idx)
 
 
 def budget_table(acc: pl.DataFrame, group_cols: Sequence[str] = GROUP_COLUMNS) -> pl.DataFrame:

@@ -1,10 +1,14 @@
 """Evaluate a model (base, or base + LoRA adapter) on a benchmark, and ingest its answers.
 
     python -m core evaluate --benchmark gsm8k_test --model SmolLM2-135M-Instruct \
-        [--adapter data/models/my-run/adapter] --problems 20 --k 4 --max-new-tokens 512
+        [--adapter data/models/my-run/adapter] --problems 20 --k 4 [--max-new-tokens 512]
 
 k samples per problem under a max-new-token budget, generated through core.generation (vLLM
-on GPU, transformers on CPU). The generations are appended to a JSONL batch by batch (a killed
+on GPU, transformers on CPU). The budget defaults to what fits long CoTs: as many tokens as the
+model's context leaves after the longest prompt, at most :data:`LONG_COT_TOKENS` (32,768; long
+CoTs run 8k-32k tokens), so a reasoning model is not cut off mid-thought (SmolLM2's 8,192-token
+context gives about 8,000). Each answer records the budget and its finish reason, so the budget
+charts (Distributions, Compare) mark where generations hit it. The generations are appended to a JSONL batch by batch (a killed
 or cancelled run resumes without redoing them; a cancel stops the batch's generation within a
 decoding step), then ingested as a new dataset with math-verify correctness and token counts (with the
 evaluated model's own tokenizer, so its lengths are in the tokens its budget counts),
@@ -18,7 +22,7 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from core import store
@@ -29,6 +33,7 @@ from core.options import option
 from core.progress import CancelledFn, LogFn, ProgressFn, raise_if_cancelled, report_activity
 
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+LONG_COT_TOKENS = 32_768  # the default budget's ceiling: the longest budget the efficiency literature reports
 
 
 @dataclass
@@ -41,7 +46,8 @@ class EvalOptions:
     label: str | None = option(None, help="model name shown in the app (default model[+adapter's model name])")
     problems: int = option(20, label="Problems (the first N)", help="the benchmark's first N problems")
     k: int = option(1, label="k (samples per problem)", help="k = 1 decodes greedily; k > 1 samples at temperature 0.7")
-    max_new_tokens: int = option(512, help="the token budget of each answer")
+    max_new_tokens: int | None = option(None, help="the token budget of each answer (default: what the model's context "
+                                                   f"leaves after the longest prompt, at most {LONG_COT_TOKENS:,})")
     temperature: float | None = option(None, help="default 0 for k=1, else 0.7")
     backend: str = option("transformers", choices=BACKENDS, help="transformers runs anywhere; vllm needs a GPU (or the CPU build)")
     batch_size: int = option(8, help="problems per generate call (transformers)")
@@ -53,7 +59,7 @@ class EvalOptions:
             raise UserError("Choose a benchmark dataset (ingest one with the format 'benchmark' first), or give a benchmark file.")
         if self.backend not in BACKENDS:
             raise UserError(f"unknown generation backend '{self.backend}'; choose transformers or vllm")
-        if self.k < 1 or self.problems < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+        if self.k < 1 or self.problems < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1) or self.batch_size < 1:
             raise UserError("problems, k, max new tokens and the batch size must each be at least 1")
         if self.temperature is not None and self.temperature < 0:
             raise UserError(f"the temperature cannot be negative, got {self.temperature}")
@@ -75,6 +81,8 @@ def _label(opts: EvalOptions) -> str:
     if opts.label:
         return opts.label
     model = Path(opts.model).name if Path(opts.model).exists() else opts.model
+    if model == "model" and (Path(opts.model).parent / "model_card.json").exists():
+        model = Path(opts.model).parent.name  # a full fine-tune (data/models/<name>/model) goes by its name
     if not opts.adapter:
         return model
     adapter = Path(opts.adapter)
@@ -126,6 +134,36 @@ def _messages(question: str) -> list[dict]:
     return [{"role": "user", "content": question + PROMPT_SUFFIX}]
 
 
+def default_max_new_tokens(opts: EvalOptions, questions: list[str]) -> tuple[int, str]:
+    """(budget, how it was chosen): ``opts.max_new_tokens`` when given, else the tokens the
+    model's context leaves after the longest of these prompts (chat template applied, the
+    adapter's own template when it has one), at most :data:`LONG_COT_TOKENS`. Loads the
+    tokenizer and the config only."""
+    if opts.max_new_tokens is not None:
+        return opts.max_new_tokens, "given"
+    from transformers import AutoTokenizer
+
+    from core.models import adapter_chat_template, resolve_model
+    from core.sft_data import model_context
+
+    path = resolve_model(opts.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    template = (adapter_chat_template(opts.adapter) if opts.adapter else None) or tokenizer.chat_template
+    context = model_context(path, tokenizer)
+    if context is None:
+        return LONG_COT_TOKENS, f"{LONG_COT_TOKENS:,}: the model does not say how long its context is"
+    longest = max((len(tokenizer.apply_chat_template(_messages(q), chat_template=template, add_generation_prompt=True,
+                                                     tokenize=True, return_dict=True)["input_ids"]) for q in questions),
+                  default=0) if template else max((len(tokenizer(q + PROMPT_SUFFIX)["input_ids"]) for q in questions), default=0)
+    left = context - longest
+    if left < 1:
+        raise UserError(f"The longest prompt ({longest:,} tokens) fills the model's context ({context:,}); "
+                        "choose fewer or shorter problems, or a model with a longer context.")
+    if left > LONG_COT_TOKENS:
+        return LONG_COT_TOKENS, f"{LONG_COT_TOKENS:,}, the long-CoT ceiling (the model's context is {context:,})"
+    return left, f"the model's context ({context:,}) less the longest prompt ({longest:,})"
+
+
 def generate_answers(opts: EvalOptions, problems: list[dict], temperature: float, *, on_step=None,
                      cancelled: CancelledFn | None = None, backend_options: dict | None = None) -> list[list[Generation]]:
     """k answers per problem (in order), from the backend this process keeps open for the
@@ -163,20 +201,19 @@ def evaluate(
     """
     import polars as pl
 
-    from core.formats import ReadOptions
-    from core.ingest import ingest
     from core.summary import summary
-    from core.tokens import count_tokens_stage
     from core.verify import SOURCE as VERIFY_SOURCE
-    from core.verify import verify_stage
 
     temperature = opts.temperature if opts.temperature is not None else (0.0 if opts.k == 1 else 0.7)
     label = _label(opts)
+    problems = benchmark_problems(opts.benchmark, opts.problems, db=db)
+    budget, budget_from = default_max_new_tokens(opts, [p["question"] for p in problems])
+    opts = replace(opts, max_new_tokens=budget)  # the run's name and folder carry the budget it ran with
     out_dir = run_dir(opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "options.json").write_text(json.dumps(asdict(opts), indent=1))
     generations = out_dir / "generations.jsonl"
-    problems = benchmark_problems(opts.benchmark, opts.problems, db=db)
+    log(f"max new tokens {budget:,} ({budget_from})")
     done = _completed(generations, opts.k)
     todo = [p for p in problems if p["key"] not in done]
     log(f"{len(problems)} problems, {len(done)} already generated, {len(todo)} to go ({opts.backend}, {label})")
@@ -197,36 +234,53 @@ def evaluate(
         clock.start_call()
         results = generate_answers(opts, batch, temperature, on_step=on_step if progress else None, cancelled=cancelled)
         clock.end_call()
-        _append(generations, batch, results, label)
+        _append(generations, batch, results, label, budget)
         if progress:
             progress("generate", len(problems) - len(todo) + i + len(batch), len(problems))
     seconds = time.perf_counter() - started
-    name = run_name(opts)
-    result = ingest(
-        str(generations), fmt="generic", name=_free_name(name, db=db), db=db,
-        opts=ReadOptions(mapping={"question": "question", "response": "response", "answer": "reference",
-                                  "model": "model", "sample": "sample", "id": "id", "benchmark": "benchmark",
-                                  "finish_reason": "finish_reason"}),
-        progress=progress,
-    )
-    verify_stage(db=db, dataset_id=result.dataset_id, progress=progress)
     # counted with the evaluated model's own tokenizer (its budget is in those tokens)
-    count_tokens_stage(db=db, dataset_id=result.dataset_id, tokenizer=opts.model, progress=progress)
-    from core.markers import publish_density
-
-    publish_density(db=db, dataset_id=result.dataset_id)
+    result = ingest_generations(generations, run_name(opts), db=db, progress=progress, tokenizer=opts.model)
     rows = summary(db=db).filter(pl.col("dataset") == result.name).to_dicts()
     accuracy = rows[0].get(f"acc[{VERIFY_SOURCE}]") if len(rows) == 1 else None
     outcome = {
         "dataset": result.name, "dataset_id": result.dataset_id, "model": label, "benchmark": opts.benchmark,
         "adapter": opts.adapter, "problems": len(problems), "k": opts.k, "max_new_tokens": opts.max_new_tokens,
-        "temperature": temperature, "backend": opts.backend, "accuracy": accuracy,
+        "max_new_tokens_from": budget_from, "hit_max_new_tokens": _hits(generations), "temperature": temperature, "backend": opts.backend, "accuracy": accuracy,
         "generated_now": len(todo), "generation_seconds": seconds, "generations": str(generations),
         "summary": rows,
     }
     (out_dir / "result.json").write_text(json.dumps(outcome, indent=1, default=str))
     log(f"{label}: accuracy {accuracy if accuracy is not None else 'unknown'} % on {len(problems)} problems (dataset '{result.name}')")
     return outcome
+
+
+GENERATIONS_MAPPING = {"question": "question", "response": "response", "answer": "reference", "model": "model",
+                       "sample": "sample", "id": "id", "benchmark": "benchmark", "finish_reason": "finish_reason"}
+
+
+def ingest_generations(path: Path, name: str, *, db=None, progress: ProgressFn | None = None,
+                       tokenizer: str | None = None):
+    """Ingest an evaluation's generations file as a new dataset named ``name`` (made unique),
+    then verify its answers with math-verify and count its tokens (with ``tokenizer``, the
+    evaluated model's, else the default) and publish its marker densities; returns the ingest result.
+    Fields beyond the mapping (the budget, the model's own token count) stay in each CoT's
+    ``extra``."""
+    from core.formats import ReadOptions
+    from core.ingest import ingest
+    from core.tokens import count_tokens_stage
+    from core.verify import verify_stage
+
+    result = ingest(str(path), fmt="generic", name=_free_name(name, db=db), db=db,
+                    opts=ReadOptions(mapping=dict(GENERATIONS_MAPPING)), progress=progress)
+    verify_stage(db=db, dataset_id=result.dataset_id, progress=progress)
+    if tokenizer is not None:
+        count_tokens_stage(db=db, dataset_id=result.dataset_id, tokenizer=tokenizer, progress=progress)
+    else:
+        count_tokens_stage(db=db, dataset_id=result.dataset_id, progress=progress)
+    from core.markers import publish_density
+
+    publish_density(db=db, dataset_id=result.dataset_id)
+    return result
 
 
 def _generated_rows(path: Path) -> list[dict]:
@@ -272,15 +326,22 @@ def _free_name(name: str, *, db=None) -> str:
     return candidate
 
 
-def _append(path: Path, problems: list[dict], results: list[list[Generation]], label: str) -> None:
-    """One line per sample, flushed per batch: the unit a killed run does not redo."""
+def _append(path: Path, problems: list[dict], results: list[list[Generation]], label: str, budget: int) -> None:
+    """One line per sample, flushed per batch: the unit a killed run does not redo. The budget
+    and the model's own token count ride along (the ingest keeps them in the CoT's ``extra``)."""
     with open(path, "a") as fh:
         for p, samples in zip(problems, results):
             for j, answer in enumerate(samples):
                 fh.write(json.dumps({"id": p["key"], "benchmark": p["benchmark"], "question": p["question"],
                                      "reference": p["reference"], "model": label, "sample": j,
-                                     "response": answer.text, "finish_reason": answer.finish_reason}) + "\n")
+                                     "response": answer.text, "finish_reason": answer.finish_reason,
+                                     "max_new_tokens": budget, "completion_tokens": answer.completion_tokens}) + "\n")
         fh.flush()
+
+
+def _hits(path: Path) -> int:
+    """Answers of the run that stopped at the budget (finish reason 'length')."""
+    return sum(r.get("finish_reason") == "length" for r in _generated_rows(path))
 
 
 def estimate_cost(opts: EvalOptions, *, db=None):
@@ -292,6 +353,7 @@ def estimate_cost(opts: EvalOptions, *, db=None):
     problems = benchmark_problems(opts.benchmark, opts.problems, db=db) if not Path(opts.benchmark).exists() else None
     if problems is None:  # a file not ingested yet: its first lines stand for the problems
         problems = [{"key": str(i), "question": ""} for i in range(opts.problems)]
+    opts = replace(opts, max_new_tokens=default_max_new_tokens(opts, [p["question"] for p in problems])[0])
     generations = run_dir(opts) / "generations.jsonl"
     done = _complete(_generated_rows(generations), opts.k)  # read only: a running job may be appending
     todo = [p for p in problems if p["key"] not in done]

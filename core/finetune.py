@@ -1,46 +1,107 @@
-"""LoRA SFT of a base model on a selected subset (trl + peft), as a job or from the CLI.
+"""Supervised fine-tuning (SFT) of a model on a selected subset (trl; LoRA with peft, or a full
+fine-tune), as a job or from the CLI.
 
     python -m core finetune --data data/exports/x.messages.jsonl --name my-run --max-steps 20
     python -m core finetune --recipe my-recipe --name my-run --epochs 1
+    python -m core finetune --recipe twenty-long --name s2 --preset 20-long-cots --method full
 
 The training data is a TRL conversational file (`messages` per row, as core.export writes it),
-or a saved recipe, exported first (core.worker.finetune_job). The adapter, checkpoints, a live
-loss log and a model card (recipe, data hash, options, losses) go under data/models/<name>/. A
-killed run resumes from its last checkpoint; a cancelled one stops at the end of the current
-optimizer step and saves a checkpoint first, so it resumes from where it stopped.
+or a saved recipe, exported first (core.worker.finetune_job). The examples are prepared by
+:mod:`core.sft_data`, faithful to long CoTs:
+
+* the **max length** defaults to the 95th percentile of the examples' token lengths (capped by
+  the model's context), and the run reports how many examples exceed it;
+* an over-long example is **never cut so that it loses its answer**: it is dropped (default;
+  counted, and listed in ``overlong.jsonl`` and the model card with its line in the data file)
+  or, with ``--overlong truncate_thinking``, shortened inside its thinking with a visible marker;
+* the **loss is on the assistant turn only** by default (TRL's ``completion_only_loss`` on
+  prompt-completion examples; ``--loss-on all`` trains on every token);
+* a **base model without a chat template** is trained with the documented plain template of
+  :mod:`core.sft_data`, saved with the adapter so evaluation asks it the same way.
+
+The **20-long-cots preset** (``--preset 20-long-cots``) is in the spirit of seed 002 (20 long
+CoTs, lightly fine-tuned, beat a much larger instruct model): 20 examples, 5 epochs, every
+example up to the model's context (max length = the longest example, capped by the context),
+gradient accumulation 2, a cosine schedule with 10% warmup, learning rate 1e-4 with LoRA or
+1e-5 for a full fine-tune (``--method full``). These values are ThoughtScope's choice: the
+seed's own hyperparameters are not in our references. A field you set yourself wins over the
+preset (the preset fills the fields left at their defaults).
+
+The adapter (or the full model), checkpoints, a live loss log and a model card go under
+data/models/<name>/. The model card holds every hyperparameter (the options after the preset,
+the resolved max length, the optimizer, schedule, precision and LoRA settings, and the whole of
+TRL's training arguments), the loss mask in words, the chat template, the length report and the
+over-long examples. A killed run resumes from its last checkpoint; a cancelled one stops at the
+end of the current optimizer step and saves a checkpoint first, so it resumes from where it
+stopped.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from core import store
+from core import sft_data, store
 from core.errors import UserError
 from core.export import sha256_of
 from core.models import DEFAULT_MODEL
 from core.options import option
 from core.progress import CancelledFn, JobCancelled, LogFn, ProgressFn, report_activity
 
+METHODS = ("lora", "full")
+DEFAULT_LEARNING_RATE = {"lora": 2e-4, "full": 1e-5}
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+LOSS_ON = ("assistant", "all")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LORA_DROPOUT = 0.0
+PRESETS: dict[str, dict[str, Any]] = {
+    "20-long-cots": {
+        "about": "in the spirit of seed 002: few long CoTs, several epochs, LoRA or a full fine-tune "
+                 "(ThoughtScope's values; the seed's own hyperparameters are not published in our references)",
+        "values": {"examples": 20, "epochs": 5.0, "max_length_quantile": 1.0, "grad_accum": 2, "lr_scheduler": "cosine",
+                   "warmup_ratio": 0.1, "save_steps": 10},
+        "learning_rate": {"lora": 1e-4, "full": 1e-5},
+    },
+}
+
 
 @dataclass
 class FinetuneOptions:
-    """A LoRA fine-tune (the CLI's ``finetune`` flags and the Jobs form are made from it)."""
+    """An SFT run (the CLI's ``finetune`` flags and the Jobs form are made from it)."""
 
     name: str = option("", help="model folder under data/models", label="Model name (folder under data/models)")
     data: str | None = option(None, help="TRL messages JSONL (core export format 'trl')")
     recipe: str | None = option(None, help="a saved recipe: without --data it is exported to TRL messages first; "
                                            "named in the model card either way")
     thinking: str = option("think_tags", help="how a recipe export writes the thinking")
-    base_model: str = option(DEFAULT_MODEL, help="the model the adapter is trained on")
+    base_model: str = option(DEFAULT_MODEL, help="the model that is fine-tuned (an instruct model, or a base model: "
+                                                 "one without a chat template gets the plain template)")
+    preset: str | None = option(None, choices=tuple(PRESETS),
+                                help="20-long-cots: 20 examples, 5 epochs, every example up to the context, cosine "
+                                     "schedule (fills the fields left at their defaults)")
+    method: str = option("lora", choices=METHODS, help="lora trains an adapter; full updates every weight")
     examples: int | None = option(None, help="first N examples only")
     epochs: float = option(1.0, help="passes over the data")
     max_steps: int = option(-1, help="> 0 overrides --epochs")
-    learning_rate: float = option(2e-4, aliases=("--lr",), help="the optimizer's learning rate")
-    max_length: int = option(2048, help="tokens per example (longer are cut)")
+    learning_rate: float | None = option(None, aliases=("--lr",),
+                                         help="the optimizer's learning rate (default 2e-4 for lora, 1e-5 for full)")
+    lr_scheduler: str = option("linear", choices=SCHEDULERS, help="the learning-rate schedule")
+    warmup_ratio: float = option(0.0, help="share of the steps spent warming the learning rate up (0 to <1)")
+    max_length: int | None = option(None, label="Max length (tokens; empty: from the data)",
+                                    help="tokens per example; default: the max-length quantile of the examples' "
+                                         "lengths, capped by the model's context")
+    max_length_quantile: float = option(sft_data.DEFAULT_QUANTILE,
+                                        help="the quantile of the examples' token lengths that sets the default max length")
+    overlong: str = option("drop", choices=sft_data.OVERLONG,
+                           help="an example longer than max length: drop it (listed in the model card) or shorten its "
+                                "thinking in the middle with a visible marker; never cut off its answer")
+    loss_on: str = option("assistant", choices=LOSS_ON,
+                          help="assistant: loss on the assistant turn only (TRL completion-only loss); all: every token")
+    chat_template: str = option("auto", choices=sft_data.CHAT_TEMPLATES,
+                                help="auto: the model's own, or the plain template when it has none; plain: always the plain one")
     lora_rank: int = option(8, help="LoRA rank r")
     lora_alpha: int = option(16, help="LoRA alpha")
     batch_size: int = option(1, help="examples per device step")
@@ -55,9 +116,30 @@ class FinetuneOptions:
         if not self.data and not self.recipe:
             raise UserError("A fine-tune needs training data: a saved recipe (save one on the Select page), exported "
                             "first, or an exported TRL messages file (export one on the Export page).")
-        for name in ("max_length", "lora_rank", "lora_alpha", "batch_size", "grad_accum", "save_steps"):
+        for name, allowed in (("method", METHODS), ("lr_scheduler", SCHEDULERS), ("loss_on", LOSS_ON),
+                              ("overlong", sft_data.OVERLONG), ("chat_template", sft_data.CHAT_TEMPLATES)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name.replace('_', ' ')} must be one of {', '.join(allowed)}, not '{getattr(self, name)}'.")
+        if self.preset:
+            if self.preset not in PRESETS:
+                raise UserError(f"There is no fine-tuning preset '{self.preset}'; the presets are {', '.join(PRESETS)}.")
+            defaults = {f.name: f.default for f in fields(self)}
+            for key, value in PRESETS[self.preset]["values"].items():
+                if getattr(self, key) == defaults[key]:
+                    setattr(self, key, value)
+            if self.learning_rate is None:
+                self.learning_rate = PRESETS[self.preset]["learning_rate"][self.method]
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATE[self.method]
+        for name in ("lora_rank", "lora_alpha", "batch_size", "grad_accum", "save_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}.")
+        if self.max_length is not None and self.max_length < 16:
+            raise UserError(f"max length must be at least 16 tokens (or empty: from the data), got {self.max_length}.")
+        if not 0.0 < self.max_length_quantile <= 1.0:
+            raise UserError(f"the max-length quantile must lie in (0, 1], got {self.max_length_quantile}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError(f"the warmup ratio must lie in [0, 1), got {self.warmup_ratio}.")
         if self.examples is not None and self.examples < 1:
             raise UserError(f"examples must be at least 1 (or empty for all), got {self.examples}.")
         if self.epochs <= 0 or self.learning_rate <= 0:
@@ -106,8 +188,9 @@ def read_card(name: str) -> dict | None:
 
 
 def list_models() -> list[dict]:
-    """Fine-tuned models under data/models, newest first: name, adapter (path or None while
-    training), card (or None), steps logged so far."""
+    """Fine-tuned models under data/models, newest first: name, adapter (a LoRA run's folder,
+    or None), model (a full fine-tune's folder, or None; both None while training), card (or
+    None), steps logged so far."""
     root = store.data_dir() / "models"
     if not root.exists():
         return []
@@ -115,10 +198,11 @@ def list_models() -> list[dict]:
     for folder in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
         if not folder.is_dir():
             continue
-        adapter = folder / "adapter"
+        adapter, full = folder / "adapter", folder / "model"
         out.append({
             "name": folder.name,
             "adapter": str(adapter) if (adapter / "adapter_config.json").exists() else None,
+            "model": str(full) if (full / "config.json").exists() else None,
             "card": read_card(folder.name),
             "logged_steps": len(read_losses(folder.name)),
         })
@@ -174,6 +258,69 @@ def _export_manifest(data_path: Path) -> dict | None:
         return None
 
 
+def read_chats(path: Path, limit: int | None = None) -> tuple[list[list[dict]], list[int]]:
+    """The ``messages`` of each line of a TRL conversational JSONL file (the first ``limit``),
+    with their 1-based line numbers; UserError naming the line for anything else."""
+    chats, lines = [], []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            if limit is not None and len(chats) >= limit:
+                break
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path} line {number} is not JSON ({exc.msg}); export the data again in the TRL format.") from exc
+            messages = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise UserError(f"{path} line {number} has no 'messages' list; export with the TRL conversational format")
+            chats.append(messages)
+            lines.append(number)
+    if not chats:
+        raise UserError(f"{path} holds no training example")
+    return chats, lines
+
+
+def loss_description(loss_on: str) -> str:
+    if loss_on == "assistant":
+        return ("the assistant turn only: each example's last assistant message (its end-of-turn token included) is "
+                "the completion and the prompt before it is masked (TRL completion_only_loss on prompt-completion "
+                "examples)")
+    return "every token of each example, the prompt included"
+
+
+def hyperparameters(opts: FinetuneOptions, config, prepared: sft_data.Prepared, lora) -> dict[str, Any]:
+    """What decides the training, resolved: the values the trainer ran with."""
+    return {
+        "method": opts.method,
+        "preset": opts.preset,
+        "epochs": opts.epochs,
+        "max_steps": opts.max_steps,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler": str(getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type)),
+        "warmup_ratio": opts.warmup_ratio,
+        "optimizer": str(getattr(config.optim, "value", config.optim)),
+        "weight_decay": config.weight_decay,
+        "adam_betas": [config.adam_beta1, config.adam_beta2],
+        "adam_epsilon": config.adam_epsilon,
+        "max_grad_norm": config.max_grad_norm,
+        "batch_size": config.per_device_train_batch_size,
+        "grad_accum": config.gradient_accumulation_steps,
+        "effective_batch": config.per_device_train_batch_size * config.gradient_accumulation_steps,
+        "max_length": prepared.max_length,
+        "max_length_from": prepared.report["max_length_from"],
+        "overlong": opts.overlong,
+        "loss_on": opts.loss_on,
+        "weights_dtype": "float32",
+        "mixed_precision": "bf16" if config.bf16 else "fp16" if config.fp16 else None,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "seed": config.seed,
+        "lora": None if lora is None else {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+                                           "target_modules": sorted(lora.target_modules)},
+    }
+
+
 def finetune(
     opts: FinetuneOptions,
     *,
@@ -181,7 +328,7 @@ def finetune(
     cancelled: CancelledFn | None = None,
     log: LogFn = print,
 ) -> dict:
-    """Train a LoRA adapter on ``opts.data``; returns the model card.
+    """Fine-tune ``opts.base_model`` on ``opts.data``; returns the model card.
 
     ``progress("train", step, max_steps)`` follows the steps; when ``cancelled()`` turns True,
     or ``progress`` raises :class:`core.progress.JobCancelled`, training stops at the end of
@@ -212,18 +359,30 @@ def finetune(
     base = resolve_model(opts.base_model)
     torch.manual_seed(opts.seed)
 
-    train = datasets.load_dataset("json", data_files=str(data_path), split="train")
-    if "messages" not in train.column_names:
-        raise UserError(f"{data_path} has no 'messages' column; export with the TRL conversational format")
-    if opts.examples:
-        train = train.select(range(min(opts.examples, len(train))))
-    if len(train) == 0:
-        raise UserError(f"{data_path} holds no training example")
-    log(f"fine-tuning {base} on {len(train)} examples from {data_path}")
-
+    chats, lines = read_chats(data_path, opts.examples)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    template, template_from = sft_data.chat_template_for(tokenizer, opts.chat_template)
+    tokenizer.chat_template = template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    context = sft_data.model_context(base, tokenizer)
+    prepared = sft_data.prepare(tokenizer, template, chats, max_length=opts.max_length, quantile=opts.max_length_quantile,
+                                context=context, overlong=opts.overlong, lines=lines)
+    report = prepared.report
+    log(f"fine-tuning {base} ({opts.method}) on {report['trained_on']} of {len(chats)} examples from {data_path}; "
+        f"chat template: {template_from}")
+    log(f"max length {prepared.max_length:,} tokens ({report['max_length_from']}); token lengths: min "
+        f"{report['tokens']['min']:,}, median {report['tokens']['median']:,.0f}, p95 {report['tokens']['p95']:,.0f}, "
+        f"max {report['tokens']['max']:,}; {report['over_max_length']} longer: {report['dropped']} dropped, "
+        f"{report['thinking_shortened']} with their thinking shortened")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "overlong.jsonl", "w", encoding="utf-8") as fh:
+        for entry in prepared.overlong:
+            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    columns: dict[str, list] = {"input_ids": [e.input_ids for e in prepared.examples]}
+    if opts.loss_on == "assistant":
+        columns["completion_mask"] = [e.completion_mask for e in prepared.examples]
+    train = datasets.Dataset.from_dict(columns)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
 
     losses_path = out / "losses.jsonl"
@@ -264,9 +423,12 @@ def finetune(
         num_train_epochs=opts.epochs,
         max_steps=opts.max_steps,
         learning_rate=opts.learning_rate,
+        lr_scheduler_type=opts.lr_scheduler,
+        warmup_steps=opts.warmup_ratio,  # a float below 1 is a share of the steps
         per_device_train_batch_size=opts.batch_size,
         gradient_accumulation_steps=opts.grad_accum,
-        max_length=opts.max_length,
+        max_length=prepared.max_length,  # every example fits: TRL's own truncation never cuts one
+        completion_only_loss=opts.loss_on == "assistant",
         logging_steps=1,
         save_steps=opts.save_steps,
         save_total_limit=2,
@@ -276,12 +438,16 @@ def finetune(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = SFTTrainer(
-        model=model, args=config, train_dataset=train, processing_class=tokenizer,
-        peft_config=LoraConfig(r=opts.lora_rank, lora_alpha=opts.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
-                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
-        callbacks=[LossLogAndCancel()],
-    )
+    lora = None
+    if opts.method == "lora":
+        lora = LoraConfig(r=opts.lora_rank, lora_alpha=opts.lora_alpha, lora_dropout=LORA_DROPOUT, task_type="CAUSAL_LM",
+                          target_modules=list(LORA_TARGETS))
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer, peft_config=lora,
+                         callbacks=[LossLogAndCancel()])
+    # what the loss is computed on, counted on the dataset the trainer made (its labels)
+    labels = trainer.train_dataset["labels"]
+    loss_tokens = sum(sum(1 for t in row if t != -100) for row in labels)
+    total_tokens = sum(len(row) for row in labels)
     checkpoints = _checkpoints(out)
     resume = str(checkpoints[-1]) if checkpoints else None
     if resume:
@@ -296,21 +462,34 @@ def finetune(
     if stop["requested"]:
         log(f"cancelled at step {trainer.state.global_step}; checkpoint saved, resume goes on from there")
         raise JobCancelled()
-    adapter = out / "adapter"
-    trainer.model.save_pretrained(str(adapter))
-    tokenizer.save_pretrained(str(adapter))
+    weights = out / ("adapter" if opts.method == "lora" else "model")
+    trainer.model.save_pretrained(str(weights))
+    tokenizer.save_pretrained(str(weights))  # with the chat template it was trained with
     manifest = _export_manifest(data_path)
     card = {
         "name": opts.name,
+        "method": opts.method,
         "base_model": opts.base_model,
         "base_model_path": base,
-        "adapter": str(adapter),
+        "adapter": str(weights) if opts.method == "lora" else None,
+        "model": str(weights) if opts.method == "full" else None,
         "recipe": opts.recipe or ((manifest or {}).get("recipe") or {}).get("name"),
         "data": str(data_path),
         "data_sha256": data_sha,
         "export_manifest": manifest,
-        "examples": len(train),
+        "examples": report["trained_on"],
+        "examples_in_data": report["examples"],
+        "lengths": report,
+        "overlong": prepared.overlong[:sft_data.LISTED_IN_CARD],
+        "overlong_file": str(out / "overlong.jsonl"),
+        "loss": {"on": opts.loss_on, "what": loss_description(opts.loss_on), "loss_tokens": loss_tokens,
+                 "tokens": total_tokens},
+        "chat_template": {"from": template_from, "template": template},
+        "hyperparameters": hyperparameters(opts, config, prepared, lora),
+        "preset": {"name": opts.preset, **{k: v for k, v in PRESETS[opts.preset].items() if k != "values"},
+                   "values": PRESETS[opts.preset]["values"]} if opts.preset else None,
         "options": asdict(opts),
+        "training_args": json.loads(json.dumps(config.to_dict(), default=str)),
         "train_loss": result.training_loss,
         "steps": result.global_step,
         "losses": read_losses(opts.name),
@@ -321,5 +500,5 @@ def finetune(
     tmp = out / "model_card.json.part"
     tmp.write_text(json.dumps(card, indent=1, default=str))
     tmp.replace(out / "model_card.json")
-    log(f"adapter saved to {adapter}")
+    log(f"{'adapter' if opts.method == 'lora' else 'model'} saved to {weights}")
     return card

@@ -189,7 +189,8 @@ class TransformersBackend:
         if adapter and merge_adapter:
             self.model = self.model.merge_and_unload()
         if not getattr(self.tokenizer, "chat_template", None):
-            raise GenerationError(f"Model '{model}' has no chat template; use an instruction-tuned (chat) model.")
+            raise GenerationError(f"Model '{model}' has no chat template; use an instruction-tuned (chat) model, or a "
+                                  "fine-tune of a base model made here (its chat template is saved with it).")
         # decoder-only models must be padded on the left, or the batch continues from pad tokens
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -289,11 +290,15 @@ class VllmBackend:
         if max_model_len:
             options["max_model_len"] = max_model_len
         self._lora = None
+        self._chat_template = None
         if adapter:
             from vllm.lora.request import LoRARequest
 
+            from core.models import adapter_chat_template
+
             options.update(enable_lora=True, max_lora_rank=vllm_lora_rank(adapter))
             self._lora = LoRARequest("adapter", 1, str(adapter))
+            self._chat_template = adapter_chat_template(adapter)  # as the transformers backend does
         self.llm = LLM(model=resolve_model(model), **options)
         self.batch_size = batch_size or DEFAULT_BATCH["vllm"]
         self.generated_tokens = 0
@@ -304,7 +309,8 @@ class VllmBackend:
 
         params = SamplingParams(n=n, temperature=0.0, max_tokens=tokens, min_tokens=tokens, ignore_eos=True)
         started = time.perf_counter()
-        self.llm.chat([list(p) for p in prompts], params, use_tqdm=False, lora_request=self._lora)
+        self.llm.chat([list(p) for p in prompts], params, use_tqdm=False, lora_request=self._lora,
+                      chat_template=self._chat_template)
         return time.perf_counter() - started
 
     @staticmethod
@@ -327,7 +333,8 @@ class VllmBackend:
             params = self._sampling(regex=None, **options)
         # enqueue, then drive the engine step by step (what LLM.chat does inside), so a cancel
         # is seen between two steps and the unfinished requests are aborted
-        request_ids = self.llm.enqueue_chat([list(p) for p in prompts], params, use_tqdm=False, lora_request=self._lora)
+        request_ids = self.llm.enqueue_chat([list(p) for p in prompts], params, use_tqdm=False, lora_request=self._lora,
+                                            chat_template=self._chat_template)
         engine = self.llm.llm_engine
         finished: list[Any] = []
         done_sequences = tokens = 0

@@ -4,7 +4,17 @@ The judge follows the published OmniThought/EasyDistill recipe: one user message
 holding the problem and the answer with its reasoning, an integer answer inside
 ``<score></score>`` (0-9 for RV and CD, 1/0 for logic), greedy decoding, at most 512 new
 tokens. The prompt wording is ThoughtScope's own and lives in data files
-(``core/judge_templates/*.yaml``); a run records each template's sha256.
+(``core/judge_templates/*.yaml``); a run records each template's sha256. The prompts show the
+answer format with a neutral placeholder (``<score>N</score>``), not an example value a small
+judge could copy, and leave the justification optional.
+
+A judge answer is read by :func:`parse_score`: the ``<score>`` tag, else only an unambiguous
+final score (a last line holding only the integer, or "score: N"); a number in prose is never
+taken ("12 steps and 3 checks; I give it a 6" is missing, not 3). For logic, "correct" and
+"incorrect" (and true/false) are read as EasyDistill reads them. The parser's version is in
+each source's parameters. A response over ``max_chars`` characters (12,000 by default) is
+clipped to its head and tail before judging (:func:`clip_response`); the source's parameters
+say so in words, and each run reports how many of its CoTs were clipped.
 
 Every run writes a new score source (kind ``judge``) and commits its scores batch by batch in
 short transactions, so the app keeps reading while it runs, and a run restarted under the same
@@ -176,54 +186,123 @@ def templates_hash(templates: Iterable[JudgeTemplate]) -> str:
 # ---------------------------------------------------------------------------- parsing
 
 DEFAULT_RANGES = {"rv": (0, 9), "cd": (0, 9), "logic": (0, 1)}
+# The parser's rules change what a judge answer means: a run records this version in its score
+# source's parameters (version 1, before: the first standalone integer in range was taken).
+PARSER_VERSION = 2
 _TAG = re.compile(r"<score>\s*(.*?)\s*</score>", re.S | re.I)
 _SIGNED_INT = re.compile(r"[+-]?\d+")
+# "score: 6", "Score = 6", "final score is 6", "score of 6" (not "6/10", "6.5" or "6-7")
+_LABELLED = re.compile(r"\bscore\b\s*(?:is\b|of\b)?\s*[:=]?\s*[*_`]*\s*([+-]?\d+)(?![\w\-/]|[.,]\d)", re.I)
+_DECORATION = " \t*_`#>.!"
+# verdict words for a 0-1 metric: EasyDistill reads true/false and correct/incorrect; a bare
+# yes/no counts only where it is the whole answer (or opens its first or last line), since prose
+# is full of "no errors" and "yes, but".
+_VERDICT = {"true": 1, "correct": 1, "yes": 1, "false": 0, "incorrect": 0, "no": 0}
+_PROSE_VERDICT = re.compile(r"\b(not\s+)?(true|false|correct|incorrect)\b", re.I)
+_LEADING_VERDICT = re.compile(r"^(?:[\w ]{1,30}:\s*)?(not\s+)?(true|false|correct|incorrect|yes|no)\b(?:\s*$|\s*[,.:;!\-\u2014(])", re.I)
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip(_DECORATION) for line in text.splitlines() if line.strip(_DECORATION)]
+
+
+def _verdict(words: tuple[str | None, str]) -> int:
+    negated, word = words
+    value = _VERDICT[word.lower()]
+    return 1 - value if negated else value
+
+
+def _untagged_integer(text: str, low: int, high: int) -> tuple[int | None, str | None, list[str]]:
+    """An integer given as the final score without a tag: the last line holding only the integer,
+    or "score: N" (several of them must agree). (value, None, []) when found, else (None, reason
+    or None, the numbers seen)."""
+    found = [m.group(1) for m in _LABELLED.finditer(text)]
+    lines = _lines(text)
+    if lines and _SIGNED_INT.fullmatch(lines[-1]):
+        found.append(lines[-1])
+    values = list(dict.fromkeys(int(v) for v in found))
+    if len(values) > 1:
+        return None, f"no <score> tag and the final scores disagree ({', '.join(map(str, values))})", []
+    if values:
+        value = values[0]
+        if low <= value <= high:
+            return value, None, []
+        return None, f"no <score> tag; the final score {value} is outside the range {low}-{high}", []
+    return None, None, _BARE_INT.findall(text)
+
+
+def _untagged_verdict(text: str) -> tuple[int | None, str | None]:
+    """A 0-1 verdict in words: a first or last line that opens with true/false/correct/incorrect/
+    yes/no (optionally after a short label such as "Verdict:"), else the words true/false/correct/
+    incorrect ("not correct" is incorrect) anywhere, if they all agree."""
+    lines = _lines(text)
+    candidates = []
+    for line in dict.fromkeys((lines[-1], lines[0])) if lines else ():
+        match = _LEADING_VERDICT.match(line)
+        if match:
+            candidates.append(_verdict(match.groups()))
+    if not candidates:
+        candidates = [_verdict(m.groups()) for m in _PROSE_VERDICT.finditer(text)]
+    if not candidates:
+        return None, None
+    if len(set(candidates)) > 1:
+        return None, "no <score> tag and the verdict words disagree (both correct/true and incorrect/false)"
+    return candidates[0], None
+
+
 # A standalone integer: not part of a word, a decimal, a range ("0-9"), a fraction ("7/10")
-# or a signed number; such numbers are not a score on our scale.
+# or a signed number (only listed in a reason: a bare number in prose is never taken as the score).
 _BARE_INT = re.compile(r"(?<![\w.\-+/])\d+(?![\w\-/]|[.,]\d)")
-_WORDS = re.compile(r"\b(true|false|yes|no)\b", re.I)
-_WORD_VALUE = {"true": 1, "yes": 1, "false": 0, "no": 0}
 
 
 def parse_score(text: str | None, metric: str = "rv", *, low: int | None = None, high: int | None = None) -> tuple[int | None, str | None]:
     """(value, None) for a usable judge answer, else (None, reason). Never guesses.
 
-    Order: the first ``<score>N</score>`` holding an integer (outside the range -> None and
-    the reason); else the first standalone integer within the range; else, for a 0-1 metric,
-    the first of the words true/yes (1) or false/no (0).
+    Order: the first ``<score>N</score>`` holding an integer (outside the range -> None and the
+    reason; for a 0-1 metric the tag may hold a verdict word); else an unambiguous final score
+    without a tag: a last line holding only the integer, or "score: N" (all such must agree);
+    else, for a 0-1 metric, a verdict in words (see :func:`_untagged_verdict`). A number in
+    prose is not a score: "12 steps and 3 checks; I give it a 6" is missing, with the reason.
 
     >>> parse_score("Clear and short. <score>3</score>", "rv")
     (3, None)
     >>> parse_score("<score>12</score>", "cd")
     (None, '<score>12</score> is outside the range 0-9')
-    >>> parse_score("The reasoning holds: yes", "logic")
-    (1, None)
+    >>> parse_score("Too long for the problem.\\nScore: 7", "rv")
+    (7, None)
+    >>> parse_score("12 steps and 3 checks; I give it a 6", "rv")[0] is None
+    True
+    >>> parse_score("The reasoning is incorrect: step 2 divides by zero.", "logic")
+    (0, None)
     """
     if low is None or high is None:
         low, high = DEFAULT_RANGES.get(metric, (0, 9))
     if text is None or not text.strip():
         return None, "empty judge output"
-    for content in _TAG.findall(text):
+    binary = (low, high) == (0, 1)
+    tags = _TAG.findall(text)
+    for content in tags:
         if _SIGNED_INT.fullmatch(content):
             value = int(content)
             if low <= value <= high:
                 return value, None
             return None, f"<score>{content}</score> is outside the range {low}-{high}"
-    out_of_range = []
-    for match in _BARE_INT.finditer(text):
-        value = int(match.group())
-        if low <= value <= high:
-            return value, None
-        out_of_range.append(match.group())
-    if (low, high) == (0, 1):
-        word = _WORDS.search(text)
-        if word:
-            return _WORD_VALUE[word.group(1).lower()], None
-        reason = "no <score> tag, no integer 0 or 1 and no true/false/yes/no word"
-    else:
-        reason = f"no <score> tag and no integer in range {low}-{high}"
-    if out_of_range:
-        reason += f" (only out-of-range numbers: {', '.join(out_of_range[:5])})"
+        if binary and content.strip(_DECORATION).lower() in _VERDICT:
+            return _VERDICT[content.strip(_DECORATION).lower()], None
+    value, reason, numbers = _untagged_integer(text, low, high)
+    if value is not None or reason is not None:
+        return value, reason
+    if binary:
+        value, reason = _untagged_verdict(text)
+        if value is not None or reason is not None:
+            return value, reason
+    tag_note = f"the <score> tag holds no integer ({', '.join(repr(t[:20]) for t in tags[:3])}); " if tags else ""
+    wanted = "a last line holding only the score, or 'score: N'"
+    if binary:
+        wanted += ", or a verdict word (true/false, correct/incorrect)"
+    reason = f"{tag_note}no <score> tag with an integer and no unambiguous final score ({wanted})"
+    if numbers:
+        reason += f"; numbers in the answer, not taken as the score: {', '.join(numbers[:6])}"
     return None, reason
 
 
@@ -232,13 +311,23 @@ def parse_score(text: str | None, metric: str = "rv", *, low: int | None = None,
 
 def clip_response(text: str, max_chars: int | None) -> tuple[str, bool]:
     """``text`` cut to ``max_chars`` keeping its head and tail (the answer sits at the end),
-    with a note of how much was left out; and whether it was cut."""
+    with a note of how much was left out; and whether it was cut. See :func:`clip_description`."""
     if not max_chars or len(text) <= max_chars:
         return text, False
     head = max_chars // 2
     tail = max_chars - head
     omitted = len(text) - head - tail
     return f"{text[:head]}\n\n[... {omitted} characters omitted ...]\n\n{text[-tail:]}", True
+
+
+def clip_description(max_chars: int | None) -> str:
+    """In words, what :func:`clip_response` does to a response at this size (the Jobs form, the
+    score source's parameters and the CLI's help say the same)."""
+    if not max_chars:
+        return "responses are not clipped"
+    head = max_chars // 2
+    return (f"responses over {max_chars:,} characters are clipped: the first {head:,} and the last "
+            f"{max_chars - head:,} are kept, with '[... N characters omitted ...]' between them")
 
 
 def build_prompt(template: JudgeTemplate, question: str, response: str, max_chars: int | None = DEFAULT_MAX_CHARS) -> Messages:
@@ -265,7 +354,10 @@ class JudgeOptions:
     template_dir: str | None = option(None, help="a folder of judge templates (*.yaml) that adds to or overrides the built-in ones")
     batch_size: int | None = option(None, help="prompts per generate call (default 8 on transformers, 256 on vllm)")
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, help="the judge's answer is cut at this many tokens")
-    max_chars: int | None = option(DEFAULT_MAX_CHARS, help="responses longer than this are clipped (head and tail)")
+    max_chars: int | None = option(DEFAULT_MAX_CHARS, label="Clip responses at (characters)",
+                                   help="a response longer than this is clipped before judging: its first and last "
+                                        "halves are kept, with a note of how many characters were left out between "
+                                        "them (empty: never clip)")
     temperature: float = option(0.0, help="0 decodes greedily (the published recipe)")
     guided: bool = option(False, help="vllm only: constrain the answer to <score>N</score>")
     fusion_alpha: float | None = option(None, label="Length-fusion alpha",
@@ -369,7 +461,8 @@ class ScoreRun:
     scored: int = 0
     with_value: int = 0
     errors: int = 0
-    truncated_prompts: int = 0
+    truncated_prompts: int = 0  # prompts (CoT x metric) this run judged on a clipped response
+    clipped_cots: int = 0  # CoTs of the run whose response is longer than max_chars (all of its CoTs, resumed or not)
     generated_tokens: int = 0
     seconds: float = 0.0
     cancelled: bool = False
@@ -431,7 +524,8 @@ def run_params(templates: Sequence[JudgeTemplate], options: JudgeOptions) -> dic
         "temperature": options.temperature,
         "max_new_tokens": options.max_new_tokens,
         "max_chars": options.max_chars,
-        "truncation": "head and tail halves of the response, a note of the omitted characters between",
+        "truncation": clip_description(options.max_chars),
+        "parser": PARSER_VERSION,
         "response_field": "cots.full_text",
         "guided": options.guided,
         "length_fusion": fusion.as_dict() if fusion else None,
@@ -483,6 +577,16 @@ def target_ids(db, cots: Sequence[int] | CotFilter | None) -> list[int]:
         unknown = sorted(set(wanted) - set(found))
         raise JudgeError(f"{len(unknown)} CoT id(s) are not in the store, e.g. {', '.join(map(str, unknown[:5]))}.")
     return found
+
+
+def count_clipped(db, ids: Sequence[int], max_chars: int | None) -> int:
+    """How many of these CoTs have a response longer than ``max_chars`` (the judge clips them)."""
+    if not ids or not max_chars:
+        return 0
+    with store.connect(db, read_only=True) as con:
+        con.register("clip_ids", pa.table({"cot_id": pa.array(list(ids), pa.int64())}))
+        return con.execute("SELECT count(*) FROM clip_ids i JOIN cots c ON c.cot_id = i.cot_id "
+                           "WHERE length(c.full_text) > ?", [max_chars]).fetchone()[0]
 
 
 def count_done(db, source_id: int, ids: list[int], metrics: list[str]) -> int:
@@ -676,7 +780,8 @@ def score_cots(
     by_metric = {t.metric: t for t in templates}
     total = len(ids) * len(metric_names)
     run = ScoreRun(source=name, source_id=source_id, total=total,
-                   already_done=count_done(db, source_id, ids, metric_names), params=params)
+                   already_done=count_done(db, source_id, ids, metric_names), params=params,
+                   clipped_cots=count_clipped(db, ids, options.max_chars))
     if progress:
         progress("judge", run.already_done, total)
     size = options.batch()

@@ -33,6 +33,7 @@ from core.judge import (
     ScoreRun,
     batches,
     commit_scores,
+    count_clipped,
     count_done,
     fuse_length,
     judge_batch,
@@ -337,7 +338,8 @@ def score_cots_ray(
         try:
             source_id = open_source(db, name, model=options.model, template_hash=templates_hash(templates), params=params)
             run = ScoreRun(source=name, source_id=source_id, total=len(ids) * len(metric_names),
-                           already_done=count_done(db, source_id, ids, metric_names), params=params)
+                           already_done=count_done(db, source_id, ids, metric_names), params=params,
+                           clipped_cots=count_clipped(db, ids, options.max_chars))
             if progress:
                 progress("judge", run.already_done, run.total)
             if ray_options.staging_dir is not None:

@@ -103,10 +103,26 @@ def default_device() -> str:
     return "cpu"
 
 
+def adapter_chat_template(adapter: str | Path) -> str | None:
+    """The chat template saved with an adapter (core.finetune saves the tokenizer it trained
+    with beside the adapter), or None when the folder has none."""
+    folder = Path(adapter)
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    if config.exists():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
 def load_causal_lm(name: str = DEFAULT_MODEL, adapter: str | None = None, device: str | None = None, dtype=None):
     """(model, tokenizer) for generation, in eval mode on ``device`` (default: cuda, mps, cpu).
 
-    ``adapter`` is a PEFT (e.g. LoRA) adapter folder applied on top of the base model.
+    ``adapter`` is a PEFT (e.g. LoRA) adapter folder applied on top of the base model; the chat
+    template saved with it (if any) replaces the base model's, so a model is asked in the format
+    it was fine-tuned with.
     ``dtype`` defaults to bfloat16 on a GPU and float32 on a CPU.
     """
     import torch
@@ -129,6 +145,9 @@ def load_causal_lm(name: str = DEFAULT_MODEL, adapter: str | None = None, device
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
+        template = adapter_chat_template(adapter)
+        if template:  # the template the adapter was trained with (a base model's plain one, say)
+            tokenizer.chat_template = template
     model.to(device)
     model.eval()
     return model, tokenizer

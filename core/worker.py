@@ -303,7 +303,8 @@ def score_job(target, options, ray, ctx) -> dict:
     if run.cancelled:
         ctx.log(f"cancelled ({run.stopped}); {run.scored:,} pairs committed by this run are kept")
         raise JobCancelled()
-    ctx.log(f"scored {run.scored:,} pairs ({run.errors:,} without a usable value) into '{run.source}'")
+    ctx.log(f"scored {run.scored:,} pairs ({run.errors:,} without a usable value) into '{run.source}'; "
+            f"{run.clipped_cots:,} of {len(ids):,} CoTs clipped ({judge.clip_description(options.max_chars)})")
     outcome = asdict(run)
     outcome["cots"] = len(ids)
     return outcome

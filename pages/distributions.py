@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from core import charts, metrics, queries, tokens
+from core import charts, compare, metrics, queries, tokens
 from core.queries import CotFilter
 from ui import common, difficulty_view, frames, steps_view
 
@@ -181,8 +181,11 @@ with common.guard():
             acc, mp = budgets_and_k(f, (), k)
         else:
             acc, mp = budgets_and_k(f, tuple(sorted(budgets)), k)
+            # evaluation runs recorded their max new tokens: the chart marks where answers hit it
+            caps = frames.derived("budget_caps", f, lambda _: charts.label_generated(
+                compare.budget_caps(f), common.catalogue(common.store_stamp())["generated"]))
             st.plotly_chart(frames.derived("budget_figure", f, lambda d: charts.budget_figure(
-                acc, n_cots=d.height, group_cols=charts.group_columns(d), tokens=unit), tuple(sorted(budgets)), k),
+                acc, n_cots=d.height, group_cols=charts.group_columns(d), tokens=unit, caps=caps), tuple(sorted(budgets)), k),
                 key="dist_budget", width="stretch")
             st.caption(f"Accuracy and truncation rate per dataset, model and benchmark{' and tokenizer' if mixed else ''} "
                        f"at each budget, in {unit}; `full_accuracy` is without a budget and matches the `acc[source]` "

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import access, evaluate, export, finetune, generation, job_kinds, jobs, judge, queries, recipes, step_judge, step_stats
+from core import (
+    access, evaluate, export, finetune, generation, job_kinds, jobs, judge, queries, recipes, sft_data, step_judge, step_stats,
+)
 from core.errors import UserError
 from core.options import defaults
 from ui import common
@@ -24,6 +26,7 @@ STATE_ICONS = {
 }
 FIRST_COTS = 100  # the form's "at most this many CoTs": a first run stays small unless asked
 NO_ADAPTER = "(base model only)"
+NO_PRESET = "(none)"
 LONG_HELP = ("Jobs estimated to run over an hour, or with many answers and no measured speed, start only with this "
              "ticked: nobody starts a 9-hour job by accident.")
 
@@ -81,7 +84,7 @@ def _score_form() -> None:
                               help="A local folder with a Hugging Face checkpoint, a hub id (network the first time), or the offline default.")
         backend = c2.selectbox("Backend", list(generation.BACKENDS), index=generation.BACKENDS.index(default["backend"]),
                                key="jobs_score_backend", help="transformers runs anywhere; vllm needs a GPU (or the separate CPU build).")
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3, c4 = st.columns(4)
         alpha = c1.number_input("Length-fusion alpha (empty: none)", min_value=0.0, max_value=1.0, value=default["fusion_alpha"],
                                 step=0.1, key="jobs_score_alpha",
                                 help="Also writes rv_fused = alpha × judge RV + (1 − alpha) × 9 × length quantile: this "
@@ -90,11 +93,18 @@ def _score_form() -> None:
         batch = c2.number_input("Batch size", min_value=1, value=default["batch_size"], key="jobs_score_batch",
                                 placeholder=f"{generation.DEFAULT_BATCH['transformers']} (vllm: {generation.DEFAULT_BATCH['vllm']})")
         new_tokens = c3.number_input("Max new tokens", min_value=1, value=default["max_new_tokens"], key="jobs_score_tokens")
+        clip = c4.number_input("Clip responses at (characters)", min_value=1, value=default["max_chars"], step=1000,
+                               key="jobs_score_clip", placeholder="never clip",
+                               help="A longer response is cut before judging: its first and last halves are kept, with a "
+                                    "note of how many characters were left out. Empty: never clip (long CoTs may then "
+                                    "not fit the judge's context).")
+        st.caption(f"Clip: {judge.clip_description(clip)}. The estimate counts how many of the chosen CoTs it cuts; "
+                   "the run reports it and the score source's parameters record it.")
         estimate, measure, start, long_ok = _cost_buttons("jobs_score", "Start re-scoring")
     if not (estimate or measure or start):
         return
     params = {"metrics": metrics, "model": model.strip() or None, "backend": backend, "max_cots": max_cots,
-              "batch_size": batch, "max_new_tokens": new_tokens, "fusion_alpha": alpha}
+              "batch_size": batch, "max_new_tokens": new_tokens, "fusion_alpha": alpha, "max_chars": clip}
     if which == choices[1]:
         if not recipe:
             raise UserError("Choose a saved recipe (save one on the Select page), or score the current filter.")
@@ -103,7 +113,7 @@ def _score_form() -> None:
         # only the constraints: a short, readable record on the job card
         chosen = (current or queries.CotFilter()).as_dict()
         params["filter"] = {k: v for k, v in chosen.items() if v not in (None, (), [], "", "any")}
-    params = {k: v for k, v in params.items() if v is not None}
+    params = {k: v for k, v in params.items() if v is not None or k == "max_chars"}
     cost = _cost("score", params, lambda target, options, ray: judge.estimate_cost(None, target, options),
                  measure=measure, key="jobs_score_cost")
     if start:
@@ -194,17 +204,38 @@ def _finetune_form() -> None:
         max_steps = c3.number_input("Max steps (empty: by epochs)", min_value=1,
                                     value=default["max_steps"] if default["max_steps"] > 0 else None, key="jobs_ft_steps")
         save_steps = c4.number_input("Checkpoint every (steps)", min_value=1, value=default["save_steps"], key="jobs_ft_save")
+        c1, c2, c3, c4 = st.columns(4)
+        preset = c1.selectbox("Preset", [NO_PRESET, *finetune.PRESETS], key="jobs_ft_preset",
+                              help=f"20-long-cots: {finetune.PRESETS['20-long-cots']['about']}. It sets "
+                                   f"{', '.join(f'{k} {v}' for k, v in finetune.PRESETS['20-long-cots']['values'].items())} "
+                                   "and the learning rate (1e-4 LoRA, 1e-5 full) for the fields left at their defaults.")
+        method = c2.selectbox("Method", list(finetune.METHODS), index=finetune.METHODS.index(default["method"]),
+                              key="jobs_ft_method", help="lora trains an adapter on top of the base model; full updates every weight.")
+        lr = c3.number_input("Learning rate", min_value=1e-7, max_value=1.0, value=default["learning_rate"], format="%.1e",
+                             key="jobs_ft_lr", placeholder="2e-4 LoRA, 1e-5 full")
+        rank = c4.selectbox("LoRA rank", ranks, index=ranks.index(default["lora_rank"]), key="jobs_ft_rank")
         c1, c2, c3 = st.columns(3)
-        lr = c1.number_input("Learning rate", min_value=1e-7, max_value=1.0, value=default["learning_rate"], format="%.1e",
-                             key="jobs_ft_lr")
-        max_length = c2.number_input("Max length (tokens)", min_value=64, value=default["max_length"], step=256, key="jobs_ft_maxlen")
-        rank = c3.selectbox("LoRA rank", ranks, index=ranks.index(default["lora_rank"]), key="jobs_ft_rank")
+        max_length = c1.number_input("Max length (tokens)", min_value=16, value=default["max_length"], step=256,
+                                     key="jobs_ft_maxlen", placeholder="from the data",
+                                     help="Empty: the 95th percentile of the examples' token lengths, capped by the "
+                                          "model's context. The run reports how many examples are longer.")
+        overlong = c2.selectbox("Longer examples", list(sft_data.OVERLONG), key="jobs_ft_overlong",
+                                index=sft_data.OVERLONG.index(default["overlong"]),
+                                format_func={"drop": "drop them (listed in the model card)",
+                                             "truncate_thinking": "shorten their thinking (marked)"}.get,
+                                help="No example is ever cut so that it loses its answer.")
+        loss_on = c3.selectbox("Loss on", list(finetune.LOSS_ON), index=finetune.LOSS_ON.index(default["loss_on"]),
+                               key="jobs_ft_loss", format_func={"assistant": "the assistant turn only",
+                                                                "all": "every token"}.get)
+        st.caption("A base model without a chat template is trained with ThoughtScope's plain template (### User / "
+                   "### Assistant), saved with the adapter so that evaluation asks it the same way.")
         start = st.form_submit_button("Start fine-tune")
     if not start:
         return
     params = {"name": name.strip(), "base_model": base.strip() or None, "examples": examples, "epochs": epochs,
               "max_steps": max_steps if max_steps else -1, "learning_rate": lr, "max_length": max_length,
-              "lora_rank": rank, "lora_alpha": 2 * rank, "save_steps": save_steps}
+              "lora_rank": rank, "lora_alpha": 2 * rank, "save_steps": save_steps, "method": method,
+              "overlong": overlong, "loss_on": loss_on, "preset": None if preset == NO_PRESET else preset}
     params["recipe" if which == choices[0] else "data"] = recipe if which == choices[0] else data
     job_id = jobs.submit("finetune", {k: v for k, v in params.items() if v is not None})  # core checks them
     st.session_state.jobs_started = f"Started job {job_id}: fine-tune '{params['name']}'."
@@ -214,6 +245,7 @@ def _evaluate_form() -> None:
     sets = queries.datasets()
     benchmarks = sets.filter(sets["format"] == "benchmark")["name"].to_list()
     adapters = {m["name"]: m["adapter"] for m in finetune.list_models() if m["adapter"]}
+    full_models = {f"{m['name']} (full fine-tune)": m["model"] for m in finetune.list_models() if m["model"]}
     default = defaults(evaluate.EvalOptions)
     with st.form("jobs_eval_form"):
         st.markdown("**Evaluate a model** on a benchmark: k answers per problem, ingested as a new dataset, "
@@ -225,20 +257,26 @@ def _evaluate_form() -> None:
         benchmark = c1.selectbox("Benchmark", benchmarks, index=None, key="jobs_eval_benchmark",
                                  placeholder="no benchmark dataset" if not benchmarks else "choose a benchmark")
         model = c2.text_input("Model", value=default["model"], key="jobs_eval_model")
-        adapter = c3.selectbox("LoRA adapter", [NO_ADAPTER, *adapters], key="jobs_eval_adapter",
-                               help="A fine-tune's adapter (data/models/<name>/adapter) on top of the model.")
+        adapter = c3.selectbox("Fine-tuned model", [NO_ADAPTER, *adapters, *full_models], key="jobs_eval_adapter",
+                               help="A fine-tune's adapter (data/models/<name>/adapter) on top of the model, or a full "
+                                    "fine-tune (data/models/<name>/model) in its place.")
         c1, c2, c3, c4 = st.columns(4)
         problems = c1.number_input("Problems (the first N)", min_value=1, value=default["problems"], key="jobs_eval_problems")
         k = c2.number_input("k (samples per problem)", min_value=1, value=default["k"], key="jobs_eval_k",
                             help="k = 1 decodes greedily; k > 1 samples at temperature 0.7.")
-        new_tokens = c3.number_input("Max new tokens", min_value=1, value=default["max_new_tokens"], step=64, key="jobs_eval_tokens")
+        new_tokens = c3.number_input("Max new tokens", min_value=1, value=default["max_new_tokens"], step=64, key="jobs_eval_tokens",
+                                     placeholder="the model's context",
+                                     help=f"Empty: as long as the model's context allows, at most "
+                                          f"{evaluate.LONG_COT_TOKENS:,} tokens, so long CoTs are not cut. The budget "
+                                          "charts mark where answers hit it.")
         backend = c4.selectbox("Backend", list(generation.BACKENDS), index=generation.BACKENDS.index(default["backend"]),
                                key="jobs_eval_backend")
         estimate, measure, start, long_ok = _cost_buttons("jobs_eval", "Start evaluation")
     if not (estimate or measure or start):
         return
-    params = {"benchmark": benchmark, "model": model.strip() or None, "adapter": adapters.get(adapter),
-              "problems": problems, "k": k, "max_new_tokens": new_tokens, "backend": backend}
+    params = {"benchmark": benchmark, "model": full_models.get(adapter) or model.strip() or None,
+              "adapter": adapters.get(adapter), "problems": problems, "k": k, "max_new_tokens": new_tokens,
+              "backend": backend}
     params = {k: v for k, v in params.items() if v is not None}
     cost = _cost("evaluate", params, lambda options: evaluate.estimate_cost(options), measure=measure, key="jobs_eval_cost")
     if start:
@@ -353,9 +391,15 @@ def _results(job: dict) -> None:
             c2.metric("Training loss", f"{result['train_loss']:.4f}" if result.get("train_loss") is not None else "—")
             c3.metric("Examples", f"{result.get('examples', 0):,}")
             c4.metric("Minutes", f"{(result.get('seconds') or 0) / 60:.1f}")
-            st.caption(f"Adapter: {result.get('adapter')} · recipe: {result.get('recipe') or '—'} · "
-                       f"data sha256 {str(result.get('data_sha256'))[:12]}…"
+            st.caption(f"{'Adapter' if result.get('adapter') else 'Model'}: {result.get('adapter') or result.get('model')} · "
+                       f"recipe: {result.get('recipe') or '—'} · data sha256 {str(result.get('data_sha256'))[:12]}…"
                        + (f" · resumed from {result['resumed_from']}" if result.get("resumed_from") else ""))
+            lengths, loss = result.get("lengths") or {}, result.get("loss") or {}
+            if lengths:
+                st.caption(f"Max length {lengths['max_length']:,} tokens ({lengths['max_length_from']}); "
+                           f"{lengths['over_max_length']:,} of {lengths['examples']:,} examples longer: "
+                           f"{lengths['dropped']:,} dropped, {lengths['thinking_shortened']:,} with their thinking "
+                           f"shortened (listed in the model card). Loss on {loss.get('what', '?')}.")
             with st.expander("Model card"):
                 st.json({k: v for k, v in result.items() if k != "losses"}, expanded=False)
     elif job["kind"] == "evaluate" and job["state"] == "done" and result:
@@ -377,13 +421,16 @@ def _results(job: dict) -> None:
         st.caption(f"Step source '{result.get('source')}' (figures under '{result.get('figures_source')}'): read it in the "
                    "Reader's step view, compare it with another step source on Agreement, filter on its figures in the sidebar.")
     elif job["kind"] == "score" and job["state"] == "done" and result:
-        c1, c2, c3, c4 = st.columns(4)
+        c1, c2, c3, c4, c5 = st.columns(5)
         c1.metric("Scores written", f"{result.get('scored', 0):,}",
                   help="(CoT, metric) pairs judged by this run; pairs an earlier run of the job committed are not counted again.")
         c2.metric("With a value", f"{result.get('with_value', 0):,}")
         c3.metric("Without a usable value", f"{result.get('errors', 0):,}",
                   help="The judge's answer had no parseable score; its raw text is kept with the reason.")
-        c4.metric("Judging (s)", f"{result.get('seconds') or 0:.0f}")
+        max_chars = (result.get("params") or {}).get("max_chars")
+        c4.metric("CoTs clipped", f"{result.get('clipped_cots', 0):,} of {result.get('cots', 0):,}",
+                  help=judge.clip_description(max_chars)[0].upper() + judge.clip_description(max_chars)[1:] + ".")
+        c5.metric("Judging (s)", f"{result.get('seconds') or 0:.0f}")
         st.caption(f"Score source '{result.get('source')}': {result.get('scored', 0):,} (CoT, metric) pairs judged now, "
                    f"{result.get('already_done', 0):,} before, {result.get('errors', 0):,} without a usable value"
                    + (f", {result['fused']:,} fused RV values" if result.get("fused") is not None else "")

@@ -250,10 +250,11 @@ TINY_CORPUS = [
 ] * 4
 
 
-def build_tiny_llama(folder: Path, corpus: list[str] | None = None) -> Path:
+def build_tiny_llama(folder: Path, corpus: list[str] | None = None, *, chat_template: str | None = CHAT_TEMPLATE) -> Path:
     """A randomly initialised 2-layer Llama and a byte-level BPE tokenizer trained with the
-    `tokenizers` library (chat template set), both saved with save_pretrained: any local folder
-    of this shape loads through the same code as a real checkpoint."""
+    `tokenizers` library (chat template set, unless ``chat_template=None``: a base model), both
+    saved with save_pretrained: any local folder of this shape loads through the same code as a
+    real checkpoint."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -265,7 +266,8 @@ def build_tiny_llama(folder: Path, corpus: list[str] | None = None) -> Path:
     bpe.train_from_iterator(corpus or TINY_CORPUS, trainers.BpeTrainer(
         vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tokenizer.chat_template = CHAT_TEMPLATE
+    if chat_template:
+        tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(str(folder))
     torch.manual_seed(0)
     config = LlamaConfig(

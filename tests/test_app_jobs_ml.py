@@ -79,8 +79,10 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
     at.multiselect(key="jobs_score_metrics").set_value(["rv", "logic"])
     at.text_input(key="jobs_score_model").input(str(tiny_model))
     at.number_input(key="jobs_score_tokens").set_value(4)
+    at.number_input(key="jobs_score_clip").set_value(100)
     at, score_id = _submit(at, "Start re-scoring")
     assert jobs.get(score_id)["params"]["filter"]["datasets"] == ["demo (generated)"]
+    assert jobs.get(score_id)["params"]["max_chars"] == 100
 
     # 2. fine-tune on the export file (runs beside the scoring)
     at.radio(key="jobs_ft_which").set_value("an export file")
@@ -88,8 +90,9 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
     at.text_input(key="jobs_ft_name").input("ui-tune")
     at.text_input(key="jobs_ft_base").input(str(tiny_model))
     at.number_input(key="jobs_ft_steps").set_value(2)
-    at.number_input(key="jobs_ft_maxlen").set_value(256)
+    at.selectbox(key="jobs_ft_overlong").set_value("truncate_thinking")
     at, tune_id = _submit(at, "Start fine-tune")
+    assert jobs.get(tune_id)["params"]["overlong"] == "truncate_thinking" and "max_length" not in jobs.get(tune_id)["params"]
 
     score = _wait_done(score_id)
     source = f"judge:{tiny_model.name}:job{score_id}"
@@ -103,14 +106,20 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
     parser = build_parser()
     ids = [r[0] for r in store.read_rows("SELECT DISTINCT cot_id FROM scores JOIN score_sources USING (source_id) "
                                          "WHERE name = ? ORDER BY 1", [source], db=demo_store)]
+    clipped = store.read_rows("SELECT count(*) FROM cots WHERE list_contains(?, cot_id) AND length(full_text) > 100",
+                              [ids], db=demo_store)[0][0]
+    assert score["result"]["clipped_cots"] == clipped
     args = parser.parse_args(["--db", str(demo_store), "score", "--cot-ids", ",".join(map(str, ids)), "--metrics", "rv,logic",
-                              "--model", str(tiny_model), "--max-new-tokens", "4", "--source-name", source])
+                              "--model", str(tiny_model), "--max-new-tokens", "4", "--source-name", source,
+                              "--max-chars", "100"])
     assert args.func(args) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (again["already_done"], again["scored"], again["total"]) == (4, 0, 4)
+    assert again["clipped_cots"] == clipped
 
     card = _wait_done(tune_id)["result"]
     assert card["steps"] == 2 and card["data"] == str(exported.path)
+    assert card["lengths"]["overlong"] == "truncate_thinking" and card["loss"]["on"] == "assistant"
 
     at = at.run()
     assert not at.exception, at.exception
@@ -118,11 +127,14 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
     assert any(f"Job {score_id} · score** — done" in h for h in heads)
     assert any(f"Job {tune_id} · finetune** — done" in h for h in heads)
     assert any(f"Score source '{source}'" in c.value for c in at.caption)
+    assert {m.label: m.value for m in at.metric}["CoTs clipped"] == f"{clipped} of 2"
     charts = [c for c in at.get("plotly_chart") if c.proto.id and f"jobs_loss_{tune_id}" in c.proto.id]
     assert len(charts) == 1
     curve = json.loads(charts[0].proto.spec)["data"][0]
     assert curve["x"] == [1, 2] and len(curve["y"]) == 2
     assert {m.label: m.value for m in at.metric}["Steps"] == "2"
+    assert any(f"Max length {card['lengths']['max_length']:,} tokens" in c.value and "Loss on the assistant turn only"
+               in c.value for c in at.caption)
 
     # 3. evaluate the tuned model on the benchmark: the adapter is offered by its model name
     at.selectbox(key="jobs_eval_benchmark").set_value("mini_gsm8k_test")
@@ -169,12 +181,39 @@ def test_forms_start_from_the_options_defaults(app_store, demo_store):
     assert at.text_input(key="jobs_score_model").value == judge.model
     assert at.multiselect(key="jobs_score_metrics").value == list(judge.metrics)
     assert at.selectbox(key="jobs_score_backend").value == judge.backend
+    assert at.number_input(key="jobs_score_clip").value == judge.max_chars == 12_000
+    assert any("the first 6,000 and the last 6,000 are kept" in c.value for c in at.caption)
     assert at.number_input(key="jobs_ft_save").value == tune.save_steps
-    assert at.number_input(key="jobs_ft_lr").value == tune.learning_rate
+    # the learning rate and the max length are left empty: they are resolved from the method and the data
+    assert at.number_input(key="jobs_ft_lr").value is None and tune.learning_rate == 2e-4
+    assert at.number_input(key="jobs_ft_maxlen").value is None and tune.max_length is None
+    assert at.selectbox(key="jobs_ft_method").value == tune.method == "lora"
+    assert at.selectbox(key="jobs_ft_overlong").value == tune.overlong == "drop"
+    assert at.selectbox(key="jobs_ft_loss").value == tune.loss_on == "assistant"
     assert at.selectbox(key="jobs_ft_rank").value == tune.lora_rank
     assert at.number_input(key="jobs_eval_problems").value == evaluation.problems
-    assert at.number_input(key="jobs_eval_tokens").value == evaluation.max_new_tokens
+    assert at.number_input(key="jobs_eval_tokens").value == evaluation.max_new_tokens is None  # from the model's context
     assert at.text_input(key="jobs_tokens_tokenizer").value == "SmolLM2-135M-Instruct"  # the generated tokens form
+
+
+def test_the_clip_is_set_on_the_score_form_and_counted_in_the_estimate(app_store, judge_store):
+    from core import judge
+
+    app_store(judge_store)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at = at.switch_page("pages/jobs.py").run()
+    at.session_state["current_filter"] = CotFilter()
+    at = at.run()
+    at.number_input(key="jobs_score_clip").set_value(150)
+    at = next(b for b in at.button if b.label == "Estimate the cost").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(judge.clip_description(150) in c.value for c in at.caption)  # a form's values apply when it is sent
+    cost = next(i.value for i in at.info if i.value.startswith("What this job will cost"))
+    n_cots, longer = store.read_rows(
+        "SELECT count(*), count(*) FILTER (WHERE length(full_text) > 150) FROM cots", db=judge_store)[0]
+    assert 0 < longer < n_cots  # the judge store has CoTs on both sides of 150 characters
+    assert f"responses clipped to 150 characters ({longer} of {n_cots} are longer)" in cost
+    assert jobs.list_jobs().height == 0
 
 
 @pytest.mark.spawns_processes

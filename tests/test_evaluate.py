@@ -5,6 +5,7 @@ redoing complete problems), and the real SmolLM2 answers real GSM8K problems (sl
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -73,6 +74,15 @@ def test_a_killed_run_is_finished_without_redoing_complete_problems(tiny_model, 
     assert {r["model"] for r in lines} == {"tiny"}
     assert {r["finish_reason"] for r in lines[2:]} <= {"stop", "length"}
 
+    # the budget each new answer was generated under rides along into the CoT's extra
+    assert result["max_new_tokens"] == 8 and result["max_new_tokens_from"] == "given"
+    assert result["hit_max_new_tokens"] == sum(r["finish_reason"] == "length" for r in lines)
+    assert all(r["max_new_tokens"] == 8 and 0 < r["completion_tokens"] <= 8 for r in lines[2:])
+    extra = store.read_rows("SELECT json_extract(c.extra, '$.max_new_tokens')::INTEGER, c.finish_reason FROM cots c "
+                            "JOIN datasets d USING (dataset_id) WHERE d.name = ? AND c.full_text NOT LIKE 'Kept%'",
+                            [result["dataset"]], db=db)
+    assert len(extra) == 4 and {e[0] for e in extra} == {8}
+
     # ingested as a new dataset, verified and counted
     assert result["dataset"] == "eval tiny on mini_gsm8k_test n3 k2 t8"
     n_cots, n_counted = store.read_rows(
@@ -111,6 +121,33 @@ def test_other_options_generate_afresh_and_bad_input_says_what_to_do(tiny_model,
         evaluate(EvalOptions(**{**vars(base), "backend": "tgi"}), db=db, log=lambda _: None)
 
 
+def test_the_default_budget_is_what_the_context_leaves_for_long_cots(tiny_model, mini_bench, tmp_path):
+    from transformers import AutoTokenizer
+
+    from core.evaluate import LONG_COT_TOKENS, PROMPT_SUFFIX, default_max_new_tokens, estimate_cost
+
+    db, bench = mini_bench
+    problems = benchmark_problems(bench, 4, db=db)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    longest = max(len(tokenizer.apply_chat_template([{"role": "user", "content": p["question"] + PROMPT_SUFFIX}],
+                                                    add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+                  for p in problems)
+    opts = EvalOptions(benchmark=bench, model=str(tiny_model), problems=4)
+    assert opts.max_new_tokens is None
+    assert default_max_new_tokens(opts, [p["question"] for p in problems]) == (
+        2048 - longest, f"the model's context (2,048) less the longest prompt ({longest:,})")
+    # the cost estimate uses the budget the run will have
+    assert estimate_cost(opts, db=db).max_new_tokens == 2048 - longest
+    # a model with a longer context than long CoTs need: the long-CoT ceiling
+    big = tmp_path / "long-context"
+    shutil.copytree(tiny_model, big)
+    config = json.loads((big / "config.json").read_text())
+    (big / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 131072}))
+    assert default_max_new_tokens(EvalOptions(benchmark=bench, model=str(big)), ["q"])[0] == LONG_COT_TOKENS == 32768
+    # given, it is used as it is
+    assert default_max_new_tokens(EvalOptions(benchmark=bench, model=str(big), max_new_tokens=300), ["q"]) == (300, "given")
+
+
 @pytest.mark.slow
 def test_smollm2_on_real_gsm8k_problems(tmp_path, monkeypatch):
     if not GSM8K.exists():
@@ -136,6 +173,19 @@ def test_smollm2_on_real_gsm8k_problems(tmp_path, monkeypatch):
                              [VERIFY_SOURCE], db=db)[0][0]
     assert judged == 8
     assert 0.0 <= result["accuracy"] <= 100.0
+    # SmolLM2's context is 8,192 tokens: by default an answer may use what the longest prompt leaves
+    from transformers import AutoTokenizer
+
+    from core.evaluate import PROMPT_SUFFIX, default_max_new_tokens
+    from core.models import DEFAULT_MODEL, resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
+    questions = [p["question"] for p in benchmark_problems(str(GSM8K), 4, db=db)]
+    longest = max(len(tokenizer.apply_chat_template([{"role": "user", "content": q + PROMPT_SUFFIX}], add_generation_prompt=True,
+                                                    tokenize=True, return_dict=True)["input_ids"]) for q in questions)
+    assert json.loads((Path(resolve_model(DEFAULT_MODEL)) / "config.json").read_text())["max_position_embeddings"] == 8192
+    assert default_max_new_tokens(EvalOptions(benchmark="gsm8k_test"), questions) == (
+        8192 - longest, f"the model's context (8,192) less the longest prompt ({longest:,})")
 
 
 VLLM_SCRIPT = """

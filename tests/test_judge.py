@@ -52,17 +52,33 @@ class CountingBackend:
         ("<score> 7 </score>", "cd", 7),
         ("<SCORE>0</SCORE>", "rv", 0),
         ("First <score>N</score> as asked, then <score>6</score>", "rv", 6),  # first tag holding an integer
-        ("I would rate this 5.", "rv", 5),  # bare integer
-        ("Step 12 of the argument is hard; overall 4", "cd", 4),  # first integer IN range
         ("The reasoning is sound: <score>1</score>", "logic", 1),
+        ("<score>correct</score>", "logic", 1),  # a verdict word inside the tag, for a 0-1 metric
+        # untagged: only an unambiguous final score
+        ("Twelve steps, each explained at length.\n6", "rv", 6),  # a last line holding only the integer
+        ("Detailed, with 3 checks.\n\n**7**", "cd", 7),  # markdown around it
+        ("Many digressions (14 of them).\nScore: 8", "rv", 8),
+        ("Final score is 2 because it has 5 short steps", "rv", 2),  # 'score is N', other numbers ignored
+        ("**Score:** 4\nIt has 12 steps.", "cd", 4),
+        ("score: 5 ... as said, score = 5", "rv", 5),  # repeated, agreeing
         ("0", "logic", 0),
+        # verdict words for logic, as EasyDistill reads them
         ("True, the chain holds.", "logic", 1),
-        ("No: step 3 contradicts step 2.", "logic", 0),  # 3 and 2 are out of 0-1; then the word
+        ("The reasoning is correct and complete.", "logic", 1),
+        ("The reasoning is incorrect: step 2 divides by zero.", "logic", 0),
+        ("Step 4 is not correct.", "logic", 0),
+        ("No: step 3 contradicts step 2.", "logic", 0),  # opens its line; 3 and 2 are not taken
+        ("Verdict: yes", "logic", 1),
         ("yes", "logic", 1),
+        ("The steps have no gaps and no contradictions.\nCorrect.", "logic", 1),  # 'no' in prose is not a verdict
     ],
 )
 def test_parse_score_accepts(text, metric, expected):
     assert parse_score(text, metric) == (expected, None)
+
+
+UNCLEAR = "no <score> tag with an integer and no unambiguous final score (a last line holding only the score, or 'score: N')"
+UNCLEAR_LOGIC = UNCLEAR[:-1] + ", or a verdict word (true/false, correct/incorrect))"
 
 
 @pytest.mark.parametrize(
@@ -71,11 +87,19 @@ def test_parse_score_accepts(text, metric, expected):
         ("<score>12</score>", "rv", "<score>12</score> is outside the range 0-9"),
         ("<score>-1</score>", "cd", "<score>-1</score> is outside the range 0-9"),
         ("<score>2</score>", "logic", "<score>2</score> is outside the range 0-1"),
-        ("This is a long chain of thought.", "rv", "no <score> tag and no integer in range 0-9"),
-        ("It deserves 15 points", "cd", "no <score> tag and no integer in range 0-9 (only out-of-range numbers: 15)"),
-        ("On a 0-9 scale, 6.5", "rv", "no <score> tag and no integer in range 0-9"),  # ranges and decimals are not scores
-        ("It is 7/10", "rv", "no <score> tag and no integer in range 0-9"),
-        ("The argument is fine.", "logic", "no <score> tag, no integer 0 or 1 and no true/false/yes/no word"),
+        # the example: the first integer in range would be 3; the judge meant 6
+        ("12 steps and 3 checks; I give it a 6", "rv", UNCLEAR + "; numbers in the answer, not taken as the score: 12, 3, 6"),
+        ("I would rate this 5.", "rv", UNCLEAR + "; numbers in the answer, not taken as the score: 5"),
+        ("This is a long chain of thought.", "rv", UNCLEAR),
+        ("It deserves 15 points", "cd", UNCLEAR + "; numbers in the answer, not taken as the score: 15"),
+        ("On a 0-9 scale, 6.5", "rv", UNCLEAR),  # ranges and decimals are not scores
+        ("It is 7/10", "rv", UNCLEAR),
+        ("The answer is <score>N</score>", "rv", "the <score> tag holds no integer ('N'); " + UNCLEAR),
+        ("Score: 3\nOn reflection, score: 6", "rv", "no <score> tag and the final scores disagree (3, 6)"),
+        ("Verbose.\n15", "rv", "no <score> tag; the final score 15 is outside the range 0-9"),
+        ("The argument is fine.", "logic", UNCLEAR_LOGIC),
+        ("The steps are correct but the final answer is incorrect.", "logic",
+         "no <score> tag and the verdict words disagree (both correct/true and incorrect/false)"),
         ("", "rv", "empty judge output"),
         (None, "cd", "empty judge output"),
     ],
@@ -274,11 +298,26 @@ def test_long_responses_are_clipped_and_recorded(judge_store, tiny_backend):
     counting.generate = spy
     run = score_cots(judge_store, _cot_ids(judge_store), backend=counting, model="tiny-llama", metrics=["rv"],
                      source_name="clipped", max_new_tokens=2, max_chars=60)
-    longest = max(len(r[0]) for r in store.read_rows("SELECT full_text FROM cots", db=judge_store))
-    assert longest > 60 and run.truncated_prompts >= 1
-    assert any("characters omitted" in s for s in seen)
+    lengths = [len(r[0]) for r in store.read_rows("SELECT full_text FROM cots ORDER BY cot_id", db=judge_store)]
+    longer = sum(n > 60 for n in lengths)
+    assert longer >= 1
+    # one metric: every CoT longer than the clip is one clipped prompt and one clipped CoT
+    assert run.truncated_prompts == run.clipped_cots == longer
+    assert sum("characters omitted" in s for s in seen) == longer
+    for text, n in zip(seen, lengths):  # the clip keeps 30 + 30 characters and says how many it left out
+        if n > 60:
+            assert f"[... {n - 60} characters omitted ...]" in text
     params = json.loads(store.read_rows("SELECT params FROM score_sources WHERE name = 'clipped'", db=judge_store)[0][0])
-    assert params["max_chars"] == 60 and "head and tail" in params["truncation"]
+    assert params["max_chars"] == 60 and params["parser"] == judge.PARSER_VERSION
+    assert params["truncation"] == ("responses over 60 characters are clipped: the first 30 and the last 30 are kept, "
+                                    "with '[... N characters omitted ...]' between them")
+    # a run with another metric on the same CoTs counts CoTs, not prompts
+    two = score_cots(judge_store, _cot_ids(judge_store), backend=counting, model="tiny-llama", metrics=["rv", "cd"],
+                     source_name="clipped two", max_new_tokens=2, max_chars=60)
+    assert (two.clipped_cots, two.truncated_prompts) == (longer, 2 * longer)
+    unclipped = score_cots(judge_store, _cot_ids(judge_store)[:1], backend=counting, model="tiny-llama", metrics=["rv"],
+                           source_name="not clipped", max_new_tokens=2, max_chars=None)
+    assert unclipped.clipped_cots == 0 and "not clipped" in unclipped.params["truncation"]
 
 
 def test_length_fusion_blends_rv_with_token_quantile(judge_store):

@@ -385,6 +385,16 @@ def _correctness_caption(where, source: str, datasets: tuple[str, ...]) -> None:
     where.caption(_correctness_text(store_stamp(), source, datasets))
 
 
+def keep_filter_state() -> None:
+    """Keep the sidebar filter's widget state through a page that does not draw the filter
+    (Jobs, SQL, Compare): Streamlit drops the state of widgets a run does not draw, and the
+    next filter page would find the filter half gone. Re-assigning a key keeps it (Streamlit's
+    documented way); app.py calls this before every page."""
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith("f_"):
+            st.session_state[key] = st.session_state[key]
+
+
 def sidebar_filter() -> CotFilter:
     """The filter widgets in the sidebar; returns the filter and mirrors it in the URL.
 
@@ -404,6 +414,14 @@ def sidebar_filter() -> CotFilter:
         st.session_state.filter_problem_set = start.problem_set
         for key, value in _initial_state(start, cat, rows).items():
             st.session_state[key] = value
+    elif "f_correct_source" not in st.session_state:
+        # a page without the filter dropped its widget state (keep_filter_state keeps it in the
+        # app; a page run on its own, as AppTest's switch_page does, skips app.py): start again
+        # from the URL rather than fail on a missing key
+        start = CotFilter.from_params(st.query_params.to_dict())
+        for key, value in _initial_state(start, cat, rows).items():
+            if key not in st.session_state:
+                st.session_state[key] = value
     for key in list(st.session_state.keys()):
         if isinstance(key, str) and key.startswith("f_"):
             st.session_state[key] = st.session_state[key]
