@@ -1,8 +1,14 @@
 """The matching CoTs' numbers, and what the pages compute from them, cached for the pages that
 chart them (Distributions, Overview).
 
-Both caches are ``st.cache_resource``: one object shared by every rerun and session, never
-copied. ``st.cache_data`` would pickle a 2M-row frame into the cache and unpickle a fresh copy
+The frames are kept in one ``core.memcache.ByteLRU`` per server process, bounded by bytes
+(``$THOUGHTSCOPE_FRAME_CACHE_MB``, default 512 MiB; polars' ``estimated_size`` per frame), least
+recently used evicted first: a lab's sessions, each on its own filter, share the budget instead
+of a count of two frames. Computing one filter's frame holds only that filter's lock, so no
+session waits for another's different filter. The derived figures stay in
+``st.cache_resource`` (small: binned figures and tables).
+
+Both caches hold one object shared by every rerun and session, never copied. ``st.cache_data`` would pickle a 2M-row frame into the cache and unpickle a fresh copy
 on every rerun (about a second and a copy of the frame per session at 2M CoTs). Sharing is safe
 because nothing mutates what is cached: polars frames are immutable, and a cached figure is
 only handed to ``st.plotly_chart``, which serialises it.
@@ -16,21 +22,35 @@ from typing import TypeVar
 import polars as pl
 import streamlit as st
 
-from core import charts, queries
+from core import charts, memcache, queries
 from core.queries import CotFilter
 from ui import common
 
 T = TypeVar("T")
 
-# A 2M-CoT frame is ~135 MB (plus what DuckDB needs to make it); keeping two bounds the memory.
-FRAMES_KEPT = 2
+
+@st.cache_resource(show_spinner=False)
+def frame_cache() -> memcache.ByteLRU:
+    """The process's frame cache (a ``st.cache_resource`` so that clearing Streamlit's caches,
+    as the tests do, clears it too)."""
+    return memcache.ByteLRU(memcache.frame_cache_budget())
 
 
-@st.cache_resource(ttl=600, show_spinner="Reading the matching CoTs…", max_entries=FRAMES_KEPT)
-def _load(filter_key: str, db: str, stamp: tuple[float, float], _f: CotFilter) -> pl.DataFrame:
-    del filter_key, db, stamp  # the cache key only
-    frame = queries.metric_frame(_f)
-    return charts.label_generated(frame, common.catalogue(common.store_stamp())["generated"])
+def _load(filter_key: str, db: str, stamp: tuple[float, float], f: CotFilter) -> pl.DataFrame:
+    cache = frame_cache()
+    key = (filter_key, db, stamp)
+    hit = cache.get(key)
+    if hit is not None:  # no spinner for a cached frame
+        return hit
+
+    def compute() -> pl.DataFrame:
+        # a write made every frame of this store with an older stamp unreachable: free them now
+        cache.discard(lambda k: k[1] == db and k[2] != stamp)
+        frame = queries.metric_frame(f)
+        return charts.label_generated(frame, common.catalogue(stamp)["generated"])
+
+    with st.spinner("Reading the matching CoTs…"):
+        return cache.get_or_compute(key, compute)
 
 
 def cache_key(f: CotFilter) -> tuple[str, str, tuple[float, float]]:
