@@ -231,6 +231,12 @@ def _score_join(alias: str, sources: tuple[str, ...], metric: str, params: list)
     return f", {alias}_s.value AS {alias}", join
 
 
+# matching_sql pivots the scores in one scan from this many chosen metrics on (a single metric
+# keeps its own join, the same work); bench/bench_filter_cost.py sets it out of reach for the
+# before-side of its comparison
+PIVOT_MIN_METRICS = 2
+
+
 def _scores_pivot(wanted: list[tuple[str, tuple[str, ...], str]], params: list) -> tuple[str, str]:
     """(select columns, one LEFT JOIN) for several metrics at once: every wanted (source,
     metric) pair's scores read in ONE scan and pivoted into a column per metric, each the value
@@ -277,7 +283,7 @@ def matching_sql(f: CotFilter, *, text_columns: bool = False, db=None) -> tuple[
     joins = ""
     wanted = [(alias, _sources_of(source, db=db), metric) for alias, source, metric in
               (("rv", f.rv_source, "rv"), ("cd", f.cd_source, "cd"), ("correct_value", f.correct_source, "correct"))]
-    if sum(bool(sources) for _, sources, _ in wanted) >= 2:
+    if sum(bool(sources) for _, sources, _ in wanted) >= PIVOT_MIN_METRICS:
         column, joins = _scores_pivot(wanted, params)
         select += column
     else:

@@ -27,6 +27,7 @@ from core.queries import CotFilter
 from ui import common
 
 T = TypeVar("T")
+GROUP_KEYS = ("dataset", "model", "benchmark")
 
 
 @st.cache_resource(show_spinner=False)
@@ -34,6 +35,14 @@ def frame_cache() -> memcache.ByteLRU:
     """The process's frame cache (a ``st.cache_resource`` so that clearing Streamlit's caches,
     as the tests do, clears it too)."""
     return memcache.ByteLRU(memcache.frame_cache_budget())
+
+
+def prepared(frame: pl.DataFrame, generated: list[str]) -> pl.DataFrame:
+    """A frame as the cache keeps it: generated datasets labelled, and the group keys
+    dictionary-coded (Categorical): a third less memory per frame, and the figures' group-bys on
+    (dataset, model, benchmark) cost ~30% less CPU (bench/README.md, 2026-12-07)."""
+    frame = charts.label_generated(frame, generated)
+    return frame.with_columns(pl.col(c).cast(pl.Categorical) for c in GROUP_KEYS if c in frame.columns)
 
 
 def _load(filter_key: str, db: str, stamp: tuple[float, float], f: CotFilter) -> pl.DataFrame:
@@ -46,8 +55,7 @@ def _load(filter_key: str, db: str, stamp: tuple[float, float], f: CotFilter) ->
     def compute() -> pl.DataFrame:
         # a write made every frame of this store with an older stamp unreachable: free them now
         cache.discard(lambda k: k[1] == db and k[2] != stamp)
-        frame = queries.metric_frame(f)
-        return charts.label_generated(frame, common.catalogue(stamp)["generated"])
+        return prepared(queries.metric_frame(f), common.catalogue(stamp)["generated"])
 
     with st.spinner("Reading the matching CoTs…"):
         return cache.get_or_compute(key, compute)
