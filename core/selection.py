@@ -597,6 +597,19 @@ class LoadedPool:
                 found = self._sorted[name] = values[row_ids]
             return found
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the pool holds now: its in-memory DuckDB tables, the index arrays and the
+        frames kept beside them (what a cache bounded by memory, ui.frames, counts)."""
+        import numpy as np
+
+        with contextlib.closing(self.cursor()) as con:
+            tables = con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0]
+        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
+        arrays += [a for a in (self._ordered or ()) if isinstance(a, np.ndarray)]
+        arrays += [a for mask in list(self._masks.values()) for a in mask if isinstance(a, np.ndarray)]
+        return int(tables) + sum(a.nbytes for a in arrays) + self.groups.estimated_size() + self.token_pool.estimated_size()
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own to the pool's database (close it after use)."""
         return self._con.cursor()

@@ -22,7 +22,7 @@ import streamlit as st
 from core import recipes, selection
 from core.figures import Figure
 from core.selection import CapacityMatched, PerProblem, Score, ScoreSources, Selection, TargetSize, Thresholds
-from ui import common
+from ui import common, frames
 
 MODES = {
     "thresholds": "Thresholds",
@@ -41,11 +41,11 @@ PERCENT = st.column_config.NumberColumn(format="percent")
 # ---------------------------------------------------------------------------- cached core calls
 
 
-@st.cache_resource(ttl=600, max_entries=2, show_spinner="Reading the pool's ids and numbers…")
 def cached_pool(pool_key: str, db: str, stamp: tuple[float, float], _sel: Selection) -> selection.LoadedPool:
-    """The pool in memory (LoadedPool), shared by every rerun and session with the same filter."""
-    del pool_key, db, stamp  # the cache key only
-    return selection.load_pool(_sel)
+    """The pool in memory (LoadedPool), shared by every rerun and session with the same filter;
+    kept in the byte-bounded cache with the Distributions frames (ui.frames.cached)."""
+    return frames.cached("pool", pool_key, db, stamp, lambda: selection.load_pool(_sel),
+                         spinner="Reading the pool's ids and numbers…")
 
 
 @st.cache_resource(ttl=600, max_entries=4, show_spinner="Applying the selection…")

@@ -3,6 +3,7 @@ the Distributions page using it (ui.frames) with a budget that holds two frames.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -128,9 +129,47 @@ def test_distributions_keeps_frames_within_the_budget(demo_store, app_store, mon
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         assert cache.bytes_held <= cache.budget_bytes
-    held = [key[0] for key in cache.keys()]
+    held = [key[1] for key in cache.keys() if key[0] == "frame"]
     assert len(held) == 2, held
     assert "tokens_range=" + repr(fs[2].tokens_range) in held[-1]
     (n,), = store.read_rows("SELECT count(*) FROM cots WHERE n_tokens BETWEEN ? AND ?", list(fs[2].tokens_range),
                             db=demo_store)
     assert cache.get(cache.keys()[-1]).height == n
+
+
+def test_select_pools_are_sized_and_kept_within_the_budget(demo_store, app_store, monkeypatch):
+    """A Select pool reports its bytes (DuckDB tables, index arrays, frames), and the Select page
+    keeps its pools in the same byte budget: with room for about one pool, three new filters
+    leave the latest only, and it agrees with SQL."""
+    from streamlit.testing.v1 import AppTest
+
+    from core import selection
+    from core.selection import ScoreSources, Selection
+    from ui import frames
+
+    app_store(demo_store)
+    fs = _filters(demo_store)
+    sources = ScoreSources(rv=tuple(queries.sources("rv", db=demo_store)), cd=tuple(queries.sources("cd", db=demo_store)),
+                           correct=(queries.OWN_CORRECTNESS,))
+    pools = [selection.load_pool(Selection(base=f, sources=sources), db=demo_store) for f in fs]
+    for pool, f in zip(pools, fs):
+        (n,), = store.read_rows("SELECT count(*) FROM cots WHERE n_tokens BETWEEN ? AND ?", list(f.tokens_range),
+                                db=demo_store)
+        assert pool.n_cots == n
+        arrays = pool.row_keys.nbytes + pool.row_problem.nbytes
+        # at least its index and an 8-byte id per CoT in its table
+        assert pool.nbytes >= arrays + pool.groups.estimated_size() + 8 * n
+    biggest = max(p.nbytes for p in pools)
+    monkeypatch.setenv(memcache.ENV_FRAME_CACHE_MB, str(biggest * 1.5 / (1 << 20)))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/select.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    cache = frames.frame_cache()
+    for f in fs:
+        at.session_state["f_tokens"] = f.tokens_range
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert cache.bytes_held <= cache.budget_bytes
+    held = [key for key in cache.keys() if key[0] == "pool"]
+    assert len(held) == 1 and json.loads(held[0][1])["base"]["tokens_range"] == fs[2].to_params()["tokens_range"], held
+    assert cache.get(held[0]).n_cots == pools[2].n_cots

@@ -16,6 +16,7 @@ only handed to ``st.plotly_chart``, which serialises it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -45,20 +46,30 @@ def prepared(frame: pl.DataFrame, generated: list[str]) -> pl.DataFrame:
     return frame.with_columns(pl.col(c).cast(pl.Categorical) for c in GROUP_KEYS if c in frame.columns)
 
 
-def _load(filter_key: str, db: str, stamp: tuple[float, float], f: CotFilter) -> pl.DataFrame:
+def cached(kind: str, ident: str, db: str, stamp: tuple[float, float], compute: Callable[[], T], *,
+           spinner: str | None = None) -> T:
+    """``compute()``, kept in the process's byte-bounded cache (frame_cache) under (kind, ident,
+    store, write stamp): a per-filter object too large for a count bound (a frame, a Select
+    pool; its ``estimated_size()`` or ``nbytes`` is what it costs). A write to the store frees
+    that store's entries of older stamps when the next one is computed."""
     cache = frame_cache()
-    key = (filter_key, db, stamp)
+    key = (kind, ident, db, stamp)
     hit = cache.get(key)
-    if hit is not None:  # no spinner for a cached frame
+    if hit is not None:  # no spinner for a cached value
         return hit
 
-    def compute() -> pl.DataFrame:
-        # a write made every frame of this store with an older stamp unreachable: free them now
-        cache.discard(lambda k: k[1] == db and k[2] != stamp)
-        return prepared(queries.metric_frame(f), common.catalogue(stamp)["generated"])
+    def run() -> T:
+        cache.discard(lambda k: k[2] == db and k[3] != stamp)
+        return compute()
 
-    with st.spinner("Reading the matching CoTs…"):
-        return cache.get_or_compute(key, compute)
+    with st.spinner(spinner) if spinner else contextlib.nullcontext():
+        return cache.get_or_compute(key, run)
+
+
+def _load(filter_key: str, db: str, stamp: tuple[float, float], f: CotFilter) -> pl.DataFrame:
+    return cached("frame", filter_key, db, stamp,
+                  lambda: prepared(queries.metric_frame(f), common.catalogue(stamp)["generated"]),
+                  spinner="Reading the matching CoTs…")
 
 
 def cache_key(f: CotFilter) -> tuple[str, str, tuple[float, float]]:
