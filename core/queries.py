@@ -381,6 +381,13 @@ def _scores_only_shown(f: CotFilter) -> CotFilter | None:
     return f.with_(rv_source=None, cd_source=None, correct_source=None)
 
 
+def rows_only(f: CotFilter) -> CotFilter:
+    """``f`` without the score sources that decide no row (see _scores_only_shown): for a caller
+    that reads the scores itself (Select's pool pivots its own), the same rows without a
+    second scan of ``scores``."""
+    return _scores_only_shown(f) or f
+
+
 def count(f: CotFilter, *, db=None) -> dict[str, int]:
     sql, params = matching_sql(_scores_only_shown(f) or f, db=db)
     row = store.read_rows(f"SELECT count(*), count(DISTINCT problem_id) FROM ({sql})", params, db=db)[0]

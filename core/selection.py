@@ -377,7 +377,9 @@ def pool_sql(sel: Selection, *, db=None) -> tuple[str, list]:
     (source, metric) pair gets a column alias and a priority, and each alias takes the value of
     its best-priority source (arg_min) among the pairs that scored the CoT. A problem figure
     (the score's or a condition's) is one join on its rows of problem_scores."""
-    base_sql, params = queries.matching_sql(sel.base, db=db)
+    # the base's own score columns are not read (the pivot below gives RV, CD, correctness):
+    # unless they decide rows, the base SQL leaves them out (one scan of scores, not two)
+    base_sql, params = queries.matching_sql(queries.rows_only(sel.base), db=db)
     score = _rule_score(sel.rule)
     picks = [("rv", "rv", sel.sources.rv), ("cd", "cd", sel.sources.cd), ("correct", "correct", sel.sources.correct)]
     problem_figures: list[tuple[str, Figure]] = []

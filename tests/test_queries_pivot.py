@@ -66,3 +66,31 @@ def test_pivot_matches_first_source_per_metric(demo_store):
     frame3 = queries.metric_frame(f3, db=db)
     assert {r["cot_id"]: r["correct"] for r in frame3.iter_rows(named=True)} == {c: expected(c)[2] for c in cots}
     assert frame3["rv"].null_count() == frame3.height
+
+
+def test_select_pool_reads_scores_once_and_agrees(demo_store):
+    """Select's pool: the base filter's own score columns are left out of its SQL unless they
+    decide rows, and the pool's RV, CD and correctness agree with the raw scores either way."""
+    from core import selection
+    from core.selection import ScoreSources, Selection
+
+    db = demo_store
+    own = queries.own_correctness_sources(db=db)
+    rv_src, cd_src = queries.sources("rv", db=db)[0], queries.sources("cd", db=db)[0]
+    scores, cots = _raw(db)
+    sources = ScoreSources(rv=(rv_src,), cd=(cd_src,), correct=own)
+    base = CotFilter(rv_source=rv_src, cd_source=cd_src, correct_source=queries.OWN_CORRECTNESS)
+    for b, scans in ((base, 1), (base.with_(rv_range=(2.0, 7.0)), 2)):
+        sel = Selection(base=b, sources=sources)
+        sql, _ = selection.pool_sql(sel, db=db)
+        assert sql.count("FROM scores") == scans
+        pool = selection.load_pool(sel, db=db).to_arrow()
+        got = {r["cot_id"]: (r["rv"], r["cd"], r["correct"]) for r in pool.to_pylist()}
+        want = {}
+        for c in cots:
+            rv, cd, ok = (_first(scores, c, (rv_src,), "rv"), _first(scores, c, (cd_src,), "cd"),
+                          _first(scores, c, own, "correct"))
+            if b.rv_range and (rv is None or not 2 <= rv <= 7):
+                continue
+            want[c] = (rv, cd, None if ok is None else ok == 1)
+        assert got == want and want
