@@ -1,4 +1,4 @@
-"""Where a new sidebar filter's server-side time goes on Distributions, and what issue 17's two
+"""Where a new sidebar filter's server-side time goes on Distributions and Select, and what issue 17's two
 levers buy, before and after in the same run.
 
     python bench/bench_filter_cost.py --db STORE [--cots N] [--repeats 5] [--json]
@@ -10,6 +10,8 @@ default), interleaved repeats of:
 * ``read``: the matching CoTs' numbers (``queries.metric_frame``), the three score metrics as
   three aggregated joins (before: ``PIVOT_MIN_METRICS`` out of reach) against one pivoted scan
   of ``scores`` (after), and the same query without any score (the floor);
+* ``Select pool read``: the pool's ids and numbers (``selection.pool_sql``), the base filter's
+  own score columns in its SQL too (before) or left out (after, ``queries.rows_only``);
 * ``figures``: the polars passes Distributions makes over that frame on a new filter
   (accuracy at budgets, Mean@k, the largest k, per-problem pass rates, length histogram and
   statistics), with the group keys as strings (before) and dictionary-coded (after, what
@@ -51,8 +53,9 @@ def _figures(df, charts, metrics) -> None:
 def run(db: str | None, n_cots: int | None, repeats: int, workdir: Path) -> dict:
     import polars as pl
 
-    from core import charts, metrics, queries
+    from core import charts, metrics, queries, selection, store
     from core.queries import CotFilter
+    from core.selection import ScoreSources, Selection
     from ui.frames import GROUP_KEYS
 
     load_before = machine_load()
@@ -73,7 +76,20 @@ def run(db: str | None, n_cots: int | None, repeats: int, workdir: Path) -> dict
 
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in (
         "read: three joins (before)", "read: one pivoted scan (after)", "read: no score (floor)",
+        "Select pool read: base scores read too (before)", "Select pool read: scores once (after)",
         "figures: string keys (before)", "figures: dictionary-coded keys (after)")}
+    sel = Selection(base=f, sources=ScoreSources(rv=tuple(rv), cd=tuple(cd), correct=(queries.OWN_CORRECTNESS,)))
+    rows_only = queries.rows_only
+
+    def pool_read(lean: bool):
+        if not lean:
+            queries.rows_only = lambda base: base
+        try:
+            sql, params = selection.pool_sql(sel, db=path)
+        finally:
+            queries.rows_only = rows_only
+        with store.connect(path, read_only=True) as con:
+            return con.sql(sql, params=params).to_arrow_table()
 
     def timed(name, fn):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -87,6 +103,10 @@ def run(db: str | None, n_cots: int | None, repeats: int, workdir: Path) -> dict
         before = timed("read: three joins (before)", lambda: read(False))
         after = timed("read: one pivoted scan (after)", lambda: read(True))
         timed("read: no score (floor)", lambda: queries.metric_frame(floor_f, db=path))
+        pool_before = timed("Select pool read: base scores read too (before)", lambda: pool_read(False))
+        pool_after = timed("Select pool read: scores once (after)", lambda: pool_read(True))
+    if not pool_before.sort_by("cot_id").equals(pool_after.sort_by("cot_id")):
+        raise SystemExit("error: the lean pool read gave other rows or values")
     if not before.sort("cot_id").equals(after.sort("cot_id")):
         raise SystemExit("error: the pivoted read gave other values than the three joins")
     if before["n_tokens"].null_count() == before.height:  # a store without token counts: the
@@ -108,6 +128,8 @@ def run(db: str | None, n_cots: int | None, repeats: int, workdir: Path) -> dict
     s = result["steps"]
     result["ratios_cpu"] = {
         "read after / before": s["read: one pivoted scan (after)"]["cpu_p50"] / max(s["read: three joins (before)"]["cpu_p50"], 1e-9),
+        "Select pool read after / before": s["Select pool read: scores once (after)"]["cpu_p50"]
+        / max(s["Select pool read: base scores read too (before)"]["cpu_p50"], 1e-9),
         "figures after / before": s["figures: dictionary-coded keys (after)"]["cpu_p50"]
         / max(s["figures: string keys (before)"]["cpu_p50"], 1e-9),
     }
@@ -116,7 +138,7 @@ def run(db: str | None, n_cots: int | None, repeats: int, workdir: Path) -> dict
 
 def report(r: dict) -> str:
     lb, la = r["load_before"], r["load_after"]
-    head = (f"New-filter cost on Distributions: {r['rows']:,} matching CoTs of {r['cots']:,} ({r['store']['path']}), "
+    head = (f"New-filter cost on Distributions and Select: {r['rows']:,} matching CoTs of {r['cots']:,} ({r['store']['path']}), "
             f"p50 of {r['repeats']} interleaved repeats; load average (1/5/15 min) before {lb['load_1m']}/{lb['load_5m']}/"
             f"{lb['load_15m']}, after {la['load_1m']}/{la['load_5m']}/{la['load_15m']}; {lb['cpus']} CPUs."
             + (" The store has no token counts: the figures ran on synthetic lengths." if r["store"].get("synthetic_lengths") else ""))

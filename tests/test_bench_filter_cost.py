@@ -22,10 +22,11 @@ def test_runs_and_output_parses(tmp_path):
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["bench"] == "filter_cost" and 200 <= result["cots"] <= 400 and result["rows"] == result["cots"]
-    assert len(result["steps"]) == 5
+    assert len(result["steps"]) == 7
     for name, step in result["steps"].items():
         assert step["n"] == 2 and step["wall_p50"] > 0 and step["cpu_p50"] >= 0, name
-    assert set(result["ratios_cpu"]) == {"read after / before", "figures after / before"}
+    assert set(result["ratios_cpu"]) == {"read after / before", "Select pool read after / before",
+                                          "figures after / before"}
     fb = result["frame_bytes"]
     assert 0 < fb["dictionary-coded keys"] < fb["string keys"]
     assert "CPU ratios" in "\n".join(lines[:-1])
