@@ -242,10 +242,10 @@ def _scores_pivot(wanted: list[tuple[str, tuple[str, ...], str]], params: list) 
     metric) pair's scores read in ONE scan and pivoted into a column per metric, each the value
     of its first source (in priority order) that scored the CoT.
 
-    Same values as one ``_score_join`` per metric (any_value and arg_min skip NULL values),
-    for about 30% less DuckDB CPU with RV, CD and correctness chosen (one hash aggregate and
-    one join instead of three of each; bench/README.md, 2026-12-07). The metric names each
-    column, so no two wanted pairs collide."""
+    Same values as one ``_score_join`` per metric (any_value and arg_min skip NULL values), for
+    0.70x the DuckDB CPU with RV, CD and correctness chosen (one hash aggregate and one join
+    instead of three of each; bench/bench_filter_cost.py at 300k CoTs, bench/README.md). The
+    metric names each column, so no two wanted pairs collide."""
     names, metrics, priorities = [], [], []
     columns, picks = "", []
     for alias, sources, metric in wanted:

@@ -41,7 +41,7 @@ def frame_cache() -> memcache.ByteLRU:
 def prepared(frame: pl.DataFrame, generated: list[str]) -> pl.DataFrame:
     """A frame as the cache keeps it: generated datasets labelled, and the group keys
     dictionary-coded (Categorical): a third less memory per frame, and the figures' group-bys on
-    (dataset, model, benchmark) cost ~30% less CPU (bench/README.md, 2026-12-07)."""
+    (dataset, model, benchmark) cost ~30% less CPU at 300k CoTs (bench/README.md, 2026-12-07)."""
     frame = charts.label_generated(frame, generated)
     return frame.with_columns(pl.col(c).cast(pl.Categorical) for c in GROUP_KEYS if c in frame.columns)
 
