@@ -592,7 +592,9 @@ def pool_sql(sel: Selection, *, db=None) -> tuple[str, list]:
     (source, metric) pair gets a column alias and a priority, and each alias takes the value of
     its best-priority source (arg_min) among the pairs that scored the CoT. A problem figure
     (the score's or a condition's) is one join on its rows of problem_scores."""
-    base_sql, params = queries.matching_sql(sel.base, db=db)
+    # the base's own score columns are not read (the pivot below gives RV, CD, correctness):
+    # unless they decide rows, the base SQL leaves them out (one scan of scores, not two)
+    base_sql, params = queries.matching_sql(queries.rows_only(sel.base), db=db)
     score = _rule_score(sel.rule)
     picks = [("rv", "rv", sel.sources.rv), ("cd", "cd", sel.sources.cd), ("correct", "correct", sel.sources.correct)]
     problem_figures: list[tuple[str, Figure]] = []
@@ -818,6 +820,19 @@ class LoadedPool:
                 values = np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan)
                 found = self._sorted[name] = values[row_ids]
             return found
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the pool holds now: its in-memory DuckDB tables, the index arrays and the
+        frames kept beside them (what a cache bounded by memory, ui.frames, counts)."""
+        import numpy as np
+
+        with contextlib.closing(self.cursor()) as con:
+            tables = con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0]
+        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
+        arrays += [a for a in (self._ordered or ()) if isinstance(a, np.ndarray)]
+        arrays += [a for mask in list(self._masks.values()) for a in mask if isinstance(a, np.ndarray)]
+        return int(tables) + sum(a.nbytes for a in arrays) + self.groups.estimated_size() + self.token_pool.estimated_size()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own to the pool's database (close it after use)."""

@@ -26,7 +26,7 @@ from core.figures import Figure
 from core.selection import (
     CapacityMatched, PerCluster, PerProblem, RvCdMix, Score, ScoreSources, Selection, TargetSize, Thresholds,
 )
-from ui import common, difficulty_view, problems
+from ui import common, difficulty_view, frames, problems
 
 MODES = {
     "thresholds": "Thresholds",
@@ -64,11 +64,11 @@ def labels_stamp(stamp: tuple, sel: Selection) -> tuple:
     return stamp
 
 
-@st.cache_resource(ttl=600, max_entries=2, show_spinner="Reading the pool's ids and numbers…")
 def cached_pool(pool_key: str, db: str, stamp: tuple[float, float], _sel: Selection) -> selection.LoadedPool:
-    """The pool in memory (LoadedPool), shared by every rerun and session with the same filter."""
-    del pool_key, db, stamp  # the cache key only
-    return selection.load_pool(_sel)
+    """The pool in memory (LoadedPool), shared by every rerun and session with the same filter;
+    kept in the byte-bounded cache with the Distributions frames (ui.frames.cached)."""
+    return frames.cached("pool", pool_key, db, stamp, lambda: selection.load_pool(_sel),
+                         spinner="Reading the pool's ids and numbers…")
 
 
 @st.cache_resource(ttl=600, max_entries=4, show_spinner="Applying the selection…")

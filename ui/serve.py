@@ -50,6 +50,15 @@ def route_pages_through_app() -> None:
     PagesManager.uses_pages_directory = False
 
 
+def preload() -> None:
+    """Import pandas completely before any session runs. Plotly looks pandas up in sys.modules
+    without taking the import lock, so a figure built while another session's thread is still
+    importing pandas fails with "partially initialized module 'pandas' has no attribute
+    'Series'" (bench/bench_load.py met it with 8 sessions opening pages on a fresh server)."""
+    import pandas  # noqa: F401
+
+
 if __name__ == "__main__":
     route_pages_through_app()  # the sign-in check relies on app.py routing every request
+    preload()
     sys.exit(cli.main(["run", str(APP), *address_options(sys.argv[1:])], prog_name="streamlit"))

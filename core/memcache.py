@@ -1,0 +1,152 @@
+"""A cache bounded by bytes, not by entry count: the per-filter frames the pages share.
+
+A count bound (``st.cache_resource(max_entries=2)``) says nothing about memory: two 2M-CoT
+frames are ~270 MB, two 20k-CoT frames are 3 MB, and a lab of eight researchers, each on a
+filter of their own, either thrashes a count of 2 or, with a larger count, outgrows the
+server. ``ByteLRU`` keeps entries while their summed size (``sizeof``, by default polars'
+``estimated_size``) fits ``budget_bytes`` and evicts the least recently used first. An entry
+larger than the whole budget is returned but not kept.
+
+Concurrency (one server, many sessions, each a thread): computing a key holds only that key's
+lock, so a session never waits for another session's different filter, and two sessions asking
+for the same new filter compute it once (the second waits for the first and then reads it).
+The cache's own lock is held only for dictionary work.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+DEFAULT_FRAME_CACHE_MB = 512
+ENV_FRAME_CACHE_MB = "THOUGHTSCOPE_FRAME_CACHE_MB"
+
+
+def frame_cache_budget() -> int:
+    """The frame cache's budget in bytes: ``$THOUGHTSCOPE_FRAME_CACHE_MB`` (MiB), else 512 MiB.
+
+    Why 512: at 2M CoTs a frame is ~135 MB, so the cache keeps the last three or four filters;
+    the server's other memory at 2M (the catalogue, the Select pools, DuckDB's buffers while a
+    frame is read, Streamlit) was 1.1-1.4 GB in bench_pages' browser run, which leaves the
+    server under the 2 GB target with eight sessions sharing it. 0 turns caching off."""
+    raw = os.environ.get(ENV_FRAME_CACHE_MB, "").strip()
+    if not raw:
+        return DEFAULT_FRAME_CACHE_MB << 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        from core.errors import UserError
+
+        raise UserError(f"{ENV_FRAME_CACHE_MB}={raw!r} is not a number of MiB; set it to e.g. 512 (or 0 for no cache).") from None
+    if mb < 0:
+        from core.errors import UserError
+
+        raise UserError(f"{ENV_FRAME_CACHE_MB}={raw!r} is negative; set it to a size in MiB (0 for no cache).")
+    return int(mb * (1 << 20))
+
+
+def estimated_size(value: Any) -> int:
+    """Bytes a cached value holds: ``estimated_size()`` for polars frames, ``nbytes`` where an
+    object reports it, else 0 (the entry then counts only against the count bound)."""
+    for attr in ("estimated_size", "nbytes"):
+        size = getattr(value, attr, None)
+        if size is not None:
+            return int(size() if callable(size) else size)
+    return 0
+
+
+class ByteLRU:
+    """Least-recently-used cache whose entries' summed ``sizeof`` stays within ``budget_bytes``."""
+
+    def __init__(self, budget_bytes: int, *, sizeof: Callable[[Any], int] = estimated_size, max_entries: int = 256):
+        self.budget_bytes = int(budget_bytes)
+        self.max_entries = max_entries
+        self._sizeof = sizeof
+        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+        self.hits = self.misses = self.evictions = 0
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
+
+    def keys(self) -> list[Hashable]:
+        """Keys from least to most recently used."""
+        with self._lock:
+            return list(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        with self._lock:
+            if key not in self._entries:
+                return default
+            self._entries.move_to_end(key)
+            return self._entries[key][0]
+
+    # ------------------------------------------------------------------ writing
+    def put(self, key: Hashable, value: Any) -> None:
+        size = self._sizeof(value)
+        with self._lock:
+            if key in self._entries:
+                self._bytes -= self._entries.pop(key)[1]
+            if size > self.budget_bytes:  # would evict everything and still not fit
+                return
+            self._entries[key] = (value, size)
+            self._bytes += size
+            self._evict_locked()
+
+    def discard(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Drop every entry whose key ``predicate`` accepts (e.g. a store's older write stamps)."""
+        with self._lock:
+            dead = [k for k in self._entries if predicate(k)]
+            for k in dead:
+                self._bytes -= self._entries.pop(k)[1]
+            return len(dead)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def _evict_locked(self) -> None:
+        while self._entries and (self._bytes > self.budget_bytes or len(self._entries) > self.max_entries):
+            _, (_, size) = self._entries.popitem(last=False)
+            self._bytes -= size
+            self.evictions += 1
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The cached value of ``key``, else ``compute()`` kept under it. Only this key's lock is
+        held while computing: other keys are computed and read meanwhile."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key][0]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:  # another thread may have computed it while this one waited
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return self._entries[key][0]
+                self.misses += 1
+            try:
+                value = compute()
+                self.put(key, value)
+                return value
+            finally:
+                with self._lock:
+                    if self._key_locks.get(key) is key_lock:
+                        del self._key_locks[key]

@@ -1,0 +1,175 @@
+"""The byte-bounded frame cache (core.memcache.ByteLRU) on frames read from a real store, and
+the Distributions page using it (ui.frames) with a budget that holds two frames."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from core import memcache, queries, store
+from core.errors import UserError
+from core.queries import CotFilter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _filters(db) -> list[CotFilter]:
+    """Three filters on the demo store: token ranges over thirds of its CoTs."""
+    lo, mid1, mid2, hi = store.read_rows(
+        "SELECT min(n_tokens), quantile_disc(n_tokens, 0.33), quantile_disc(n_tokens, 0.66), max(n_tokens) FROM cots",
+        db=db)[0]
+    return [CotFilter(tokens_range=(lo, mid1)), CotFilter(tokens_range=(mid1 + 1, mid2)),
+            CotFilter(tokens_range=(mid2 + 1, hi))]
+
+
+def test_lru_by_bytes_on_real_frames(demo_store):
+    fs = _filters(demo_store)
+    frames = [queries.metric_frame(f, db=demo_store) for f in fs]
+    # independent: the same ranges counted with plain SQL
+    for f, frame in zip(fs, frames):
+        (n,), = store.read_rows("SELECT count(*) FROM cots WHERE n_tokens BETWEEN ? AND ?", list(f.tokens_range),
+                                db=demo_store)
+        assert frame.height == n > 0
+    sizes = [fr.estimated_size() for fr in frames]
+    cache = memcache.ByteLRU(sizes[0] + sizes[1] + min(sizes) // 2)  # room for the first two, not three
+    computed = []
+
+    def load(i):
+        def compute():
+            computed.append(i)
+            return queries.metric_frame(fs[i], db=demo_store)
+        return cache.get_or_compute(repr(fs[i]), compute)
+
+    assert load(0).equals(frames[0]) and load(1).equals(frames[1])
+    assert cache.bytes_held == sizes[0] + sizes[1]
+    assert load(0).equals(frames[0])  # a hit: 0 is now the most recently used
+    assert computed == [0, 1] and cache.hits == 1
+    assert load(2).equals(frames[2])  # over budget: the least recently used (1) goes
+    assert cache.keys() == [repr(fs[0]), repr(fs[2])]
+    assert cache.bytes_held == sizes[0] + sizes[2] <= cache.budget_bytes
+    assert cache.evictions == 1
+    load(1)  # read again: computed again, and 0 (now the oldest) goes
+    assert computed == [0, 1, 2, 1]
+    assert cache.keys() == [repr(fs[2]), repr(fs[1])]
+
+    # an entry larger than the budget is returned, not kept (and evicts nothing)
+    small = memcache.ByteLRU(min(sizes) - 1)
+    assert small.get_or_compute("x", lambda: frames[0]).equals(frames[0])
+    assert len(small) == 0 and small.bytes_held == 0
+
+    # discard: a store's older write stamps
+    assert cache.discard(lambda k: k == repr(fs[2])) == 1
+    assert cache.keys() == [repr(fs[1])] and cache.bytes_held == sizes[1]
+
+
+def test_same_key_computed_once_other_keys_not_blocked(demo_store):
+    """Two sessions on one new filter compute it once; a session on another filter is not held
+    behind that computation."""
+    fs = _filters(demo_store)
+    cache = memcache.ByteLRU(1 << 30)
+    release, started = threading.Event(), threading.Event()
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        started.set()
+        release.wait(30)
+        return queries.metric_frame(fs[0], db=demo_store)
+
+    results = {}
+    a = threading.Thread(target=lambda: results.__setitem__("a", cache.get_or_compute("k0", slow)))
+    b = threading.Thread(target=lambda: results.__setitem__("b", cache.get_or_compute("k0", slow)))
+    a.start()
+    assert started.wait(30)
+    b.start()
+    # another key while k0 is still computing: answered without waiting for it
+    other = cache.get_or_compute("k1", lambda: queries.metric_frame(fs[1], db=demo_store))
+    assert other.height > 0 and not release.is_set()
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert calls == ["slow"] and results["a"] is results["b"]
+
+
+def test_budget_from_environment(monkeypatch):
+    monkeypatch.delenv(memcache.ENV_FRAME_CACHE_MB, raising=False)
+    assert memcache.frame_cache_budget() == memcache.DEFAULT_FRAME_CACHE_MB << 20
+    monkeypatch.setenv(memcache.ENV_FRAME_CACHE_MB, "1.5")
+    assert memcache.frame_cache_budget() == int(1.5 * (1 << 20))
+    for bad in ("lots", "-1"):
+        monkeypatch.setenv(memcache.ENV_FRAME_CACHE_MB, bad)
+        with pytest.raises(UserError, match=memcache.ENV_FRAME_CACHE_MB):
+            memcache.frame_cache_budget()
+
+
+def test_distributions_keeps_frames_within_the_budget(demo_store, app_store, monkeypatch):
+    """Through the page: a budget of two frames' bytes; three new filters leave the two latest
+    cached, every frame the page read agrees with SQL, and the cache never holds more than its
+    budget."""
+    from streamlit.testing.v1 import AppTest
+
+    from ui import frames
+
+    app_store(demo_store)
+    fs = _filters(demo_store)
+    generated = [r[0] for r in store.read_rows("SELECT name FROM datasets WHERE generated", db=demo_store)]
+    sizes = [frames.prepared(queries.metric_frame(f, db=demo_store), generated).estimated_size() for f in fs]
+    budget = sorted(sizes)[-1] + sorted(sizes)[-2] + min(sizes) // 2  # two of the three, whichever two
+    monkeypatch.setenv(memcache.ENV_FRAME_CACHE_MB, str(budget / (1 << 20)))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/distributions.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    cache = frames.frame_cache()
+    assert cache.budget_bytes == int(budget)
+    for f in fs:
+        at.session_state["f_tokens"] = f.tokens_range
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert cache.bytes_held <= cache.budget_bytes
+    held = [key[1] for key in cache.keys() if key[0] == "frame"]
+    assert len(held) == 2, held
+    assert "tokens_range=" + repr(fs[2].tokens_range) in held[-1]
+    (n,), = store.read_rows("SELECT count(*) FROM cots WHERE n_tokens BETWEEN ? AND ?", list(fs[2].tokens_range),
+                            db=demo_store)
+    assert cache.get(cache.keys()[-1]).height == n
+
+
+def test_select_pools_are_sized_and_kept_within_the_budget(demo_store, app_store, monkeypatch):
+    """A Select pool reports its bytes (DuckDB tables, index arrays, frames), and the Select page
+    keeps its pools in the same byte budget: with room for about one pool, three new filters
+    leave the latest only, and it agrees with SQL."""
+    from streamlit.testing.v1 import AppTest
+
+    from core import selection
+    from core.selection import ScoreSources, Selection
+    from ui import frames
+
+    app_store(demo_store)
+    fs = _filters(demo_store)
+    sources = ScoreSources(rv=tuple(queries.sources("rv", db=demo_store)), cd=tuple(queries.sources("cd", db=demo_store)),
+                           correct=(queries.OWN_CORRECTNESS,))
+    pools = [selection.load_pool(Selection(base=f, sources=sources), db=demo_store) for f in fs]
+    for pool, f in zip(pools, fs):
+        (n,), = store.read_rows("SELECT count(*) FROM cots WHERE n_tokens BETWEEN ? AND ?", list(f.tokens_range),
+                                db=demo_store)
+        assert pool.n_cots == n
+        arrays = pool.row_keys.nbytes + pool.row_problem.nbytes
+        # at least its index and an 8-byte id per CoT in its table
+        assert pool.nbytes >= arrays + pool.groups.estimated_size() + 8 * n
+    biggest = max(p.nbytes for p in pools)
+    monkeypatch.setenv(memcache.ENV_FRAME_CACHE_MB, str(biggest * 1.5 / (1 << 20)))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/select.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    cache = frames.frame_cache()
+    for f in fs:
+        at.session_state["f_tokens"] = f.tokens_range
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert cache.bytes_held <= cache.budget_bytes
+    held = [key for key in cache.keys() if key[0] == "pool"]
+    assert len(held) == 1 and json.loads(held[0][1])["base"]["tokens_range"] == fs[2].to_params()["tokens_range"], held
+    assert cache.get(held[0]).n_cots == pools[2].n_cots
