@@ -330,6 +330,8 @@ def load(name_or_path: str | os.PathLike) -> Recipe:
     """A saved recipe by its name, or from a JSON file path."""
     path = Path(name_or_path)
     if not (path.suffix == ".json" and path.exists()):
+        if path.suffix == ".json" and not path_of(str(name_or_path)).exists():
+            raise RecipeError(f"no recipe file {path} (and no saved recipe of that name)")
         path = path_of(str(name_or_path))
         if not path.exists():
             raise RecipeError(f"no saved recipe named '{name_or_path}'")

@@ -77,7 +77,12 @@ Adding a rule
    one named ``decision`` with every column of ``pool`` plus ``weight`` (DOUBLE or NULL),
    ``kept`` (BOOLEAN) and ``reason`` (why a dropped CoT was dropped; NULL when kept). Use
    ``chain.add(name, sql, params)``; ``_add_ranked`` does "keep the first k of each partition".
-3. One entry in ``RULES`` and in ``_STEPS``; widgets on pages/select.py.
+3. One entry in ``RULES`` and in ``_STEPS``; widgets on pages/select.py. A rule that draws at
+   random also goes in ``DRAWING_RULES``: its pool then carries ``draw_id`` (the content key,
+   or cot_id for old recipes) and ``_uniform_sql(sel.seed)`` gives each CoT its uniform.
+4. Its params are type-checked from their annotations when a hand-written recipe is read
+   (core/recipes.py): annotate each field with the type it takes, and list them in the
+   recipes module docstring.
 
 Conditions, reasons, reports, recipes (``rule_as_dict``) and the export manifest then work
 for it with nothing else to write.

@@ -63,6 +63,8 @@ def test_a_recipe_mistake_is_an_error_naming_the_field(db, tmp_path, capsys):
     assert err.strip() == 'error: bad.json: params.capacity: expected a number, got "five"'
     code, _, err = run(capsys, "--db", db, "select", "--recipe", "never saved")
     assert code == 2 and "no saved recipe named 'never saved'" in err
+    code, _, err = run(capsys, "--db", db, "select", "--recipe", tmp_path / "missing.json")
+    assert code == 2 and f"no recipe file {tmp_path / 'missing.json'}" in err
 
 
 @pytest.mark.parametrize("fmt", ["trl", "parquet"])
