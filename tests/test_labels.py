@@ -471,3 +471,47 @@ def test_a_reader_never_finds_the_labels_file_without_its_tables(tmp_path):
         assert label_store.snapshot(path).events.height == 3
         assert not list(tmp_path.glob(".labels-new-*"))  # no half-made file left behind
     assert not failures, failures[:3]
+
+
+@pytest.mark.spawns_processes
+def test_the_labels_commands_export_import_and_summarise(demo_store_template, tmp_path):
+    """`python -m core labels export|import|summary` as a lab runs them: lab a's export merges
+    into lab b, the summary counts what plain Python counts in the file, a second import adds
+    nothing, a bad file is one `error:` line and exit 2."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    lab_a, lab_b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    shutil.copy(demo_store_template, lab_a)
+    shutil.copy(demo_store_template, lab_b)
+    ids = [r["cot_id"] for r in cot_rows(lab_a)[:6]]
+    for i, cot in enumerate(ids):
+        labels.record(cot, {"rv": i, "tag:odd style": i % 2 == 1}, annotator="alice", db=lab_a)
+
+    def cli(db, *args):
+        return subprocess.run([sys.executable, "-m", "core", "--db", str(db), "labels", *args],
+                              capture_output=True, text=True, cwd=root, timeout=300)
+
+    out = tmp_path / "a.jsonl"
+    done = cli(lab_a, "export", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 12 and {x["annotator"] for x in lines} == {"alice"}
+    assert cli(lab_a, "export").stdout.splitlines() == out.read_text().splitlines()  # stdout: the same lines
+
+    first = cli(lab_b, "import", str(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout) == {"lines": 12, "added": 12, "already_present": 0}
+    assert json.loads(cli(lab_b, "import", str(out)).stdout) == {"lines": 12, "added": 0, "already_present": 12}
+
+    summary = json.loads(cli(lab_b, "summary", "--json").stdout)
+    by_kind = {r["kind"]: r for r in summary if r["annotator"] == "alice"}
+    tagged = sum(1 for x in lines if x["field"].startswith("tag:") and x["value"] is True)
+    assert by_kind["metric"]["cots"] == 6 and by_kind["tag"]["cots"] == tagged == 3
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(out.read_text().splitlines()[0] + "\n{nope\n")
+    refused = cli(lab_b, "import", str(bad))
+    assert refused.returncode == 2 and refused.stderr.startswith("error: bad.jsonl, line 2: not JSON")
