@@ -90,7 +90,8 @@ def uniform_np(seed: int, ids: np.ndarray) -> np.ndarray:
 def polars_kept(df: pl.DataFrame, rule: PerCluster, seed: int) -> pl.Series:
     """The same selection in plain polars: the baseline, and the check."""
     u = uniform_np(seed, df["cot_id"].to_numpy()) if rule.pick == "random" else None
-    frame = df.select("cot_id", "problem_id", pl.col("fig_0").alias("clu"))
+    # the cluster's name as the SQL writes it (CAST AS VARCHAR): quotas break ties by name
+    frame = df.select("cot_id", "problem_id", pl.col("fig_0").cast(pl.String).alias("clu"))
     if rule.unit == "problems":
         units = frame.group_by("clu", "problem_id").agg(pl.len().alias("n")).sort(
             ["clu", "n", "problem_id"], descending=[False, True, False])
@@ -105,7 +106,7 @@ def polars_kept(df: pl.DataFrame, rule: PerCluster, seed: int) -> pl.Series:
         sizes = units.group_by("clu").agg(pl.len().alias("units")).sort("clu")
         weights = dict(zip(sizes["clu"], sizes["units"])) if rule.spread == "proportional" else {c: 1 for c in sizes["clu"]}
         quota = selection.proportional_quotas(weights, dict(zip(sizes["clu"], sizes["units"])), rule.n)
-        q = pl.DataFrame({"clu": list(quota), "quota": list(quota.values())}, schema={"clu": pl.Float64, "quota": pl.Int64})
+        q = pl.DataFrame({"clu": list(quota), "quota": list(quota.values())}, schema={"clu": pl.String, "quota": pl.Int64})
         kept = units.join(q, on="clu").filter(pl.col("rank") <= pl.col("quota"))
     return frame.join(kept.select(key), on=key, how="semi")["cot_id"].sort()
 

@@ -21,7 +21,7 @@ SOURCES = {
     "filter": "Every CoT the sidebar filter matches",
 }
 MODE_LABELS = {"thresholds": "thresholds", "capacity": "capacity-matched", "per_problem": "per problem",
-               "target": "target size", "per_cluster": "across clusters"}
+               "target": "target size", "per_cluster": "across clusters", "rvcd_mix": "RV/CD mix (EasyDistill)"}
 MIME = {".jsonl": "application/jsonl", ".parquet": "application/vnd.apache.parquet"}
 
 

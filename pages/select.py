@@ -299,9 +299,10 @@ def _cluster_widgets(controls, choices: dict) -> PerCluster:
     elif pick == "random":
         controls.number_input("Seed", 0, 2**31 - 1, step=1, key="sel_seed")
     figure = clusters[label]
-    controls.caption("One problem per near-duplicate cluster: count problems, at most 1 per cluster. A kept problem "
-                     "keeps every CoT that passed the conditions; with CoTs counted, a problem ranks its CoTs by the "
-                     "figure (a per-problem figure ranks every CoT of a problem alike).")
+    controls.caption("One problem per near-duplicate cluster: near-duplicates' cluster_id, count problems, at most 1. "
+                     "A kept problem keeps every CoT that passed the conditions. Counting CoTs, they rank by the "
+                     "choice below (a per-problem figure ranks all CoTs of a problem alike; 'most CoTs' prefers the "
+                     "CoTs of the problems with the most).")
     return PerCluster(figure.metric, figure.source, unit=unit, spread=spread, m=m, n=n, pick=pick, score=score)
 
 

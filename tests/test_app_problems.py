@@ -103,6 +103,8 @@ def test_a_store_from_before_these_tables_still_opens(tmp_path, app_store):
     problem_id = store.read_rows("SELECT min(problem_id) FROM problems", db=db)[0][0]
     at = _open("pages/reader.py", reader_problem_id=problem_id, **{f"reader_relations_{problem_id}": True})
     assert any(e.label.startswith("Elsewhere: 0 same, 0 benchmark match(es), 0 near-duplicate(s)") for e in at.expander)
+    at = _open("pages/explore.py")  # no near-duplicate section, no contamination control: nothing to show
+    assert not any(e.label.startswith(("Near-duplicates", "Benchmark contamination")) for e in at.expander)
 
 
 # ---------------------------------------------------------------------------- contamination in every page

@@ -208,6 +208,8 @@ def _cluster_sizes(db: str, stamp, cots: tuple[tuple[int, int], ...]) -> dict[in
     """Problem -> its near-duplicate cluster's size, for the (cot_id, problem_id) pairs of a
     page whose problem has at least one near-duplicate, in the page's order."""
     del stamp
+    if not identity.tables_present("problem_scores", db=db):  # a store from before the problem stages
+        return {}
     size = Figure("cluster_size", neardup.SOURCE, level="problem")
     values = queries.figure_values([c for c, _ in cots], [size], db=db)
     of_cot = dict(zip(values["cot_id"], values[size.label()])) if size.label() in values.columns else {}
