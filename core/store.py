@@ -231,7 +231,7 @@ CREATE TABLE IF NOT EXISTS problem_model_figures (
     median_tokens_incorrect DOUBLE
 );
 
--- How far a stage that publishes figures per dataset has got (core.difficulty, core.first_correct):
+-- How far a stage that publishes figures per dataset has got (core.difficulty: difficulty, student):
 -- the inputs it saw (fingerprint), the last id committed, and whether the dataset is done.
 CREATE TABLE IF NOT EXISTS stage_state (
     stage VARCHAR NOT NULL,

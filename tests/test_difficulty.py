@@ -396,3 +396,67 @@ def test_the_manifest_records_the_figures_and_the_student_evaluation(tmp_path):
     lines = [json.loads(line) for line in (result.path.parent / section["file"]).read_text().splitlines()]
     assert section["problems"] == len(lines) == 2  # t0 and t1 (t2 has no student figure: dropped)
     assert {line["question_key"]: line[name]["pass_rate"] for line in lines} == {"what is 2+2": 0.75, "what is 3\\cdot 3": 0.0}
+
+
+# ---------------------------------------------------------------------------- end to end with SmolLM2
+
+
+STUDENT_BENCH = [
+    ("What is 2 + 3?", "2 + 3 = <<2+3=5>>5\n#### 5"),
+    ("Tom has 3 apples and buys 4 more. How many apples does he have?", "3 + 4 = <<3+4=7>>7\n#### 7"),
+    ("What is 4817 * 9263?", "4817 * 9263 = <<4817*9263=44619871>>44619871\n#### 44619871"),
+    ("How many prime numbers are there below 1000?", "There are 168.\n#### 168"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # loading SmolLM2 and generating take minutes when the 2 cores are shared
+def test_smollm2_as_the_student_selects_the_teacher_cots_of_the_problems_it_fails(tmp_path):
+    """The loop turning back on itself: SmolLM2 is evaluated on a benchmark the test builds, its
+    pass rates reach the teacher dataset's problems by question key, and a selection keeps the
+    teacher CoTs of exactly the problems it never solved (checked against plain SQL over the
+    evaluation's math-verify verdicts)."""
+    from core.evaluate import EvalOptions, evaluate
+    from core.ingest import ingest
+    from core.verify import SOURCE as VERIFY_SOURCE
+
+    db = tmp_path / "loop.duckdb"
+    bench_file = tmp_path / "loop_bench.jsonl"
+    bench_file.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in STUDENT_BENCH))
+    bench = ingest(str(bench_file), fmt="benchmark", db=db).name
+    # the teacher's CoTs of the same questions, worded with an instruction the question key drops
+    teacher = [{"id": f"t{i}", "question": f"{q} Put your final answer in \\boxed{{}}.",
+                "response": f"Working it out step {j}. The answer is {a.split('#### ')[1]}.",
+                "answer": a.split("#### ")[1], "model": "teacher", "correct": True}
+               for i, (q, a) in enumerate(STUDENT_BENCH) for j in range(2)]
+    ingest_generic(db, teacher, "teacher", tokenizer=whitespace_tokenizer(tmp_path))
+
+    result = evaluate(EvalOptions(benchmark=bench, problems=4, k=2, max_new_tokens=32, batch_size=8), db=db,
+                      log=lambda _: None)
+    evaluation = result["dataset"]
+    student = run_student(db, StudentOptions(evaluation=evaluation, ks=(2,)))
+    name = student["source"]
+    assert student["problems_evaluated"] == 4 and student["datasets"]["teacher"]["matched"] == 4
+
+    # independently: the student's correct answers per question, from its math-verify verdicts
+    solved = dict(store.read_rows(
+        "SELECT p.question, sum(s.value) FROM cots c JOIN problems p USING (problem_id) JOIN datasets d ON d.dataset_id = c.dataset_id "
+        "JOIN scores s ON s.cot_id = c.cot_id AND s.metric = 'correct' JOIN score_sources ss ON ss.source_id = s.source_id "
+        "WHERE d.name = ? AND ss.name = ? GROUP BY p.question", [evaluation, VERIFY_SOURCE], db=db))
+    assert len(solved) == 4
+    failed = {q for q, c in solved.items() if c == 0}
+    assert "What is 4817 * 9263?" in failed  # a 135M model does not multiply four-digit numbers in 32 tokens
+    teacher_figures = dict(((key, metric), value) for key, metric, value in store.read_rows(
+        "SELECT p.problem_key, ps.metric, ps.value FROM problem_scores ps JOIN score_sources ss USING (source_id) "
+        "JOIN problems p USING (problem_id) JOIN datasets d ON d.dataset_id = p.dataset_id WHERE ss.name = ? AND d.name = 'teacher'",
+        [name], db=db))
+    assert {f"t{i}": (teacher_figures[(f"t{i}", "c")], teacher_figures[(f"t{i}", "failed")]) for i in range(4)} == {
+        f"t{i}": (solved[q], 1.0 if q in failed else 0.0) for i, (q, _) in enumerate(STUDENT_BENCH)}
+
+    fails = Condition(Figure("failed", name, level="problem"), lo=1)
+    sel = Selection(CotFilter(datasets=("teacher",)), Thresholds(), default_score_sources(db=db), conditions=(fails,))
+    kept = store.read_rows("SELECT p.problem_key, count(*) FROM cots c JOIN problems p USING (problem_id) "
+                           "WHERE c.cot_id IN (SELECT unnest(?::BIGINT[])) GROUP BY 1 ORDER BY 1", [kept_ids(sel, db=db).to_list()], db=db)
+    assert kept == sorted((f"t{i}", 2) for i, (q, _) in enumerate(STUDENT_BENCH) if q in failed)
+    report = next(r for r in difficulty.student_report(name, db=db).to_dicts() if r["dataset"] == "teacher")
+    assert report["failed"] == len(failed) and report["cots_of_failed"] == 2 * len(failed)
