@@ -553,7 +553,7 @@ def sample(f: CotFilter, opts: QueueOptions, *, db=None) -> tuple[pl.DataFrame, 
     figures = [g for g in (opts.by, opts.a, opts.b) if g is not None]
     sel = selection.Selection(base=f, conditions=tuple(Condition(g) for g in figures))
     pool, params = selection.pool_sql(sel, db=db)
-    u = _uniform_sql(opts.seed)
+    u = _uniform_sql(opts.seed, column="cot_id")
     names = [selection.figure_column(sel, g) for g in figures]
     base = f"SELECT cot_id, {', '.join(names) or 'NULL'} FROM ({pool})"
     found: dict[str, Any] = {}

@@ -942,9 +942,10 @@ def uniform(seed: int, key: int, stream: int = 0) -> float:
     return ((_mix64((int(key) & _MASK) ^ _seed_salt(seed, stream)) >> 11) + 0.5) / 2.0**53
 
 
-def _uniform_sql(seed: int, stream: int = 0) -> str:
+def _uniform_sql(seed: int, stream: int = 0, *, column: str = "draw_id") -> str:
+    """uniform() in SQL, over the pool's ``column`` (its draw key; a labelling queue's cot_id)."""
     m = f"{_MASK}::UHUGEINT"
-    x = f"xor(draw_id::UHUGEINT, {_seed_salt(seed, stream)}::UHUGEINT)"
+    x = f"xor({column}::UHUGEINT, {_seed_salt(seed, stream)}::UHUGEINT)"
     x = f"((xor({x}, {x} >> 30) * {_MIX1}::UHUGEINT) & {m})"
     x = f"((xor({x}, {x} >> 27) * {_MIX2}::UHUGEINT) & {m})"
     return f"(((xor({x}, {x} >> 31) >> 11)::DOUBLE + 0.5) / 9007199254740992.0)"
