@@ -93,16 +93,17 @@ def test_escape_inline():
 
 # ---------------------------------------------------------------------------- markers
 
+MARKED = r":orange-background\[\*\*:orange\[([^\]]*)\]\*\*\]"  # a highlighted marker, its text in group 1
 MARKERS = {"wait": ["wait"], "but_wait": ["but wait"], "hmm": ["hmm", "hmmm"], "let_me_check": ["let me check"]}
 
 
 def test_markers_highlighted_with_counts():
     text = "Wait, that fails. Hmm. But wait, let me check: awaiting waits. WAIT!"
     out = highlight_markers(safe_markdown(text), MARKERS)
-    assert re.findall(r":orange-background\[([^\]]*)\]", out) == ["Wait", "Hmm", "But wait", "let me check", "WAIT"]
+    assert re.findall(MARKED, out) == ["Wait", "Hmm", "But wait", "let me check", "WAIT"]
     assert count_highlights(out) == 5
     # outside the highlights the text is unchanged
-    assert re.sub(r":orange-background\[([^\]]*)\]", r"\1", out) == text
+    assert re.sub(MARKED, r"\1", out) == text
 
 
 def test_highlight_count_matches_marker_counter_when_phrases_do_not_overlap():
@@ -115,12 +116,12 @@ def test_highlight_count_matches_marker_counter_when_phrases_do_not_overlap():
 
 def test_no_highlight_inside_math_or_code():
     out = highlight_markers(safe_markdown(r"wait $\text{wait}$ `wait` \(wait\) wait"), ["wait"])
-    assert out == r":orange-background[wait] $\text{wait}$ `wait` $wait$ :orange-background[wait]"
+    assert out == r":orange-background[**:orange[wait]**] $\text{wait}$ `wait` $wait$ :orange-background[**:orange[wait]**]"
 
 
 def test_phrase_across_lines_is_wrapped_per_line():
     out = highlight_markers("But\nwait", ["but wait"])
-    assert out == ":orange-background[But]\n:orange-background[wait]"
+    assert out == ":orange-background[**:orange[But]**]\n:orange-background[**:orange[wait]**]"
 
 
 def test_bundled_markers_load_and_highlight():
