@@ -359,3 +359,10 @@ def source_scores(db, source: str) -> list[tuple]:
         "SELECT s.cot_id, s.metric, s.value, s.raw, s.error FROM scores s JOIN score_sources ss USING (source_id) "
         "WHERE ss.name = ? ORDER BY s.cot_id, s.metric", [source], db=db,
     )
+
+
+def as_read(markdown: str) -> str:
+    """Markdown as the reader sees it: backslash escapes (core.render.escape_inline) undone, so a
+    test can look for a dataset's name in a caption without spelling out its escaping."""
+    import re
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
