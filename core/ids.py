@@ -18,8 +18,8 @@ same files ingested under the same name elsewhere give the same ids. Everywhere 
 (Explore's "Open a CoT by id", the Reader's ``?cot=`` and ``?problem=``), the internal id is
 accepted too.
 
-    >>> short_name("Qwen2.5 Math eval (generated)")
-    'qwen2-5-math-eval-generated'
+    >>> short_name("Qwen2.5 Math eval (generated)")  # cut at 24 characters
+    'qwen2-5-math-eval-genera'
     >>> split_readable("qwen25-math-eval:aime24/3:2")
     ('qwen25-math-eval', 'aime24/3', 2)
 """
