@@ -282,6 +282,19 @@ def escape_inline(text: str | None) -> str:
     return "".join("\\" + ch if ch in _ASCII_PUNCT else ch for ch in str(text)).replace("\n", " ")
 
 
+def inline_code(text: str | None) -> str:
+    """Dataset text (a readable id, a key) as a Markdown code span: a fence longer than any run
+    of backticks inside it, so nothing in it can close the span and become markup.
+
+    >>> inline_code("a`b")
+    '``a`b``'
+    """
+    body = "" if text is None else str(text).replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", body)), default=0) + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{fence}{pad}{body}{pad}{fence}"
+
+
 # ---------------------------------------------------------------------------- highlights
 
 # What is highlighted, each in its own colour, as Streamlit Markdown (no HTML): bold text in

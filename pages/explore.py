@@ -150,7 +150,7 @@ with common.guard():
         with st.expander("Search hits on this page, highlighted", expanded=True):
             for row in table.filter(pl.col("hit").is_not_null()).iter_rows(named=True):
                 where = " (in the question)" if row["where"] == "question" else ""
-                st.markdown(f"`{row['readable_id']}`{where} · " + render.snippet_markdown(
+                st.markdown(f"{render.inline_code(row['readable_id'])}{where} · " + render.snippet_markdown(
                     (row["before"], row["hit"], row["after"])))
 
     with st.form("explore_open_form", border=False):

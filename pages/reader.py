@@ -115,7 +115,10 @@ with common.guard():
     mirror_address(view_cot, readable.get(view_cot), readable_problem, problem_id)
     focus = view_cot if alone else st.session_state.get(FOCUS)
     with top:  # at the top, so its place on the page (and so its frame) stays put between reruns
-        reader_view.scroll_to(f"reader_cot_{focus}" if focus is not None else "reader_top", token=f"{problem_id}")
+        # the view is in the token: "Whole problem" from a CoT alone keeps the key and the problem,
+        # and must still scroll to the CoT in focus among the others
+        reader_view.scroll_to(f"reader_cot_{focus}" if focus is not None else "reader_top",
+                              token=f"{problem_id}{'alone' if alone else 'whole'}")
 
     # ---------------------------------------------------------------- where am I, where next
     matching_order = queries.matching_cots_of_problem(f, problem_id)
@@ -144,13 +147,13 @@ with common.guard():
     shown_id = readable.get(view_cot) if alone else readable_problem
     title, whole = st.columns([5, 1], vertical_alignment="center")
     if alone:
-        title.markdown(f"**CoT `{shown_id}`** · problem `{readable_problem}` · dataset {dataset}{benchmark} · "
+        title.markdown(f"**CoT {render.inline_code(shown_id)}** · problem {render.inline_code(readable_problem)} · dataset {dataset}{benchmark} · "
                        f"{matching_order.index(view_cot) + 1 if view_cot in matching else '–'} of {len(matching_order)} "
                        "CoTs of this problem that match the filter")
         whole.button(f"Whole problem ({cots.height} CoTs)", key="reader_whole", on_click=reader_view.open_problem,
                      args=(problem_id, view_cot), width="stretch")
     else:
-        title.markdown(f"**Problem `{shown_id}`** · dataset {dataset}{benchmark} · {cots.height} CoTs")
+        title.markdown(f"**Problem {render.inline_code(shown_id)}** · dataset {dataset}{benchmark} · {cots.height} CoTs")
     st.code(reader_view.permalink(shown_id or "", what="cot" if alone else "problem"), language=None, wrap_lines=True)
     st.caption("Permalink above (copy it with the button at its right). Keys: j / k next / previous CoT of the filter, "
                "n / p next / previous problem. " + (f"Internal id {view_cot}." if alone else f"Internal id {problem_id}."))

@@ -144,7 +144,7 @@ def cot_header(cot: dict, matching: set[int], readable: str | None = None) -> st
     parts = [
         f"**{render.escape_inline(cot['model'] or 'unknown model')}**", f"sample {cot['sample_idx']}", tokens,
         f"{cot['n_chars']:,} characters", f"{cot['n_reflections']:,} reflection markers",
-        f"`{readable}`" if readable else f"CoT {cot['cot_id']}",
+        render.inline_code(readable) if readable else f"CoT {cot['cot_id']}",
     ]
     badges = []
     if cot["truncated"]:
