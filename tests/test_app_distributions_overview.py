@@ -129,7 +129,7 @@ def test_qwen_mean_at_1_and_budget_table_agree_with_summary(qwen_distributions):
     # harness's own verdict on every CoT; the sidebar says so
     assert at.sidebar.selectbox(key="f_correct_source").value == "@own"
     n_cots = store.read_rows("SELECT count(*) FROM cots", db=db)[0][0]
-    assert any(f"qwen25-math-eval: harness ({n_cots:,})" in c.value for c in at.sidebar.caption)
+    assert any(f"qwen25-math-eval: harness ({n_cots:,})" in as_read(c.value) for c in at.sidebar.caption)
 
     # independently: the share of correct CoTs per model on aime24, straight from the scores table
     by_sql = dict(store.read_rows(

@@ -134,7 +134,7 @@ def test_a_problem_figure_range(figures_store):
 def test_correctness_is_each_datasets_own_and_says_which_source(figures_store):
     at = open_page("pages/explore.py")
     assert at.selectbox(key="f_correct_source").value == queries.OWN_CORRECTNESS
-    caption = " ".join(c.value for c in at.sidebar.caption)
+    caption = as_read(" ".join(c.value for c in at.sidebar.caption))
     assert "tiny: omnithought (13)" in caption and "generic: math-verify (6)" in caption
     at.radio(key="f_correct").set_value("incorrect")
     rerun(at)
@@ -142,14 +142,14 @@ def test_correctness_is_each_datasets_own_and_says_which_source(figures_store):
     # one global source instead: the generic dataset's CoTs have no verdict from it
     at.selectbox(key="f_correct_source").select("omnithought")
     rerun(at)
-    assert "generic: no verdict (6 CoTs)" in " ".join(c.value for c in at.sidebar.caption)
+    assert "generic: no verdict (6 CoTs)" in as_read(" ".join(c.value for c in at.sidebar.caption))
 
 
 def test_an_empty_view_says_which_condition_emptied_it(figures_store):
     at = open_page("pages/explore.py")
     at.multiselect(key="f_datasets").set_value(["generic"])
     add_condition(at, LOGIC)
-    info = at.info[0].value
+    info = as_read(at.info[0].value)
     assert info.startswith("No CoT matches the filter")
     assert "without **datasets: generic**: 7 CoTs" in info  # the judge scored only TINY CoTs
     assert f"without **{LOGIC}: has a value**: 6 CoTs" in info  # the generic dataset's CoTs

@@ -109,10 +109,12 @@ def _correctness_text(stamp: tuple[float, float], source: str, datasets: tuple[s
     """Which source each dataset's CoTs take their verdict from, as the sidebar's caption."""
     del stamp
     used = queries.correctness_in_use(source, datasets=datasets)
-    lines = []
+    lines = []  # names come from the data: escaped, so no name renders as Markdown (an image, a link)
     for (dataset,), rows in used.group_by("dataset", maintain_order=True):
+        dataset = render.escape_inline(dataset)
         n = rows["n_cots"][0]
-        judged = rows.filter(pl.col("source").is_not_null()).to_dicts()
+        judged = [{**r, "source": render.escape_inline(r["source"])}
+                  for r in rows.filter(pl.col("source").is_not_null()).to_dicts()]
         if not judged:
             lines.append(f"{dataset}: no verdict ({n:,} CoTs)")
         elif judged[0]["cots"] >= n:  # the first source read judged every CoT
@@ -137,7 +139,8 @@ def explain_empty(f: CotFilter, what: str = "No CoT matches the filter") -> None
     if diagnosis.is_empty():
         st.info(f"{what}: the store has no CoT yet.")
         return
-    lines = [f"- without **{r['condition']}**: {r['cots_without_it']:,} CoTs" for r in diagnosis.iter_rows(named=True)]
+    lines = [f"- without **{render.escape_inline(r['condition'])}**: {r['cots_without_it']:,} CoTs"
+             for r in diagnosis.iter_rows(named=True)]
     if diagnosis["cots_without_it"].max() == 0:
         lines.append("\nNo single condition empties it on its own: several together do; widen more than one.")
     st.info(f"{what}. What each of its conditions lets back in when dropped alone:\n\n" + "\n".join(lines))

@@ -157,6 +157,7 @@ def _narrow(key: str, kind: str) -> None:
 
 def _chart(fig, name: str, kind: str) -> None:
     key = _gen_key(name)
+    fig = render.inert_figure(fig)  # model and source names in it come from the data
     st.plotly_chart(fig, key=key, on_select=lambda: _narrow(key, kind), selection_mode=("points",), width="stretch")
 
 
