@@ -11,8 +11,17 @@ from ui import auth, common
 
 st.set_page_config(page_title="ThoughtScope", page_icon="🔭", layout="wide")
 
+
+def _to_overview() -> None:
+    """The app's root: Streamlit serves its default page at / and answers that page's own path
+    (/overview) with "Page not found", so the default is this hidden hop and every page, the
+    Overview included, has its own address (issue 11). The filter's parameters go along."""
+    st.switch_page("pages/overview.py", query_params=st.query_params.to_dict())
+
+
 PAGES = [
-    st.Page("pages/overview.py", title="Overview", url_path="overview", default=True),
+    st.Page(_to_overview, title="ThoughtScope", url_path="home", default=True, visibility="hidden"),
+    st.Page("pages/overview.py", title="Overview", url_path="overview"),
     st.Page("pages/explore.py", title="Explore", url_path="explore"),
     st.Page("pages/reader.py", title="Reader", url_path="reader"),
     st.Page("pages/distributions.py", title="Distributions", url_path="distributions"),

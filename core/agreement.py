@@ -21,12 +21,11 @@ from typing import Any
 
 import polars as pl
 
-from core import store
+from core import ids, store
 from core.errors import UserError
 from core.render import inert_figure
 from core.queries import CotFilter, matching_sql
 
-PAGE_SQL_COLUMNS = ("cot_id", "problem_id", "dataset", "model", "benchmark", "n_tokens", "a", "b", "question")
 
 
 @dataclass(frozen=True)
@@ -76,19 +75,71 @@ def pairs(a: Side, b: Side, f: CotFilter | None = None, *, db=None) -> pl.DataFr
 
 
 def cell_page(a: Side, b: Side, f: CotFilter | None, a_level: int, b_level: int, *, offset: int = 0,
-              limit: int = 25, db=None) -> tuple[pl.DataFrame, int]:
-    """One page of the CoTs in a confusion-matrix cell (with the question's opening words),
-    and how many the cell holds."""
+              limit: int = 25, model: str | None = None, db=None) -> tuple[pl.DataFrame, int]:
+    """One page of the CoTs in a confusion-matrix cell (of one ``model``'s CoTs, if given), and
+    how many the cell holds.
+
+    Each row: cot_id, readable_id (core.ids), problem_id, dataset, model, benchmark, n_tokens,
+    a, b (the values), a_raw, b_raw (what each side's source recorded as given: a judge's
+    output, a label's raw value), data_answer (the answer the input itself gave for the CoT and
+    its label judged, e.g. a Qwen2.5-Math harness run's ``pred``), answer (the answer extracted
+    from the CoT, which math-verify checks), reference (the problem's reference answer) and the
+    question's opening words."""
     sql, params = _pairs_sql(a, b, f, db=db)
     cell = f"SELECT * FROM ({sql}) WHERE a_level = ? AND b_level = ?"
     cell_params = [*params, int(a_level), int(b_level)]
+    if model is not None:
+        cell += " AND model IS NOT DISTINCT FROM ?"
+        cell_params.append(model)
     total = store.read_rows(f"SELECT count(*) FROM ({cell})", cell_params, db=db)[0][0]
     page = store.read_df(
         f"SELECT c.cot_id, c.problem_id, c.dataset, c.model, c.benchmark, c.n_tokens, c.a, c.b, "
+        "json_extract_string(t.extra, '$.harness_pred') AS data_answer, t.answer, p.reference_answer AS reference, "
         f"left(p.question, 120) AS question FROM ({cell}) c JOIN problems p ON p.problem_id = c.problem_id "
-        "ORDER BY c.cot_id LIMIT ? OFFSET ?", [*cell_params, int(limit), int(offset)], db=db,
+        "JOIN cots t ON t.cot_id = c.cot_id ORDER BY c.cot_id LIMIT ? OFFSET ?",
+        [*cell_params, int(limit), int(offset)], db=db,
     )
-    return page, total
+    cot_ids = page["cot_id"].to_list()
+    page = page.with_columns(
+        pl.Series("a_raw", _raws(a, cot_ids, db=db), dtype=pl.String),
+        pl.Series("b_raw", _raws(b, cot_ids, db=db), dtype=pl.String),
+    ).join(ids.cot_ids_frame(cot_ids, db=db).select("cot_id", "readable_id"), on="cot_id", how="left",
+           maintain_order="left")
+    return page.select(CELL_COLUMNS), total
+
+
+CELL_COLUMNS = ("readable_id", "model", "a", "b", "a_raw", "b_raw", "data_answer", "answer", "reference", "dataset",
+                "benchmark", "n_tokens", "question", "cot_id", "problem_id")
+
+
+def _raws(side: Side, cot_ids: list[int], *, db=None) -> list[str | None]:
+    """Per CoT, the ``raw`` of the score its side's value came from (the first listed source
+    with a value)."""
+    if not cot_ids:
+        return []
+    rows = store.read_rows(
+        "SELECT s.cot_id, ss.name, s.raw FROM scores s JOIN score_sources ss USING (source_id) "
+        "WHERE s.metric = ? AND s.value IS NOT NULL AND list_contains(?::VARCHAR[], ss.name) "
+        "AND s.cot_id IN (SELECT unnest(?::BIGINT[]))", [side.metric, list(side.sources), cot_ids], db=db)
+    best: dict[int, tuple[int, str | None]] = {}
+    for cot_id, name, raw in rows:
+        rank = side.sources.index(name)
+        if cot_id not in best or rank < best[cot_id][0]:
+            best[cot_id] = (rank, raw)
+    return [best[c][1] if c in best else None for c in cot_ids]
+
+
+def by_model(frame: pl.DataFrame, shown: list[int] | None = None) -> pl.DataFrame:
+    """``statistics`` for each model's CoTs of ``pairs`` (on the same levels), largest first:
+    model, n, exact, within_1, kappa, weighted_kappa, mad."""
+    shown = levels(frame) if shown is None else shown
+    rows = []
+    for (model,), part in frame.group_by("model", maintain_order=True):
+        stats = statistics(part, shown)
+        rows.append({"model": model, **{k: stats[k] for k in ("n", "exact", "within_1", "kappa", "weighted_kappa", "mad")}})
+    schema = {"model": pl.String, "n": pl.Int64, "exact": pl.Float64, "within_1": pl.Float64, "kappa": pl.Float64,
+              "weighted_kappa": pl.Float64, "mad": pl.Float64}
+    return pl.DataFrame(rows, schema=schema).sort(["n", "model"], descending=[True, False], nulls_last=True)
 
 
 def levels(frame: pl.DataFrame) -> list[int]:

@@ -13,6 +13,7 @@ so the numbers on screen can be checked in tests without a browser. The frames c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "rv_cd_heatmap",
     "length_distribution_frame",
     "length_distribution_figure",
+    "token_range",
     "budget_figure",
     "budget_table",
     "mean_pass_at_k_figure",
@@ -293,6 +295,32 @@ def _facet_order(facets: list[str]) -> list[str]:
     return sorted(facets, key=key)
 
 
+def token_range(bin_start: float, bin_end: float, last: bool) -> tuple[int, int]:
+    """The whole token counts a histogram bin holds: ``[bin_start, bin_end)``, the last bin
+    ``[bin_start, bin_end]`` (metrics.length_histogram's edges). A filter on this range
+    matches exactly the bin's CoTs.
+
+    >>> token_range(1000.0, 1500.5, False), token_range(1000.0, 2000.0, False), token_range(9000.0, 10000.0, True)
+    ((1000, 1500), (1000, 1999), (9000, 10000))
+    """
+    lo = math.ceil(bin_start)
+    hi = math.floor(bin_end) if last else math.ceil(bin_end) - 1
+    return lo, hi
+
+
+def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Tick positions (log10) and labels (1, 2, 5 times a power of ten) for a log axis drawn on
+    a linear one."""
+    vals, text = [], []
+    for exponent in range(math.floor(lo) - 1, math.ceil(hi) + 1):
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10 ** exponent
+            if value > 0 and lo - 1e-9 <= math.log10(value) <= hi + 1e-9:
+                vals.append(math.log10(value))
+                text.append(f"{value / 1000:g}k" if value >= 1000 else f"{value:g}")
+    return vals, text
+
+
 def length_distribution_figure(
     frame: pl.DataFrame,
     *,
@@ -306,12 +334,15 @@ def length_distribution_figure(
     panel_height: int = 240,
     length_name: str = "tokens",
 ) -> go.Figure:
-    """Overlaid correct / incorrect / unknown length distributions, one panel per facet.
+    """Correct / incorrect / unknown length distributions, one panel per facet.
 
-    ``frame`` is ``length_distribution_frame``. Histograms are drawn as filled steps over the
-    shared bin edges (a bar trace cannot keep bin widths on a log axis): trace ``x`` is the
-    edges and ``y`` the counts with the last count repeated to close the step. ECDF traces are
-    ``length`` against ``cum_share``, thinned to about ``ECDF_POINTS`` points a curve.
+    ``frame`` is ``length_distribution_frame``. Histograms put the labels' bars side by side
+    within each shared bin (one slot per label, so no colour is drawn over another: overlaid
+    translucent fills turned brown where they met, issue 11), each bar as wide as its slot;
+    on a log axis the bars are drawn over log10 of the length with the ticks labelled in
+    tokens, so they keep their widths. Each bar's ``customdata`` is [first token count, last
+    token count, label, facet]: what a click narrows the filter to. ECDF traces are ``length``
+    against ``cum_share``, thinned to about ``ECDF_POINTS`` points a curve.
     """
     facets = _facet_order(frame["facet"].unique().to_list()) if frame.height else []
     single = len(facets) <= 1
@@ -321,6 +352,10 @@ def length_distribution_figure(
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_xaxes=True,
                         vertical_spacing=min(0.12, 0.3 / rows), horizontal_spacing=0.06)
     shown_legend: set[str] = set()
+    present = [label for label in metrics.CORRECTNESS_LABELS
+               if kind == "histogram" and frame.height and frame.filter((pl.col("correct") == label) & (pl.col("count") > 0)).height]
+    if kind == "histogram" and frame.height:
+        last_end = frame["bin_end"].max()
     for i, facet in enumerate(facets):
         r, c = i // cols + 1, i % cols + 1
         part = frame.filter(pl.col("facet") == facet)
@@ -329,25 +364,33 @@ def length_distribution_figure(
             if trace_rows.height == 0 or (kind == "histogram" and trace_rows["count"].sum() == 0):
                 continue
             colour = CORRECTNESS_COLOURS[label]
-            common = {"name": label, "legendgroup": label, "showlegend": label not in shown_legend,
-                      "line": {"color": colour, "shape": "hv", "width": 1.5}, "meta": facet}
+            common = {"name": label, "legendgroup": label, "showlegend": label not in shown_legend, "meta": facet}
             shown_legend.add(label)
             if kind == "histogram":
-                counts = trace_rows["count"].to_list()
-                edges = trace_rows["bin_start"].to_list() + [trace_rows["bin_end"][-1]]
-                fig.add_trace(go.Scatter(
-                    x=edges, y=counts + counts[-1:], mode="lines", fill="tozeroy", opacity=0.55,
-                    customdata=trace_rows["bin_end"].to_list() + [None],
-                    hovertemplate=f"{label}: %{{y:,}} CoTs with %{{x:,.0f}} to %{{customdata:,.0f}} {length_name}<extra>{facet}</extra>",
+                starts, ends = np.array(trace_rows["bin_start"].to_list()), np.array(trace_rows["bin_end"].to_list())
+                x0, x1 = (np.log10(starts), np.log10(ends)) if log_x else (starts, ends)
+                slot = (x1 - x0) / len(present)
+                ranges = [token_range(a, b, b >= last_end) for a, b in zip(starts, ends)]
+                fig.add_trace(go.Bar(
+                    x=(x0 + slot * (present.index(label) + 0.5)).tolist(), y=trace_rows["count"].to_list(),
+                    width=(slot * 0.92).tolist(), marker={"color": colour, "line": {"width": 0}},
+                    customdata=[[lo, hi, label, facet] for lo, hi in ranges],
+                    hovertemplate=f"{label}: %{{y:,}} CoTs with %{{customdata[0]:,}} to %{{customdata[1]:,}} "
+                                  f"{length_name}<extra>{facet}</extra>",
                     **common), row=r, col=c)
             else:
                 trace_rows = _thin_ecdf(trace_rows, ECDF_POINTS)
                 fig.add_trace(go.Scatter(
                     x=trace_rows["length"].to_list(), y=trace_rows["cum_share"].to_list(), mode="lines",
+                    line={"color": colour, "shape": "hv", "width": 1.5},
                     hovertemplate=f"{label}: %{{y:.1%}} at or below %{{x:,.0f}} {length_name}<extra>{facet}</extra>",
                     **common), row=r, col=c)
-    fig.update_xaxes(type="log" if log_x else "linear")
-    fig.update_xaxes(title_text=length_name, row=rows)
+    if kind == "histogram" and log_x and frame.height:
+        vals, text = _log_ticks(math.log10(frame["bin_start"].min()), math.log10(frame["bin_end"].max()))
+        fig.update_xaxes(type="linear", tickvals=vals, ticktext=text)
+    else:
+        fig.update_xaxes(type="log" if log_x else "linear")
+    fig.update_xaxes(title_text=length_name + (" (log scale)" if log_x else ""), row=rows)
     fig.update_yaxes(title_text="CoTs" if kind == "histogram" else "share ≤ length", col=1)
     if kind == "ecdf":
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
@@ -364,7 +407,7 @@ def length_distribution_figure(
         title=_title(what, n_cots, "; ".join(notes)), height=max(320, 110 + rows * panel_height),
         # top right of the whole figure, beside the title, clear of the panel titles
         legend={"orientation": "h", "yref": "container", "y": 0.995, "yanchor": "top", "x": 1.0, "xanchor": "right"},
-        margin={"t": 110},
+        margin={"t": 110}, barmode="overlay", bargap=0,
     )
     fig.update_annotations(font_size=11)  # panel titles
     if not facets:

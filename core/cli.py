@@ -119,27 +119,28 @@ def cmd_ingest(args) -> int:
         left = "; finished what an earlier run left undone: " + ", ".join(finished) if finished else "; nothing to do"
         print(f"Already in the store as dataset '{result.name}' (id {result.dataset_id}, same content hash){left}.")
         return 0
+    named = f" The name comes from {result.name_from}; --name sets another." if result.name_from else ""
     print(f"Ingested '{result.name}' (id {result.dataset_id}, format {result.format}): "
-          f"{result.problems} problems, {result.cots} CoTs.")
+          f"{result.problems} problems, {result.cots} CoTs.{named}")
     if result.skipped_rows:
         print(f"Skipped {result.skipped_rows} bad rows; report: {result.bad_rows_report}")
     import polars as pl
 
-    from core.summary import format_table, summary
+    from core.summary import empty_message, format_table, summary
 
     table = summary(db=args.db).filter(pl.col("dataset") == result.name)
-    print(format_table(table))
+    print(format_table(table, empty=empty_message(db=args.db, dataset=result.name)))
     return 0
 
 
 def cmd_summary(args) -> int:
-    from core.summary import format_table, summary
+    from core.summary import empty_message, format_table, summary
 
     df = summary(db=args.db, efficiency=args.json)
     if args.json:
         print(json.dumps(df.to_dicts(), indent=1, default=str))
     else:
-        print(format_table(df))
+        print(format_table(df, empty=empty_message(db=args.db)))
     return 0
 
 

@@ -328,3 +328,11 @@ def length_figure(comparison: Comparison):
 def length_table(comparison: Comparison) -> pl.DataFrame:
     """``metrics.length_by_correctness`` of the two runs (their judged CoTs on the shared problems)."""
     return metrics.length_by_correctness(comparison.cots, group_by=("run",))
+
+
+def cot_text(cot_id: int, *, db=None) -> dict | None:
+    """One CoT's text and what the comparison shows beside it: full text, extracted answer,
+    tokens, finish reason, problem id (None when it is not in the store)."""
+    rows = store.read_rows("SELECT full_text, answer, n_tokens, finish_reason, problem_id FROM cots WHERE cot_id = ?",
+                           [cot_id], db=db)
+    return dict(zip(("text", "answer", "n_tokens", "finish_reason", "problem_id"), rows[0])) if rows else None

@@ -2,13 +2,17 @@
 
 Formats:
 
-* ``jsonl`` / ``parquet``: one record per CoT with its ids, metadata, text fields and the
-  selection's numbers (rv, cd, correct, score, weight);
+* ``jsonl`` / ``parquet``: one record per CoT with its ids (internal, readable, problem key),
+  metadata, text fields and the selection's numbers (rv, cd, correct, score, weight);
 * ``trl``: TRL's conversational format, ``{"messages": [{"role": "user", "content": question},
   {"role": "assistant", "content": response}]}``, loadable by ``datasets.load_dataset("json",
   ...)`` and trained on by ``trl.SFTTrainer`` as it is;
 * ``sharegpt``: ``{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}``;
 * ``alpaca``: ``{"instruction": question, "input": "", "output": response}``.
+
+Every row of the three conversational formats also carries ``metadata``: ``{"cot_id",
+"readable_id", "problem_key", "dataset", "model"}`` (core.ids), so a row can be traced back
+without the manifest.
 
 The response of the conversational formats keeps the thinking in the style asked for:
 ``think_tags`` (``<think>\\n...\\n</think>\\n\\nsolution``), ``begin_of_thought`` (Sky-T1's
@@ -45,7 +49,7 @@ from typing import Any
 
 import polars as pl
 
-from core import labels, queries, store
+from core import ids, labels, queries, store
 from core.errors import UserError
 from core.progress import ProgressFn
 from core.queries import OWN_CORRECTNESS, CotFilter
@@ -69,10 +73,14 @@ BATCH_ROWS = 2000
 
 # The text of a batch of kept CoTs; the id range lets DuckDB skip row groups (ids are
 # allocated in insertion order).
+# ``n`` numbers a CoT among its problem's CoTs by id, for its readable id (core.ids): the
+# window runs over the CoTs of the batch's problems only.
 _TEXT_SQL = """
-SELECT c.cot_id, p.benchmark, c.sample_idx, p.question, p.reference_answer, c.thinking, c.solution,
-       c.full_text, c.answer, c.truncated
+SELECT c.cot_id, c.dataset_id, p.problem_key, o.n, p.benchmark, c.sample_idx, p.question, p.reference_answer,
+       c.thinking, c.solution, c.full_text, c.answer, c.truncated
 FROM cots c JOIN problems p ON p.problem_id = c.problem_id
+JOIN (SELECT cot_id, row_number() OVER (PARTITION BY problem_id ORDER BY cot_id) - 1 AS n
+      FROM cots WHERE problem_id BETWEEN ? AND ?) o ON o.cot_id = c.cot_id
 WHERE c.cot_id BETWEEN ? AND ? AND p.problem_id BETWEEN ? AND ?
   AND c.cot_id IN (SELECT cot_id FROM export_batch_ids)
 ORDER BY c.cot_id
@@ -83,7 +91,8 @@ ORDER BY c.cot_id
 CONNECTION_HOLD_S = 1.0
 
 RECORD_COLUMNS = (
-    "cot_id", "problem_id", "dataset", "model", "benchmark", "sample_idx", "question", "reference_answer",
+    "cot_id", "readable_id", "problem_id", "problem_key", "dataset", "model", "benchmark", "sample_idx",
+    "question", "reference_answer",
     "thinking", "solution", "full_text", "answer", "n_tokens", "truncated", "rv", "cd", "correct", "score", "weight",
 )
 
@@ -128,23 +137,31 @@ def response_expr(style: str) -> pl.Expr:
     return pl.when(pl.col("thinking").is_null()).then(solution).otherwise(wrapped)
 
 
+# What every row of a conversational format carries beside the conversation, so a row can be
+# traced to the store without the manifest: TRL's SFTTrainer drops columns its model does not
+# take (remove_unused_columns), and the others leave unknown keys alone.
+METADATA_COLUMNS = ("cot_id", "readable_id", "problem_key", "dataset", "model")
+
+
 def shape(batch: pl.DataFrame, fmt: str, style: str) -> pl.DataFrame:
-    """A batch of full records (RECORD_COLUMNS) in the export format's row shape."""
+    """A batch of full records (RECORD_COLUMNS) in the export format's row shape; the
+    conversational formats add a ``metadata`` object (METADATA_COLUMNS)."""
     if fmt in ("jsonl", "parquet"):
         return batch.select(RECORD_COLUMNS)
     response = response_expr(style)
+    metadata = pl.struct(*METADATA_COLUMNS).alias("metadata")
     if fmt == "trl":
         return batch.select(messages=pl.concat_list([
             pl.struct(role=pl.lit("user"), content=pl.col("question")),
             pl.struct(role=pl.lit("assistant"), content=response),
-        ]))
+        ]), metadata=metadata)
     if fmt == "sharegpt":
         return batch.select(conversations=pl.concat_list([
             pl.struct(**{"from": pl.lit("human"), "value": pl.col("question")}),
             pl.struct(**{"from": pl.lit("gpt"), "value": response}),
-        ]))
+        ]), metadata=metadata)
     if fmt == "alpaca":
-        return batch.select(instruction=pl.col("question"), input=pl.lit(""), output=response)
+        return batch.select(instruction=pl.col("question"), input=pl.lit(""), output=response, metadata=metadata)
     raise ExportError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
 
 
@@ -290,6 +307,7 @@ def export(
     # response): not reading it saves about a third of the text read
     text_sql = _TEXT_SQL.replace("c.full_text", "NULL::VARCHAR AS full_text") if fmt in CONVERSATIONAL else _TEXT_SQL
     batches = truncated = 0
+    short = ids.dataset_short_names(db=db)  # readable ids' first part
     writer = None
     held = contextlib.ExitStack()
     con, opened = None, 0.0
@@ -297,9 +315,10 @@ def export(
         with open(tmp, "wb") as fh:
             for start in range(0, max(numbers.height, 1), batch_size):
                 chunk = numbers.slice(start, batch_size)
-                ids, problems = chunk["cot_id"], chunk["problem_id"]
-                params = [ids.min() if chunk.height else 0, ids.max() if chunk.height else -1,
-                          problems.min() if chunk.height else 0, problems.max() if chunk.height else -1]
+                cot_ids, problems = chunk["cot_id"], chunk["problem_id"]
+                problem_range = [problems.min() if chunk.height else 0, problems.max() if chunk.height else -1]
+                params = [*problem_range, cot_ids.min() if chunk.height else 0, cot_ids.max() if chunk.height else -1,
+                          *problem_range]
                 if con is not None and time.monotonic() - opened > CONNECTION_HOLD_S:
                     held.close()
                     con = None
@@ -316,6 +335,10 @@ def export(
                     raise ExportError(
                         "the store changed while exporting (some kept CoTs are gone); export again"
                     )
+                text = text.with_columns(readable_id=pl.concat_str([
+                    pl.col("dataset_id").replace_strict(short, default=pl.lit("d") + pl.col("dataset_id").cast(pl.String),
+                                                        return_dtype=pl.String),
+                    pl.col("problem_key"), pl.col("n").cast(pl.String)], separator=":")).drop("dataset_id", "n")
                 batch = chunk.join(text, on="cot_id", how="left", maintain_order="left")
                 truncated += int(batch["truncated"].sum() or 0)
                 rows = shape(batch, fmt, thinking)

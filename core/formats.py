@@ -592,26 +592,30 @@ def qwen_eval_files(root: Path) -> list[Path]:
 
 
 def qwen_run_identity(root: Path, file: Path) -> tuple[str, str]:
-    """(model, benchmark) from outputs/<model path>/<bench>_eval/<bench>/<file>.jsonl."""
+    """(model, benchmark) from outputs/<model path>/<bench>_eval/<bench>/<file>.jsonl.
+
+    One rule names the model: the last two folders of its path (what follows the tree's last
+    ``outputs`` folder, up to ``<bench>_eval``), or its one folder when it has one. So a hub
+    id keeps its organisation (``Qwen/Qwen2.5-Math-7B``), a checkpoint its run
+    (``Sky-T1-...-ckpts/checkpoint-105``), and a local path its last folder but one
+    (``home/ubuntu/skyov1-dl/Sky-T1-...`` gives ``skyov1-dl/Sky-T1-...``, as
+    ``icml_models/Sky-T1-...`` stays itself). When the folder ingested is the model's own
+    (``outputs/Qwen/Qwen2.5-Math-7B``), its path gives the name the same way."""
     rel = file.relative_to(root) if file.is_relative_to(root) and root != file.parent else file.resolve()
     parts = list(rel.parts[:-1])
-    if "outputs" in parts:  # the harness's own root: what follows it is the model path
-        parts = parts[len(parts) - parts[::-1].index("outputs"):]
     eval_idx = [i for i, p in enumerate(parts) if _EVAL_DIR.match(p)]
     if not eval_idx:
         return file.parent.name, file.parent.name
     idx = eval_idx[-1]
     bench = _EVAL_DIR.match(parts[idx]).group("bench")
     model_parts = [p for p in parts[:idx] if p not in ("/", "")]
+    if not model_parts:  # the folder ingested is the model's own: its path names it
+        model_parts = [p for p in root.resolve().parts if p not in ("/", "")]
+    if "outputs" in model_parts:  # the harness's own root: what follows it is the model path
+        model_parts = model_parts[len(model_parts) - model_parts[::-1].index("outputs"):]
     if not model_parts:
         return "unknown", bench
-    if _CKPT.match(model_parts[-1]) and len(model_parts) >= 2:
-        model = "/".join(model_parts[-2:])
-    elif len(model_parts) == 2:  # org/name, as on the hub
-        model = "/".join(model_parts)
-    else:  # a local path such as home/ubuntu/runs/<name>: the last part names it
-        model = model_parts[-1]
-    return model, bench
+    return "/".join(model_parts[-2:]), bench
 
 
 def _prompt_type(file: Path) -> str | None:

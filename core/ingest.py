@@ -81,9 +81,37 @@ class IngestResult:
     already_present: bool = False
     bad_rows_report: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    name_from: str | None = None  # how a name not given was chosen (None: it was given)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Folder names that say nothing about what a harness tree holds: a tree named so is named
+# after the nearest folder above it that says more.
+_GENERIC_FOLDERS = {"outputs", "output", "out", "results", "result", "eval", "evals", "evaluation", "runs", "data", ""}
+
+
+def default_name(source: str, fmt: str, files: list[Path]) -> tuple[str, str]:
+    """A dataset name for an ingest without ``--name``, and how it was chosen.
+
+    A file is named by its stem (``aime24_test.jsonl``: ``aime24_test``); a hub id by itself
+    (``/`` becomes ``__``). A Qwen2.5-Math harness tree (``outputs/``) by the nearest folder above
+    it that is not a generic one (``outputs``, ``results``, ``eval``, ...:
+    ``qwen25_math_eval/outputs`` gives ``qwen25_math_eval``), else by the benchmarks it holds
+    (``aime24+math500 eval``)."""
+    path = Path(source)
+    if not path.exists():
+        return source.replace("/", "__"), "the hub id"
+    if path.is_dir() and fmt == "qwen_eval" and path.resolve().name.lower() in _GENERIC_FOLDERS:
+        for parent in path.resolve().parents:
+            if parent.name.lower() not in _GENERIC_FOLDERS:
+                return parent.name, f"the folder that holds {path.resolve().name}/"
+        from core.formats import qwen_run_identity
+
+        benches = sorted({qwen_run_identity(path, f)[1] for f in files})
+        return "+".join(benches) + " eval", "the benchmarks in the tree"
+    return path.stem, "the file name" if path.is_file() else "the folder name"
 
 
 def content_hash(source: str, files: list[Path], opts: ReadOptions, fmt: str) -> str:
@@ -372,7 +400,9 @@ def ingest(
     files = input_files(source, fmt)
     if Path(source).exists() and not files:
         raise IngestError(source, None, None, f"no input files for format '{fmt}' here")
-    name = name or (Path(source).stem if Path(source).exists() else source.replace("/", "__"))
+    name_from = None
+    if not name:
+        name, name_from = default_name(source, fmt, files)
     opts.dataset_name = name
     digest = content_hash(source, files, opts, fmt)
     timings["hash"] = time.perf_counter() - t0
@@ -442,4 +472,5 @@ def ingest(
         with open(report, "w") as fh:
             for err in bad:
                 fh.write(json.dumps(err.as_dict()) + "\n")
-    return IngestResult(dataset_id, name, fmt, len(stager.problems), stager.n_cots, len(bad), False, report, timings)
+    return IngestResult(dataset_id, name, fmt, len(stager.problems), stager.n_cots, len(bad), False, report, timings,
+                        name_from)

@@ -745,3 +745,12 @@ def points_inside(x: np.ndarray, y: np.ndarray, outline: dict) -> np.ndarray:
         inside ^= crosses & (px < (x2 - x1) * (py - y1) / (y2 - y1) + x1)
     mask[near] = inside
     return mask
+
+
+def question_heads(ids, *, chars: int = 160, db=None) -> pl.DataFrame:
+    """problem_id and the first ``chars`` characters of each of these problems' questions."""
+    return store.read_df(
+        f"SELECT problem_id, left(question, {int(chars)}) AS question FROM problems "
+        "WHERE problem_id IN (SELECT unnest(?::BIGINT[]))",
+        [list(ids)], db=db,
+    )

@@ -613,3 +613,73 @@ def scores_of_problem(problem_id: int, *, db=None) -> pl.DataFrame:
 def problem_of_cot(cot_id: int, *, db=None) -> int | None:
     rows = store.read_rows("SELECT problem_id FROM cots WHERE cot_id = ?", [cot_id], db=db)
     return rows[0][0] if rows else None
+
+
+# ------------------------------------------------------------------ the Reader's CoT order
+
+# How the Reader lists a problem's CoTs, and how j/k step through the filter: problem by
+# problem (in id order, as n/p do), and within a problem by model, sample and id.
+READER_ORDER = "model NULLS LAST, sample_idx, cot_id"
+
+
+def matching_cots_of_problem(f: CotFilter, problem_id: int, *, db=None) -> list[int]:
+    """The CoTs of one problem that ``f`` matches, in the Reader's order."""
+    if f.problem_ids and problem_id not in f.problem_ids:
+        return []
+    narrowed = f.with_(problem_ids=(int(problem_id),))
+    sql, params = matching_sql(_scores_only_shown(narrowed) or narrowed, db=db)
+    return [r[0] for r in store.read_rows(f"SELECT cot_id FROM ({sql}) ORDER BY {READER_ORDER}", params, db=db)]
+
+
+def step_cot(f: CotFilter, problem_id: int, cot_id: int | None, step: int, *, db=None) -> tuple[int, int] | None:
+    """(problem id, CoT id) of the CoT the filter matches after (``step`` = 1) or before
+    (``step`` = -1) ``cot_id`` of ``problem_id`` in the Reader's order; ``cot_id`` None stands
+    before the problem's first CoT. None at either end of the filter. ``cot_id`` itself need
+    not match the filter (a permalink opens any CoT)."""
+    if step not in (1, -1):
+        raise ValueError("step must be 1 or -1")
+    order = [r[0] for r in store.read_rows(
+        f"SELECT cot_id FROM cots WHERE problem_id = ? ORDER BY {READER_ORDER}", [int(problem_id)], db=db)]
+    matching = set(matching_cots_of_problem(f, problem_id, db=db))
+    at = order.index(cot_id) if cot_id in order else -1
+    ahead = order[at + 1:] if step == 1 else (order[:at][::-1] if at >= 0 else [])
+    for candidate in ahead:
+        if candidate in matching:
+            return int(problem_id), int(candidate)
+    previous_id, next_id = neighbours(f, problem_id, db=db)
+    other = next_id if step == 1 else previous_id
+    if other is None:
+        return None
+    cots = matching_cots_of_problem(f, other, db=db)
+    if not cots:  # cannot happen: neighbours are problems with a matching CoT
+        return None
+    return int(other), int(cots[0] if step == 1 else cots[-1])
+
+
+def cot_texts(cot_ids: list[int], *, db=None) -> pl.DataFrame:
+    """cot_id, question and full_text of a few CoTs (a page of Explore, for its search snippets)."""
+    if not cot_ids:
+        return pl.DataFrame(schema={"cot_id": pl.Int64, "question": pl.String, "full_text": pl.String})
+    return store.read_df(
+        "SELECT c.cot_id, p.question, c.full_text FROM cots c JOIN problems p ON p.problem_id = c.problem_id "
+        "WHERE c.cot_id IN (SELECT unnest(?::BIGINT[]))", [[int(i) for i in cot_ids]], db=db,
+    )
+
+
+def search_snippets(cot_ids: list[int], phrase: str, *, db=None) -> pl.DataFrame:
+    """Where a text search hit each of a few CoTs: cot_id, where ('CoT' or 'question': the
+    search also matches a CoT through its problem's question), before, hit, after (the text
+    around the first hit, core.render.snippet). Matched as the search ran: whole words in order
+    through the index, else the substring; a CoT with no hit has nulls."""
+    from core import render
+
+    whole_words = text_search_mode(phrase, db=db).startswith("index")
+    pattern = render.search_pattern(phrase, whole_words=whole_words)
+    rows = []
+    for cot_id, question, full_text in cot_texts(cot_ids, db=db).iter_rows():
+        where, parts = "CoT", render.snippet(full_text, pattern)
+        if parts is None:
+            where, parts = "question", render.snippet(question, pattern)
+        rows.append((cot_id, where if parts else None, *(parts or (None, None, None))))
+    schema = {"cot_id": pl.Int64, "where": pl.String, "before": pl.String, "hit": pl.String, "after": pl.String}
+    return pl.DataFrame(rows, schema=schema, orient="row")

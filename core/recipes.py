@@ -289,6 +289,20 @@ def path_of(name: str) -> Path:
     return recipes_dir() / f"{slug(name)}.json"
 
 
+def saved_as(recipe: Recipe) -> bool:
+    """Whether a recipe of this name is saved with the same selection (its description aside)."""
+    target = path_of(recipe.name)
+    if not recipe.name.strip() or not target.exists():
+        return False
+    try:
+        existing = Recipe.from_dict(_read(target))
+    except RecipeError:
+        return False
+    ignore = ("description", "name")
+    return ({k: v for k, v in existing.as_dict().items() if k not in ignore}
+            == {k: v for k, v in recipe.as_dict().items() if k not in ignore} and existing.name == recipe.name)
+
+
 def save(recipe: Recipe, *, overwrite: bool = False, db=None) -> Path:
     """Write the recipe as JSON (atomically); refuses to replace another recipe's file unless
     ``overwrite``. A recipe that reads human labels records their state in ``db``'s labels

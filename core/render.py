@@ -3,7 +3,8 @@
 Dataset text is never trusted as HTML. ``safe_markdown`` escapes ``<``, ``>`` and ``&`` in
 ordinary text so a CoT's ``<script>`` or ``<think>`` shows as literal characters, while
 ``$...$``, ``$$...$$``, ``\\(...\\)`` and ``\\[...\\]`` stay math for Streamlit's KaTeX and code
-spans stay code. ``highlight_markers`` marks reflection phrases outside math and code.
+spans stay code. ``highlight`` marks reflection phrases, search terms and a find-in-CoT phrase
+outside math and code, and ``snippet`` cuts the text around a search hit.
 ``cot_diff`` compares two CoTs line by line (sentence by sentence for long lines), and
 ``clip_for_display`` shortens very long thinking for a first view.
 
@@ -283,9 +284,50 @@ def escape_inline(text: str | None) -> str:
     return "".join("\\" + ch if ch in _ASCII_PUNCT else ch for ch in str(text)).replace("\n", " ")
 
 
-# ---------------------------------------------------------------------------- markers
+def inline_code(text: str | None) -> str:
+    """Dataset text (a readable id, a key) as a Markdown code span: a fence longer than any run
+    of backticks inside it, so nothing in it can close the span and become markup.
 
-HIGHLIGHT = "orange-background"
+    >>> inline_code("a`b")
+    '``a`b``'
+    """
+    body = "" if text is None else str(text).replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", body)), default=0) + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{fence}{pad}{body}{pad}{fence}"
+
+
+# ---------------------------------------------------------------------------- highlights
+
+# What is highlighted, each in its own colour, as Streamlit Markdown (no HTML): bold text in
+# the colour on a tint of it. Streamlit's backgrounds alone are tints so pale (#fff6ed for
+# orange) that on its page background a reader could not see the markers (issue 11); the
+# coloured bold text is what stands out (tests/browser/test_reader_flow.py measures it).
+MARKER_COLOUR = "orange"  # reflection markers
+TERM_COLOUR = "blue"      # the sidebar's text search
+FIND_COLOUR = "violet"    # "Find in this CoT"
+HIGHLIGHT = f"{MARKER_COLOUR}-background"  # what count_highlights counts
+
+
+def styled(colour: str, text: str) -> str:
+    """``text`` (letters, digits, spaces) in a highlight colour, as Streamlit Markdown.
+
+    >>> styled("orange", "wait")
+    ':orange-background[**:orange[wait]**]'
+    """
+    return f":{colour}-background[**:{colour}[{text}]**]"
+
+
+def legend(*, markers: bool = True, terms: bool = False, find: bool = False) -> str:
+    """One line of Markdown naming what each highlight colour means."""
+    parts = []
+    if markers:
+        parts.append(styled(MARKER_COLOUR, "reflection markers") + " (wait, hmm, alternatively, …)")
+    if terms:
+        parts.append(styled(TERM_COLOUR, "search terms"))
+    if find:
+        parts.append(styled(FIND_COLOUR, "found in this CoT"))
+    return "Highlighted: " + " · ".join(parts) if parts else ""
 
 
 def _marker_phrases(markers: Mapping[str, Iterable[str]] | Iterable[str]) -> tuple[str, ...]:
@@ -296,32 +338,74 @@ def _marker_phrases(markers: Mapping[str, Iterable[str]] | Iterable[str]) -> tup
     return tuple(sorted({p.strip().lower() for p in phrases if p and p.strip()}))
 
 
-@lru_cache(maxsize=32)
-def _marker_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One pattern for all phrases, longest first so "but wait" wins over "wait"; each phrase
-    read as core.text.MarkerCounter reads it (core.text.phrase_pattern)."""
-    if not phrases:
+def _phrase_alternatives(phrases: tuple[str, ...]) -> list[str]:
+    """Longest first, so "but wait" wins over "wait"; each phrase read as core.text.MarkerCounter
+    reads it (core.text.phrase_pattern: whitespace or hyphens between words, 'hmm+' elongations)."""
+    return sorted((phrase_pattern(p) for p in phrases), key=len, reverse=True)
+
+
+def search_words(text: str | None) -> tuple[str, ...]:
+    """The words of a search or find text (runs of letters and digits, lower case): what is
+    highlighted for it.
+
+    >>> search_words("Let me check, x_1!")
+    ('let', 'me', 'check', 'x', '1')
+    """
+    return tuple(w.lower() for w in re.findall(r"[^\W_]+", text or ""))
+
+
+# Entities and backslash escapes of safe_markdown's output are skipped whole, so that a
+# highlight never cuts one ("&lt;" stays "<" on screen even when "lt" is searched for).
+_ESCAPES = r"&(?:lt|gt|amp);|\\[!-/:-@\[-`{-~]"
+
+
+@lru_cache(maxsize=64)
+def _highlight_pattern(markers: tuple[str, ...], terms: tuple[str, ...], find: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern for everything highlighted: escapes to skip, then the find phrase (its words
+    in order, anything but letters and digits between them), the search words, the marker
+    phrases; each alternative a named group, on word boundaries, case-insensitive."""
+    groups = []
+    if find:
+        groups.append(("find", r"[\W_]+".join(re.escape(w) for w in find)))
+    if terms:
+        groups.append(("term", "|".join(sorted((re.escape(w) for w in set(terms)), key=len, reverse=True))))
+    if markers:
+        groups.append(("marker", "|".join(_phrase_alternatives(markers))))
+    if not groups:
         return None
-    alternatives = sorted((phrase_pattern(p) for p in phrases), key=len, reverse=True)
-    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
+    body = "|".join(f"(?P<{name}>{alternatives})" for name, alternatives in groups)
+    return re.compile(rf"(?P<skip>{_ESCAPES})|(?<![^\W_])(?:{body})(?![^\W_])", re.IGNORECASE)
+
+
+# What goes inside a directive's label: words with spaces, tabs, hyphens or apostrophes
+# between them, never a bracket, a star or a line break.
+_LABEL_RUN = re.compile(r"[^\W_]+(?:[ \t'\-]+[^\W_]+)*")
+_COLOURS = {"find": FIND_COLOUR, "term": TERM_COLOUR, "marker": MARKER_COLOUR}
 
 
 def _wrap(match: re.Match[str]) -> str:
-    # A directive's label stays on one line: a phrase split across lines is wrapped per line.
-    return "\n".join(f":{HIGHLIGHT}[{part}]" if part.strip() else part for part in match.group().split("\n"))
+    kind = match.lastgroup
+    if kind == "skip":
+        return match.group()
+    colour = _COLOURS[kind]
+    return _LABEL_RUN.sub(lambda run: styled(colour, run.group()), match.group())
 
 
-def highlight_markers(markdown: str, markers: Mapping[str, Iterable[str]] | Iterable[str]) -> str:
-    """Wrap each reflection-marker occurrence in Streamlit's ``:orange-background[...]``.
+def highlight(markdown: str, *, markers: Mapping[str, Iterable[str]] | Iterable[str] = (),
+              terms: Iterable[str] = (), find: str | None = None) -> str:
+    """Highlight, in ``safe_markdown``'s output, the reflection ``markers`` (core.text's
+    mapping or a list of phrases), the search ``terms`` (words) and the ``find`` text (its
+    words in order), each in its colour (``styled``). Matching is case-insensitive on word
+    boundaries; nothing inside math or code is touched, so LaTeX keeps working; where two
+    overlap, find wins over terms, terms over markers.
 
-    ``markers`` is core.text.load_markers()'s mapping or a list of phrases. Matching is
-    case-insensitive on word boundaries; nothing inside math or code is touched, so LaTeX
-    keeps working. Apply it to ``safe_markdown``'s output.
-
-    >>> highlight_markers("Wait, $x = wait$. But wait!", ["wait", "but wait"])
-    ':orange-background[Wait], $x = wait$. :orange-background[But wait]!'
+    >>> highlight("Wait, $x = wait$. But wait!", markers=["wait", "but wait"])
+    ':orange-background[**:orange[Wait]**], $x = wait$. :orange-background[**:orange[But wait]**]!'
+    >>> highlight("a &lt; b", terms=["lt", "b"])
+    'a &lt; :blue-background[**:blue[b]**]'
     """
-    pattern = _marker_pattern(_marker_phrases(markers))
+    pattern = _highlight_pattern(_marker_phrases(markers), tuple(sorted({t.lower() for t in terms if t})),
+                                 search_words(find))
     if pattern is None or not markdown:
         return markdown or ""
     return "".join(
@@ -329,10 +413,118 @@ def highlight_markers(markdown: str, markers: Mapping[str, Iterable[str]] | Iter
     )
 
 
-def count_highlights(markdown: str) -> int:
-    """How many highlighted spans ``highlight_markers`` put into a text (lines of one
-    phrase split over lines count once each)."""
-    return markdown.count(f":{HIGHLIGHT}[")
+def highlight_markers(markdown: str, markers: Mapping[str, Iterable[str]] | Iterable[str]) -> str:
+    """``highlight`` with the reflection markers only.
+
+    >>> highlight_markers("But wait!", ["wait", "but wait"])
+    ':orange-background[**:orange[But wait]**]!'
+    """
+    return highlight(markdown, markers=markers)
+
+
+def count_highlights(markdown: str, colour: str = MARKER_COLOUR) -> int:
+    """How many highlighted spans of ``colour`` a text holds (a phrase split over lines, or
+    at punctuation, counts once per piece)."""
+    return markdown.count(f":{colour}-background[")
+
+
+def count_matches(text: str | None, *, terms: Iterable[str] = (), find: str | None = None) -> int:
+    """How often the search ``terms`` or the ``find`` phrase occur in plain ``text``, as
+    ``highlight`` matches them (math and code included: this counts, it does not draw)."""
+    pattern = _highlight_pattern((), tuple(sorted({t.lower() for t in terms if t})), search_words(find))
+    if pattern is None or not text:
+        return 0
+    return sum(1 for m in pattern.finditer(text) if m.lastgroup != "skip")
+
+
+# ---------------------------------------------------------------------------- snippets
+
+SNIPPET_CHARS = 90  # on each side of a hit
+
+
+def search_pattern(text: str, *, whole_words: bool) -> re.Pattern[str] | None:
+    """What a text search matches, as a regular expression: its words in order with anything
+    but letters and digits between them, on word boundaries (the search index's phrase
+    query), or the text itself anywhere (the substring scan). None for an empty search."""
+    if whole_words:
+        words = search_words(text)
+        if not words:
+            return None
+        return re.compile(r"(?<![^\W_])" + r"[\W_]+".join(re.escape(w) for w in words) + r"(?![^\W_])", re.IGNORECASE)
+    text = (text or "").strip()
+    return re.compile(re.escape(text), re.IGNORECASE) if text else None
+
+
+def snippet(text: str | None, pattern: re.Pattern[str] | None, width: int = SNIPPET_CHARS) -> tuple[str, str, str] | None:
+    """(before, hit, after) around the first match of ``pattern`` in ``text``, each side cut
+    to about ``width`` characters at a space and with its line breaks made spaces; None when
+    nothing matches.
+
+    >>> snippet("one two three four five", re.compile("three"), width=5)
+    ('…two ', 'three', ' four…')
+    """
+    if not text or pattern is None:
+        return None
+    match = pattern.search(text)
+    if match is None:
+        return None
+    start, end = match.span()
+    before, after = text[max(0, start - width):start], text[end:end + width]
+    if start > width:
+        cut = before.find(" ")
+        before = "…" + (before[cut + 1:] if 0 <= cut < len(before) // 2 else before)
+    if end + width < len(text):
+        cut = after.rfind(" ")
+        after = (after[:cut + 1] if cut > len(after) // 2 else after) + "…"
+    return tuple(" ".join(part.split("\n")) for part in (before, match.group(), after))
+
+
+def snippet_text(parts: tuple[str, str, str] | None) -> str:
+    """A snippet as plain text with the hit between guillemets (for a table cell)."""
+    return "" if parts is None else f"{parts[0]}«{parts[1]}»{parts[2]}"
+
+
+def snippet_markdown(parts: tuple[str, str, str] | None) -> str:
+    """A snippet as safe inline Markdown with the hit highlighted in the search colour."""
+    if parts is None:
+        return ""
+    before, hit, after = (escape_inline(p) for p in parts)
+    return f"{before}{_LABEL_RUN.sub(lambda run: styled(TERM_COLOUR, run.group()), hit)}{after}"
+
+
+# ---------------------------------------------------------------------------- long names
+
+NAME_WIDTH = 30  # characters a narrow table column shows before it cuts a name
+
+
+def short_labels(names: Iterable[str | None], width: int = NAME_WIDTH, head: int = 10) -> dict[str | None, str | None]:
+    """Labels for names shown in a narrow column: a name longer than ``width`` keeps its first
+    ``head`` characters and its end, with "…" between, because long model names differ at
+    the end (``Sky-T1-math-correct-5K-32B-ckpts/checkpoint-105`` and ``-119``), where a column
+    would cut them. Where two labels would still be equal the ends grow until they differ.
+
+    >>> short_labels(["Sky-T1-math-correct-5K-32B-ckpts/checkpoint-105", "Qwen/Qwen2.5-Math-7B"])
+    {'Sky-T1-math-correct-5K-32B-ckpts/checkpoint-105': 'Sky-T1-mat…kpts/checkpoint-105', 'Qwen/Qwen2.5-Math-7B': 'Qwen/Qwen2.5-Math-7B'}
+    """
+    unique = list(dict.fromkeys(names))
+    tail = {n: max(1, width - head - 1) for n in unique}
+
+    def label(name):
+        if name is None or len(name) <= width or head + tail[name] + 1 >= len(name):
+            return name
+        return name[:head] + "…" + name[-tail[name]:]
+
+    for _ in range(max((len(n) for n in unique if n), default=0)):
+        labels = {n: label(n) for n in unique}
+        seen: dict[str | None, list] = {}
+        for n, shown in labels.items():
+            seen.setdefault(shown, []).append(n)
+        clashes = [n for group in seen.values() if len(group) > 1 for n in group]
+        if not clashes:
+            return labels
+        for n in clashes:
+            tail[n] += 1
+    return {n: n for n in unique}
 
 
 # ---------------------------------------------------------------------------- long texts

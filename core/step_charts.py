@@ -13,6 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 import polars as pl
 
+from core import render
 from core.charts import CORRECTNESS_COLOURS, _empty_note, _title
 from core.step_stats import NO_ROLE, overlay
 from core.steps import ROLES
@@ -39,8 +40,8 @@ def role_label(role: str | None) -> str:
 
 def role_badge(role: str | None) -> str:
     """A Streamlit Markdown badge for a role ('(none)' in gray)."""
-    if role not in ROLE_BADGES:
-        return f":gray-badge[{role_label(role)}]"
+    if role not in ROLE_BADGES:  # a role named by the data: escaped, so it cannot close the badge or be markup
+        return f":gray-badge[{render.escape_inline(role_label(role))}]"
     return f":{ROLE_BADGES[role]}-badge[{role_label(role)}]"
 
 

@@ -77,9 +77,23 @@ def summary(*, db=None, efficiency: bool = False) -> pl.DataFrame:
     return out.sort(KEYS, nulls_last=True)
 
 
-def format_table(df: pl.DataFrame) -> str:
-    if df.is_empty():
+def empty_message(*, db=None, dataset: str | None = None) -> str:
+    """What to say when the summary has no row: a store (or ``dataset``) with problems but no
+    CoTs (a benchmark file: questions and reference answers) is not an empty store."""
+    where = "WHERE status = 'ready'" + (" AND name = ?" if dataset is not None else "")
+    n_sets, n_problems = store.read_rows(
+        f"SELECT count(*), coalesce(sum(n_problems), 0) FROM datasets {where}", [dataset] if dataset else [], db=db)[0]
+    if not n_sets:
         return "The store is empty: ingest a dataset with `python -m core ingest PATH`."
+    what = f"'{dataset}' holds" if dataset is not None else f"The store holds {n_sets:,} dataset(s) with"
+    return (f"{what} {n_problems:,} problems and no CoTs (a benchmark: questions with reference answers). "
+            "Evaluation runs of it attach to its problems by question; `python -m core evaluate --benchmark NAME` "
+            "answers them with a model.")
+
+
+def format_table(df: pl.DataFrame, *, empty: str | None = None) -> str:
+    if df.is_empty():
+        return empty or "The store is empty: ingest a dataset with `python -m core ingest PATH`."
     shown = df.drop("generated").with_columns(
         pl.col("mean_tokens").round(0), pl.col("truncated_share").round(3)
     )

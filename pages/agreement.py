@@ -1,7 +1,10 @@
 """Agreement: two score sources on the same CoTs as a confusion matrix, with exact agreement,
 agreement within ±1, Cohen's kappa (quadratic-weighted for 0-9 scales) and the mean absolute
-difference. A person's labels are a source too (``human: <name>``): against a judge, this is
-how far to trust the judge on the CoTs nobody labelled. Click a cell (or pick it below the chart) to list its CoTs and open one in the Reader.
+difference, overall and split by model. Click a cell (or pick it below the chart) to list its
+CoTs, all or one model's, with what each source recorded, the answer the data gave, the answer
+extracted from the CoT and the reference; open one in the Reader. A person's labels are a source
+too (``human: <name>``): against a judge, this is how far to trust the judge on the CoTs
+nobody labelled.
 
 Every number is computed on all CoTs the sidebar filter matches that both sides scored.
 """
@@ -13,10 +16,10 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import agreement, labels, store
+from core import agreement, labels, render, store
 from core.agreement import Side
 from core.queries import CotFilter
-from ui import common, steps_view
+from ui import common, reader_view, steps_view
 
 PAGE_SIZE = 25
 
@@ -120,6 +123,14 @@ with common.guard():
     cells[4].metric("Quadratic-weighted kappa", _number(stats["weighted_kappa"]),
                     help="Kappa that counts a disagreement by its squared distance (ordinal scales).")
     cells[5].metric("Mean absolute difference", _number(stats["mad"]))
+    if frame["model"].n_unique() > 1 and st.toggle("Split by model", key="agr_split"):
+        st.dataframe(agreement.by_model(frame, shown), hide_index=True, key="agr_by_model", column_config={
+            "model": st.column_config.TextColumn("model", width="large"), "n": "CoTs scored by both",
+            "exact": st.column_config.NumberColumn("exact agreement", format="percent"),
+            "within_1": st.column_config.NumberColumn("within ±1", format="percent"),
+            "kappa": st.column_config.NumberColumn("Cohen's kappa", format="%.3f"),
+            "weighted_kappa": st.column_config.NumberColumn("weighted kappa", format="%.3f"),
+            "mad": st.column_config.NumberColumn("mean abs. difference", format="%.3f")})
 
     matrix = agreement.confusion(frame, shown)
     st.plotly_chart(agreement.confusion_figure(matrix, shown, a, b), key="agr_heatmap", on_select=_cell_from_click,
@@ -131,9 +142,9 @@ with common.guard():
         if st.session_state.get(key) not in (None, *shown):
             st.session_state[key] = None  # a level the new comparison does not have
     options = [None, *shown]
-    cell_a = pick_a.selectbox(f"A level ({a.label()})", options, key="agr_cell_a",
+    cell_a = pick_a.selectbox(f"A level ({render.escape_inline(a.label())})", options, key="agr_cell_a",
                               format_func=lambda v: "choose, or click a cell" if v is None else str(v))
-    cell_b = pick_b.selectbox(f"B level ({b.label()})", options, key="agr_cell_b",
+    cell_b = pick_b.selectbox(f"B level ({render.escape_inline(b.label())})", options, key="agr_cell_b",
                               format_func=lambda v: "choose, or click a cell" if v is None else str(v))
     if cell_a is None or cell_b is None:
         st.caption("Click a cell of the matrix, or choose both levels, to list its CoTs.")
@@ -142,27 +153,43 @@ with common.guard():
     if count == 0:
         st.info(f"No CoT has A = {cell_a} and B = {cell_b}.")
         st.stop()
-    n_pages = max(1, math.ceil(count / PAGE_SIZE))
+    in_cell = frame.filter((pl.col("a_level") == cell_a) & (pl.col("b_level") == cell_b))["model"].value_counts(
+        sort=True, name="n")
+    models = [None, *in_cell["model"].to_list()]
+    counts = dict(in_cell.iter_rows())
+    if st.session_state.get("agr_cell_model") not in models:
+        st.session_state["agr_cell_model"] = None
+    model = st.selectbox("Model", models, key="agr_cell_model",
+                         format_func=lambda m: f"all models ({count:,})" if m is None else f"{m or 'unknown model'} ({counts[m]:,})")
+    n_pages = max(1, math.ceil((count if model is None else counts[model]) / PAGE_SIZE))
     st.session_state["agr_page"] = min(max(1, int(st.session_state.get("agr_page", 1))), n_pages)
     page_number = page_col.number_input("Page", min_value=1, max_value=n_pages, step=1, key="agr_page")
     offset = (int(page_number) - 1) * PAGE_SIZE
-    rows, total = agreement.cell_page(a, b, f, cell_a, cell_b, offset=offset, limit=PAGE_SIZE)
-    st.caption(f"A = {cell_a}, B = {cell_b}: {total:,} CoTs · page {int(page_number):,} of {n_pages:,} "
-               f"(rows {offset + 1:,}–{offset + rows.height:,}).")
+    rows, total = agreement.cell_page(a, b, f, cell_a, cell_b, offset=offset, limit=PAGE_SIZE, model=model)
+    st.caption(f"A = {cell_a}, B = {cell_b}{'' if model is None else ', model ' + render.escape_inline(model)}: "
+               f"{total:,} CoTs · page {int(page_number):,} of {n_pages:,} (rows {offset + 1:,}–{offset + rows.height:,}). "
+               "Each row: what each source recorded, the answer the data gave (a harness run's `pred`), the answer "
+               "extracted from the CoT (what math-verify checks) and the reference.")
     st.dataframe(
         rows, hide_index=True, key="agr_cell_table",
         column_config={
-            "cot_id": st.column_config.NumberColumn("CoT id", format="%d"),
-            "problem_id": st.column_config.NumberColumn("problem id", format="%d"),
+            "readable_id": st.column_config.TextColumn("id"),
+            "model": st.column_config.TextColumn("model", width="medium"),
+            "cot_id": st.column_config.NumberColumn("CoT id (internal)", format="%d"),
+            "problem_id": st.column_config.NumberColumn("problem id (internal)", format="%d"),
             "a": st.column_config.NumberColumn(f"A: {a.label()}"),
             "b": st.column_config.NumberColumn(f"B: {b.label()}"),
+            "a_raw": st.column_config.TextColumn("A recorded", help=f"raw value of {render.escape_inline(a.label())}"),
+            "b_raw": st.column_config.TextColumn("B recorded", help=f"raw value of {render.escape_inline(b.label())}"),
+            "data_answer": st.column_config.TextColumn("answer in the data", help="the input's own answer (harness pred)"),
+            "answer": st.column_config.TextColumn("extracted answer", help="the answer ThoughtScope extracted; math-verify checks it"),
+            "reference": st.column_config.TextColumn("reference"),
             "question": st.column_config.TextColumn("question (opening)", width="large"),
         },
     )
-    choices = rows.select("cot_id", "problem_id", "model").rows()
+    choices = rows.select("cot_id", "problem_id", "model", "readable_id").rows()
     chosen = st.selectbox("CoT to read", choices, key="agr_open_choice",
-                          format_func=lambda r: f"CoT {r[0]} · {r[2] or 'unknown model'} · problem {r[1]}")
+                          format_func=lambda r: f"{r[3]} · {r[2] or 'unknown model'}")
     if st.button("Open in the Reader", key="agr_open", disabled=chosen is None):
-        st.session_state["reader_problem_id"] = int(chosen[1])
-        st.session_state["reader_cot_id"] = int(chosen[0])
-        st.switch_page("pages/reader.py", query_params={"problem": str(int(chosen[1]))})
+        reader_view.open_cot(int(chosen[0]), int(chosen[1]))
+        st.switch_page("pages/reader.py", query_params=reader_view.cot_address(int(chosen[0])))

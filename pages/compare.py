@@ -11,9 +11,9 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from core import charts, compare, queries, render, store
+from core import charts, compare, queries, render
 from core.queries import OWN_CORRECTNESS
-from ui import common
+from ui import common, reader_view
 
 PERCENT = st.column_config.NumberColumn(format="percent")
 
@@ -27,15 +27,12 @@ def cached_comparison(db: str, stamp, a: tuple, b: tuple, source: str) -> compar
 @st.cache_data(ttl=600, show_spinner=False, max_entries=64)
 def cot_text(db: str, stamp, cot_id: int) -> dict | None:
     del stamp
-    rows = store.read_rows("SELECT c.full_text, c.answer, c.n_tokens, c.finish_reason, c.problem_id FROM cots c "
-                           "WHERE c.cot_id = ?", [cot_id], db=db)
-    return dict(zip(("text", "answer", "n_tokens", "finish_reason", "problem_id"), rows[0])) if rows else None
+    return compare.cot_text(cot_id, db=db)
 
 
 def open_in_reader(problem_id: int, cot_id: int) -> None:
-    st.session_state["reader_problem_id"] = int(problem_id)
-    st.session_state["reader_cot_id"] = int(cot_id)
-    st.switch_page("pages/reader.py", query_params={"problem": str(int(problem_id))})
+    reader_view.open_cot(cot_id, problem_id)
+    st.switch_page("pages/reader.py", query_params=reader_view.cot_address(cot_id))
 
 
 def interval(ci: tuple[float, float] | None, *, points: bool = False) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from core import charts, compare, metrics, queries, tokens
+from core import charts, compare, metrics, queries, render, tokens
 from core.queries import CotFilter
 from ui import common, difficulty_view, frames, steps_view
 
@@ -60,6 +60,10 @@ def _narrow_from(key: str, kind: str) -> None:
         common.narrow_filter(cd_range=(int(point["x"]), int(point["x"])))
     elif kind == "heatmap" and point.get("x") is not None and point.get("y") is not None:
         common.narrow_filter(cd_range=(int(point["x"]), int(point["x"])), rv_range=(int(point["y"]), int(point["y"])))
+    elif kind == "length":
+        data = point.get("customdata")
+        if isinstance(data, list) and len(data) >= 4:
+            common.narrow_filter(**length_bar_filter(*data[:4]))
     elif kind == "model":
         model = point.get("customdata")
         model = model[0] if isinstance(model, list) else model
@@ -71,10 +75,36 @@ def _narrow_from(key: str, kind: str) -> None:
             common.narrow_filter(problem_ids=[int(data[0])])
 
 
+def length_bar_filter(lo, hi, label: str, facet: str) -> dict:
+    """What a click on a length bar narrows: its whole token counts, its correctness (when a
+    source is chosen: without one every bar is 'unknown') and its panel (a model, a dataset, a
+    CD level)."""
+    changes: dict = {"tokens_range": (int(lo), int(hi))}
+    f = st.session_state.get("current_filter")
+    if f is not None and f.correct_source and label in ("correct", "incorrect", "unknown"):
+        changes["correct"] = label
+    facet_col = charts.FACETS.get(st.session_state.get("dist_facet", "none"))
+    cat = common.catalogue(common.store_stamp())
+    if facet_col == "model" and facet in cat["models"]:
+        changes["models"] = [facet]
+    elif facet_col == "dataset":
+        name = facet if facet in cat["datasets"] else facet.removesuffix(" (generated)")
+        if name in cat["datasets"]:
+            changes["datasets"] = [name]
+    elif facet_col == "cd" and facet.startswith("CD ") and facet[3:].isdigit():
+        changes["cd_range"] = (int(facet[3:]), int(facet[3:]))
+    return changes
+
+
 def _selectable_chart(fig, name: str, kind: str) -> None:
     key = _selection_key(name)
     st.plotly_chart(fig, key=key, on_select=lambda: _narrow_from(key, kind), selection_mode=("points",),
                     width="stretch")
+
+
+def _names(names) -> str:
+    """Names from the data (sources, datasets) in a sentence: escaped, so none is markup."""
+    return ", ".join(render.escape_inline(n) for n in names)
 
 
 def _score_sentence(f: CotFilter, cat: dict) -> str | None:
@@ -82,13 +112,14 @@ def _score_sentence(f: CotFilter, cat: dict) -> str | None:
     if f.rv_source and f.cd_source:
         return None
     have = sorted(set(cat["rv"]) | set(cat["cd"]))
+    names = _names  # source names come from the data: escaped, never markup
     if have:
         missing = " and ".join(m for m, s in (("RV", f.rv_source), ("CD", f.cd_source)) if not s)
         return (f"No {missing} source is chosen. Pick one under 'RV / CD' in the sidebar; sources with "
-                f"RV scores: {', '.join(cat['rv']) or 'none'}; with CD scores: {', '.join(cat['cd']) or 'none'}.")
+                f"RV scores: {names(cat['rv']) or 'none'}; with CD scores: {names(cat['cd']) or 'none'}.")
     others = queries.sources()
     return ("This store has no RV or CD scores, so there is nothing to plot for them. Its score sources are: "
-            f"{', '.join(others) if others else 'none'}. RV and CD come from a dataset's own labels "
+            f"{names(others) if others else 'none'}. RV and CD come from a dataset's own labels "
             "(OmniThought has them) or from an LLM judge run on the Jobs page.")
 
 
@@ -125,8 +156,13 @@ with common.guard():
     kind = c2.radio("Show as", ["histogram", "ECDF"], horizontal=True, key="dist_kind").lower()
     log_x = c3.checkbox("Log x", key="dist_log_x")
     bins = int(c4.number_input("Bins", min_value=5, max_value=200, value=40, step=5, key="dist_bins"))
-    st.plotly_chart(frames.length_figure(f, facet_name=facet_name, kind=kind, bins=bins, log_x=log_x),
-                    key="dist_length", width="stretch")
+    length_fig = frames.length_figure(f, facet_name=facet_name, kind=kind, bins=bins, log_x=log_x)
+    if kind == "histogram":  # a click on a bar narrows the filter to its tokens, correctness and facet
+        _selectable_chart(length_fig, "length", "length")
+        st.caption("Click a bar to narrow the filter to its CoTs: its token range, its correctness and its panel's "
+                   f"{facet_name if facet_name != 'none' else 'data'}.")
+    else:
+        st.plotly_chart(length_fig, key="dist_length", width="stretch")
     with st.expander(f"Length statistics by correctness, in {unit}"):
         st.dataframe(frames.derived("length_by_correctness", f, lambda d: metrics.length_by_correctness(
             d, group_by=[c for c in charts.group_columns(d, ("model",)) if c in d.columns])), hide_index=True,
@@ -138,7 +174,7 @@ with common.guard():
     if sentence:
         st.info(sentence)
     for name, source in absent:
-        st.info(f"None of the {df.height:,} matching CoTs has a {name} score from {source}; pick another {name} "
+        st.info(f"None of the {df.height:,} matching CoTs has a {name} score from {render.escape_inline(source)}; pick another {name} "
                 "source under 'RV / CD' in the sidebar, or run a judge on them from the Jobs page.")
     left, right = st.columns(2)
     if has_rv:
@@ -160,10 +196,10 @@ with common.guard():
     st.subheader("Accuracy across token budgets")
     if not f.correct_source:
         st.info("Choose a correctness source in the sidebar to see accuracy; sources with correctness: "
-                f"{', '.join(cat['correct']) or 'none (run verification on the Jobs page)'}.")
+                f"{_names(cat['correct']) or 'none (run verification on the Jobs page)'}.")
     elif not known["correct"]:
         st.info(f"None of the {df.height:,} matching CoTs has a verdict from "
-                f"{queries.correctness_label(f.correct_source)}, so there is no accuracy to show; choose another "
+                f"{render.escape_inline(queries.correctness_label(f.correct_source))}, so there is no accuracy to show; choose another "
                 "correctness source in the sidebar, or verify them from the Jobs page.")
     else:
         c1, c2 = st.columns([3, 1])

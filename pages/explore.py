@@ -1,8 +1,11 @@
 """Explore: every CoT the shared filter matches, in a table sorted and paged by the store.
 
 Sorting and paging run in DuckDB (core.queries.page), so the table covers all matching CoTs,
-however many, one page at a time. Picking a row opens its problem in the Reader. The figures
-the sidebar's conditions filter on are shown as columns of their own.
+however many, one page at a time. Picking a row opens that CoT in the Reader (its problem is
+one click further). Each row shows its readable id (core.ids), and "Open a CoT by id" takes a
+readable or an internal id. With a text search, each row shows where it matched, and the
+page's hits are listed below the table with the words highlighted. The figures the sidebar's
+conditions filter on are shown as columns of their own.
 """
 
 import math
@@ -10,14 +13,14 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import queries
+from core import ids, queries, render
 from core.queries import CotFilter
-from ui import annotate, common, problems
+from ui import annotate, common, problems, reader_view
 
 PAGE_SIZES = (25, 50, 100, 250)
 # What each sortable column is called in the sort menu and the table header.
 COLUMN_LABELS = {
-    "cot_id": "CoT id", "problem_id": "problem id", "dataset": "dataset", "model": "model / teacher",
+    "readable_id": "id", "cot_id": "CoT id (internal)", "problem_id": "problem id", "dataset": "dataset", "model": "model / teacher",
     "benchmark": "benchmark", "sample_idx": "sample", "n_tokens": "tokens", "tokenizer": "tokenizer", "n_chars": "characters",
     "n_reflections": "reflection markers", "truncated": "truncated", "rv": "RV", "cd": "CD",
     "correct": "correct", "answer": "extracted answer",
@@ -34,6 +37,14 @@ def cached_count(stamp: tuple[float, float], f: CotFilter) -> dict[str, int]:
 def cached_page(stamp, f: CotFilter, sort_by: str, descending: bool, offset: int, limit: int) -> pl.DataFrame:
     del stamp
     rows = queries.page(f, sort_by=sort_by, descending=descending, offset=offset, limit=limit)
+    readable = ids.cot_ids_frame(rows["cot_id"].to_list()).select("cot_id", "readable_id")
+    rows = rows.join(readable, on="cot_id", how="left", maintain_order="left")
+    if f.text:  # where the search matched, as a cell: the hit between « »
+        hits = queries.search_snippets(rows["cot_id"].to_list(), f.text)
+        rows = rows.join(hits, on="cot_id", how="left", maintain_order="left").with_columns(
+            pl.when(pl.col("hit").is_null()).then(None).otherwise(
+                pl.when(pl.col("where") == "question").then(pl.lit("question: ")).otherwise(pl.lit(""))
+                + pl.col("before") + pl.lit("«") + pl.col("hit") + pl.lit("»") + pl.col("after")).alias("match"))
     wanted = [c.figure for c in f.conditions if not c.figure.is_column]
     if not wanted:
         return rows
@@ -42,11 +53,15 @@ def cached_page(stamp, f: CotFilter, sort_by: str, descending: bool, offset: int
 
 
 def open_in_reader(problem_id: int, cot_id: int | None) -> None:
-    st.session_state["reader_problem_id"] = int(problem_id)
-    st.session_state["reader_cot_id"] = None if cot_id is None else int(cot_id)
+    """Show that CoT alone in the Reader (its problem is one click further there); no CoT: the
+    whole problem."""
+    if cot_id is None:
+        reader_view.open_problem(problem_id)
+        st.switch_page("pages/reader.py", query_params={"problem": str(int(problem_id))})
+    reader_view.open_cot(cot_id, problem_id)
     # a fresh table key next time, so coming back here does not reopen the same row
     st.session_state["explore_table_nonce"] = st.session_state.get("explore_table_nonce", 0) + 1
-    st.switch_page("pages/reader.py", query_params={"problem": str(int(problem_id))})
+    st.switch_page("pages/reader.py", query_params=reader_view.cot_address(cot_id))
 
 
 st.title("Explore")
@@ -90,7 +105,7 @@ with common.guard():
     st.caption(
         f"Page {int(page_number):,} of {n_pages:,} · rows {offset + 1:,}–{offset + rows.height:,} of "
         f"{counts['cots']:,}, sorted by {COLUMN_LABELS.get(sort_by, sort_by)} ({'descending' if descending else 'ascending'}). "
-        "Click a row to read its problem."
+        "Click a row to read that CoT."
     )
 
     verdict = (
@@ -99,12 +114,23 @@ with common.guard():
         .when(pl.col("correct_value").is_null()).then(pl.lit("—"))
         .otherwise(pl.col("correct_value").cast(pl.String))
     )
-    table = rows.with_columns(verdict.alias("correct"))
-    columns = ["cot_id", "problem_id", "dataset", "generated", "model", "benchmark", "sample_idx",
-               "n_tokens", "tokenizer", "n_chars", "n_reflections", "truncated"]
+    # long model names cut in the middle, not at the end where they differ (same labels on every page)
+    model_labels = render.short_labels(common.catalogue(stamp)["models"])
+    table = rows.with_columns(verdict.alias("correct"),
+                              pl.col("model").replace_strict(model_labels, default=pl.col("model")).alias("model_shown"))
+    columns = ["readable_id", *(["match"] if f.text else []), "dataset", "generated", "model_shown", "benchmark",
+               "sample_idx", "n_tokens", "tokenizer", "n_chars", "n_reflections", "truncated"]
     config = {c: st.column_config.Column(COLUMN_LABELS[c]) for c in columns if c in COLUMN_LABELS}
-    config["cot_id"] = st.column_config.NumberColumn("CoT id", format="%d")
-    config["problem_id"] = st.column_config.NumberColumn("problem id", format="%d")
+    config["readable_id"] = st.column_config.TextColumn(
+        "id", help="dataset:problem key:n, the n-th CoT of that problem; what the Reader's permalink and "
+                   "'Open a CoT by id' take")
+    config["match"] = st.column_config.TextColumn("search match", width="large",
+                                                  help="Where the search matched, the words between « »")
+    config["model_shown"] = st.column_config.TextColumn(
+        COLUMN_LABELS["model"], width="medium",
+        help=f"Names longer than {render.NAME_WIDTH} characters keep their start and end ('…' between); the Reader shows them whole")
+    config["cot_id"] = st.column_config.NumberColumn("CoT id (internal)", format="%d")
+    config["problem_id"] = st.column_config.NumberColumn("problem id (internal)", format="%d")
     config["generated"] = st.column_config.CheckboxColumn("generated", help="synthetic data made by the demo generator")
     config["question"] = st.column_config.TextColumn("question (opening)", width="large")
     for name, source in (("rv", f.rv_source), ("cd", f.cd_source), ("correct", f.correct_source)):
@@ -113,7 +139,7 @@ with common.guard():
             config[name] = st.column_config.Column(f"{COLUMN_LABELS[name]} ({queries.correctness_label(source)})")
     # the figures the sidebar's conditions filter on (CoT columns are in the table already)
     columns += [c for c in dict.fromkeys(cond.figure.label() for cond in f.conditions if not cond.figure.is_column)]
-    columns += ["answer", "question"]  # the scores before the long text, so they show without scrolling
+    columns += ["answer", "question", "cot_id", "problem_id"]  # the scores before the long text, the internal ids last
     nonce = st.session_state.get("explore_table_nonce", 0)
     event = st.dataframe(
         table, column_order=columns, column_config=config, hide_index=True,
@@ -127,12 +153,24 @@ with common.guard():
 
     problems.explore_section(rows, lambda problem_id: open_in_reader(problem_id, None))
 
+    if f.text:
+        with st.expander("Search hits on this page, highlighted", expanded=True):
+            for row in table.filter(pl.col("hit").is_not_null()).iter_rows(named=True):
+                where = " (in the question)" if row["where"] == "question" else ""
+                st.markdown(f"{render.inline_code(row['readable_id'])}{where} · " + render.snippet_markdown(
+                    (row["before"], row["hit"], row["after"])))
+
     with st.form("explore_open_form", border=False):
         id_col, button_col = st.columns([2, 1], vertical_alignment="bottom")
-        wanted = id_col.number_input("Open a CoT by id", min_value=0, value=None, step=1, format="%d", key="explore_open_cot")
+        wanted = id_col.text_input("Open a CoT by id", key="explore_open_cot", placeholder="dataset:problem key:n, or an internal id",
+                                   help="The table's id column (e.g. qwen25-math-eval:aime24/3:2), or the 11-digit internal id")
         if button_col.form_submit_button("Open in Reader", key="explore_open"):
-            problem_id = queries.problem_of_cot(int(wanted)) if wanted is not None else None
-            if problem_id is None:
-                st.warning("Type the id of a CoT in the store (the table's first column).")
+            found = ids.resolve(wanted)
+            if found is None:
+                st.warning(f"'{render.escape_inline(wanted.strip())}' is not the id of a CoT in the store: type one "
+                           "from the table's id column (dataset:problem key:n) or an internal id.")
+            elif found[0] == "problem":
+                reader_view.open_problem(found[1])
+                st.switch_page("pages/reader.py", query_params={"problem": wanted.strip()})
             else:
-                open_in_reader(problem_id, int(wanted))
+                open_in_reader(queries.problem_of_cot(found[1]), found[1])

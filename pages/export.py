@@ -55,7 +55,7 @@ with common.guard():
         name = st.session_state.get("current_recipe_name")
         named = recipes.load(name) if name and name in saved else None
         what = named if named is not None and named.selection == current else recipes.Recipe("selection", current)
-        st.caption(f"{what.name if what.name != 'selection' else 'Unsaved selection'}: mode "
+        st.caption(f"{render.escape_inline(what.name) if what.name != 'selection' else 'Unsaved selection'}: mode "
                    f"'{MODE_LABELS[current.rule.mode]}', pool = the sidebar filter as it was on the Select page.")
     elif source == "recipe":
         chosen = st.selectbox("Recipe", saved, key="exp_recipe")

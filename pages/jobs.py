@@ -12,7 +12,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core import (
-    access, evaluate, export, finetune, generation, job_kinds, jobs, judge, queries, recipes, sft_data, step_judge, step_stats,
+    access, evaluate, export, finetune, generation, job_kinds, jobs, judge, queries, recipes, render, sft_data, step_judge,
+    step_stats,
 )
 from core.errors import UserError
 from core.options import defaults
@@ -357,7 +358,7 @@ def _job_card(job: dict) -> None:
             st.warning("Its worker process stopped without finishing (killed, or the machine restarted). "
                        "Resume it: work already committed is kept.")
         if job["error"]:
-            st.error(job["error"])
+            st.error(render.safe_markdown(job["error"]))  # it may quote the data (a bad row, a name)
         elif job["message"] and state in ("queued", "running"):
             st.caption(job["message"])
         if state in ("queued", "running", "interrupted"):
@@ -391,9 +392,9 @@ def _results(job: dict) -> None:
             c2.metric("Training loss", f"{result['train_loss']:.4f}" if result.get("train_loss") is not None else "—")
             c3.metric("Examples", f"{result.get('examples', 0):,}")
             c4.metric("Minutes", f"{(result.get('seconds') or 0) / 60:.1f}")
-            st.caption(f"{'Adapter' if result.get('adapter') else 'Model'}: {result.get('adapter') or result.get('model')} · "
-                       f"recipe: {result.get('recipe') or '—'} · data sha256 {str(result.get('data_sha256'))[:12]}…"
-                       + (f" · resumed from {result['resumed_from']}" if result.get("resumed_from") else ""))
+            st.caption(f"{'Adapter' if result.get('adapter') else 'Model'}: {render.escape_inline(result.get('adapter') or result.get('model'))} · "
+                       f"recipe: {render.escape_inline(result.get('recipe')) or '—'} · data sha256 {str(result.get('data_sha256'))[:12]}…"
+                       + (f" · resumed from {render.escape_inline(str(result['resumed_from']))}" if result.get("resumed_from") else ""))
             lengths, loss = result.get("lengths") or {}, result.get("loss") or {}
             if lengths:
                 st.caption(f"Max length {lengths['max_length']:,} tokens ({lengths['max_length_from']}); "
@@ -409,7 +410,7 @@ def _results(job: dict) -> None:
         c2.metric("Problems × k", f"{result.get('problems', 0):,} × {result.get('k', 1)}")
         c3.metric("Max new tokens", f"{result.get('max_new_tokens', 0):,}")
         c4.metric("Generation (s)", f"{result.get('generation_seconds') or 0:.0f}")
-        st.caption(f"Model '{result.get('model')}', now the dataset '{result.get('dataset')}': compare it with other "
+        st.caption(f"Model '{render.escape_inline(result.get('model'))}', now the dataset '{render.escape_inline(result.get('dataset'))}': compare it with other "
                    "models on the Distributions page (filter by dataset or model).")
     elif job["kind"] == "judge-steps" and job["state"] == "done" and result:
         c1, c2, c3, c4 = st.columns(4)
@@ -431,7 +432,7 @@ def _results(job: dict) -> None:
         c4.metric("CoTs clipped", f"{result.get('clipped_cots', 0):,} of {result.get('cots', 0):,}",
                   help=judge.clip_description(max_chars)[0].upper() + judge.clip_description(max_chars)[1:] + ".")
         c5.metric("Judging (s)", f"{result.get('seconds') or 0:.0f}")
-        st.caption(f"Score source '{result.get('source')}': {result.get('scored', 0):,} (CoT, metric) pairs judged now, "
+        st.caption(f"Score source '{render.escape_inline(result.get('source'))}': {result.get('scored', 0):,} (CoT, metric) pairs judged now, "
                    f"{result.get('already_done', 0):,} before, {result.get('errors', 0):,} without a usable value"
                    + (f", {result['fused']:,} fused RV values" if result.get("fused") is not None else "")
                    + ". Compare it with other sources on the Agreement page.")

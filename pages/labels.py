@@ -15,7 +15,7 @@ import streamlit as st
 
 from core import access, labels
 from core.figures import Figure
-from ui import annotate, common
+from ui import annotate, common, reader_view
 
 SAMPLING_LABELS = {
     "random": "random (with a seed)",
@@ -27,8 +27,7 @@ SAMPLING_LABELS = {
 def open_queue(queue_id: int, problem_id: int | None, cot_id: int | None) -> None:
     st.session_state[annotate.QUEUE_KEY] = int(queue_id)
     if problem_id is not None:
-        st.session_state["reader_problem_id"] = int(problem_id)
-        st.session_state["reader_cot_id"] = None if cot_id is None else int(cot_id)
+        reader_view.open_problem(int(problem_id), focus=None if cot_id is None else int(cot_id))
         st.switch_page("pages/reader.py", query_params={"problem": str(int(problem_id))})
     st.switch_page("pages/reader.py")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from core import jobs, problem_map, problem_sets
+from core import jobs, problem_map, problem_sets, render
 from core.queries import CotFilter
 from ui import common, map_chart
 
@@ -35,18 +35,14 @@ def _figure_json(filter_key: str, db: str, stamp, source_id: int, colour: str, o
     hover = None
     if _points_frame.height <= problem_map.HOVER_TEXT_MAX_POINTS:
         hover = _questions(tuple(_points_frame["problem_id"].to_list()))
-    fig = problem_map.map_figure(_points_frame, colour_label=colour_label,
-                                 categorical=colour in problem_map.CATEGORICAL, hover=hover)
+    # the hover text is the questions: no tag in one may style the plot into a request
+    fig = render.inert_figure(problem_map.map_figure(_points_frame, colour_label=colour_label,
+                                                     categorical=colour in problem_map.CATEGORICAL, hover=hover))
     return plotly.io.to_json(fig, validate=False)
 
 
 def _questions(ids: tuple[int, ...]) -> pl.DataFrame:
-    from core import store
-
-    return store.read_df(
-        "SELECT problem_id, left(question, 160) AS question FROM problems WHERE problem_id IN (SELECT unnest(?::BIGINT[]))",
-        [list(ids)],
-    )
+    return problem_map.question_heads(ids)
 
 
 def _chart_key() -> str:
@@ -126,7 +122,7 @@ with common.guard():
         mapped_note = (f" {status['problems'] - status['mapped']:,} problems of the store are not on this map yet "
                        "(new data since it was made): run the map job again.")
     st.caption(
-        f"{points.height:,} problems on the map ({show}); {problem_map.canonical_model(row['model'])} embeddings, "
+        f"{points.height:,} problems on the map ({show}); {render.escape_inline(problem_map.canonical_model(row['model']))} embeddings, "
         "UMAP, k-means. Draw a lasso (or pick the box in the chart's toolbar) to narrow the filter to those problems."
         + mapped_note
     )

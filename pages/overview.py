@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from core import access, charts, jobs, queries, store, summary
+from core import access, charts, jobs, queries, render, store, summary
 from core.formats import FORMATS
 from core.records import IngestError
 from ui import common, frames
@@ -172,19 +172,20 @@ with common.guard():
             info = jobs.get(job_id)
             source = st.session_state.get("overview_ingest_source", "")
             if not _job_finished(info):
-                st.caption(f"Ingesting {source} (job {job_id}); the page updates when it finishes.")
+                st.caption(f"Ingesting {render.escape_inline(source)} (job {job_id}); the page updates when it finishes.")
                 _ingest_progress(jobs, job_id)
             elif info.get("error") or str(info.get("state", "")).lower() in JOB_FAILED:
-                st.error(f"The ingest of {source} did not finish ({info.get('state')}): "
-                         f"{info.get('error') or info.get('message') or 'no reason was recorded'}. "
+                st.error(f"The ingest of {render.escape_inline(source)} did not finish ({info.get('state')}): "
+                         f"{render.escape_inline(info.get('error') or info.get('message') or 'no reason was recorded')}. "
                          "The Jobs page can resume it.")
             else:
                 result = info.get("result") or {}
                 result = result.get("ingest", result) if isinstance(result, dict) else result
                 if isinstance(result, dict) and result.get("already_present"):
-                    st.success(f"{source} is already in the store as '{result.get('name')}'.")
+                    st.success(f"{render.escape_inline(source)} is already in the store as '{render.escape_inline(result.get('name'))}'.")
                 elif isinstance(result, dict) and result.get("name"):
-                    st.success(f"Ingested '{result['name']}': {result.get('problems', 0):,} problems, "
-                               f"{result.get('cots', 0):,} CoTs.")
+                    named = f" (the name comes from {result['name_from']})" if result.get("name_from") else ""
+                    st.success(f"Ingested '{render.escape_inline(result['name'])}'{named}: "
+                               f"{result.get('problems', 0):,} problems, {result.get('cots', 0):,} CoTs.")
                 else:
-                    st.success(f"Ingest of {source} finished.")
+                    st.success(f"Ingest of {render.escape_inline(source)} finished.")

@@ -20,7 +20,7 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import contamination, labels, queries, recipes, selection, tokens
+from core import contamination, ids, labels, queries, recipes, render, selection, tokens
 from core.errors import UserError
 from core.figures import Figure
 from core.selection import (
@@ -90,8 +90,12 @@ def cached_report(selection_key: str, db: str, stamp: tuple[float, float], _sel:
 def cached_dropped(selection_key: str, db: str, stamp, sort_by: str, descending: bool, offset: int, limit: int,
                    _sel: Selection, _pool, _decision) -> pl.DataFrame:
     del selection_key, db, stamp
-    return selection.dropped_page(_decision, sel=_sel, pool=_pool, offset=offset, limit=limit, sort_by=sort_by,
+    page = selection.dropped_page(_decision, sel=_sel, pool=_pool, offset=offset, limit=limit, sort_by=sort_by,
                                   descending=descending)
+    # each row's readable id first (what the Reader and Explore's "Open a CoT by id" take)
+    readable = ids.cot_ids_frame(page["cot_id"].to_list()).select("cot_id", pl.col("readable_id").alias("id"))
+    page = page.join(readable, on="cot_id", how="left", maintain_order="left")
+    return page.select("id", pl.exclude("id"))
 
 
 @st.cache_data(ttl=600, max_entries=8, show_spinner="Comparing the two recipes…")
@@ -505,7 +509,7 @@ with common.guard():
     if report.kept_cots == 0:
         top = report.reasons.head(5)
         st.warning(f"This selection keeps none of the pool's {report.pool_cots:,} CoTs. Why they were dropped:\n\n"
-                   + "\n".join(f"- {r['reason']}: {r['cots']:,} CoTs" for r in top.iter_rows(named=True))
+                   + "\n".join(f"- {render.escape_inline(r['reason'])}: {r['cots']:,} CoTs" for r in top.iter_rows(named=True))
                    + ("\n- …" if report.reasons.height > 5 else ""))
 
     # histograms above the sliders (or below the controls), kept against dropped, cut marked;
@@ -573,8 +577,9 @@ with common.guard():
         hidden |= set() if mode == "capacity" else {"weight"}
         st.dataframe(dropped, hide_index=True, key="sel_dropped",
                      column_order=[c for c in dropped.columns if c not in hidden], column_config={
-            "cot_id": st.column_config.NumberColumn("CoT id", format="%d"),
-            "problem_id": st.column_config.NumberColumn("problem id", format="%d"),
+            "id": st.column_config.TextColumn("id", help="dataset:problem key:n, as the Reader takes it"),
+            "cot_id": st.column_config.NumberColumn("CoT id (internal)", format="%d"),
+            "problem_id": st.column_config.NumberColumn("problem id (internal)", format="%d"),
             "question": st.column_config.TextColumn("question (opening)", width="large"),
         })
 
@@ -582,14 +587,18 @@ with common.guard():
     st.subheader("Recipes")
     saved = recipes.list_recipes()
     save_col, load_col = st.columns(2)
-    with save_col.form("sel_save_form", border=True):
+    # Enter in a box does not submit (it saved a half-filled form, and the Save button then
+    # refused the name as taken, issue 11); only the button saves.
+    with save_col.form("sel_save_form", border=True, enter_to_submit=False):
         name = st.text_input("Recipe name", key="sel_recipe_name")
         description = st.text_input("Description (optional)", key="sel_recipe_description")
         overwrite = st.checkbox("Replace a saved recipe of that name", key="sel_recipe_overwrite")
         if st.form_submit_button("Save the current selection as a recipe", key="sel_save"):
-            path = recipes.save(recipes.Recipe(name.strip(), sel, description.strip()), overwrite=overwrite)
+            recipe = recipes.Recipe(name.strip(), sel, description.strip())
+            same = recipes.saved_as(recipe)  # saving the same selection again only updates its description
+            path = recipes.save(recipe, overwrite=overwrite or same)
             st.session_state.current_recipe_name = name.strip()
-            st.success(f"Saved as {path}. It keeps {report.kept_cots:,} CoTs on this store.")
+            st.success(f"{'Updated' if same else 'Saved as'} {path}. It keeps {report.kept_cots:,} CoTs on this store.")
             saved = recipes.list_recipes()
     with load_col:
         if saved:

@@ -4,6 +4,7 @@ a real store, and the Agreement page (cell picking, pagination, opening the Read
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -187,3 +188,59 @@ def test_agreement_page_says_when_the_sources_share_no_cot(app_store, two_source
     at = at.selectbox(key="agr_b_metric").set_value("logic").run()
     assert not at.exception
     assert any("No CoT matching the filter has a value from both sides" in i.value for i in at.info)
+
+
+def _table(at, column: str):
+    """The dataframe on the page that has ``column`` (st.dataframe's key reaches AppTest only
+    for selectable tables)."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert len(found) == 1, [list(d.value.columns) for d in at.dataframe]
+    return found[0]
+
+
+def test_cell_list_shows_both_answers_and_the_reference_and_splits_by_model(app_store, qwen_store, tmp_path):
+    """Issue 11: Agreement's cell list shows, for each CoT, both sources' answers (the harness's
+    pred, the extracted answer math-verify checks) and the reference, and can be split by model
+    on the page. Checked against the store with SQL written here."""
+    app_store(qwen_store)
+    at = _app(tmp_path).run()
+    at.selectbox(key="agr_a_metric").set_value("correct").run()
+    at.multiselect(key="agr_a_sources").set_value(["harness"]).run()
+    at.multiselect(key="agr_b_sources").set_value(["math-verify"]).run()
+    assert not at.exception, at.exception
+    verdicts = ("SELECT c.cot_id, c.model, h.value AS a, m.value AS b FROM cots c "
+                "JOIN scores h ON h.cot_id = c.cot_id AND h.source_id = (SELECT source_id FROM score_sources WHERE name = 'harness') "
+                "JOIN scores m ON m.cot_id = c.cot_id AND m.source_id = (SELECT source_id FROM score_sources WHERE name = 'math-verify') "
+                "WHERE h.value IS NOT NULL AND m.value IS NOT NULL")
+    per_model = dict(store.read_rows(f"SELECT model, count(*) FROM ({verdicts}) GROUP BY 1", db=qwen_store))
+    exact = dict(store.read_rows(f"SELECT model, avg((a = b)::INT) FROM ({verdicts}) GROUP BY 1", db=qwen_store))
+    at.toggle(key="agr_split").set_value(True).run()
+    split = _table(at, "within_1")
+    assert dict(zip(split["model"], split["n"])) == per_model
+    for model, share in zip(split["model"], split["exact"]):
+        assert share == pytest.approx(exact[model])
+
+    # the cell where the harness says correct and math-verify says wrong
+    at.selectbox(key="agr_cell_a").set_value(1)
+    at = at.selectbox(key="agr_cell_b").set_value(0).run()
+    disagree = store.read_rows(f"SELECT model, count(*) FROM ({verdicts}) WHERE a = 1 AND b = 0 GROUP BY 1 ORDER BY 2 DESC",
+                               db=qwen_store)
+    assert disagree and sum(n for _, n in disagree) > 0
+    rows = _table(at, "data_answer")
+    truth = {r[0]: r[1:] for r in store.read_rows(
+        "SELECT c.cot_id, json_extract_string(c.extra, '$.harness_pred'), c.answer, p.reference_answer, h.raw "
+        "FROM cots c JOIN problems p USING (problem_id) JOIN scores h ON h.cot_id = c.cot_id "
+        "AND h.source_id = (SELECT source_id FROM score_sources WHERE name = 'harness')", db=qwen_store)}
+    assert len(rows) == min(25, sum(n for _, n in disagree))
+    for row in rows.to_dict("records"):
+        pred, answer, reference, raw = truth[row["cot_id"]]
+        shown = tuple(None if isinstance(v, float) and math.isnan(v) else v  # pandas shows None as NaN
+                      for v in (row["data_answer"], row["answer"], row["reference"], row["a_raw"]))
+        assert shown == (pred, answer, reference, raw)
+        assert row["readable_id"].startswith("qwen25-math-eval:")
+    # one model's CoTs of the cell, without leaving the page
+    model, n = disagree[0]
+    at = at.selectbox(key="agr_cell_model").set_value(model).run()
+    rows = _table(at, "data_answer")
+    assert set(rows["model"]) == {model} and len(rows) == min(25, n)
+    assert f"{n:,} CoTs" in next(c.value for c in at.caption if c.value.startswith("A = 1, B = 0"))

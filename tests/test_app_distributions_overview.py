@@ -87,6 +87,42 @@ def test_qwen_length_by_correctness_and_budget_curves_per_model(qwen_distributio
     assert any("no RV or CD scores" in i.value and "harness" in i.value for i in at.info)
 
 
+def test_length_bars_sit_side_by_side_and_each_names_exactly_its_cots(qwen_distributions):
+    """Issue 11: overlaid correct/incorrect histograms turned brown where they met, and a click
+    on a bar did not narrow the filter as the caption promised. Each bar now has its own slot of
+    its bin, and its customdata is the token range, label and panel a click narrows to: the
+    CoTs of that range and label, counted here with SQL, are exactly the bar's height."""
+    db, at = qwen_distributions
+    at.selectbox(key="dist_facet").set_value("model").run()
+    spec = _charts(at)["Length by correctness, by model"]
+    verdicts = dict(store.read_rows(
+        "SELECT s.cot_id, s.value FROM scores s JOIN score_sources ss USING (source_id) "
+        "WHERE ss.name = 'harness' AND s.metric = 'correct'", db=db))
+    tokens = store.read_rows("SELECT cot_id, model, n_tokens FROM cots", db=db)
+    bars = [t for t in spec["data"] if t["type"] == "bar"]
+    assert bars and {t["name"] for t in bars} == {"correct", "incorrect"}
+    checked = 0
+    for trace in bars:
+        for y, (lo, hi, label, facet) in zip(trace["y"], trace["customdata"]):
+            assert label == trace["name"] and facet == trace["meta"]
+            if y == 0 or checked > 60:
+                continue
+            expected = sum(1 for cot_id, model, n in tokens if model == facet and lo <= n <= hi
+                           and verdicts.get(cot_id) == (1.0 if label == "correct" else 0.0))
+            assert y == expected, (facet, label, lo, hi)
+            checked += 1
+    assert checked > 20
+    # the two labels' bars of one bin and panel never overlap
+    by_panel = {}
+    for trace in bars:
+        for x, width, (lo, _, _, facet) in zip(trace["x"], trace["width"], trace["customdata"]):
+            by_panel.setdefault((facet, lo), []).append((x - width / 2, x + width / 2))
+    for spans in by_panel.values():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert any("Click a bar to narrow the filter" in c.value for c in at.caption)
+
+
 def test_qwen_mean_at_1_and_budget_table_agree_with_summary(qwen_distributions):
     db, at = qwen_distributions
     # correctness defaults to each dataset's own source, which for the harness runs is the
@@ -186,7 +222,7 @@ def test_demo_rv_cd_histograms_and_heatmap_match_the_scores_table(demo_store, ap
     titles = _charts(at)
     assert not any(t.startswith(("Reasoning Verbosity", "RV ×")) for t in titles)
     assert any(t.startswith("Cognitive Difficulty") for t in titles)
-    assert any("No RV source is chosen" in i.value and rv_source in i.value for i in at.info)
+    assert any("No RV source is chosen" in i.value and rv_source in as_read(i.value) for i in at.info)
 
 
 def test_demo_facets_and_ecdf(demo_store, app_store):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import export, jobs, store
+from core import export, jobs, render, store
 from core.ingest import ingest
 from core.queries import CotFilter
 from helpers import build_tiny_llama
@@ -126,7 +126,7 @@ def test_score_finetune_and_evaluate_from_the_jobs_page(app_store, demo_store, t
     heads = [m.value for m in at.markdown]
     assert any(f"Job {score_id} · score** — done" in h for h in heads)
     assert any(f"Job {tune_id} · finetune** — done" in h for h in heads)
-    assert any(f"Score source '{source}'" in c.value for c in at.caption)
+    assert any(f"Score source '{render.escape_inline(source)}'" in c.value for c in at.caption)  # a name from the data
     assert {m.label: m.value for m in at.metric}["CoTs clipped"] == f"{clipped} of 2"
     charts = [c for c in at.get("plotly_chart") if c.proto.id and f"jobs_loss_{tune_id}" in c.proto.id]
     assert len(charts) == 1

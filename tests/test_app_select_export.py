@@ -64,6 +64,14 @@ def test_a_threshold_slider_keeps_what_sql_counts(demo_store, app_store):
     assert (rv["layout"]["shapes"][0]["x0"], rv["layout"]["shapes"][0]["x1"]) == (2.5, 5.5)
     # the dropped preview pages through every dropped CoT
     assert f"of {total - expected:,} dropped" in " ".join(c.value for c in at.caption)
+    # each dropped row shows its readable id (issue 11), computed here from the store
+    dropped = next(d.value for d in at.dataframe if "reason" in d.value.columns and "cot_id" in d.value.columns)
+    truth = dict(store.read_rows(
+        "SELECT c.cot_id, d.name || ':' || p.problem_key || ':' || (SELECT count(*) FROM cots o "
+        "WHERE o.problem_id = c.problem_id AND o.cot_id < c.cot_id) FROM cots c JOIN problems p USING (problem_id) "
+        "JOIN datasets d ON d.dataset_id = c.dataset_id", db=demo_store))
+    assert len(dropped) > 0 and list(dropped.columns)[0] == "id"
+    assert [truth[c].replace(" (generated)", "-generated") for c in dropped["cot_id"]] == dropped["id"].tolist()
 
 
 def test_capacity_mode_shows_the_formula_and_draws_one_cot_per_problem(demo_store, app_store):
@@ -142,6 +150,31 @@ def test_a_saved_recipe_is_a_file_that_loads_back(demo_store, app_store):
     assert tuple(at.slider(key="sel_rv_range").value) == (3, 5)
     assert at.session_state["current_selection"] == shown
     assert metric(at, "Kept CoTs") == store.read_rows(THOUGHTX_SQL, db=demo_store)[0][0]
+
+
+def test_recipe_form_saves_only_on_its_button_and_a_second_save_keeps_the_description(demo_store, app_store):
+    """Issue 11: Enter in the name box saved the recipe (its description lost), and the Save
+    button then refused the name as already saved."""
+    app_store(demo_store)
+    at = set_thoughtx(open_select())
+    form = next(f for f in at.get("form") if f.proto.form.form_id == "sel_save_form")
+    assert form.proto.form.enter_to_submit is False  # Enter in a box of this form does not submit it
+    # what Enter used to do: a save with the name alone
+    at.text_input(key="sel_recipe_name").input("ThoughtX")
+    at.button(key="sel_save").click()
+    rerun(at)
+    # then the description, and Save again: the same selection is updated, not refused
+    at.text_input(key="sel_recipe_description").input("RV 3-5, correct only")
+    at.button(key="sel_save").click()
+    rerun(at)
+    assert any(s.value.startswith("Updated ") for s in at.success)
+    assert recipes.load("ThoughtX").description == "RV 3-5, correct only"
+    # another selection under that name is still refused unless 'Replace' is ticked
+    at.radio(key="sel_mode").set_value("per_problem")
+    rerun(at)
+    at.button(key="sel_save").click()
+    at.run()
+    assert any("is already saved" in e.value for e in at.error)
 
 
 def test_export_writes_as_many_rows_as_are_kept(demo_store, app_store):

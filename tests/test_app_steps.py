@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from core import render, store
 from core.cli import main
 from core.step_stage import StepOptions, run_steps
-from tests.helpers import REALDATA
+from tests.helpers import REALDATA, as_read
 
 ROOT = Path(__file__).resolve().parents[1]
 TA = REALDATA / "thought_anchors"
@@ -73,7 +73,7 @@ def test_reader_step_view_lists_a_sources_steps_with_roles_and_importance(ta_app
         [cot_id], db=ta_app))
     steps_box = [e for e in at.expander if e.label.startswith("Steps (")]
     assert len(steps_box) == 2  # both CoTs of the problem were split
-    assert all(f"{n:,} from {name}" in steps_box[0].label for name, n in expected.items())
+    assert all(f"{n:,} from {name}" in as_read(steps_box[0].label) for name, n in expected.items())
     at.selectbox(key=f"reader_steps_source_{cot_id}").select("thought anchors")
     rerun(at)
     rows = store.read_rows(

@@ -94,11 +94,34 @@ def test_length_histogram_shared_bins_and_counts():
     assert set(traces) == set(totals)
     a_correct = traces[("A", "correct")]
     counts = frame.filter((pl.col("facet") == "A") & (pl.col("correct") == "correct"))["count"].to_list()
-    assert list(a_correct.y[:-1]) == counts and a_correct.y[-1] == counts[-1]
-    assert len(a_correct.x) == len(counts) + 1  # the bin edges
+    assert list(a_correct.y) == counts and a_correct.type == "bar"
     # A correct: 1000 and 1500 fall in the first bin, 5000 in the fifth
     assert counts[0] == 2 and counts[4] == 1 and sum(counts) == 3
     assert "computed on 8 CoTs" in _title(fig) and "1 without a token count" in _title(fig)
+    # side by side: within each bin of 1000 tokens, correct in the first half, incorrect in the second,
+    # never over each other (overlaid translucent fills turned brown, issue 11)
+    a_wrong = traces[("A", "incorrect")]
+    for j in range(9):
+        left = (a_correct.x[j] - a_correct.width[j] / 2, a_correct.x[j] + a_correct.width[j] / 2)
+        right = (a_wrong.x[j] - a_wrong.width[j] / 2, a_wrong.x[j] + a_wrong.width[j] / 2)
+        assert 1000 + 1000 * j <= left[0] < left[1] <= right[0] < right[1] <= 2000 + 1000 * j
+    assert fig.layout.barmode == "overlay"
+    # a bar's customdata: the whole token counts it holds, its label and panel (what a click narrows to)
+    assert [list(d) for d in a_correct.customdata[:2]] == [[1000, 1999, "correct", "A"], [2000, 2999, "correct", "A"]]
+    assert list(a_correct.customdata[-1][:2]) == [9000, 10000]  # the last bin holds its end
+
+
+def test_log_histogram_keeps_bin_widths_on_a_labelled_linear_axis():
+    frame = charts.length_distribution_frame(FRAME, kind="histogram", bins=4, log=True)
+    fig = charts.length_distribution_figure(frame, kind="histogram", n_cots=8, log_x=True)
+    correct = next(t for t in fig.data if t.name == "correct")
+    starts = frame.filter(pl.col("correct") == "correct")["bin_start"].to_list()
+    # drawn over log10(tokens): 1000 .. 10000 is 3 .. 4, in 4 bins of 0.25
+    assert math.log10(starts[0]) == pytest.approx(3.0)
+    assert correct.x[0] == pytest.approx(3.0 + 0.25 / 2 / 2)  # the first of two slots of the first bin
+    assert fig.layout.xaxis.type == "linear"
+    ticks = dict(zip(fig.layout.xaxis.ticktext, fig.layout.xaxis.tickvals))
+    assert ticks["1k"] == pytest.approx(3.0) and ticks["10k"] == pytest.approx(4.0) and ticks["2k"] == pytest.approx(math.log10(2000))
 
 
 def test_length_frame_cd_facets_and_unknown_label():

@@ -63,8 +63,23 @@ def test_every_format_has_one_row_per_kept_cot_with_its_fields(tiny_db, thoughtx
     assert table.column("cot_id").to_pylist() == order
     assert table.column("full_text").to_pylist() == [text[i]["full_text"] for i in order]
 
+    # every row carries its ids (issue 11: a row could not be traced without the manifest)
+    truth = {r[0]: r[1:] for r in store.read_rows(
+        "SELECT c.cot_id, p.problem_key, d.name, c.model, (SELECT count(*) FROM cots o WHERE o.problem_id = c.problem_id "
+        "AND o.cot_id < c.cot_id) FROM cots c JOIN problems p USING (problem_id) JOIN datasets d ON d.dataset_id = c.dataset_id",
+        db=tiny_db)}
+    for row in jsonl:
+        key, name, model, n = truth[row["cot_id"]]
+        assert (row["problem_key"], row["readable_id"]) == (key, f"{name}:{key}:{n}")
+
     trl = read_jsonl(export.export(thoughtx, "trl", thinking="think_tags", db=tiny_db).path)
-    assert len(trl) == 5 and all(set(r) == {"messages"} for r in trl)
+    assert len(trl) == 5 and all(set(r) == {"messages", "metadata"} for r in trl)
+    for fmt in ("trl", "sharegpt", "alpaca"):
+        rows = read_jsonl(export.export(thoughtx, fmt, db=tiny_db).path)
+        for row, cot_id in zip(rows, order):
+            key, name, model, n = truth[cot_id]
+            assert row["metadata"] == {"cot_id": cot_id, "readable_id": f"{name}:{key}:{n}", "problem_key": key,
+                                       "dataset": name, "model": model}
     for row, cot_id in zip(trl, order):
         t = text[cot_id]
         assert row["messages"] == [
@@ -84,7 +99,8 @@ def test_every_format_has_one_row_per_kept_cot_with_its_fields(tiny_db, thoughtx
 
     alpaca = read_jsonl(export.export(thoughtx, "alpaca", thinking="none", db=tiny_db).path)
     for row, cot_id in zip(alpaca, order):
-        assert row == {"instruction": text[cot_id]["question"], "input": "", "output": text[cot_id]["solution"]}
+        assert {k: v for k, v in row.items() if k != "metadata"} == {
+            "instruction": text[cot_id]["question"], "input": "", "output": text[cot_id]["solution"]}
 
 
 def test_the_manifest_describes_the_file(tiny_db, thoughtx):
@@ -195,7 +211,7 @@ def test_trl_sft_trainer_takes_the_export_as_it_is(tiny_db, thoughtx, tmp_path):
 
     path = export.export(thoughtx, "trl", thinking="think_tags", db=tiny_db).path
     data = load_dataset("json", data_files=str(path), split="train")
-    assert data.num_rows == 5 and data.column_names == ["messages"]
+    assert data.num_rows == 5 and data.column_names == ["messages", "metadata"]  # SFTTrainer drops what it does not use
     tokenizer = _tiny_tokenizer([m["content"] for row in data for m in row["messages"]])
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(

@@ -964,7 +964,7 @@ def test_real_qwen_eval_matches_harness(real_eval):
         assert r["counted"] == r["cots"], where  # every CoT has a token count
         assert r["acc[math-verify]"] is not None, where
     models = set(df["model"])
-    assert {"Qwen/Qwen2.5-Math-7B", "meta-llama/Llama-3.1-8B", "Sky-T1-math-correct-5K-14B",
+    assert {"Qwen/Qwen2.5-Math-7B", "meta-llama/Llama-3.1-8B", "skyov1-dl/Sky-T1-math-correct-5K-14B", "icml_models/Sky-T1-math-corrupt-0.2-32B",
             "Sky-T1-math-correct-5K-32B-ckpts/checkpoint-105"} <= models
 
 
@@ -1023,3 +1023,63 @@ def test_generic_repeated_explicit_sample_is_an_error(tmp_path):
         ingest(str(src), db=tmp_path / "s.duckdb",
                opts=ReadOptions(mapping={"question": "prompt", "response": "output", "model": "who", "sample": "i"}))
     assert (err.value.line, err.value.field) == (2, "sample")
+
+
+# =========================================================================== names (issue 11)
+
+
+def test_a_harness_tree_is_named_after_the_folder_that_holds_it_and_says_so(tmp_path):
+    """Issue 11: ingesting an outputs/ tree without --name named the dataset 'outputs'."""
+    db = tmp_path / "names.duckdb"
+    outputs = tmp_path / "sky-evals" / "outputs"
+    write_qwen_run(outputs, "OrgA/ModelA", "aime24", [True, False])
+    out = cli(db, "ingest", str(outputs), "--no-verify", "--no-tokens")
+    assert out.returncode == 0, out.stderr
+    assert ("Ingested 'sky-evals' (id 1, format qwen_eval): 2 problems, 2 CoTs. "
+            "The name comes from the folder that holds outputs/; --name sets another.") in out.stdout
+    # a tree whose folders above say nothing either is named after its benchmarks
+    bare = tmp_path / "results" / "eval" / "outputs"
+    write_qwen_run(bare, "OrgA/ModelA", "math500", [True])
+    write_qwen_run(bare, "OrgA/ModelA", "aime24", [True, True, True])
+    from core.ingest import default_name, input_files
+
+    files = input_files(str(bare), "qwen_eval")
+    assert default_name(str(bare), "qwen_eval", files)[0] == tmp_path.name  # the first folder that is not generic
+    assert default_name(str(outputs), "qwen_eval", files)[0] == "sky-evals"
+    # other content under the same default name is refused like any taken name, and --name helps
+    other = tmp_path / "x" / "sky-evals" / "outputs"
+    write_qwen_run(other, "OrgB/ModelB", "aime24", [False])
+    with pytest.raises(IngestError, match="already in the store"):
+        ingest(str(other), db=db, opts=ReadOptions())
+    res = ingest(str(other), db=db, name="sky-evals-b")
+    assert (res.name, res.name_from) == ("sky-evals-b", None)
+
+
+def test_model_names_take_the_last_two_folders_of_their_path(tmp_path):
+    """Issue 11: one documented rule, where icml_models/... was kept and home/ubuntu/... dropped."""
+    db = tmp_path / "models.duckdb"
+    outputs = tmp_path / "outputs"
+    for model in ("Qwen/Qwen2.5-Math-7B", "icml_models/Sky-T1-32B", "home/ubuntu/skyov1-dl/Sky-T1-14B",
+                  "home/ubuntu/runs/Sky-T1-7B/checkpoint-20", "single"):
+        write_qwen_run(outputs, model, "aime24", [True])
+    ingest(str(outputs), name="m", db=db)
+    assert {r[0] for r in rows("SELECT DISTINCT model FROM cots", db=db)} == {
+        "Qwen/Qwen2.5-Math-7B", "icml_models/Sky-T1-32B", "skyov1-dl/Sky-T1-14B", "Sky-T1-7B/checkpoint-20", "single"}
+    # the model's own folder ingested: its path names it by the same rule
+    own = tmp_path / "own.duckdb"
+    ingest(str(outputs / "home/ubuntu/skyov1-dl/Sky-T1-14B"), name="own", db=own)
+    assert rows("SELECT DISTINCT model FROM cots", db=own) == [("skyov1-dl/Sky-T1-14B",)]
+
+
+def test_the_cli_says_what_a_benchmark_holds_instead_of_an_empty_store(tmp_path):
+    """Issue 11: after counting a benchmark's 40 problems the CLI said "the store is empty"."""
+    db = tmp_path / "bench.duckdb"
+    source = write_jsonl(tmp_path / "mini_test.jsonl", [{"problem": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(4)])
+    out = cli(db, "ingest", str(source), "--no-verify", "--no-tokens")
+    assert out.returncode == 0, out.stderr
+    assert "Ingested 'mini_test' (id 1, format benchmark): 4 problems, 0 CoTs." in out.stdout
+    assert "empty" not in out.stdout
+    assert "'mini_test' holds 4 problems and no CoTs" in out.stdout
+    summ = cli(db, "summary")
+    assert "The store holds 1 dataset(s) with 4 problems and no CoTs" in summ.stdout and "empty" not in summ.stdout
+    assert "The store is empty" in cli(tmp_path / "none.duckdb", "summary").stdout

@@ -13,8 +13,14 @@ from core.render import (
     count_highlights,
     diff_units,
     escape_inline,
+    count_matches,
+    highlight,
     highlight_markers,
     safe_markdown,
+    search_pattern,
+    short_labels,
+    snippet,
+    snippet_markdown,
     split_segments,
 )
 from core.text import MarkerCounter, load_markers
@@ -93,16 +99,17 @@ def test_escape_inline():
 
 # ---------------------------------------------------------------------------- markers
 
+MARKED = r":orange-background\[\*\*:orange\[([^\]]*)\]\*\*\]"  # a highlighted marker, its text in group 1
 MARKERS = {"wait": ["wait"], "but_wait": ["but wait"], "hmm": ["hmm", "hmmm"], "let_me_check": ["let me check"]}
 
 
 def test_markers_highlighted_with_counts():
     text = "Wait, that fails. Hmm. But wait, let me check: awaiting waits. WAIT!"
     out = highlight_markers(safe_markdown(text), MARKERS)
-    assert re.findall(r":orange-background\[([^\]]*)\]", out) == ["Wait", "Hmm", "But wait", "let me check", "WAIT"]
+    assert re.findall(MARKED, out) == ["Wait", "Hmm", "But wait", "let me check", "WAIT"]
     assert count_highlights(out) == 5
     # outside the highlights the text is unchanged
-    assert re.sub(r":orange-background\[([^\]]*)\]", r"\1", out) == text
+    assert re.sub(MARKED, r"\1", out) == text
 
 
 def test_highlight_count_matches_marker_counter_when_phrases_do_not_overlap():
@@ -115,17 +122,74 @@ def test_highlight_count_matches_marker_counter_when_phrases_do_not_overlap():
 
 def test_no_highlight_inside_math_or_code():
     out = highlight_markers(safe_markdown(r"wait $\text{wait}$ `wait` \(wait\) wait"), ["wait"])
-    assert out == r":orange-background[wait] $\text{wait}$ `wait` $wait$ :orange-background[wait]"
+    assert out == r":orange-background[**:orange[wait]**] $\text{wait}$ `wait` $wait$ :orange-background[**:orange[wait]**]"
 
 
 def test_phrase_across_lines_is_wrapped_per_line():
     out = highlight_markers("But\nwait", ["but wait"])
-    assert out == ":orange-background[But]\n:orange-background[wait]"
+    assert out == ":orange-background[**:orange[But]**]\n:orange-background[**:orange[wait]**]"
 
 
 def test_bundled_markers_load_and_highlight():
     out = highlight_markers("Hold on, let me verify. Alternatively, double-check it.", load_markers())
     assert count_highlights(out) == 4
+
+
+def test_search_words_and_a_find_phrase_have_their_own_colours_and_win_over_markers():
+    text = "Wait, let me check: Let me, CHECK again. $check$ `check` checking"
+    out = highlight(safe_markdown(text), markers=["wait", "let me check"], terms=["check"], find="let me check")
+    # the find phrase (its words in order, any punctuation between) wins over the marker
+    # "let me check"; a phrase broken by punctuation is wrapped piece by piece
+    assert out == (
+        ":orange-background[**:orange[Wait]**], :violet-background[**:violet[let me check]**]: "
+        ":violet-background[**:violet[Let me]**], :violet-background[**:violet[CHECK]**] again. "
+        "$check$ `check` checking"
+    )
+    assert count_highlights(out, "violet") == 3 and count_highlights(out, "blue") == 0
+    # the search word alone, on word boundaries, never inside math or code
+    out = highlight(safe_markdown(text), terms=["check"])
+    assert out.count(":blue-background[**:blue[") == 2
+
+
+def test_highlights_never_cut_an_escape_or_put_markup_in_a_label():
+    out = highlight(safe_markdown("a < b & c: ![x](y) [z]"), terms=["lt", "amp", "b", "z", "x"], find="c")
+    assert "&lt;" in out and "&amp;" in out and ":blue-background[**:blue[lt]**]" not in out
+    labels = re.findall(r"\*\*:(?:blue|violet)\[([^\]]*)\]\*\*", out)
+    assert labels and all(re.fullmatch(r"[\w ]+", label) for label in labels)
+
+
+def test_count_matches_counts_what_highlight_marks_in_plain_text():
+    text = "Check this. check-list, rechecked; CHECK\nand check"
+    independent = len(re.findall(r"(?<![A-Za-z0-9])check(?![A-Za-z0-9])", text, re.IGNORECASE))
+    assert count_matches(text, terms=["check"]) == independent == 4
+    assert count_matches(text, find="check list") == 1
+    assert count_matches(text, find="") == 0 and count_matches(None, terms=["x"]) == 0
+
+
+def test_snippet_around_the_first_hit_of_a_phrase_or_a_substring():
+    text = "alpha " * 40 + "Let me,\ncheck this. " + "omega " * 40
+    whole = search_pattern("let me check", whole_words=True)
+    before, hit, after = snippet(text, whole, width=30)
+    assert hit == "Let me, check"  # line breaks become spaces
+    assert before.startswith("…") and before.endswith("alpha ") and len(before) <= 31
+    assert after.startswith(" this.") and after.endswith("…")
+    # whole words: "me check" inside "theme checks" is no hit; a substring search finds it
+    assert snippet("theme checks", search_pattern("me check", whole_words=True)) is None
+    assert snippet("theme checks", search_pattern("me check", whole_words=False)) == ("the", "me check", "s")
+    assert snippet_markdown(("a<", "b c", "!")) == "a\\<:blue-background[**:blue[b c]**]\\!"
+
+
+def test_short_labels_keep_the_ends_that_tell_long_names_apart():
+    names = [f"icml_models/Sky-T1-math-correct-5K-32B-ckpts/checkpoint-{n}" for n in (21, 105, 119)]
+    names += ["Qwen/Qwen2.5-Math-7B", None]
+    labels = short_labels(names, width=24)
+    assert labels["Qwen/Qwen2.5-Math-7B"] == "Qwen/Qwen2.5-Math-7B" and labels[None] is None
+    shown = [labels[n] for n in names[:3]]
+    assert len(set(shown)) == 3 and all(len(label) <= 24 for label in shown)
+    assert all(label.endswith(f"point-{n}") for label, n in zip(shown, (21, 105, 119)))
+    # names equal up to a long common end still get labels that differ
+    twins = ["a" * 40 + "-x-" + "z" * 30, "a" * 40 + "-y-" + "z" * 30]
+    assert len(set(short_labels(twins, width=20).values())) == 2
 
 
 def test_no_markers_means_no_change():

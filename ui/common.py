@@ -121,9 +121,9 @@ def guard():
     except store.StoreBusy:
         st.warning("The store is busy with an ingest or a job that is committing; this page will retry on the next interaction.")
     except IngestError as exc:
-        st.error(f"That input cannot be ingested: {exc}. Fix the file (or tick 'skip bad rows') and try again.")
+        st.error(f"That input cannot be ingested: {render.escape_inline(str(exc))}. Fix the file (or tick 'skip bad rows') and try again.")
     except UserError as exc:
-        st.error(f"{exc}")
+        st.error(render.safe_markdown(str(exc)))  # names in it come from the data: no image, no HTML
 
 
 _NONE = "(none)"
@@ -311,17 +311,18 @@ def condition_widgets(where, rows: dict[Figure, dict], prefix: str, *, unit: str
         key = f"{prefix}c{ident}"
         figure = figures.Figure.from_dict(entry)
         head, remove = where.columns([5, 1], vertical_alignment="center")
-        head.markdown(f"**{figure.label()}**")
+        label = render.escape_inline(figure.label())  # a source's name comes from the data: never markup
+        head.markdown(f"**{label}**")
         remove.button(":material/close:", key=f"{buttons}remove_{ident}", on_click=_remove_condition, args=(prefix, ident),
                       type="tertiary", help="Remove this condition")
         row = rows.get(figure)
         if row is None:  # the store has no value of it (a stage not run here yet): kept as it was
             kept = Condition.from_dict(st.session_state[f"{key}_kept"])
-            where.warning(f"This store has no {figure.label()}: '{kept.describe()}' keeps "
+            where.warning(f"This store has no {label}: '{render.escape_inline(kept.describe())}' keeps "
                           f"{'every CoT' if kept.missing else 'no CoT'}.")
             out.append(kept)
             continue
-        mode = where.radio(f"{figure.label()}: keep {unit} whose value is", _CONDITION_MODES, key=f"{key}_mode",
+        mode = where.radio(f"{label}: keep {unit} whose value is", _CONDITION_MODES, key=f"{key}_mode",
                            horizontal=True, label_visibility="collapsed")
         if mode == _CONDITION_MODES[2]:
             out.append(Condition(figure, missing=True))
@@ -330,7 +331,7 @@ def condition_widgets(where, rows: dict[Figure, dict], prefix: str, *, unit: str
             out.append(Condition(figure))
             continue
         lo, hi = _figure_bounds(row)
-        a, b = range_input(where, f"{figure.label()} range", key, lo, hi,
+        a, b = range_input(where, f"{label} range", key, lo, hi,
                            help=f"{row['count']:,} {'problems' if figure.level == 'problem' else 'CoTs'} have a value, "
                                 f"{figures.fmt(row['min'])}–{figures.fmt(row['max'])}; a bound at the end of the range "
                                 "is open (a value beyond it later still passes).")
@@ -510,7 +511,7 @@ def _problem_set_line(sb, key: str) -> None:
     try:
         left.caption(f"Problems from the map: {problem_sets.info(key)['n']:,}")
     except problem_sets.ProblemSetError as exc:
-        left.caption(f"Problems from the map: {exc}")
+        left.caption(f"Problems from the map: {render.escape_inline(str(exc))}")
     # not an "f_" key: sidebar_filter re-assigns those each run, which a button refuses
     right.button("clear", key="filter_clear_problem_set", on_click=_clear_problem_set,
                  help="Drop the map selection from the filter")

@@ -71,7 +71,7 @@ def steps_expander(problem_id: int, cot_id: int, expanded: bool) -> None:
     counts = step_counts(common.store_stamp(), problem_id).get(cot_id)
     if not counts:
         return
-    label = ", ".join(f"{n:,} from {name}" for name, n in counts.items())
+    label = ", ".join(f"{n:,} from {render.escape_inline(name)}" for name, n in counts.items())  # names from the data
     box = st.expander(f"Steps ({label})", expanded=expanded, key=f"reader_steps_{cot_id}", on_change="rerun")
     if box.open:
         with box:
@@ -101,7 +101,7 @@ def show_steps(cot_id: int) -> None:
     if roles:
         summary += f", {len(shown):,} of the chosen roles"
     if view["importance_metric"]:
-        summary += f" · bars: |{view['importance_metric']}| scaled to this CoT's largest"
+        summary += f" · bars: |{render.escape_inline(view['importance_metric'])}| scaled to this CoT's largest"
     info.caption(summary)
     first = view["first_wrong"]
     if first is not None:
@@ -121,9 +121,9 @@ def show_steps(cot_id: int) -> None:
                 badges.append(":green-badge[ok]")
             if row["n_tokens"] is not None:
                 badges.append(f"{row['n_tokens']:,} tokens")
-            badges += [f":gray-badge[{a}]" for a in row["micro_actions"]]
+            badges += [f":gray-badge[{render.escape_inline(a)}]" for a in row["micro_actions"]]
             for other in row["others"]:
-                label = f"{render.escape_inline(other['source'])}: {step_charts.role_label(other['role'])}" if other["role"] \
+                label = f"{render.escape_inline(other['source'])}: {render.escape_inline(step_charts.role_label(other['role']))}" if other["role"] \
                     else render.escape_inline(other["source"])
                 if other["wrong"]:
                     label += " ✗"
@@ -131,10 +131,10 @@ def show_steps(cot_id: int) -> None:
             st.markdown(" ".join(badges))
             st.markdown(render.safe_markdown(row["text"]))
             if row["importance_bar"] is not None:
-                st.progress(row["importance_bar"], text=f"{view['importance_metric']}: {row['importance']:.3f}")
+                st.progress(row["importance_bar"], text=f"{render.escape_inline(view['importance_metric'])}: {row['importance']:.3f}")
             numbers = {k: v for k, (v, _) in row["numbers"].items() if v is not None and k != view["importance_metric"]}
             if numbers:
-                st.caption(" · ".join(f"{k} {v:.3g}" for k, v in sorted(numbers.items())))
+                st.caption(" · ".join(f"{render.escape_inline(k)} {v:.3g}" for k, v in sorted(numbers.items())))
 
 
 # ---------------------------------------------------------------------------------- Distributions
@@ -157,6 +157,7 @@ def _narrow(key: str, kind: str) -> None:
 
 def _chart(fig, name: str, kind: str) -> None:
     key = _gen_key(name)
+    fig = render.inert_figure(fig)  # model and source names in it come from the data
     st.plotly_chart(fig, key=key, on_select=lambda: _narrow(key, kind), selection_mode=("points",), width="stretch")
 
 
@@ -176,10 +177,10 @@ def distributions_section(f: CotFilter) -> None:
     figures = figure_frame(key, stamp, source, f)
     n_cots = figures.height
     if n_cots == 0:
-        st.info(f"None of the matching CoTs has steps from '{source}'.")
+        st.info(f"None of the matching CoTs has steps from '{render.escape_inline(source)}'.")
         return
-    st.caption(f"{n_cots:,} matching CoTs have steps from '{source}'. Correctness: "
-               f"{f.correct_source or 'no source chosen (all unknown): pick one in the sidebar'}. "
+    st.caption(f"{n_cots:,} matching CoTs have steps from '{render.escape_inline(source)}'. Correctness: "
+               f"{render.escape_inline(f.correct_source) or 'no source chosen (all unknown): pick one in the sidebar'}. "
                "Click a bar or a box to narrow the filter to its correctness or model.")
     _chart(step_charts.role_composition_figure(role_table(key, stamp, source, "correctness", f), by="correctness",
                                                source=source, n_cots=n_cots), "roles_correctness", "correctness")

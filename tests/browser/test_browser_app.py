@@ -32,12 +32,14 @@ APP_CAPTION = "ThoughtScope · CoT data curation"  # app.py's sidebar caption: t
 
 
 def registered_pages() -> dict[str, str]:
-    """url_path -> title of every st.Page in app.py, so a page added there is visited too."""
+    """url_path -> title of every visible st.Page in app.py, so a page added there is visited
+    too (the hidden root page only sends the browser on to the Overview)."""
     pages = {}
     for node in ast.walk(ast.parse((ROOT / "app.py").read_text())):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Page":
             kwargs = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
-            pages[kwargs["url_path"]] = kwargs["title"]
+            if kwargs.get("visibility") != "hidden":
+                pages[kwargs["url_path"]] = kwargs["title"]
     return pages
 
 
@@ -81,6 +83,9 @@ def test_every_page_opens_without_errors(page, app_server, url_path):
     open_page(page, app_server, f"/{url_path}")
     shot = screenshot(page, f"page-{url_path}")
     assert errors_on_screen(page) == [], f"/{url_path} shows errors (screenshot {shot})"
+    # issue 11: /overview, the default page's own address, showed "Page not found" over it
+    assert "Page not found" not in page.locator("body").inner_text(), f"/{url_path}: Page not found ({shot})"
+    assert page.url.split("?")[0].endswith(f"/{url_path}")
     title = PAGES[url_path]
     heading = page.locator("[data-testid='stMain'] h1").filter(has_text=re.compile(rf"^\s*{re.escape(title)}", re.I))
     assert heading.first.is_visible(), f"/{url_path} shows no '{title}' heading (screenshot {shot})"
@@ -89,6 +94,14 @@ def test_every_page_opens_without_errors(page, app_server, url_path):
     nav = sidebar.locator("[data-testid='stSidebarNav'] a")
     assert nav.all_inner_texts() == list(PAGES.values()), f"the sidebar lists other pages than app.py ({shot})"
     assert page.dialogs == []
+
+
+def test_the_root_address_opens_the_overview_at_its_own_address(page, app_server):
+    open_page(page, app_server, "/?datasets=qwen25-math-eval")
+    assert page.url.split("?")[0] == f"{app_server.url}/overview"
+    assert "datasets=qwen25-math-eval" in page.url  # the filter in the address goes along
+    assert page.locator("[data-testid='stMain'] h1").filter(has_text="Overview").first.is_visible()
+    assert "Page not found" not in page.locator("body").inner_text()
 
 
 def test_select_threshold_recipe_exports_exactly_the_kept_rows(page, app_server, tmp_path):

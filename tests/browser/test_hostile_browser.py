@@ -133,7 +133,10 @@ def tracker() -> Iterator[Tracker]:
 @pytest.fixture(scope="module")
 def beacon_store(tracker, tmp_path_factory) -> tuple[Path, int]:
     """A small generated dataset (so every chart has data) and 'beacon-check'; verified and
-    counted. Returns the store and the beacon problem's id."""
+    counted. A copy of 'beacon-check' under another hostile name, problem keys and
+    near-duplicates (so the Reader's "Elsewhere" section lists it), steps from a source with a
+    hostile name (the Reader's step view) and a map (the Map page). Returns the store and the
+    beacon problem's id."""
     _require_chromium()
     from core.demo import write_omnithought
     from core.ingest import ingest
@@ -149,8 +152,20 @@ def beacon_store(tracker, tmp_path_factory) -> tuple[Path, int]:
     write_beacon_dataset(src, tracker)
     # the dataset's name carries a payload too (names are shown on every page)
     result = ingest(str(src), fmt="omnithought", name=f"{BEACON_DATASET} ![d]({tracker.url('dataset.gif')})", db=db)
+    copy = folder / "beacon-copy.jsonl"  # the same question under another key: "the same problem" elsewhere
+    copy.write_text(src.read_text(encoding="utf-8").replace('"beacon-1"', '"beacon-2"'), encoding="utf-8")
+    ingest(str(copy), fmt="omnithought", name=f"beacon copy ![c]({tracker.url('copy.gif')})", db=db)
     verify_stage(db=db, workers=1)
     count_tokens_stage(db=db)
+    from core.identity import run_problem_keys
+    from core.neardup import run_near_duplicates
+    from core.problem_map import MapOptions, run_map
+    from core.step_stage import StepOptions, run_steps
+
+    run_problem_keys(db=db)
+    run_near_duplicates(db=db)
+    run_steps(db=db, options=StepOptions(source_name=f"steps ![s]({tracker.url('steps.gif')})"))
+    run_map(db=db, options=MapOptions(projection="pca", clusters=2))
     problem = store.read_rows("SELECT problem_id FROM problems WHERE dataset_id = ?", [result.dataset_id], db=db)[0][0]
     return db, int(problem)
 
@@ -179,7 +194,7 @@ def recorded(chromium):
 def _open_everything_on_the_reader(page) -> None:
     """Open every expander (thinking, reference solution, compare) and every 'Show all'."""
     main = page.locator("[data-testid='stMain']")
-    for _ in range(6):
+    for _ in range(16):  # thinking, steps, "Elsewhere", reference solution, compare: each opens on a rerun
         closed = main.locator("details:not([open]) > summary")
         if closed.count() == 0:
             break
@@ -201,9 +216,11 @@ def test_dataset_text_makes_no_request_to_any_host(recorded, beacon_server, beac
     shot = screenshot(page, "beacon-reader")
     text = page.locator("[data-testid='stMain']").inner_text()
     assert "What is 2 + 2?" in text and "image removed: inline" in text, f"the CoT did not render ({shot})"
+    # the step view and the "Elsewhere" section rendered, with the hostile names as text
+    assert "![s](" in text and "The same problem" in text and "![c](" in text, f"steps or Elsewhere missing ({shot})"
     assert "Sign in" not in text
     # every other page, where names, answers and labels from the data show
-    for path in ("/overview", "/explore", "/distributions", "/agreement", "/select", "/export", "/jobs", "/sql"):
+    for path in ("/overview", "/explore", "/distributions", "/agreement", "/select", "/export", "/jobs", "/sql", "/map"):
         open_page(page, beacon_server, path)
         page.wait_for_timeout(500)
     page.wait_for_timeout(1500)
