@@ -7,6 +7,7 @@
     python -m core map [--model M] [--device cuda] [--clusters K] [--json]
     python -m core keys|contamination|near-duplicates ...   (see core/problems_cli.py)
     python -m core jobs [--json]
+    python -m core compare --a DATASET --b DATASET [--json] | --list   (core/compare.py)
     python -m core tokens|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
     python -m core ingest STEPS_FILE --steps-for DATASET   (core/step_labels.py)
     python -m core split-steps [--unit sentence|paragraph] [--from-source S]
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 
 from core import job_kinds, store
+from core.compare import add_compare_cli
 from core.errors import UserError
 from core.options import add_arguments, from_namespace
 from core.progress import ProgressBar, RunContext
@@ -334,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_job_commands(sub)  # tokens, verify, score, finetune, evaluate
     add_problems_cli(sub)  # keys, contamination, near-duplicates
+    add_compare_cli(sub)  # compare two evaluation runs
     return parser
 
 
