@@ -6,6 +6,7 @@
     python -m core index [--path DIR] [--json]
     python -m core problems [--json] [--filter QUERY] [--dataset D] [--condition JSON]   (core/difficulty.py)
     python -m core jobs [--json]
+    python -m core compare --a DATASET --b DATASET [--json] | --list   (core/compare.py)
     python -m core tokens|markers|verify|score|finetune|evaluate [--flags]   (one per job kind, core/job_kinds.py)
     python -m core keys|contamination|near-duplicates|map [--flags]  (job kinds too; core/problems_cli.py)
     python -m core split-steps [--unit sentence|paragraph] [--from-source S]   (the job kind 'steps')
@@ -31,6 +32,7 @@ import sys
 from pathlib import Path
 
 from core import job_kinds, store
+from core.compare import add_compare_cli
 from core.errors import UserError
 from core.options import add_arguments, from_namespace
 from core.progress import ProgressBar, RunContext
@@ -325,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     from core.difficulty import add_cli as add_difficulty_cli
 
     add_difficulty_cli(sub)  # problems
+    add_compare_cli(sub)  # compare two evaluation runs
     return parser
 
 

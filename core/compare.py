@@ -336,3 +336,71 @@ def cot_text(cot_id: int, *, db=None) -> dict | None:
     rows = store.read_rows("SELECT full_text, answer, n_tokens, finish_reason, problem_id FROM cots WHERE cot_id = ?",
                            [cot_id], db=db)
     return dict(zip(("text", "answer", "n_tokens", "finish_reason", "problem_id"), rows[0])) if rows else None
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def resolve_run(dataset: str, model: str | None = None, benchmark: str | None = None, *, db=None) -> Run:
+    """The run of ``dataset`` (with ``model`` / ``benchmark`` where the dataset holds several)."""
+    runs = list_runs(db=db).filter(pl.col("dataset") == dataset)
+    if runs.height == 0:
+        raise UserError(f"No run in the dataset '{dataset}': `python -m core compare --list` lists the runs.")
+    if model:
+        runs = runs.filter(pl.col("model") == model)
+    if benchmark:
+        runs = runs.filter(pl.col("benchmark") == benchmark)
+    if runs.height != 1:
+        choices = "; ".join(f"{r['model']} on {r['benchmark']}" for r in list_runs(db=db).filter(
+            pl.col("dataset") == dataset).to_dicts())
+        raise UserError(f"The dataset '{dataset}' holds {'no' if runs.height == 0 else runs.height} such runs "
+                        f"({choices}): name one with its model and benchmark flags.")
+    row = runs.row(0, named=True)
+    return Run(dataset, row["model"], row["benchmark"])
+
+
+def cmd_compare(args) -> int:
+    import json
+
+    if args.list:
+        runs = list_runs(db=args.db)
+        print(json.dumps(runs.to_dicts(), indent=1) if args.json else runs)
+        return 0
+    if not (args.a and args.b):
+        raise UserError("Name the two runs' datasets with --a and --b (`python -m core compare --list` lists them).")
+    a = resolve_run(args.a, args.model_a, args.benchmark, db=args.db)
+    b = resolve_run(args.b, args.model_b, args.benchmark, db=args.db)
+    result = compare(a, b, correct_source=args.correct_source or OWN_CORRECTNESS, db=args.db)
+    out = result.as_dict()
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for side, s in (("A", result.a), ("B", result.b)):
+        acc = "no judged answer" if s.accuracy is None else (
+            f"{100 * s.accuracy:.1f} % (95% CI {100 * s.ci[0]:.1f}-{100 * s.ci[1]:.1f} %, {s.interval})")
+        print(f"{side}: {s.run.label} on {s.run.benchmark}: {acc}; {s.problems} problems, {s.samples} judged answers"
+              + (f"; max new tokens {s.max_new_tokens}, {s.hit_budget} answers hit it" if s.max_new_tokens else ""))
+    if result.difference is not None:
+        lo, hi = result.difference_ci
+        print(f"B - A: {100 * result.difference:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}) on "
+              f"{result.shared} shared problems ({result.only_a} only in A, {result.only_b} only in B)"
+              + (f"; McNemar's exact p = {result.mcnemar_p:.3g}" if result.mcnemar_p is not None else ""))
+    print(f"flipped: {result.gained.height} solved by B only, {result.lost.height} solved by A only")
+    for note in result.notes:
+        print(note)
+    return 0
+
+
+def add_compare_cli(sub) -> None:
+    """``python -m core compare --a DATASET --b DATASET [--model-a M] [--model-b M] [--benchmark B]
+    [--correct-source S] [--json]``, or ``--list`` for the runs in the store."""
+    p = sub.add_parser("compare", help="compare two evaluation runs on one benchmark (accuracy, CI, flipped problems)")
+    p.add_argument("--a", help="run A's dataset (e.g. the base model's evaluation)")
+    p.add_argument("--b", help="run B's dataset (e.g. the fine-tune's evaluation)")
+    p.add_argument("--model-a", help="run A's model, where its dataset holds several")
+    p.add_argument("--model-b", help="run B's model, where its dataset holds several")
+    p.add_argument("--benchmark", help="the benchmark, where a dataset holds several")
+    p.add_argument("--correct-source", help="the correctness source (default: each dataset's own)")
+    p.add_argument("--list", action="store_true", help="list the runs in the store")
+    p.add_argument("--json", action="store_true", help="one JSON object (the lost/gained problems' question keys included)")
+    p.set_defaults(func=cmd_compare)

@@ -167,6 +167,24 @@ def test_bad_requests_say_what_to_change(runs_store):
         compare.compare(A, compare.Run("eval tuned", "someone else", "pens"), db=runs_store)
 
 
+def test_the_compare_command(runs_store, capsys):
+    from core.cli import main
+
+    assert main(["--db", str(runs_store), "compare", "--a", "eval base", "--b", "eval tuned", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["a"]["accuracy"], out["b"]["accuracy"], out["shared_problems"], out["only_b"]) == (0.4, 0.7, N, 1)
+    assert out["a"]["ci95"] == pytest.approx(list(binomtest(4, N).proportion_ci(method="wilson")))
+    assert sorted(out["gained"]) == sorted(identity.question_key(question(i)) for i in B_RIGHT - A_RIGHT)
+    assert sorted(out["lost"]) == sorted(identity.question_key(question(i)) for i in A_RIGHT - B_RIGHT)
+    assert main(["--db", str(runs_store), "compare", "--a", "eval base", "--b", "eval tuned"]) == 0
+    text = capsys.readouterr().out
+    assert "A: base · eval base on pens: 40.0 %" in text and "flipped: 5 solved by B only, 2 solved by A only" in text
+    assert main(["--db", str(runs_store), "compare", "--list", "--json"]) == 0
+    assert {r["dataset"] for r in json.loads(capsys.readouterr().out)} == {"eval base", "eval tuned", "eval base k2", "eval tuned k2"}
+    assert main(["--db", str(runs_store), "compare", "--a", "eval base", "--b", "no such run"]) == 2
+    assert "No run in the dataset 'no such run'" in capsys.readouterr().err
+
+
 def test_the_compare_page(app_store, runs_store):
     app_store(runs_store)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()

@@ -1,12 +1,15 @@
 """The issue's end-to-end run, on CPU with the real SmolLM2-135M-Instruct: select 20 CoTs with a
-saved recipe, export them as TRL messages, fine-tune 3 LoRA steps, evaluate the base and the
-tuned model on 20 GSM8K problems, and compare the two in the store and on the Distributions page.
+saved recipe, export them as TRL messages, fine-tune 3 LoRA steps (max length from the data, loss
+on the assistant turn), evaluate the base and the tuned model on 20 GSM8K problems, and compare
+the two in the store, on the Distributions page and on the Compare page (accuracy with its
+interval, the flipped problems, both CoTs opened in the Reader).
 
 Each stage's wall time is printed (run with -s to see it)."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import polars as pl
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import export, queries, recipes
+from core import compare, export, queries, recipes, store
 from core.evaluate import EvalOptions, evaluate
 from core.finetune import FinetuneOptions, finetune
 from core.models import DEFAULT_MODEL
@@ -43,6 +46,7 @@ def one_torch_thread():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # over the slow marker's 900 s: the base evaluation alone ran past it at a load average of 20
 def test_select_finetune_evaluate_and_compare(demo_store, app_store, monkeypatch, one_torch_thread):
     if not GSM8K.exists():
         pytest.skip(f"real data not found at {GSM8K}")
@@ -65,10 +69,15 @@ def test_select_finetune_evaluate_and_compare(demo_store, app_store, monkeypatch
     assert exported.rows == 20
     lap("select + export")
 
-    card = finetune(FinetuneOptions(data=str(exported.path), name="e2e-tuned", max_steps=3, max_length=512,
-                                    save_steps=10, recipe="e2e-20"), log=lambda _: None)
+    card = finetune(FinetuneOptions(data=str(exported.path), name="e2e-tuned", max_steps=3, save_steps=10,
+                                    recipe="e2e-20"), log=lambda _: None)
     assert card["steps"] == 3 and len(card["losses"]) == 3 and card["recipe"] == "e2e-20"
     assert card["export_manifest"]["counts"]["rows"] == 20
+    # the max length is the 95th percentile of the 20 examples' SmolLM2 token lengths; one is longer and dropped
+    lengths = card["lengths"]
+    assert lengths["examples"] == 20 and lengths["max_length"] == math.ceil(lengths["tokens"]["p95"])
+    assert card["examples"] == 20 - lengths["dropped"] and lengths["dropped"] == lengths["over_max_length"] <= 1
+    assert 0 < card["loss"]["loss_tokens"] < card["loss"]["tokens"]
     lap("fine-tune 3 steps")
 
     results = {}
@@ -106,6 +115,49 @@ def test_select_finetune_evaluate_and_compare(demo_store, app_store, monkeypatch
     assert shown[tuned_model] == pytest.approx(accuracy[tuned_model] / 100)
     specs = [json.dumps(json.loads(c.proto.spec)) for c in at.get("plotly_chart")]
     assert any(base_model in s and tuned_model in s for s in specs)
+    # the budget chart marks the runs' max new tokens and how many answers stopped there
+    hits = store.read_rows("SELECT count(*) FILTER (WHERE finish_reason = 'length') FROM cots c JOIN datasets d "
+                           "USING (dataset_id) WHERE d.name = ?", [results["base"]["dataset"]], db=demo_store)[0][0]
+    budget = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "dist_budget" in c.proto.id)
+    caps = [t for t in budget["data"] if t["name"].startswith("max new tokens")]
+    assert {t["x"][0] for t in caps} == {MAX_NEW_TOKENS}
+    assert any(f"{hits} of {PROBLEMS} answers stopped there" in t["hovertemplate"] for t in caps)
+    lap("distributions in the app")
+
+    # Compare: the two runs matched by question key, against the verdicts in the store
+    a = compare.Run(results["base"]["dataset"], base_model, "gsm8k")
+    b = compare.Run(results["tuned"]["dataset"], tuned_model, "gsm8k")
+    result = compare.compare(a, b, db=demo_store)
+    verdicts = {}
+    for label in ("base", "tuned"):
+        verdicts[label] = dict(store.read_rows(
+            "SELECT p.problem_key, s.value FROM scores s JOIN score_sources ss USING (source_id) JOIN cots c USING (cot_id) "
+            "JOIN problems p ON p.problem_id = c.problem_id JOIN datasets d ON d.dataset_id = c.dataset_id "
+            "WHERE ss.name = ? AND d.name = ?", [VERIFY_SOURCE, results[label]["dataset"]], db=demo_store))
+    assert result.shared == PROBLEMS and set(verdicts["base"]) == set(verdicts["tuned"])
+    right = {label: {k for k, v in verdicts[label].items() if v == 1.0} for label in verdicts}
+    assert result.a.accuracy == pytest.approx(len(right["base"]) / PROBLEMS)
+    assert result.b.accuracy == pytest.approx(len(right["tuned"]) / PROBLEMS)
+    assert result.a.ci == pytest.approx(compare.wilson_interval(len(right["base"]), PROBLEMS))
+    assert result.lost.height == len(right["base"] - right["tuned"])
+    assert result.gained.height == len(right["tuned"] - right["base"])
+    assert result.a.max_new_tokens == result.b.max_new_tokens == MAX_NEW_TOKENS and result.a.hit_budget == hits
+    at = at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Accuracy A"] == f"{100 * result.a.accuracy:.1f} %" and shown["Accuracy B"] == f"{100 * result.b.accuracy:.1f} %"
+    assert shown["Problems that flipped"] == f"+{result.gained.height} / −{result.lost.height}"
+    flips = [("compare_gained", result.gained), ("compare_lost", result.lost)]
+    key, table = next(((k, t) for k, t in flips if t.height), (None, None))
+    # both CoTs of a flipped problem open in the Reader; at 96 new tokens SmolLM2 may solve none (0% for both
+    # runs on 2026-12-07), so there may be no flip here: tests/test_compare.py opens them on runs with flips
+    if key is not None:
+        at.session_state[key] = {"selection": {"rows": [0], "columns": []}}
+        at = at.run()
+        at = next(b for b in at.button if b.label == "Open A's CoT in the Reader").click().run()
+        assert not at.exception, at.exception
+        assert at.session_state["reader_problem_id"] == table["problem_id_a"][0]
+        assert at.session_state["reader_cot_id"] == table["cot_id_a"][0]
     lap("compare in the app")
 
     timings["total"] = round(time.perf_counter() - started, 1)
