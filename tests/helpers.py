@@ -1,7 +1,9 @@
 """What tests share, in one module (test modules do not import each other): small inputs in
 every supported format, a store snapshot for "unchanged" checks, the location of the real
-data, the tiny randomly initialised models, the judge's six-CoT store, and the vLLM CPU
-environment. Fixtures built from these live in tests/conftest.py.
+data, the tiny randomly initialised models, the judge's six-CoT store, the vLLM CPU
+environment, the selection tests' hand-counted TINY store and the figures store built on it,
+AppTest and job-polling helpers, ProcessBench items and the student store. Fixtures built
+from these live in tests/conftest.py.
 
 Every builder writes under a folder the test passes in (its tmp_path); nothing here touches
 the default store.
@@ -13,11 +15,17 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from core import store
+from core.selection import ScoreSources
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
+
+    from core.selection import SelectionReport
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/realdata beside the repository (absent on a user's machine)
@@ -477,3 +485,249 @@ def write_whitespace_tokenizer(folder: Path, *, split_digits: bool = False) -> P
     tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
     tok.save(str(folder / "tokenizer.json"))
     return folder
+
+
+# --------------------------------------------------------------------------- the selection tests' TINY store
+
+JUDGES = ("DeepSeek-R1", "QwQ-32B")
+BOTH = ScoreSources(rv=tuple(f"omnithought ({j})" for j in JUDGES), cd=tuple(f"omnithought ({j})" for j in JUDGES),
+                    correct=("omnithought",))
+
+# (problem, teacher, correct, RV, CD, words of thinking); None = no label given.
+TINY = [
+    ("p0", "DeepSeek-R1", True, 4, 4, 30),
+    ("p0", "QwQ-32B", True, 2, 6, 10),
+    ("p0", "DeepSeek-R1", False, 4, 5, 5),
+    ("p0", "QwQ-32B", True, 8, 8, 60),
+    ("p1", "DeepSeek-R1", False, 3, 3, 20),
+    ("p1", "QwQ-32B", False, 5, 3, 25),
+    ("p2", "DeepSeek-R1", True, 3, 4, 40),
+    ("p2", "DeepSeek-R1", True, 5, 4, 35),
+    ("p2", "QwQ-32B", True, 6, 4, 15),
+    ("p2", "DeepSeek-R1-0528", True, None, 4, 12),
+    ("p3", "DeepSeek-R1-0528", True, 4, 7, 50),
+    ("p3", "QwQ-32B", False, 4, 4, 45),
+    ("p3", "DeepSeek-R1", True, 9, 9, 80),
+]
+
+
+def omnithought_rows(cots: list[tuple]) -> list[dict]:
+    """OmniThought rows (one per problem, the published keys). The i-th CoT overall is judged by
+    JUDGES[i % 2], so RV and CD sit under two sources, as in the real labels."""
+    rows: dict[str, dict] = {}
+    for i, (problem, teacher, correct, rv, cd, words) in enumerate(cots):
+        row = rows.setdefault(problem, {"id": problem, "question": f"Question {problem}: what is 6 times 7?",
+                                        "reference_answer": "42", "reasoning": []})
+        thought = " ".join(["step"] * words)
+        solution = f"The answer is $\\boxed{{{42 if correct else 41}}}$."
+        cot = {"thought": thought, "solution": solution, "full_response": f"<think>\n{thought}\n</think>\n\n{solution}",
+               "teacher": teacher, "thought_correctness_verify": correct}
+        judge = JUDGES[i % 2]
+        if rv is not None:
+            cot["Reasoning_Verbosity"] = {"level": rv, "judge": judge}
+        if cd is not None:
+            cot["Cognitive_Difficulty"] = {"level": cd, "judge": judge}
+        row["reasoning"].append(cot)
+    return list(rows.values())
+
+
+def build_store(folder: Path, cots: list[tuple], *, tokens: bool = True) -> Path:
+    from core.ingest import ingest
+    from core.tokens import count_tokens_stage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "omni.jsonl"
+    with open(src, "w") as fh:
+        for row in omnithought_rows(cots):
+            fh.write(json.dumps(row) + "\n")
+    db = folder / "store.duckdb"
+    ingest(str(src), name="tiny", db=db)
+    if tokens:
+        count_tokens_stage(db=db)
+    return db
+
+
+def cot_ids_by_position(db: Path) -> dict[tuple[str, int], int]:
+    """(problem key, position in its reasoning list) -> cot_id."""
+    rows = store.read_rows(
+        "SELECT p.problem_key, c.sample_idx, c.cot_id FROM cots c JOIN problems p USING (problem_id)", db=db
+    )
+    return {(k, i): cot for k, i, cot in rows}
+
+
+def records(db: Path, cots: list[tuple]) -> list[dict]:
+    """The test's CoTs with their cot_id, stored token count and draw key (the first 8 bytes of
+    the MD5 of dataset content hash, problem key, teacher and position, joined by U+001F), in
+    TINY's order."""
+    import hashlib
+
+    ids = cot_ids_by_position(db)
+    tokens = dict(store.read_rows("SELECT cot_id, n_tokens FROM cots", db=db))
+    (content_hash,) = store.read_rows("SELECT content_hash FROM datasets", db=db)[0]
+    position: dict[str, int] = {}
+    out = []
+    for problem, teacher, correct, rv, cd, words in cots:
+        i = position[problem] = position.get(problem, -1) + 1
+        cot_id = ids[(problem, i)]
+        key = int(hashlib.md5(f"{content_hash}\x1f{problem}\x1f{teacher}\x1f{i}".encode()).hexdigest()[:16], 16)
+        out.append({"cot_id": cot_id, "problem": problem, "model": teacher, "correct": correct, "rv": rv, "cd": cd,
+                    "words": words, "tokens": tokens[cot_id], "key": key})
+    return out
+
+
+def assert_same_report(fast: SelectionReport, slow: SelectionReport) -> None:
+    """Two selection reports (the in-memory pool's and the general path's) agree figure by figure."""
+    from polars.testing import assert_frame_equal
+
+    assert (fast.pool_cots, fast.kept_cots, fast.pool_problems, fast.kept_problems) == \
+        (slow.pool_cots, slow.kept_cots, slow.pool_problems, slow.kept_problems)
+    for name in ("by_model", "by_dataset", "by_cd", "reasons"):
+        assert_frame_equal(getattr(fast, name), getattr(slow, name), check_exact=False), name
+    assert fast.missing == slow.missing
+    for column in ("rv", "cd", "n_tokens"):
+        assert_frame_equal(fast.histograms[column], slow.histograms[column]), column
+
+
+# --------------------------------------------------------------------------- the figures store
+
+JUDGE = "judge smollm"
+STAGE = "difficulty"
+
+
+def figures_generic_rows() -> list[dict]:
+    """A dataset with no correctness labels of its own: math-verify is its only verdict."""
+    return [{"id": f"g{i}", "question": f"What is {i} + {i}?", "response": f"<think>\n{i} plus {i}.\n</think>\n\n"
+             f"The answer is $\\boxed{{{2 * i if i % 3 else 2 * i + 1}}}$", "answer": str(2 * i), "model": "gen-model"}
+            for i in range(6)]
+
+
+def build_figures_store(folder: Path) -> Path:
+    """TINY (OmniThought labels) plus a generic dataset verified by math-verify; a judge's logic
+    on the first 8 TINY CoTs (the 8th unparsed), a stage's pass_rate for every TINY problem (key
+    number / 4) and 'contaminated' = 1 for p1 and p3 only; TINY's third CoT's label flipped.
+
+    Built in a child process: math-verify's worker pool forks, and a fork of a pytest process
+    that has run AppTest's threads crashed (a segmentation fault in the forked worker)."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from tests.helpers import _build_figures_store; _build_figures_store(Path(sys.argv[1]))",
+                    str(folder)], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    return folder / "store.duckdb"
+
+
+def _build_figures_store(folder: Path) -> Path:
+    from core.formats import ReadOptions
+    from core.ingest import ingest
+    from core.verify import verify_stage
+
+    db = build_store(folder, TINY)
+    src = folder / "generic.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in figures_generic_rows()))
+    ingest(str(src), fmt="generic", name="generic", db=db,
+           opts=ReadOptions(mapping={"question": "question", "response": "response", "answer": "answer", "id": "id",
+                                     "model": "model"}))
+    verify_stage(db=db)
+    recs = records(db, TINY)
+    with store.connect(db, read_only=False) as con:
+        # a judge's logic on the first 8 tiny CoTs (the 8th unparsed: NULL), as the judge job writes it
+        judge = store.ensure_source(con, JUDGE, "judge", model="SmolLM2")
+        for i, r in enumerate(recs[:8]):
+            con.execute("INSERT INTO scores (cot_id, source_id, metric, value, error) VALUES (?, ?, 'logic', ?, ?)",
+                        [r["cot_id"], judge, None if i == 7 else float(i % 2), "unparsed" if i == 7 else None])
+        # a stage's problem figures: pass rate for every tiny problem, 'contaminated' only where flagged
+        stage = store.ensure_source(con, STAGE, "stage", params=json.dumps({"k": 4}))
+        rows = con.execute("SELECT problem_id, problem_key FROM problems WHERE problem_key LIKE 'p%' ORDER BY 1").fetchall()
+        for problem_id, key in rows:
+            con.execute("INSERT INTO problem_scores (problem_id, source_id, metric, value) VALUES (?, ?, 'pass_rate', ?)",
+                        [problem_id, stage, int(key[1:]) / 4])
+            if key in ("p1", "p3"):
+                con.execute("INSERT INTO problem_scores (problem_id, source_id, metric, value) VALUES (?, ?, 'contaminated', 1)",
+                            [problem_id, stage])
+        # the label disagrees with math-verify on one tiny CoT: the dataset's own verdict must win
+        label = con.execute("SELECT source_id FROM score_sources WHERE name = 'omnithought'").fetchall()[0][0]
+        con.execute("UPDATE scores SET value = 1 - value WHERE cot_id = ? AND source_id = ? AND metric = 'correct'",
+                    [recs[2]["cot_id"], label])
+    return db
+
+
+# --------------------------------------------------------------------------- AppTest
+
+
+def rerun(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def metric(at: AppTest, label: str) -> int:
+    return int(next(m for m in at.metric if m.label == label).value.replace(",", ""))
+
+
+# --------------------------------------------------------------------------- jobs
+
+WAIT_S = 240  # generous: the suite shares small machines
+
+
+def wait_for(job_id: int, condition, what: str, timeout: float = WAIT_S) -> dict:
+    import time
+
+    from core import jobs
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = jobs.get(job_id)
+        if condition(job):
+            return job
+        if job["state"] in ("done", "failed", "cancelled", "interrupted") and not condition(job):
+            raise AssertionError(f"job {job_id} ended {job['state']} while waiting for {what}: {job['error']}\n{job['log_tail']}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} never reached {what}: {job}")
+        time.sleep(0.05)
+
+
+def finished(job_id: int) -> dict:
+    return wait_for(job_id, lambda j: j["state"] in ("done", "failed", "cancelled", "interrupted"), "an end")
+
+
+# --------------------------------------------------------------------------- ProcessBench
+
+
+def pb_item(i: int, steps: list[str], label: int, correct: bool) -> dict:
+    return {"id": f"gsm8k-{i}", "generator": "Qwen2-7B-Instruct", "problem": f"Problem {i}: what is 2 + {i}?",
+            "steps": steps, "final_answer_correct": correct, "label": label}
+
+
+PB = [
+    pb_item(0, ["Add 2 and 0.", "That is 2.", "The answer is $\\boxed{2}$."], -1, True),
+    pb_item(1, ["Add 2 and 1 to get 4.", "So the answer is $\\boxed{4}$."], 0, False),
+    pb_item(2, ["We add.", "2 + 2 = 4.", "Then double it: 9.", "The answer is $\\boxed{9}$."], 2, False),
+]
+
+
+# --------------------------------------------------------------------------- the student
+
+
+def words(n: int) -> str:
+    return " ".join(["w"] * n)
+
+
+def student_store(tmp_path: Path) -> Path:
+    """A teacher dataset of three problems (two CoTs each) and a student's evaluation of two of
+    them, asked with other wrappers around the same questions (their keys meet)."""
+    db = tmp_path / "student.duckdb"
+    tok = whitespace_tokenizer(tmp_path)
+    teacher = [{"id": f"t{i}", "question": f"Return your final response within \\boxed{{}}. {q}", "response": words(5 + j),
+                "answer": a, "model": "teacher", "correct": True}
+               for i, (q, a) in enumerate((("What is $2+2$?", "4"), ("What is $3 \\cdot 3$?", "9"), ("Name a prime.", "2")))
+               for j in range(2)]
+    ingest_generic(db, teacher, "teacher", tokenizer=tok)
+    student = [{"id": f"s{i}", "question": f"{q}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+                "response": words(3), "answer": a, "model": "stu", "correct": ok}
+               for i, (q, a, oks) in enumerate((("What is $2 + 2$?", "4", (True, False, True, True)),
+                                                ("What is $3 \\cdot 3$ ?", "9", (False, False, False, False))))
+               for ok in oks]
+    ingest_generic(db, student, "student eval", tokenizer=tok)
+    return db

@@ -10,8 +10,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from core.difficulty import StudentOptions, run_student
-from helpers import ingest_generic, whitespace_tokenizer
-from test_difficulty import student_store
+from helpers import ingest_generic, student_store, whitespace_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 """The sidebar's generic filters and the Select page's conditions through AppTest, on the store
-of tests/test_figures.py (TINY with OmniThought labels, a generic dataset verified by
+of tests/helpers.py, build_figures_store (TINY with OmniThought labels, a generic dataset verified by
 math-verify, a judge's logic, a stage's pass rate and contamination flags) and on the real
 Qwen2.5-Math runs (no RV/CD at all). Counts on screen are checked against SQL written here."""
 
@@ -14,9 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import queries, store
 from core.figures import Condition, Figure
-from tests.helpers import as_read
-from tests.test_app_select_export import metric, rerun
-from tests.test_figures import JUDGE, STAGE, build_figures_store
+from tests.helpers import JUDGE, STAGE, as_read, build_figures_store, metric, rerun
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGIC = "logic · judge smollm"

@@ -9,6 +9,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from core import recipes, store
+from tests.helpers import metric, rerun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,17 +19,6 @@ def open_select() -> AppTest:
     at.switch_page("pages/select.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def rerun(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def metric(at: AppTest, label: str) -> int:
-    return int(next(m for m in at.metric if m.label == label).value.replace(",", ""))
 
 
 # Each demo CoT has its RV and CD from one judge's source; correctness from the dataset's labels.

@@ -112,8 +112,7 @@ def test_reader_role_filter_keeps_only_that_role(ta_app):
 
 def test_reader_jumps_to_the_first_wrong_step(tmp_path, app_store):
     from core.step_labels import StepLabelOptions, run_step_labels
-    from tests.helpers import write_jsonl
-    from tests.test_step_labels import PB
+    from tests.helpers import PB, write_jsonl
 
     db = tmp_path / "pb.duckdb"
     items = [dict(PB[2], steps=[f"Step number {i}." for i in range(60)], label=47)]

@@ -23,12 +23,7 @@ from core.figures import Condition, Figure
 from core.metrics import pass_at_k
 from core.queries import OWN_CORRECTNESS, CotFilter
 from core.selection import PerProblem, Selection, Thresholds, decide, default_score_sources, kept_ids
-from helpers import REPO, ingest_generic, whitespace_tokenizer
-
-
-def words(n: int) -> str:
-    return " ".join(["w"] * n)
-
+from helpers import REPO, ingest_generic, student_store, whitespace_tokenizer, words
 
 # The module docstring's example (p1), a problem nobody solves (p2), one everybody solves (p3)
 # and one without any verdict (p4). Tokens are words (whitespace tokenizer).
@@ -275,25 +270,6 @@ def test_a_killed_run_resumes_without_doing_a_chunk_twice(qwen_store, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the student
-
-
-def student_store(tmp_path) -> Path:
-    """A teacher dataset of three problems (two CoTs each) and a student's evaluation of two of
-    them, asked with other wrappers around the same questions (their keys meet)."""
-    db = tmp_path / "student.duckdb"
-    tok = whitespace_tokenizer(tmp_path)
-    teacher = [{"id": f"t{i}", "question": f"Return your final response within \\boxed{{}}. {q}", "response": words(5 + j),
-                "answer": a, "model": "teacher", "correct": True}
-               for i, (q, a) in enumerate((("What is $2+2$?", "4"), ("What is $3 \\cdot 3$?", "9"), ("Name a prime.", "2")))
-               for j in range(2)]
-    ingest_generic(db, teacher, "teacher", tokenizer=tok)
-    student = [{"id": f"s{i}", "question": f"{q}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
-                "response": words(3), "answer": a, "model": "stu", "correct": ok}
-               for i, (q, a, oks) in enumerate((("What is $2 + 2$?", "4", (True, False, True, True)),
-                                                ("What is $3 \\cdot 3$ ?", "9", (False, False, False, False))))
-               for ok in oks]
-    ingest_generic(db, student, "student eval", tokenizer=tok)
-    return db
 
 
 def test_a_students_pass_rates_reach_the_teacher_problems_by_key(tmp_path):

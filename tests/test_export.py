@@ -16,7 +16,7 @@ from core.demo import write_omnithought
 from core.ingest import ingest
 from core.queries import CotFilter
 from core.selection import CapacityMatched, Selection, Thresholds
-from test_selection import BOTH, TINY, build_store, omnithought_rows
+from helpers import BOTH, TINY, build_store, omnithought_rows
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,7 @@ def test_trl_sft_trainer_takes_the_export_as_it_is(tiny_db, thoughtx, tmp_path):
 def test_the_manifest_records_conditions_drops_and_the_sources_they_read(tmp_path):
     from core.figures import Condition, Figure
     from core.queries import OWN_CORRECTNESS
-    from tests.test_figures import JUDGE, STAGE, build_figures_store
+    from helpers import JUDGE, STAGE, build_figures_store
 
     db = build_figures_store(tmp_path / "figures")
     filter_condition = Condition(Figure("contaminated", STAGE, level="problem"), missing=True)

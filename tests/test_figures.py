@@ -6,75 +6,15 @@ checked against plain SQL or plain Python written here."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from core import figures, queries, recipes, store
 from core.figures import Condition, Figure, FigureError
-from core.ingest import ingest
 from core.queries import OWN_CORRECTNESS, CotFilter
-from core.formats import ReadOptions
-from core.verify import verify_stage
-from tests.test_selection import TINY, build_store, records
-
-JUDGE = "judge smollm"
-STAGE = "difficulty"
-
-
-def _generic_rows() -> list[dict]:
-    """A dataset with no correctness labels of its own: math-verify is its only verdict."""
-    return [{"id": f"g{i}", "question": f"What is {i} + {i}?", "response": f"<think>\n{i} plus {i}.\n</think>\n\n"
-             f"The answer is $\\boxed{{{2 * i if i % 3 else 2 * i + 1}}}$", "answer": str(2 * i), "model": "gen-model"}
-            for i in range(6)]
-
-
-def build_figures_store(folder: Path) -> Path:
-    """TINY (OmniThought labels) plus a generic dataset verified by math-verify; a judge's logic
-    on the first 8 TINY CoTs (the 8th unparsed), a stage's pass_rate for every TINY problem (key
-    number / 4) and 'contaminated' = 1 for p1 and p3 only; TINY's third CoT's label flipped.
-
-    Built in a child process: math-verify's worker pool forks, and a fork of a pytest process
-    that has run AppTest's threads crashed (a segmentation fault in the forked worker)."""
-    root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                    "from tests.test_figures import _build_figures_store; _build_figures_store(Path(sys.argv[1]))",
-                    str(folder)], check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=600)
-    return folder / "store.duckdb"
-
-
-def _build_figures_store(folder: Path) -> Path:
-    db = build_store(folder, TINY)
-    src = folder / "generic.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in _generic_rows()))
-    ingest(str(src), fmt="generic", name="generic", db=db,
-           opts=ReadOptions(mapping={"question": "question", "response": "response", "answer": "answer", "id": "id",
-                                     "model": "model"}))
-    verify_stage(db=db)
-    recs = records(db, TINY)
-    with store.connect(db, read_only=False) as con:
-        # a judge's logic on the first 8 tiny CoTs (the 8th unparsed: NULL), as the judge job writes it
-        judge = store.ensure_source(con, JUDGE, "judge", model="SmolLM2")
-        for i, r in enumerate(recs[:8]):
-            con.execute("INSERT INTO scores (cot_id, source_id, metric, value, error) VALUES (?, ?, 'logic', ?, ?)",
-                        [r["cot_id"], judge, None if i == 7 else float(i % 2), "unparsed" if i == 7 else None])
-        # a stage's problem figures: pass rate for every tiny problem, 'contaminated' only where flagged
-        stage = store.ensure_source(con, STAGE, "stage", params=json.dumps({"k": 4}))
-        rows = con.execute("SELECT problem_id, problem_key FROM problems WHERE problem_key LIKE 'p%' ORDER BY 1").fetchall()
-        for problem_id, key in rows:
-            con.execute("INSERT INTO problem_scores (problem_id, source_id, metric, value) VALUES (?, ?, 'pass_rate', ?)",
-                        [problem_id, stage, int(key[1:]) / 4])
-            if key in ("p1", "p3"):
-                con.execute("INSERT INTO problem_scores (problem_id, source_id, metric, value) VALUES (?, ?, 'contaminated', 1)",
-                            [problem_id, stage])
-        # the label disagrees with math-verify on one tiny CoT: the dataset's own verdict must win
-        label = con.execute("SELECT source_id FROM score_sources WHERE name = 'omnithought'").fetchall()[0][0]
-        con.execute("UPDATE scores SET value = 1 - value WHERE cot_id = ? AND source_id = ? AND metric = 'correct'",
-                    [recs[2]["cot_id"], label])
-    return db
+from tests.helpers import JUDGE, STAGE, TINY, build_figures_store, records
+from tests.helpers import figures_generic_rows as _generic_rows
 
 
 @pytest.fixture(scope="module")

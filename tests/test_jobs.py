@@ -18,9 +18,9 @@ import pytest
 from core import jobs, store, worker
 from core.demo import write_omnithought
 from core.ingest import ingest
+from helpers import finished, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-WAIT_S = 240  # generous: the suite shares small machines
 
 
 @pytest.fixture
@@ -43,23 +43,6 @@ def big_file(tmp_path_factory) -> tuple[Path, dict]:
     path = tmp_path_factory.mktemp("jobs-big") / "big.jsonl"
     info = write_omnithought(path, 2000, seed=3, text_scale=0.02)
     return path, info
-
-
-def wait_for(job_id: int, condition, what: str, timeout: float = WAIT_S) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = jobs.get(job_id)
-        if condition(job):
-            return job
-        if job["state"] in ("done", "failed", "cancelled", "interrupted") and not condition(job):
-            raise AssertionError(f"job {job_id} ended {job['state']} while waiting for {what}: {job['error']}\n{job['log_tail']}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} never reached {what}: {job}")
-        time.sleep(0.05)
-
-
-def finished(job_id: int) -> dict:
-    return wait_for(job_id, lambda j: j["state"] in ("done", "failed", "cancelled", "interrupted"), "an end")
 
 
 def datasets(db: Path) -> list[tuple]:

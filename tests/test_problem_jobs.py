@@ -13,8 +13,7 @@ import pytest
 from core import jobs, store
 from core.formats import ReadOptions
 from core.ingest import ingest
-from tests.helpers import REALDATA, require_realdata, write_jsonl
-from tests.test_jobs import finished
+from tests.helpers import REALDATA, finished, require_realdata, write_jsonl
 
 
 @pytest.fixture

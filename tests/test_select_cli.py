@@ -1,5 +1,5 @@
 """`python -m core select` and `python -m core export` on the hand-built store of
-tests/test_selection.py, with a recipe written by hand as JSON: the ids and counts against the
+tests/helpers.py (TINY, build_store), with a recipe written by hand as JSON: the ids and counts against the
 hand-counted ThoughtX subset, the export's manifest against the app's own export of the same
 recipe."""
 
@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 
 from core import cli, export, recipes
-from tests.test_selection import BOTH, TINY, build_store, cot_ids
+from tests.helpers import BOTH, TINY, build_store
+from tests.helpers import cot_ids_by_position as cot_ids
 
 HAND = {"format_version": 3, "name": "thoughtx cli",
         "sources": {"rv": list(BOTH.rv), "cd": list(BOTH.cd), "correct": list(BOTH.correct)},

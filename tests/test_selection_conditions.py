@@ -1,5 +1,5 @@
 """Selections with conditions on any figure (a judge's logic, a stage's problem figures, CoT
-columns), and rules ranking by any figure, on the store of tests/test_figures.py (TINY plus a
+columns), and rules ranking by any figure, on the figures store of tests/helpers.py (TINY plus a
 generic dataset, a judge's logic, a stage's pass rate and contamination flags). Kept CoTs and
 drop reasons are checked against plain Python over values read with plain SQL."""
 
@@ -16,8 +16,7 @@ from core import recipes, selection, store
 from core.figures import Condition, Figure
 from core.queries import OWN_CORRECTNESS, CotFilter
 from core.selection import CapacityMatched, PerProblem, Score, Selection, TargetSize, Thresholds
-from tests.test_figures import JUDGE, STAGE, build_figures_store
-from tests.test_selection_fast import assert_same_report
+from tests.helpers import JUDGE, STAGE, assert_same_report, build_figures_store
 
 LOGIC = Figure("logic", JUDGE)
 PASS_RATE = Figure("pass_rate", STAGE, level="problem")

@@ -11,7 +11,7 @@ from polars.testing import assert_frame_equal
 from core import selection
 from core.queries import CotFilter
 from core.selection import CapacityMatched, ScoreSources, Selection, Thresholds
-from tests.test_selection import BOTH, TINY, build_store
+from tests.helpers import BOTH, TINY, assert_same_report, build_store, records
 
 RULES = [
     Thresholds(),
@@ -22,16 +22,6 @@ RULES = [
     Thresholds(rv_range=(0, 9), cd_range=(0, 9), tokens_range=(1, 10_000)),
     Thresholds(rv_range=(9, 9), cd_range=(0, 0), tokens_range=(5, 5), require_correct=True),  # keeps nothing
 ]
-
-
-def assert_same_report(fast: selection.SelectionReport, slow: selection.SelectionReport) -> None:
-    assert (fast.pool_cots, fast.kept_cots, fast.pool_problems, fast.kept_problems) == \
-        (slow.pool_cots, slow.kept_cots, slow.pool_problems, slow.kept_problems)
-    for name in ("by_model", "by_dataset", "by_cd", "reasons"):
-        assert_frame_equal(getattr(fast, name), getattr(slow, name), check_exact=False), name
-    assert fast.missing == slow.missing
-    for column in ("rv", "cd", "n_tokens"):
-        assert_frame_equal(fast.histograms[column], slow.histograms[column]), column
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +107,6 @@ def test_the_first_listed_source_that_scored_a_cot_gives_its_value(tiny_store, t
     """Scores are pivoted in one pass: with two sources for RV, a CoT takes the first listed
     source's value where it has one, else the next source's; an unscored value is skipped."""
     from core import store
-    from tests.test_selection import records
 
     db = tmp_path / "two-judges.duckdb"
     db.write_bytes(tiny_store.read_bytes())

@@ -16,7 +16,7 @@ from core.ingest import ingest
 from core.records import IngestError
 from core.step_labels import StepLabelOptions, run_step_labels
 from core.step_stage import StepOptions, run_steps
-from tests.helpers import REALDATA, snapshot, write_jsonl
+from tests.helpers import PB, REALDATA, snapshot, write_jsonl
 
 TA = REALDATA / "thought_anchors"
 SOLUTIONS = TA / "thought_anchors_math_base_solutions.jsonl"
@@ -233,18 +233,6 @@ def test_prm800k_bad_rating_names_the_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ ProcessBench
-
-
-def pb_item(i: int, steps: list[str], label: int, correct: bool) -> dict:
-    return {"id": f"gsm8k-{i}", "generator": "Qwen2-7B-Instruct", "problem": f"Problem {i}: what is 2 + {i}?",
-            "steps": steps, "final_answer_correct": correct, "label": label}
-
-
-PB = [
-    pb_item(0, ["Add 2 and 0.", "That is 2.", "The answer is $\\boxed{2}$."], -1, True),
-    pb_item(1, ["Add 2 and 1 to get 4.", "So the answer is $\\boxed{4}$."], 0, False),
-    pb_item(2, ["We add.", "2 + 2 = 4.", "Then double it: 9.", "The answer is $\\boxed{9}$."], 2, False),
-]
 
 
 def test_processbench_first_error_labels(tmp_path):
