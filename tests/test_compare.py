@@ -216,7 +216,9 @@ def test_the_compare_page(app_store, runs_store):
     row = compare.compare(A, B, db=runs_store).gained.row(0, named=True)
     assert at.session_state["reader_problem_id"] == row["problem_id_b"]
     assert at.session_state["reader_cot_id"] == row["cot_id_b"]
-    assert any(f"**Problem {row['problem_id_b']}**" in m.value for m in at.markdown)
+    assert at.session_state["reader_view_cot"] == row["cot_id_b"]  # the Reader shows that CoT alone
+    assert any(m.value.startswith("**CoT ") and f"Internal id {row['cot_id_b']}." in " ".join(c.value for c in at.caption)
+               for m in at.markdown)
 
 
 def test_the_page_says_what_it_needs_without_two_runs(app_store, judge_store):
