@@ -62,6 +62,8 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4, help="CoTs per batch (one generate call each)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default torch's; 1 on a loaded shared machine, where threads spin-wait)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -70,6 +72,10 @@ def main() -> int:
     from core.generation import open_backend
     from core.models import resolve_model
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-step-judge-"))
     workdir.mkdir(parents=True, exist_ok=True)
     load_before = machine_load()
@@ -112,7 +118,7 @@ def main() -> int:
     result = {
         "model": args.model, "device": args.device, "cots": len(ids), "steps": n_steps, "prompts": n_prompts,
         "tasks": list(options.tasks), "unit": args.unit, "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size, "threads": args.threads,
         "plain": {"seconds": plain_s, "cpu_seconds": plain_cpu, "generated_tokens": plain_tokens, "steps_per_s": n_steps / plain_s,
                   "prompts_per_s": n_prompts / plain_s},
         "ours": {"seconds": ours_s, "cpu_seconds": ours_cpu, "generated_tokens": ours_tokens, "steps_per_s": n_steps / ours_s,

@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # a child process that loads torch and a model: a minute alone, several under load
 def test_bench_step_judge_runs_at_tiny_n(tmp_path, tiny_llama):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_step_judge.py"), "--model", str(tiny_llama), "--cots", "3",
@@ -25,3 +29,4 @@ def test_bench_step_judge_runs_at_tiny_n(tmp_path, tiny_llama):
     assert result["prompts"] >= 2 * result["cots"]
     # both paths asked the same model the same prompts at temperature 0: the same tokens
     assert result["plain"]["generated_tokens"] == result["ours"]["generated_tokens"] > 0
+    assert result["plain"]["cpu_seconds"] > 0 and result["ours"]["cpu_seconds"] > 0

@@ -544,7 +544,8 @@ def test_smollm2_judges_the_steps_of_a_small_store(judge_store, smollm2_backend)
             assert [s[5] for s in steps] == step_judge.wrong_from_first_error(int(value), len(steps), len(steps))
         assert {s[4] for s in steps} <= set(ROLES) | {None}
         assert scores[cot_id]["roles_given"][0] == sum(s[4] is not None for s in steps)
-    assert run.roles_given + run.roles_missing == run.steps == 27
+    expected = sum(len(steps_mod.split_spans(step_text(judge_store, c), "sentence")) for c in _cot_ids(judge_store))
+    assert run.roles_given + run.roles_missing == run.steps == expected  # every sentence step of the six CoTs
     again = judge_steps(judge_store, None, backend=smollm2_backend, model=DEFAULT_MODEL, source_name="smollm2 steps",
                         unit="sentence", max_new_tokens=96, batch_size=6)
     assert again.judged == 0 and again.already_done == 6
