@@ -150,30 +150,42 @@ def _writer_commits(log_path: Path) -> list[dict]:
 # --------------------------------------------------------------------------- the sessions
 
 
+# one look at the page per poll, in the page itself (no locator auto-waiting: under load a
+# locator's own 30 s wait, not the app, would decide a step's fate)
+_PROBE = """(selector) => {
+  const app = document.querySelector("[data-testid='stApp']");
+  const main = document.querySelector(selector);
+  const box = main ? main.getBoundingClientRect() : null;
+  const exc = document.querySelector("[data-testid='stException']");
+  return {state: app ? app.getAttribute("data-test-script-state") : null,
+          shown: !!(box && box.width > 0 && box.height > 0),
+          exception: exc ? exc.innerText.slice(0, 300) : null};
+}"""
+
+
 async def _step(context, url: str, selector: str, settle_ms: int, timeout_s: float) -> tuple[float | None, str | None]:
     """(seconds until shown and idle, None) or (None, what went wrong)."""
     page = context.pages[0] if context.pages else await context.new_page()
     started = time.perf_counter()
     try:
         await page.goto(url, wait_until="domcontentloaded", timeout=timeout_s * 1000)
-        app = page.locator("[data-testid='stApp']")
-        main = page.locator(selector).first
         shown_at = None
         deadline = started + timeout_s
         while time.perf_counter() < deadline:
-            if await page.locator("[data-testid='stException']").count():
-                text = (await page.locator("[data-testid='stException']").first.inner_text())[:300]
-                return None, f"exception on the page: {text}"
-            state = await app.get_attribute("data-test-script-state") if await app.count() else None
-            ok = state == "notRunning" and await main.count() > 0 and await main.is_visible()
+            try:
+                probe = await page.evaluate(_PROBE, selector)
+            except Exception:  # the page is between documents: look again
+                probe = {"state": None, "shown": False, "exception": None}
+            if probe["exception"]:
+                return None, f"exception on the page: {probe['exception']}"
             now = time.perf_counter()
-            if ok:
+            if probe["state"] == "notRunning" and probe["shown"]:
                 shown_at = shown_at or now
                 if now - shown_at >= settle_ms / 1000:
                     return shown_at - started, None
             else:
                 shown_at = None
-            await page.wait_for_timeout(25)
+            await asyncio.sleep(0.05)
         return None, f"not shown with the app idle within {timeout_s:.0f} s"
     except Exception as exc:  # a browser-side failure is a measured error, not a crash of the bench
         return None, f"{type(exc).__name__}: {str(exc)[:300]}"
