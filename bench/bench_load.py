@@ -21,7 +21,8 @@ box, a page that never settles, or a browser error is recorded as an error of th
 ``core.store`` the way a stage publishes its figures. Each commit changes the store's write
 stamp, so every cached figure is stale afterwards, and the readers meet the writer's file lock
 (``core.store`` retries). The writer needs a store it may write: with ``--writer`` the bench
-works on a copy in the workdir (a subset with ``--cots``), never on ``--db`` itself.
+works on a copy in the workdir (a subset with ``--cots``), never on ``--db`` itself, unless
+``--writable`` says ``--db`` is already a scratch copy.
 
 The server's RSS, its children included, is sampled every 50 ms (psutil) for its peak and
 its trace. With ``--json`` the last stdout line is one JSON object.
@@ -150,30 +151,42 @@ def _writer_commits(log_path: Path) -> list[dict]:
 # --------------------------------------------------------------------------- the sessions
 
 
+# one look at the page per poll, in the page itself (no locator auto-waiting: under load a
+# locator's own 30 s wait, not the app, would decide a step's fate)
+_PROBE = """(selector) => {
+  const app = document.querySelector("[data-testid='stApp']");
+  const main = document.querySelector(selector);
+  const box = main ? main.getBoundingClientRect() : null;
+  const exc = document.querySelector("[data-testid='stException']");
+  return {state: app ? app.getAttribute("data-test-script-state") : null,
+          shown: !!(box && box.width > 0 && box.height > 0),
+          exception: exc ? exc.innerText.slice(0, 300) : null};
+}"""
+
+
 async def _step(context, url: str, selector: str, settle_ms: int, timeout_s: float) -> tuple[float | None, str | None]:
     """(seconds until shown and idle, None) or (None, what went wrong)."""
     page = context.pages[0] if context.pages else await context.new_page()
     started = time.perf_counter()
     try:
         await page.goto(url, wait_until="domcontentloaded", timeout=timeout_s * 1000)
-        app = page.locator("[data-testid='stApp']")
-        main = page.locator(selector).first
         shown_at = None
         deadline = started + timeout_s
         while time.perf_counter() < deadline:
-            if await page.locator("[data-testid='stException']").count():
-                text = (await page.locator("[data-testid='stException']").first.inner_text())[:300]
-                return None, f"exception on the page: {text}"
-            state = await app.get_attribute("data-test-script-state") if await app.count() else None
-            ok = state == "notRunning" and await main.count() > 0 and await main.is_visible()
+            try:
+                probe = await page.evaluate(_PROBE, selector)
+            except Exception:  # the page is between documents: look again
+                probe = {"state": None, "shown": False, "exception": None}
+            if probe["exception"]:
+                return None, f"exception on the page: {probe['exception']}"
             now = time.perf_counter()
-            if ok:
+            if probe["state"] == "notRunning" and probe["shown"]:
                 shown_at = shown_at or now
                 if now - shown_at >= settle_ms / 1000:
                     return shown_at - started, None
             else:
                 shown_at = None
-            await page.wait_for_timeout(25)
+            await asyncio.sleep(0.05)
         return None, f"not shown with the app idle within {timeout_s:.0f} s"
     except Exception as exc:  # a browser-side failure is a measured error, not a crash of the bench
         return None, f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -213,13 +226,13 @@ async def _drive(base: str, plan: list[list[dict]], settle_ms: int, timeout_s: f
 
 
 def run(db: str | None, n_cots: int | None, sessions: int, steps: int, writer: bool, workdir: Path, *,
-        frame_cache_mb: float | None, settle_ms: int, timeout_s: float, write_every: float, write_batch: int) -> dict:
+        writable: bool = False, frame_cache_mb: float | None, settle_ms: int, timeout_s: float, write_every: float, write_batch: int) -> dict:
     if not CHROMIUM.exists():
         raise ChildFailed(f"the load test needs Debian's chromium at {CHROMIUM}")
     load_before = machine_load()
     info = bench_store(workdir, source=db, n_cots=n_cots)
     path = info["path"]
-    if writer and info.get("reused"):  # never write the caller's store
+    if writer and info.get("reused") and not writable:  # never write the caller's store
         copy = workdir / "load-copy.duckdb"
         log(f"copying {path} to {copy} (the writer writes the copy)")
         shutil.copy(path, copy)
@@ -334,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=8, help="browser sessions at once (default 8)")
     parser.add_argument("--steps", type=int, default=6, help="new filters per session (default 6: each page twice)")
     parser.add_argument("--writer", action="store_true", help="a writer commits scores to the store meanwhile")
+    parser.add_argument("--writable", action="store_true",
+                        help="--db is a scratch copy the writer may write in place (no copy is made)")
     parser.add_argument("--write-every", type=float, default=5.0, help="seconds between the writer's commits")
     parser.add_argument("--write-batch", type=int, default=5000, help="CoTs scored per commit")
     parser.add_argument("--frame-cache-mb", type=float, help="the server's THOUGHTSCOPE_FRAME_CACHE_MB (default: its own)")
@@ -347,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        result = run(args.db, args.cots, args.sessions, args.steps, args.writer, workdir,
+        result = run(args.db, args.cots, args.sessions, args.steps, args.writer, workdir, writable=args.writable,
                      frame_cache_mb=args.frame_cache_mb, settle_ms=args.settle_ms, timeout_s=args.step_timeout,
                      write_every=args.write_every, write_batch=args.write_batch)
     except ChildFailed as exc:

@@ -173,3 +173,20 @@ def test_select_pools_are_sized_and_kept_within_the_budget(demo_store, app_store
     held = [key for key in cache.keys() if key[0] == "pool"]
     assert len(held) == 1 and json.loads(held[0][1])["base"]["tokens_range"] == fs[2].to_params()["tokens_range"], held
     assert cache.get(held[0]).n_cots == pools[2].n_cots
+
+
+def test_a_store_write_frees_that_stores_older_entries(demo_store, app_store):
+    """After a write (a new stamp), the next entry computed for that store drops the entries of
+    its older stamps; another store's entries stay, and the bytes held follow."""
+    from ui import frames
+
+    app_store(demo_store)
+    fs = _filters(demo_store)
+    db = str(demo_store)
+    old, new = (1.0, 0.0), (2.0, 0.0)  # two write stamps of the store (common.store_stamp's shape)
+    first = frames.cached("frame", repr(fs[0]), db, old, lambda: queries.metric_frame(fs[0], db=demo_store))
+    other = frames.cached("frame", repr(fs[0]), "/elsewhere.duckdb", old, lambda: first)
+    second = frames.cached("frame", repr(fs[1]), db, new, lambda: queries.metric_frame(fs[1], db=demo_store))
+    cache = frames.frame_cache()
+    assert cache.keys() == [("frame", repr(fs[0]), "/elsewhere.duckdb", old), ("frame", repr(fs[1]), db, new)]
+    assert cache.bytes_held == other.estimated_size() + second.estimated_size()
