@@ -40,7 +40,13 @@ def _source_id(name: str, db=None) -> int:
 
 def step_sources(*, db=None) -> pl.DataFrame:
     """Every step source: name, kind, CoTs, steps, whether it gives roles and verdicts, its
-    per-step metrics and the source its per-CoT figures are under."""
+    per-step metrics and the source its per-CoT figures are under. A store made before steps
+    existed (read-only connections create no table) has none."""
+    present = {r[0] for r in store.read_rows("SELECT table_name FROM duckdb_tables()", db=db)}
+    if not {"steps", "step_scores"} <= present:
+        return pl.DataFrame(schema={"source": pl.String, "kind": pl.String, "cots": pl.Int64, "steps": pl.Int64,
+                                    "has_roles": pl.Boolean, "has_verdicts": pl.Boolean, "has_actions": pl.Boolean,
+                                    "step_metrics": pl.List(pl.String), "figures_source": pl.String})
     frame = store.read_df(
         "SELECT ss.name AS source, ss.kind, count(DISTINCT s.cot_id) AS cots, count(*) AS steps, "
         "count(s.role) > 0 AS has_roles, count(s.wrong) > 0 AS has_verdicts, "

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -417,6 +418,8 @@ def connect(
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 1.6, 0.25)
         try:
+            if read_only:
+                _stand_in_for_missing_tables(con, target)
             if read_only and _with_labels.get():
                 from core import label_store
 
@@ -424,6 +427,36 @@ def connect(
             yield con
         finally:
             con.close()
+
+
+def _table_ddl() -> dict[str, str]:
+    """Each table's CREATE statement in SCHEMA, by table name."""
+    statements = [x for x in re.split(r";[ \t]*(?:--[^\n]*)?\n", SCHEMA) if "CREATE TABLE" in x]
+    return {re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", x).group(1): x for x in statements}
+
+
+_missing_tables: dict[tuple, tuple[str, ...]] = {}
+
+
+def _stand_in_for_missing_tables(con, target: Path) -> None:
+    """A store made before a table existed lacks it until its next write (init_store runs
+    with every ingest and stage), and a read-only connection cannot create it: an empty
+    temporary table of the same shape stands in, so every reader works on an old store and
+    sees no rows there. Which tables are missing is remembered per file version."""
+    wal = target.with_name(target.name + ".wal")
+    stat, wal_stat = target.stat(), (wal.stat() if wal.exists() else None)
+    key = (str(target), stat.st_mtime_ns, stat.st_size,
+           *((wal_stat.st_mtime_ns, wal_stat.st_size) if wal_stat else (0, 0)))
+    missing = _missing_tables.get(key)
+    if missing is None:
+        present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+        missing = tuple(name for name in _table_ddl() if name not in present)
+        if len(_missing_tables) > 64:
+            _missing_tables.clear()
+        _missing_tables[key] = missing
+    ddl = _table_ddl() if missing else {}
+    for name in missing:
+        con.execute(ddl[name].replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS", 1))
 
 
 def init_store(path: str | os.PathLike | None = None) -> Path:
