@@ -50,7 +50,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `core` and `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ChildFailed, format_table, log, machine_load, python_child, run_child  # noqa: E402
+from bench.common import ChildFailed, log, machine_load, python_child, run_child  # noqa: E402
 
 SCRIPT = str(Path(__file__).resolve())
 MIB = 1024 * 1024
@@ -128,7 +128,7 @@ def _read_pool_table(db: str, base) -> tuple:
 
 
 def _child_ours(args: dict) -> dict:
-    from core import selection, store
+    from core import selection
 
     db = args["db"]
     base = _selection(db)
@@ -199,7 +199,7 @@ def _bare_queries(move: dict, width: float) -> list[tuple[str, list]]:
 def _child_duckdb(args: dict) -> dict:
     import duckdb
 
-    from core import selection, store
+    from core import selection
 
     db = args["db"]
     base = _selection(db)
