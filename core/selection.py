@@ -1220,11 +1220,11 @@ def _add_per_cluster(chain: _Chain, rule: PerCluster, sel: Selection, con) -> No
     chain.add("pool_c", f"SELECT *, coalesce(CAST({column} AS VARCHAR), 'problem ' || problem_id) AS clu FROM pool")
     if rule.unit == "problems":
         chain.add("units", f"SELECT clu, problem_id, count(*) AS n_cots, {best} AS best, "
-                           f"{_uniform_sql(sel.seed).replace('cot_id', 'problem_id')} AS u FROM pool_c GROUP BY clu, problem_id")
+                           f"{_uniform_sql(sel.seed, column='problem_id')} AS u FROM pool_c GROUP BY clu, problem_id")
         order, key = _cluster_order(rule, sel.seed), "problem_id"
     else:
         chain.add("units", f"SELECT clu, cot_id, problem_id, count(*) OVER (PARTITION BY problem_id) AS n_cots, "
-                           f"score AS best, {_uniform_sql(sel.seed)} AS u FROM pool_c")
+                           f"score AS best, {_uniform_sql(sel.seed, column='cot_id')} AS u FROM pool_c")
         order, key = _cluster_order(rule, sel.seed).replace("problem_id", "problem_id, cot_id"), "cot_id"
     chain.add("ranked_units", f"SELECT {key}, clu, row_number() OVER (PARTITION BY clu ORDER BY {order}) AS rank FROM units")
     if rule.spread == "cap":
