@@ -61,16 +61,27 @@ def _child_ours(args: dict) -> dict:
             "batches": result.batches, "path": str(result.path)}
 
 
-def bare_sql(f, fmt: str) -> tuple[str, list]:
+def bare_sql(f, fmt: str, db=None) -> tuple[str, list]:
     """The SELECT bare DuckDB copies: the same rows, fields and order as ours."""
     from core import queries
 
     sql, params = queries.matching_sql(f, text_columns=True)
     if fmt == "trl":
+        from core import ids
+
         response = ("CASE WHEN thinking IS NULL THEN coalesce(solution, '') ELSE "
                     "'<think>\n' || thinking || '\n</think>\n\n' || coalesce(solution, '') END")
-        select = (f"SELECT [{{'role': 'user', 'content': question}}, {{'role': 'assistant', 'content': {response}}}] "
-                  f"AS messages FROM ({sql}) ORDER BY cot_id")
+        # each row's metadata as ours writes it: the readable id is short name:problem key:n (core.ids)
+        short = ids.dataset_short_names(db=db)
+        names = ", ".join(f"({i}, '{n.replace(chr(39), chr(39) * 2)}')" for i, n in short.items()) or "(NULL, NULL)"
+        readable = "coalesce(sn.short, 'd' || m.dataset_id::VARCHAR) || ':' || p.problem_key || ':' || o.n::VARCHAR"
+        select = (f"SELECT [{{'role': 'user', 'content': m.question}}, {{'role': 'assistant', 'content': {response}}}] "
+                  f"AS messages, {{'cot_id': m.cot_id, 'readable_id': {readable}, 'problem_key': p.problem_key, "
+                  f"'dataset': m.dataset, 'model': m.model}} AS metadata FROM ({sql}) m "
+                  "JOIN problems p ON p.problem_id = m.problem_id "
+                  "JOIN (SELECT cot_id, row_number() OVER (PARTITION BY problem_id ORDER BY cot_id) - 1 AS n FROM cots) o "
+                  f"ON o.cot_id = m.cot_id LEFT JOIN (VALUES {names}) sn(dataset_id, short) ON sn.dataset_id = m.dataset_id "
+                  "ORDER BY m.cot_id")
     else:
         select = (f"SELECT cot_id, problem_id, dataset, model, benchmark, sample_idx, question, reference_answer, "
                   f"thinking, solution, full_text, answer, n_tokens, truncated, rv, cd, correct, "
@@ -82,7 +93,7 @@ def _child_bare(args: dict) -> dict:
     import duckdb
 
     f = _filter(args["db"])
-    select, params = bare_sql(f, args["fmt"])
+    select, params = bare_sql(f, args["fmt"], db=args["db"])
     target = Path(args["out"]) / f"bare-{args['fmt']}{'.parquet' if args['fmt'] == 'parquet' else '.jsonl'}"
     options = "FORMAT parquet, COMPRESSION zstd" if args["fmt"] == "parquet" else "FORMAT json"
     wall, cpu = time.perf_counter(), time.process_time()

@@ -48,7 +48,7 @@ def test_skipped_flags_are_left_to_the_command():
     (["--tokens", "ten"], "--tokens takes LO,HI"),
     (["--condition", "{not json"], "--condition is not valid JSON"),
     (["--condition", json.dumps({"metric": "x", "level": "nope", "source": "s"})], "level is 'cot' or 'problem'"),
-    (["--filter", "{\"surprise\": 1}"], "does not know"),
+    (["--filter", "{\"surprise\": 1}"], "has no field .surprise."),
     (["--filter", "nothing=here"], "has no filter field"),
 ])
 def test_mistakes_are_sentences(argv, says):
