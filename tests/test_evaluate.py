@@ -198,7 +198,7 @@ if __name__ == "__main__":  # vLLM's engine spawns processes
     opts = EvalOptions(benchmark="gsm8k_test", problems=len(problems), k=1, max_new_tokens={max_new_tokens}, backend="vllm")
     # float32 like transformers on a CPU: vLLM would otherwise run bfloat16, and greedy answers
     # part at the first near-tie (2 of these 4 did)
-    answers = generate_answers(opts, problems, 0.0, backend_options={{"dtype": "float32"}})
+    answers = generate_answers(opts, problems, 0.0, backend_options={{"dtype": "float32", "enforce_eager": True}})
     print("RESULT " + json.dumps([[(g.text, g.finish_reason) for g in samples] for samples in answers]))
 """
 

@@ -557,7 +557,7 @@ sys.path.insert(0, {root!r})
 from core import generation, step_judge
 
 if __name__ == "__main__":  # vLLM's engine spawns processes
-    engine = generation.open_backend("vllm", {model!r}, dtype="float32")  # float32 like transformers on a CPU
+    engine = generation.open_backend("vllm", {model!r}, dtype="float32", enforce_eager=True)  # float32 like transformers on a CPU
     run = step_judge.judge_steps({db!r}, {ids!r}, backend=engine, model={model!r}, source_name="vllm steps",
                                  unit="sentence", max_new_tokens={max_new_tokens}, batch_size=6)
     guided = step_judge.judge_steps({db!r}, {ids!r}, backend=engine, model={model!r}, source_name="vllm guided",
