@@ -28,8 +28,8 @@ from core.verify import SOURCE as VERIFY_SOURCE
 from helpers import GSM8K
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBLEMS = 20
-MAX_NEW_TOKENS = 96
+PROBLEMS = 10
+MAX_NEW_TOKENS = 64
 
 
 @pytest.fixture

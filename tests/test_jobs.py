@@ -316,7 +316,7 @@ def test_a_smollm2_score_job_cancelled_mid_batch_stops_there_and_keeps_committed
     (templates / "essay.yaml").write_text(LONG_ANSWER_TEMPLATE)
     # long enough that the second batch is still generating when the cancel lands, on a fast
     # idle machine too (at 128 a CI runner finished the batch between the poll and the cancel)
-    max_new = 384
+    max_new = 192
     job_id = jobs.submit("score", {"cot_ids": cot_ids(judge_store)[:3], "metrics": ["essay"], "template_dir": str(templates),
                                    "batch_size": 1, "max_new_tokens": max_new})
     source = f"judge:{DEFAULT_MODEL}:job{job_id}"
@@ -329,7 +329,7 @@ def test_a_smollm2_score_job_cancelled_mid_batch_stops_there_and_keeps_committed
             shown.append((job["done"], committed))
             assert committed >= job["done"], (job, committed)
         generated = re.match(r"batch 2 of 3: ([\d,]+) tokens generated", job["activity"] or "")
-        return (job["done"] or 0) >= 1 and bool(generated) and int(generated.group(1).replace(",", "")) < max_new // 3
+        return (job["done"] or 0) >= 1 and bool(generated) and int(generated.group(1).replace(",", "")) < max_new // 2
 
     job = wait_for(job_id, second_batch_generating, "its second batch generating", timeout=600)
     assert "tokens generated" in job["activity"] and " left" in jobs.progress_text(job)

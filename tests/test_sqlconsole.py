@@ -257,7 +257,7 @@ def test_slow_console_query_does_not_hold_up_another_sessions_read(demo_store):
     limit, the other reads a page's numbers meanwhile. The read answers while the console
     query is still running (before, it waited behind the process-wide lock)."""
     n_cots = store.read_rows("SELECT count(*) FROM cots", db=demo_store)[0][0]
-    console, console_done = _in_thread(lambda: sqlconsole.run_query(SLOW, db=demo_store, timeout_s=20))
+    console, console_done = _in_thread(lambda: sqlconsole.run_query(SLOW, db=demo_store, timeout_s=10))
     deadline = time.monotonic() + 30
     while not _console_running():
         assert time.monotonic() < deadline and console.is_alive(), console_done

@@ -175,7 +175,7 @@ def beacon_server(beacon_store, tmp_path_factory):
     db, _ = beacon_store
     # a console time limit short enough for the two-session test to wait out
     server = start_server(db, tmp_path_factory.mktemp("beacon-data"), tmp_path_factory.mktemp("logs") / "server.log",
-                          extra_env={"THOUGHTSCOPE_CONSOLE_TIMEOUT_S": "20"})
+                          extra_env={"THOUGHTSCOPE_CONSOLE_TIMEOUT_S": "10"})
     yield server
     stop_server(server)
 
