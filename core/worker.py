@@ -281,18 +281,7 @@ def score_job(target, options, ray, ctx) -> dict:
     """
     from core import judge, judge_ray
 
-    if ctx.job_id is not None:
-        ids_file = _job_file(ctx, "cots.json")
-        if ids_file.exists():
-            ids = json.loads(ids_file.read_text())
-        else:
-            ids = target.resolve(ctx.db)
-            ids_file.write_text(json.dumps(ids))
-        if not options.source_name:
-            short = Path(options.model).name if Path(options.model).exists() else options.model
-            options = replace(options, source_name=f"judge:{short}:job{ctx.job_id}")
-    else:
-        ids = target.resolve(ctx.db)
+    ids, options = _fixed_cots(target, options, ctx, "judge")
     address = ray.resolved_address()
     ctx.log(f"judging {len(ids):,} CoTs on {', '.join(options.metrics)} with {options.model} ({options.backend})"
             + (f" on Ray at {address}" if address else "") + (f" as source '{options.source_name}'" if options.source_name else ""))
@@ -310,6 +299,24 @@ def score_job(target, options, ray, ctx) -> dict:
     return outcome
 
 
+def _fixed_cots(target, options, ctx, prefix: str):
+    """The CoT ids a judging job works on, fixed on its first run (a resumed job judges exactly
+    the CoTs the killed one had not committed), and its options with the source name defaulting
+    to the job's own (``<prefix>:<model>:job<id>``). Outside a job: the target's ids as they are."""
+    if ctx.job_id is None:
+        return target.resolve(ctx.db), options
+    ids_file = _job_file(ctx, "cots.json")
+    if ids_file.exists():
+        ids = json.loads(ids_file.read_text())
+    else:
+        ids = target.resolve(ctx.db)
+        ids_file.write_text(json.dumps(ids))
+    if not options.source_name:
+        short = Path(options.model).name if Path(options.model).exists() else options.model
+        options = replace(options, source_name=f"{prefix}:{short}:job{ctx.job_id}")
+    return ids, options
+
+
 def judge_steps_job(target, options, ray, ctx) -> dict:
     """Judge CoTs step by step (core.step_judge.judge_steps, or core.step_judge_ray's twin when
     a Ray address is given) as a step source. As with ``score_job``, a job fixes its CoT ids on
@@ -317,18 +324,7 @@ def judge_steps_job(target, options, ray, ctx) -> dict:
     so a resumed job judges exactly the CoTs the killed one had not committed."""
     from core import step_judge, step_judge_ray
 
-    if ctx.job_id is not None:
-        ids_file = _job_file(ctx, "cots.json")
-        if ids_file.exists():
-            ids = json.loads(ids_file.read_text())
-        else:
-            ids = target.resolve(ctx.db)
-            ids_file.write_text(json.dumps(ids))
-        if not options.source_name:
-            short = Path(options.model).name if Path(options.model).exists() else options.model
-            options = replace(options, source_name=f"step judge:{short}:job{ctx.job_id}")
-    else:
-        ids = target.resolve(ctx.db)
+    ids, options = _fixed_cots(target, options, ctx, "step judge")
     address = ray.resolved_address()
     steps = f"the steps of '{options.from_source}'" if options.from_source else f"{options.unit} steps"
     ctx.log(f"judging {len(ids):,} CoTs ({steps}) on {', '.join(options.tasks)} with {options.model} ({options.backend})"
