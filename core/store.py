@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import random
 import re
@@ -429,8 +430,9 @@ def connect(
             con.close()
 
 
+@functools.lru_cache(maxsize=1)
 def _table_ddl() -> dict[str, str]:
-    """Each table's CREATE statement in SCHEMA, by table name."""
+    """Each table's CREATE statement in SCHEMA, by table name (parsed once)."""
     statements = [x for x in re.split(r";[ \t]*(?:--[^\n]*)?\n", SCHEMA) if "CREATE TABLE" in x]
     return {re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", x).group(1): x for x in statements}
 
