@@ -23,7 +23,7 @@ from typing import TypeVar
 import polars as pl
 import streamlit as st
 
-from core import charts, memcache, queries
+from core import charts, frame_filter, memcache, queries
 from core.queries import CotFilter
 from ui import common
 
@@ -67,9 +67,16 @@ def cached(kind: str, ident: str, db: str, stamp: tuple[float, float], compute: 
 
 
 def _load(filter_key: str, db: str, stamp: tuple[float, float], f: CotFilter) -> pl.DataFrame:
-    return cached("frame", filter_key, db, stamp,
-                  lambda: prepared(queries.metric_frame(f), common.catalogue(stamp)["generated"]),
-                  spinner="Reading the matching CoTs…")
+    """The filter's frame, cut from the base of its score sources (core/frame_filter.py): the
+    base is read from the store once per write and shared by every session and filter; a new
+    filter then costs a mask over it, not a read of the store."""
+    base_f = frame_filter.base_filter(f)
+    base = cached("base", repr(base_f), db, stamp,
+                  lambda: prepared(frame_filter.base_frame(base_f), common.catalogue(stamp)["generated"]),
+                  spinner="Reading every CoT's numbers…")
+    if f == base_f:
+        return base.select(frame_filter.FRAME_COLUMNS)
+    return cached("frame", filter_key, db, stamp, lambda: frame_filter.cut(base, f))
 
 
 def cache_key(f: CotFilter) -> tuple[str, str, tuple[float, float]]:

@@ -1,0 +1,97 @@
+"""A new sidebar filter answered from memory: every ready CoT's numbers are read once per store
+write and choice of score sources (the *base*), and each filter is then cut from it.
+
+Why: at 2M CoTs a filter's own DuckDB read costs ~480 ms (the join of every chosen score
+source's scores, the problems for the benchmark, the datasets), and a lab's sessions each on
+their own filter paid it again and again, each keeping its own copy of the numbers. Reading
+the base once and cutting a filter from it with a polars mask costs a fraction of that
+(``bench/bench_filter_cost.py``), and the sessions share one base in memory.
+
+One definition of what a filter means stays in SQL (``queries.matching_sql``): the base is
+that query for the filter's score sources alone, and the constraints a mask cannot express
+(a text search through the index, picked problems, a set from the map, conditions on any
+figure) are asked of DuckDB as matching ids. Only the plain constraints (datasets, models,
+benchmarks, the RV / CD / correctness / token / reflection ranges, truncation) are masks here;
+``tests/test_frame_filter.py`` checks that every kind of filter gives exactly the rows and
+values of ``queries.metric_frame``.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from core import queries, store
+from core.queries import CotFilter
+
+# what queries.metric_frame returns, in its order
+FRAME_COLUMNS = ("cot_id", "problem_id", "dataset", "model", "benchmark", "n_tokens", "tokenizer", "n_reflections",
+                 "truncated", "rv", "cd", "correct")
+# kept in the base only to cut filters from it
+CUT_COLUMNS = ("dataset_id", "correct_value")
+
+
+def base_filter(f: CotFilter) -> CotFilter:
+    """The filter with ``f``'s score sources and no constraint: whose rows every filter with
+    those sources is cut from."""
+    return CotFilter(rv_source=f.rv_source, cd_source=f.cd_source, correct_source=f.correct_source)
+
+
+def _residual(f: CotFilter) -> CotFilter:
+    """The constraints of ``f`` that only the store can answer (index search, picked problems,
+    a saved problem set, conditions on any figure), without score sources."""
+    return CotFilter(text=f.text, problem_ids=f.problem_ids, conditions=f.conditions, problem_set=f.problem_set)
+
+
+def base_frame(f: CotFilter, *, db=None) -> pl.DataFrame:
+    """Every ready CoT's numbers with ``f``'s RV, CD and correctness sources: the columns of
+    ``queries.metric_frame`` plus those a cut needs (``CUT_COLUMNS``)."""
+    sql, params = queries.matching_sql(base_filter(f), db=db)
+    return store.read_df(f"SELECT {', '.join(FRAME_COLUMNS + CUT_COLUMNS)} FROM ({sql})", params, db=db)
+
+
+def _dataset_ids(names: tuple[str, ...], db) -> list[int]:
+    """Every dataset id under these names (a name is not unique in the schema: SQL's
+    ``d.name IN (...)`` matches all of them, so the mask does too)."""
+    return [r[0] for r in store.read_rows(
+        "SELECT dataset_id FROM datasets WHERE name IN (SELECT unnest(?::VARCHAR[]))", [list(names)], db=db)]
+
+
+def _mask(f: CotFilter, db) -> pl.Expr | None:
+    """The plain constraints of ``f`` as one polars predicate, with SQL's meaning (a NULL never
+    matches a range or a list); None when there is none."""
+    parts: list[pl.Expr] = []
+    if f.datasets:
+        parts.append(pl.col("dataset_id").is_in(_dataset_ids(f.datasets, db)))
+    for column, values in (("model", f.models), ("benchmark", f.benchmarks)):
+        if values:
+            parts.append(pl.col(column).is_in(list(values)))
+    for column, bounds in (("n_tokens", f.tokens_range), ("n_reflections", f.reflections_range),
+                           ("rv", f.rv_range if f.rv_source else None), ("cd", f.cd_range if f.cd_source else None)):
+        if bounds:
+            parts.append(pl.col(column).is_between(bounds[0], bounds[1], closed="both"))
+    if f.truncated is not None:
+        parts.append(pl.col("truncated") == f.truncated)
+    if f.correct_source and f.correct != "any":
+        value = pl.col("correct_value")
+        parts.append({"correct": value == 1, "incorrect": value == 0, "unknown": value.is_null()}[f.correct])
+    if not parts:
+        return None
+    mask = parts[0]
+    for part in parts[1:]:
+        mask = mask & part
+    return mask.fill_null(False)
+
+
+def cut(base: pl.DataFrame, f: CotFilter, *, db=None) -> pl.DataFrame:
+    """The rows of ``base`` (``base_frame`` of ``f``'s sources) that ``f`` matches, with the
+    columns of ``queries.metric_frame``: the same rows and values it returns, in base order."""
+    frame = base
+    mask = _mask(f, db)
+    if mask is not None:
+        frame = frame.filter(mask)
+    residual = _residual(f)
+    if residual != CotFilter():
+        sql, params = queries.matching_sql(residual, db=db)
+        ids = store.read_df(f"SELECT cot_id FROM ({sql})", params, db=db)
+        frame = frame.join(ids, on="cot_id", how="semi", maintain_order="left")
+    return frame.select(FRAME_COLUMNS)

@@ -1,0 +1,96 @@
+"""A filter cut from the in-memory base (core/frame_filter.py) gives exactly the rows and values
+of the filter's own SQL (queries.metric_frame), for every kind of constraint the sidebar and the
+URL can set, alone and combined: the masks must mean what matching_sql means."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import polars as pl
+import pytest
+
+from core import frame_filter, problem_sets, queries, store
+from core.figures import Condition, Figure
+from core.queries import CotFilter
+
+
+def _same(db, f: CotFilter, base: pl.DataFrame) -> int:
+    expected = queries.metric_frame(f, db=db).sort("cot_id")
+    got = frame_filter.cut(base, f, db=db).sort("cot_id")
+    assert got.columns == expected.columns, f
+    assert got.equals(expected), (f, got.height, expected.height)
+    return got.height
+
+
+@pytest.fixture
+def scored_store(demo_store):
+    """The demo store with the edges a mask could get wrong: CoTs without RV, without any
+    verdict, with a model of NULL, with a second dataset of the same name's neighbour."""
+    with store.connect(demo_store, read_only=False) as con:
+        con.execute("UPDATE scores SET value = NULL WHERE metric = 'rv' AND cot_id % 7 = 0")
+        con.execute("DELETE FROM scores WHERE metric = 'correct' AND cot_id % 11 = 0")
+        con.execute("UPDATE cots SET model = NULL WHERE cot_id % 13 = 0")
+    return demo_store
+
+
+def test_every_plain_constraint_matches_sql(scored_store):
+    db = scored_store
+    rv, cd = queries.sources("rv", db=db)[0], queries.sources("cd", db=db)[0]
+    sources = dict(rv_source=rv, cd_source=cd, correct_source=queries.OWN_CORRECTNESS)
+    models = [m for m in queries.distinct_values("model", db=db) if m]
+    with store.connect(db, read_only=False) as con:  # two benchmarks, one of them NULL
+        con.execute("UPDATE problems SET benchmark = CASE WHEN problem_id % 3 = 0 THEN NULL "
+                    "WHEN problem_id % 3 = 1 THEN 'math' ELSE 'code' END")
+    benchmarks = ["math", "code"]
+    datasets = queries.datasets(db=db)["name"].to_list()
+    base = frame_filter.base_frame(CotFilter(**sources), db=db)
+    assert base.height == queries.metric_frame(CotFilter(**sources), db=db).height
+    constraints = [
+        dict(datasets=(datasets[0],)), dict(datasets=("no such dataset",)),
+        dict(models=(models[0],)), dict(models=tuple(models[:2])),
+        dict(benchmarks=(benchmarks[0],)),
+        dict(rv_range=(2.0, 5.0)), dict(cd_range=(0.0, 3.0)),
+        dict(correct="correct"), dict(correct="incorrect"), dict(correct="unknown"),
+        dict(tokens_range=(50, 400)), dict(reflections_range=(1, 3)),
+        dict(truncated=True), dict(truncated=False),
+    ]
+    sizes = []
+    for c in constraints:  # each alone
+        sizes.append(_same(db, CotFilter(**sources, **c), base))
+    assert any(0 < s < base.height for s in sizes)  # the constraints cut something and keep something
+    rng = random.Random(5)
+    for a, b in rng.sample(list(itertools.combinations(constraints, 2)), 25):  # pairs
+        _same(db, CotFilter(**sources, **a, **b), base)
+
+
+def test_ranges_without_their_source_cut_nothing(scored_store):
+    """A range on RV with no RV source chosen is ignored by SQL: the mask must ignore it too."""
+    db = scored_store
+    f = CotFilter(correct_source=queries.OWN_CORRECTNESS, rv_range=(8.0, 9.0), cd_range=(8.0, 9.0))
+    base = frame_filter.base_frame(f, db=db)
+    assert _same(db, f, base) == base.height
+
+
+def test_store_only_constraints_go_through_sql(scored_store):
+    """Search words, picked problems, a map's problem set and conditions on any figure are
+    answered by the store and combined with the masks."""
+    db = scored_store
+    rv = queries.sources("rv", db=db)[0]
+    sources = dict(rv_source=rv, correct_source=queries.OWN_CORRECTNESS)
+    base = frame_filter.base_frame(CotFilter(**sources), db=db)
+    problems = sorted(base["problem_id"].unique().to_list())
+    key = problem_sets.save(problems[: len(problems) // 3], origin="test", db=db)
+    median_chars = store.read_rows("SELECT median(n_chars) FROM cots", db=db)[0][0]
+    word = store.read_rows("SELECT split_part(question, ' ', 1) FROM problems LIMIT 1", db=db)[0][0]
+    for extra in (
+        dict(problem_ids=tuple(problems[:5])),
+        dict(problem_set=key),
+        dict(conditions=(Condition(Figure("n_chars"), hi=median_chars),)),
+        dict(conditions=(Condition(Figure("rv", rv), lo=4),)),
+        dict(text=word),
+        dict(text=word, rv_range=(3.0, 9.0), correct="correct"),
+        dict(problem_set=key, models=(base["model"].drop_nulls()[0],), tokens_range=(0, 300)),
+    ):
+        n = _same(db, CotFilter(**sources, **extra), base)
+        assert n < base.height, extra
