@@ -284,19 +284,32 @@ def budget_curves(comparison: Comparison) -> tuple[pl.DataFrame, pl.DataFrame]:
     return acc, pl.DataFrame(cap_rows, schema=schema)
 
 
+def cap_rows(*, db=None) -> pl.DataFrame:
+    """Every CoT that recorded the budget it was generated under (evaluation runs): cot_id,
+    max_new_tokens, hit (its answer stopped there: finish reason 'length'). Few rows: read once
+    per store write by the app and joined to any filter's frame by :func:`caps_of`."""
+    return store.read_df(
+        "SELECT cot_id, TRY_CAST(json_extract(extra, '$.max_new_tokens') AS BIGINT) AS max_new_tokens, "
+        "coalesce(finish_reason = 'length', false) AS hit FROM cots WHERE json_extract(extra, '$.max_new_tokens') IS NOT NULL",
+        db=db)
+
+
+def caps_of(frame: pl.DataFrame, caps: pl.DataFrame) -> pl.DataFrame:
+    """:func:`budget_caps` over a metric frame (``queries.metric_frame`` columns) and
+    :func:`cap_rows`."""
+    keys = ["dataset", "model", "benchmark"]
+    out = frame.select(*keys, "cot_id").join(caps, on="cot_id", how="inner").group_by(keys).agg(
+        max_new_tokens=pl.col("max_new_tokens").max(), hit=pl.col("hit").sum().cast(pl.Int64), n=pl.len().cast(pl.Int64))
+    return out.with_columns(pl.col(k).cast(pl.String) for k in keys).sort(keys, nulls_last=True)
+
+
 def budget_caps(f: CotFilter, *, db=None) -> pl.DataFrame:
     """Per dataset, model and benchmark of the filter's CoTs that recorded the budget they were
     generated under (evaluation runs): ``max_new_tokens``, ``hit`` (answers that stopped there,
     finish reason 'length') and ``n`` (their CoTs). For ``charts.budget_figure(caps=...)``."""
-    sql, params = matching_sql(f, db=db)
-    return store.read_df(
-        f"SELECT m.dataset, m.model, m.benchmark, "
-        f"  max(TRY_CAST(json_extract(c.extra, '$.max_new_tokens') AS BIGINT)) AS max_new_tokens, "
-        f"  count(*) FILTER (WHERE c.finish_reason = 'length') AS hit, count(*) AS n "
-        f"FROM ({sql}) m JOIN cots c ON c.cot_id = m.cot_id "
-        f"WHERE json_extract(c.extra, '$.max_new_tokens') IS NOT NULL "
-        f"GROUP BY m.dataset, m.model, m.benchmark ORDER BY m.dataset, m.model, m.benchmark", params, db=db,
-    )
+    from core import queries
+
+    return caps_of(queries.metric_frame(f, db=db), cap_rows(db=db))
 
 
 # ---------------------------------------------------------------------------- figures

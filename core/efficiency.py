@@ -677,34 +677,41 @@ EFFICIENCY_SCHEMA = {"dataset": "String", "model": "String", "benchmark": "Strin
                      "tokens_per_correct": "Float64", "with_tail": "Int64", "median_overthinking_tail": "Float64"}
 
 
-def _efficiency_base(f, db) -> tuple[str, list]:
-    """Each matching CoT's group, tokens, verdict and overthinking tail (SQL, params)."""
-    from core import queries
-
-    sql, params = queries.matching_sql(f, db=db)
-    tail = ("SELECT s.cot_id, any_value(s.value) AS tail FROM scores s JOIN score_sources ss USING (source_id) "
-            "WHERE ss.name = ? AND s.metric = 'overthinking_tail' AND s.value IS NOT NULL GROUP BY s.cot_id")
-    return (f"SELECT m.dataset, m.model, m.benchmark, m.n_tokens, m.correct, t.tail "
-            f"FROM ({sql}) m LEFT JOIN ({tail}) t ON t.cot_id = m.cot_id"), [*params, SOURCE]
+def tails(*, db=None):
+    """Every CoT's overthinking tail from the efficiency stage (cot_id, tail), CoTs without one
+    left out: joined to a metric frame by :func:`efficiency_of`."""
+    return store.read_df(
+        "SELECT s.cot_id, any_value(s.value) AS tail FROM scores s JOIN score_sources ss USING (source_id) "
+        "WHERE ss.name = ? AND s.metric = 'overthinking_tail' AND s.value IS NOT NULL GROUP BY s.cot_id", [SOURCE], db=db)
 
 
-def model_efficiency(f=None, *, group_by: tuple[str, ...] = EFFICIENCY_GROUPS, db=None):
-    """Per group of the CoTs filter ``f`` matches (default: every CoT, each dataset's own
-    correctness): cots, judged (with a verdict and a token count), correct, accuracy, tokens (of
-    the judged), acc_per_1k_tokens, tokens_per_correct, with_tail, median_overthinking_tail."""
+def _keys_as_text(frame, group_by, *then: str):
+    """The group keys as plain text, sorted (then by ``then``) as SQL's ORDER BY sorts them
+    (NULL last)."""
     import polars as pl
 
-    from core.queries import OWN_CORRECTNESS, CotFilter
+    frame = frame.with_columns(pl.col(k).cast(pl.String) for k in group_by)
+    return frame.sort([*group_by, *then], nulls_last=True)
 
-    f = f if f is not None else CotFilter(correct_source=OWN_CORRECTNESS)
-    base, params = _efficiency_base(f, db)
-    keys = ", ".join(group_by)
-    frame = store.read_df(
-        f"SELECT {keys}, count(*) AS cots, count(*) FILTER (WHERE correct IS NOT NULL AND n_tokens IS NOT NULL) AS judged, "
-        "count(*) FILTER (WHERE correct AND n_tokens IS NOT NULL) AS correct, "
-        "sum(n_tokens) FILTER (WHERE correct IS NOT NULL) AS tokens, count(tail) AS with_tail, "
-        f"median(tail) AS median_overthinking_tail FROM ({base}) GROUP BY ALL ORDER BY {keys}", params, db=db)
-    frame = frame.with_columns(
+
+def efficiency_of(frame, tail_rows, *, group_by: tuple[str, ...] = EFFICIENCY_GROUPS):
+    """model_efficiency over a metric frame (``queries.metric_frame`` columns: the group keys,
+    cot_id, n_tokens, correct) and the stage's ``tails()``: the app computes it on the filter's
+    frame already in memory instead of asking the store again."""
+    import polars as pl
+
+    judged = pl.col("correct").is_not_null() & pl.col("n_tokens").is_not_null()
+    with_tail = frame.select(*group_by, "cot_id", "n_tokens", "correct").join(
+        tail_rows.select("cot_id", pl.col("tail").cast(pl.Float64)), on="cot_id", how="left")
+    out = with_tail.group_by(list(group_by)).agg(
+        cots=pl.len().cast(pl.Int64), judged=judged.sum().cast(pl.Int64),
+        correct=(judged & pl.col("correct").fill_null(False)).sum().cast(pl.Int64),
+        tokens=pl.col("n_tokens").filter(pl.col("correct").is_not_null()).sum().cast(pl.Int64),
+        with_tail=pl.col("tail").count().cast(pl.Int64), median_overthinking_tail=pl.col("tail").median())
+    out = _keys_as_text(out, group_by).with_columns(
+        # SQL's sum over no row is NULL, polars' is 0: a group without a judged CoT has no tokens
+        tokens=pl.when(pl.col("judged") > 0).then(pl.col("tokens")))
+    frame = out.with_columns(
         accuracy=pl.when(pl.col("judged") > 0).then(pl.col("correct") / pl.col("judged")),
         acc_per_1k_tokens=pl.when(pl.col("tokens") > 0).then(1000.0 * pl.col("correct") / pl.col("tokens")),
         tokens_per_correct=pl.when(pl.col("correct") > 0).then(pl.col("tokens") / pl.col("correct")),
@@ -713,27 +720,44 @@ def model_efficiency(f=None, *, group_by: tuple[str, ...] = EFFICIENCY_GROUPS, d
     return frame.select([c for c in EFFICIENCY_SCHEMA if c in frame.columns]).cast(schema)
 
 
-def accuracy_by_length(f=None, *, group_by: tuple[str, ...] = EFFICIENCY_GROUPS, db=None):
-    """Per group and length bin (LENGTH_EDGES; the last bin is open): bin, lo, hi (None: open),
-    cots (judged CoTs in it), correct, accuracy."""
+def length_bins_of(frame, *, group_by: tuple[str, ...] = EFFICIENCY_GROUPS):
+    """accuracy_by_length over a metric frame (see :func:`efficiency_of`)."""
     import polars as pl
 
+    edges = list(LENGTH_EDGES)
+    judged = frame.filter(pl.col("correct").is_not_null() & pl.col("n_tokens").is_not_null())
+    # bin 0 is [0, 512), bin b >= 1 is [256 * 2^b, 256 * 2^(b+1)), the last one open: the number
+    # of edges above 0 that a count reaches (integer comparisons, no floating log2 at the edges)
+    bin_of = pl.sum_horizontal([(pl.col("n_tokens") >= e).cast(pl.Int32) for e in edges[1:]]).cast(pl.Int32)
+    out = judged.group_by([*group_by, bin_of.alias("bin")]).agg(
+        cots=pl.len().cast(pl.Int64), correct=pl.col("correct").sum().cast(pl.Int64))
+    out = _keys_as_text(out, group_by, "bin")
+    lo = [edges[b] for b in out["bin"].to_list()]
+    hi = [edges[b + 1] if b + 1 < len(edges) else None for b in out["bin"].to_list()]
+    return out.with_columns(lo=pl.Series(lo, dtype=pl.Int64), hi=pl.Series(hi, dtype=pl.Int64),
+                            accuracy=pl.col("correct") / pl.col("cots")).select(
+        *group_by, "bin", "lo", "hi", "cots", "correct", "accuracy")
+
+
+def model_efficiency(f=None, *, group_by: tuple[str, ...] = EFFICIENCY_GROUPS, db=None):
+    """Per group of the CoTs filter ``f`` matches (default: every CoT, each dataset's own
+    correctness): cots, judged (with a verdict and a token count), correct, accuracy, tokens (of
+    the judged), acc_per_1k_tokens, tokens_per_correct, with_tail, median_overthinking_tail."""
+    from core import queries
     from core.queries import OWN_CORRECTNESS, CotFilter
 
     f = f if f is not None else CotFilter(correct_source=OWN_CORRECTNESS)
-    base, params = _efficiency_base(f, db)
-    keys = ", ".join(group_by)
-    edges = list(LENGTH_EDGES)
-    frame = store.read_df(
-        # bin 0 is [0, 512), bin b >= 1 is [256 * 2^b, 256 * 2^(b+1)), the last one open
-        f"SELECT {keys}, greatest(0, least({len(edges) - 1}, floor(log2(greatest(n_tokens, 1) / 256.0))))::INTEGER AS bin, "
-        f"count(*) AS cots, count(*) FILTER (WHERE correct) AS correct FROM ({base}) "
-        f"WHERE correct IS NOT NULL AND n_tokens IS NOT NULL GROUP BY ALL ORDER BY {keys}, bin", params, db=db)
-    lo = [edges[b] for b in frame["bin"].to_list()]
-    hi = [edges[b + 1] if b + 1 < len(edges) else None for b in frame["bin"].to_list()]
-    return frame.with_columns(lo=pl.Series(lo, dtype=pl.Int64), hi=pl.Series(hi, dtype=pl.Int64),
-                              accuracy=pl.col("correct") / pl.col("cots")).select(
-        *group_by, "bin", "lo", "hi", "cots", "correct", "accuracy")
+    return efficiency_of(queries.metric_frame(f, db=db), tails(db=db), group_by=group_by)
+
+
+def accuracy_by_length(f=None, *, group_by: tuple[str, ...] = EFFICIENCY_GROUPS, db=None):
+    """Per group and length bin (LENGTH_EDGES; the last bin is open): bin, lo, hi (None: open),
+    cots (judged CoTs in it), correct, accuracy."""
+    from core import queries
+    from core.queries import OWN_CORRECTNESS, CotFilter
+
+    f = f if f is not None else CotFilter(correct_source=OWN_CORRECTNESS)
+    return length_bins_of(queries.metric_frame(f, db=db), group_by=group_by)
 
 
 def summary_figures(*, db=None):

@@ -1,5 +1,6 @@
 """Distributions: length by correctness, RV / CD, accuracy across token budgets, Mean@k and
-Pass@k, per-problem pass rate, all on every CoT the sidebar filter matches.
+Pass@k, per-problem pass rate, efficiency by model and steps, all on every CoT the sidebar filter
+matches, one tab each; only the open tab is computed and drawn.
 
 Clicking a bar or a heatmap cell narrows the shared filter to it. A chart whose metric the
 matching CoTs have no value for (RV on data without RV labels, accuracy without a verdict) is
@@ -15,6 +16,8 @@ from core import charts, compare, metrics, queries, render, tokens
 from core.queries import CotFilter
 from ui import common, difficulty_view, frames, steps_view
 
+SECTION_KEY = "dist_section"  # the open tab's label, in session state
+SECTION_WIDGETS = ("dist_facet", "dist_kind", "dist_log_x", "dist_bins", "dist_budgets", "dist_k")
 BUDGET_CHOICES = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 PERCENT = st.column_config.NumberColumn(format="percent")
 
@@ -123,32 +126,7 @@ def _score_sentence(f: CotFilter, cat: dict) -> str | None:
             "(OmniThought has them) or from an LLM judge run on the Jobs page.")
 
 
-st.title("Distributions")
-with common.guard():
-    f = common.sidebar_filter()
-    cat = common.catalogue(common.store_stamp())
-    df = frames.metric_frame(f)
-    if df.height == 0:
-        if not cat["datasets"]:
-            st.info("The store is empty: ingest a dataset on the Overview page (or `python -m core ingest PATH`).")
-        else:
-            common.explain_empty(f)
-        st.stop()
-    n_problems = frames.derived("n_problems", f, lambda d: d["problem_id"].n_unique())
-    # CoTs with a value of each metric: a metric without any gets a sentence, not an empty chart
-    known = frames.derived("known", f, lambda d: {c: d.height - d[c].null_count() for c in ("rv", "cd", "correct")})
-    absent = [(name, source) for name, column, source in (("RV", "rv", f.rv_source), ("CD", "cd", f.cd_source))
-              if source and not known[column]]
-    has_rv, has_cd = bool(f.rv_source and known["rv"]), bool(f.cd_source and known["cd"])
-    st.caption(f"{df.height:,} CoTs of {n_problems:,} problems match the filter; every chart "
-               "below is computed on all of them. Click a bar or a heatmap cell to narrow the filter.")
-    tokenizers = frames.derived("tokenizers", f, charts.tokenizers_of)
-    unit = tokens.token_unit(tokenizers)
-    mixed = tokens.mixed_tokenizers_note(tokenizers)
-    if mixed:
-        st.warning(mixed)
-
-    # ---------------------------------------------------------------- length by correctness
+def _length_section(f: CotFilter, unit: str, has_cd: bool) -> None:
     st.subheader("Length by correctness")
     facet_choices = [name for name, col in charts.FACETS.items() if col != "cd" or has_cd]
     c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
@@ -168,11 +146,14 @@ with common.guard():
             d, group_by=[c for c in charts.group_columns(d, ("model",)) if c in d.columns])), hide_index=True,
             key="dist_length_table")
 
-    # ---------------------------------------------------------------- RV / CD
+
+def _scores_section(f: CotFilter, df: pl.DataFrame, cat: dict, known: dict, has_rv: bool, has_cd: bool) -> None:
     st.subheader("Reasoning Verbosity and Cognitive Difficulty")
     sentence = _score_sentence(f, cat)
     if sentence:
         st.info(sentence)
+    absent = [(name, source) for name, column, source in (("RV", "rv", f.rv_source), ("CD", "cd", f.cd_source))
+              if source and not known[column]]
     for name, source in absent:
         st.info(f"None of the {df.height:,} matching CoTs has a {name} score from {render.escape_inline(source)}; pick another {name} "
                 "source under 'RV / CD' in the sidebar, or run a judge on them from the Jobs page.")
@@ -192,7 +173,8 @@ with common.guard():
             metrics.rv_cd_matrix(d), rv_source=f.rv_source, cd_source=f.cd_source, n_cots=d.height)),
             "rv_cd", "heatmap")
 
-    # ---------------------------------------------------------------- budgets and Mean@k
+
+def _accuracy_section(f: CotFilter, df: pl.DataFrame, cat: dict, known: dict, unit: str, mixed: str | None) -> None:
     st.subheader("Accuracy across token budgets")
     if not f.correct_source:
         st.info("Choose a correctness source in the sidebar to see accuracy; sources with correctness: "
@@ -218,8 +200,8 @@ with common.guard():
         else:
             acc, mp = budgets_and_k(f, tuple(sorted(budgets)), k)
             # evaluation runs recorded their max new tokens: the chart marks where answers hit it
-            caps = frames.derived("budget_caps", f, lambda _: charts.label_generated(
-                compare.budget_caps(f), common.catalogue(common.store_stamp())["generated"]))
+            cap_rows = frames.per_store("cap_rows", compare.cap_rows)
+            caps = frames.derived("budget_caps", f, lambda d: compare.caps_of(d, cap_rows))
             st.plotly_chart(frames.derived("budget_figure", f, lambda d: charts.budget_figure(
                 acc, n_cots=d.height, group_cols=charts.group_columns(d), tokens=unit, caps=caps), tuple(sorted(budgets)), k),
                 key="dist_budget", width="stretch")
@@ -241,12 +223,50 @@ with common.guard():
                      column_config={"mean_at_k": PERCENT, "pass_at_k": PERCENT})
 
         st.subheader("Per-problem pass rate against mean length")
+        log_x = bool(st.session_state.get("dist_log_x", False))  # the length tab's "Log x"
         _selectable_chart(frames.derived("pass_rate_scatter", f, lambda d: charts.pass_rate_scatter(
             pass_rates, n_cots=d.height, log_x=log_x, group_cols=charts.group_columns(d), tokens=unit), log_x),
             "pass_rate", "problem")
 
-    # ---------------------------------------------------------------- efficiency by model (ui/difficulty_view.py)
-    difficulty_view.distributions_section(f)
 
-    # ---------------------------------------------------------------- steps (ui/steps_view.py)
-    steps_view.distributions_section(f)
+st.title("Distributions")
+with common.guard():
+    f = common.sidebar_filter()
+    cat = common.catalogue(common.store_stamp())
+    df = frames.metric_frame(f)
+    if df.height == 0:
+        if not cat["datasets"]:
+            st.info("The store is empty: ingest a dataset on the Overview page (or `python -m core ingest PATH`).")
+        else:
+            common.explain_empty(f)
+        st.stop()
+    n_problems = frames.derived("n_problems", f, lambda d: d["problem_id"].n_unique())
+    # CoTs with a value of each metric: a metric without any gets a sentence, not an empty chart
+    known = frames.derived("known", f, lambda d: {c: d.height - d[c].null_count() for c in ("rv", "cd", "correct")})
+    has_rv, has_cd = bool(f.rv_source and known["rv"]), bool(f.cd_source and known["cd"])
+    st.caption(f"{df.height:,} CoTs of {n_problems:,} problems match the filter; every chart "
+               "in the tabs below is computed on all of them. Click a bar or a heatmap cell to narrow the filter.")
+    tokenizers = frames.derived("tokenizers", f, charts.tokenizers_of)
+    unit = tokens.token_unit(tokenizers)
+    mixed = tokens.mixed_tokenizers_note(tokenizers)
+    if mixed:
+        st.warning(mixed)
+    # a widget that is not drawn in a run loses its value; the tabs' settings are kept over
+    # runs where their tab is closed by writing them back (Streamlit's documented way)
+    for key in SECTION_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+    # only the open tab runs (on_change="rerun"): a new filter computes and draws one section's
+    # figures, not all seven charts of the page (issue 17: 2M CoTs on a shared 2-core server)
+    sections = {
+        "Length by correctness": lambda: _length_section(f, unit, has_cd),
+        "RV and CD": lambda: _scores_section(f, df, cat, known, has_rv, has_cd),
+        "Accuracy and Pass@k": lambda: _accuracy_section(f, df, cat, known, unit, mixed),
+        "Efficiency by model": lambda: difficulty_view.distributions_section(f),  # ui/difficulty_view.py
+        "Steps": lambda: steps_view.distributions_section(f),  # ui/steps_view.py
+    }
+    for tab, show in zip(st.tabs(list(sections), key=SECTION_KEY, on_change="rerun"), sections.values(), strict=True):
+        if tab.open:
+            with tab:
+                show()

@@ -662,6 +662,13 @@ def rerun(at: AppTest) -> AppTest:
     return at
 
 
+def open_tab(at: AppTest, label: str, key: str = "dist_section") -> AppTest:
+    """Open a tab of an ``st.tabs(key=...)`` whose closed tabs do not run (Distributions' sections),
+    as a click on it does: its label into session state, then a rerun."""
+    at.session_state[key] = label
+    return rerun(at)
+
+
 def metric(at: AppTest, label: str) -> int:
     return int(next(m for m in at.metric if m.label == label).value.replace(",", ""))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from core.difficulty import StudentOptions, run_student
-from helpers import ingest_generic, student_store, whitespace_tokenizer
+from helpers import ingest_generic, open_tab, student_store, whitespace_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_distributions_show_each_models_efficiency(tmp_path, app_store):
             for i, (m, n, ok) in enumerate((("M", 1000, True), ("M", 3000, False), ("M", 2000, True), ("N", 500, False)))]
     ingest_generic(db, rows, "models", tokenizer=whitespace_tokenizer(tmp_path))
     app_store(db)
-    at = open_page("pages/distributions.py")
+    at = open_tab(open_page("pages/distributions.py"), "Efficiency by model")
     charts = {}
     for chart in at.get("plotly_chart"):
         spec = json.loads(chart.proto.spec)

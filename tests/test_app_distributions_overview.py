@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import store, summary
-from tests.helpers import as_read
+from tests.helpers import as_read, open_tab
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,9 @@ def test_qwen_length_by_correctness_and_budget_curves_per_model(qwen_distributio
 
     groups = store.read_rows(
         "SELECT DISTINCT c.model, p.benchmark FROM cots c JOIN problems p USING (problem_id)", db=db)
-    budget = figs["Accuracy across token budgets"]
+    # a closed tab computes and draws nothing
+    assert not any(t.startswith("Accuracy across token budgets") for t in figs)
+    budget = _charts(open_tab(at, "Accuracy and Pass@k"))["Accuracy across token budgets"]
     # one accuracy and one truncation-rate curve per model and benchmark
     assert len(budget["data"]) == 2 * len(groups)
     names = {t["name"] for t in budget["data"]}
@@ -83,6 +85,7 @@ def test_qwen_length_by_correctness_and_budget_curves_per_model(qwen_distributio
             assert trace["y"][-1] == pytest.approx(expected[(model, bench)], abs=1e-9)
 
     # the RV / CD section explains instead of showing empty charts
+    figs = _charts(open_tab(at, "RV and CD"))
     assert not any(t.startswith(("Reasoning Verbosity", "RV ×")) for t in figs)
     assert any("no RV or CD scores" in i.value and "harness" in i.value for i in at.info)
 
@@ -140,7 +143,7 @@ def test_qwen_mean_at_1_and_budget_table_agree_with_summary(qwen_distributions):
     by_summary = dict(zip(rows["model"].to_list(), rows["acc[harness]"].to_list()))
     assert set(by_sql) == set(by_summary) and len(by_sql) >= 20
 
-    mean_table = _table(at, "mean_at_k")
+    mean_table = _table(open_tab(at, "Accuracy and Pass@k"), "mean_at_k")
     aime = mean_table[mean_table["benchmark"] == "aime24"]
     assert set(aime["k"]) == {1}
     shown = dict(zip(aime["model"], aime["mean_at_k"]))
@@ -160,7 +163,7 @@ def test_qwen_mean_at_1_and_budget_table_agree_with_summary(qwen_distributions):
 
 def test_qwen_k_is_bounded_by_samples_per_problem(qwen_distributions):
     _, at = qwen_distributions
-    k = at.number_input(key="dist_k")
+    k = open_tab(at, "Accuracy and Pass@k").number_input(key="dist_k")
     assert k.value == 1 and k.max == 1  # greedy runs: one sample per problem
 
 
@@ -206,6 +209,7 @@ def test_demo_rv_cd_histograms_and_heatmap_match_the_scores_table(demo_store, ap
     rv_source = at.selectbox(key="f_rv_source").value
     cd_source = at.selectbox(key="f_cd_source").value
     assert rv_source.startswith("omnithought") and cd_source.startswith("omnithought")
+    open_tab(at, "RV and CD")  # stays open over the sidebar changes below
     _check_rv_cd(at, demo_store, rv_source, cd_source)
 
     # another judge's labels, where the demo has them: the charts follow the sidebar's sources

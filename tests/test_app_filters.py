@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import queries, store
 from core.figures import Condition, Figure
-from tests.helpers import JUDGE, STAGE, as_read, build_figures_store, metric, rerun
+from tests.helpers import JUDGE, STAGE, as_read, build_figures_store, metric, open_tab, rerun
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGIC = "logic · judge smollm"
@@ -236,15 +236,17 @@ def test_select_on_data_without_rv_cd_hides_their_controls_and_says_why_capacity
 
 
 def test_distributions_draws_no_chart_for_a_metric_the_matching_cots_lack(figures_store):
-    at = open_page("pages/distributions.py")
+    at = open_tab(open_page("pages/distributions.py"), "RV and CD")
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any(t.startswith("Reasoning Verbosity") for t in titles)
     at.multiselect(key="f_datasets").set_value(["generic"])  # math-verify's verdicts, no RV/CD labels
     rerun(at)
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert not any(t.startswith(("Reasoning Verbosity", "Cognitive Difficulty", "RV ×")) for t in titles)
-    assert any(t.startswith("Accuracy across token budgets") for t in titles)
     rv_source = at.selectbox(key="f_rv_source").value
     assert any(f"None of the 6 matching CoTs has a RV score from {rv_source}" in as_read(i.value) for i in at.info)
-    facets = at.selectbox(key="dist_facet").options
+    open_tab(at, "Accuracy and Pass@k")
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("Accuracy across token budgets") for t in titles)
+    facets = open_tab(at, "Length by correctness").selectbox(key="dist_facet").options
     assert "CD level" not in facets

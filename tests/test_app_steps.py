@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from core import render, store
 from core.cli import main
 from core.step_stage import StepOptions, run_steps
-from tests.helpers import REALDATA, as_read
+from tests.helpers import REALDATA, as_read, open_tab
 
 ROOT = Path(__file__).resolve().parents[1]
 TA = REALDATA / "thought_anchors"
@@ -130,7 +130,7 @@ def test_reader_jumps_to_the_first_wrong_step(tmp_path, app_store):
 
 
 def test_distributions_step_section_matches_sql(ta_app):
-    at = open_page("pages/distributions.py")
+    at = open_tab(open_page("pages/distributions.py"), "Steps")
     at.sidebar.selectbox(key="f_correct_source").select("ta")
     rerun(at)
     at.selectbox(key="dist_steps_source").select("thought anchors")
@@ -160,7 +160,7 @@ def test_distributions_step_section_matches_sql(ta_app):
 def test_distributions_bars_carry_what_a_click_narrows_to(ta_app):
     from core.step_charts import click_narrowing
 
-    at = open_page("pages/distributions.py")
+    at = open_tab(open_page("pages/distributions.py"), "Steps")
     at.sidebar.selectbox(key="f_correct_source").select("ta")
     rerun(at)
     figs = charts(at)

@@ -92,13 +92,15 @@ def test_the_docstring_example_and_the_own_answer_fallback(example_store):
 def test_models_side_by_side_by_hand(tmp_path):
     db = tmp_path / "models.duckdb"
     rows = [{"id": f"q{i}", "question": f"Question {i}?", "answer": "1", "model": "M", "correct": ok,
-             "response": " ".join(["w"] * n)} for i, (n, ok) in enumerate(((1000, True), (3000, False), (2000, True)))]
+             "response": " ".join(["w"] * n)} for i, (n, ok) in enumerate(((512, True), (3000, False), (2001, True)))]
     ingest_generic(db, rows, "models", tokenizer=whitespace_tokenizer(tmp_path))
     f = CotFilter(correct_source=OWN_CORRECTNESS)
     row = efficiency.model_efficiency(f, db=db).to_dicts()[0]
-    assert row["judged"] == 3 and row["correct"] == 2 and row["tokens"] == 6000
-    assert row["accuracy"] == pytest.approx(2 / 3) and row["acc_per_1k_tokens"] == pytest.approx(1 / 3)
-    assert row["tokens_per_correct"] == 3000 and row["median_overthinking_tail"] is None
+    # 512 tokens sits on a bin edge; 5,513 / 2 is not a whole number (a sum read as a DECIMAL
+    # once truncated it to 2,756)
+    assert row["judged"] == 3 and row["correct"] == 2 and row["tokens"] == 5513
+    assert row["accuracy"] == pytest.approx(2 / 3) and row["acc_per_1k_tokens"] == pytest.approx(2000 / 5513)
+    assert row["tokens_per_correct"] == 2756.5 and row["median_overthinking_tail"] is None
     bins = efficiency.accuracy_by_length(f, db=db)
     assert bins.select("lo", "hi", "cots", "accuracy").to_dicts() == [
         {"lo": 512, "hi": 1024, "cots": 1, "accuracy": 1.0}, {"lo": 1024, "hi": 2048, "cots": 1, "accuracy": 1.0},
@@ -110,7 +112,7 @@ def test_models_side_by_side_by_hand(tmp_path):
     with redirect_stdout(out):
         assert main(["--db", str(db), "summary", "--json"]) == 0
     printed = json.loads(out.getvalue())[0]
-    assert printed["acc_per_1k_tokens"] == pytest.approx(1 / 3) and printed["tokens_per_correct"] == 3000
+    assert printed["acc_per_1k_tokens"] == pytest.approx(2000 / 5513) and printed["tokens_per_correct"] == 2756.5
     assert [b["cots"] for b in printed["accuracy_by_length"]] == [1, 1, 1]
 
 

@@ -16,7 +16,7 @@ from core.formats import ReadOptions
 from core.ingest import ingest
 from core.summary import summary
 from core.tokens import count_tokens_stage
-from tests.helpers import write_whitespace_tokenizer
+from tests.helpers import open_tab, write_whitespace_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +125,6 @@ def test_one_tokenizer_is_named_on_the_sidebar_and_the_budget_axis(tmp_path, app
     assert not [w for w in at.warning if "tokenizers" in w.value]
     unit = f"tokens ({Path(words).parent.name}/words)"
     assert any(s.label == unit[0].upper() + unit[1:] for s in at.sidebar.slider)
-    budget = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+    budget = next(json.loads(c.proto.spec) for c in open_tab(at, "Accuracy and Pass@k").get("plotly_chart")
                   if "Accuracy across token budgets" in json.loads(c.proto.spec)["layout"]["title"]["text"])
     assert budget["layout"]["xaxis"]["title"]["text"] == f"budget in {unit} (log2 scale)"

@@ -19,10 +19,11 @@ PERCENT = st.column_config.NumberColumn(format="percent")
 # ---------------------------------------------------------------------------------- cached reads
 
 
-@st.cache_resource(ttl=600, show_spinner="Measuring efficiency per model…", max_entries=8)
-def _efficiency(filter_key: str, db: str, stamp, _f: CotFilter) -> tuple[pl.DataFrame, pl.DataFrame]:
-    del filter_key, db, stamp  # the cache key only
-    return efficiency.model_efficiency(_f), efficiency.accuracy_by_length(_f)
+def _efficiency(f: CotFilter) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """model_efficiency and accuracy_by_length of ``f``, computed on its frame already in memory
+    (ui.frames) with the stage's tails read once per store write: no read of the store per filter."""
+    tails = frames.per_store("efficiency_tails", efficiency.tails)
+    return frames.derived("efficiency", f, lambda d: (efficiency.efficiency_of(d, tails), efficiency.length_bins_of(d)))
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=16)
@@ -71,7 +72,7 @@ def distributions_section(f: CotFilter) -> None:
     if not f.correct_source:
         st.info("Choose a correctness source in the sidebar to compare models' efficiency.")
         return
-    eff, bins = _efficiency(*frames.cache_key(f), f)
+    eff, bins = _efficiency(f)
     judged = int(eff["judged"].sum() or 0)
     if not judged:
         st.info(f"None of the matching CoTs has both a verdict from {queries.correctness_label(f.correct_source)} and a "

@@ -79,6 +79,13 @@ def _load(filter_key: str, db: str, stamp: tuple[float, float], f: CotFilter) ->
     return cached("frame", filter_key, db, stamp, lambda: frame_filter.cut(base, f))
 
 
+def per_store(kind: str, compute: Callable[[], T]) -> T:
+    """``compute()`` (a read of the whole store that no filter changes, e.g. every CoT's
+    recorded budget), kept in the byte-bounded cache until the store is written."""
+    _, db, stamp = cache_key(CotFilter())
+    return cached(kind, "", db, stamp, compute)
+
+
 def cache_key(f: CotFilter) -> tuple[str, str, tuple[float, float]]:
     """What a cached result over the matching rows depends on: the whole filter, the store file
     and its write stamp (which changes whenever the store is written, so caching never hides a

@@ -223,6 +223,10 @@ def test_dataset_text_makes_no_request_to_any_host(recorded, beacon_server, beac
     for path in ("/overview", "/explore", "/distributions", "/agreement", "/select", "/export", "/jobs", "/sql", "/map"):
         open_page(page, beacon_server, path)
         page.wait_for_timeout(500)
+        if path == "/distributions":  # every tab: a closed one draws nothing
+            for tab in page.locator("[data-testid='stMain'] [role='tab']").all()[1:]:
+                tab.click()
+                wait_idle(page)
     page.wait_for_timeout(1500)
 
     app_origin = beacon_server.url
@@ -286,7 +290,8 @@ def test_slow_console_query_in_one_session_does_not_hold_up_another(chromium, be
         page_b = b_context.new_page()
         open_page(page_b, beacon_server, "/explore")
         # B has its page (Explore's table of CoTs) while A's script is still running its query
-        assert page_b.locator("[data-testid='stMain'] [data-testid='stDataFrame']").first.is_visible()
+        # (the table is drawn a moment after the script reports idle: waited for, not sampled once)
+        page_b.locator("[data-testid='stMain'] [data-testid='stDataFrame']").first.wait_for(state="visible", timeout=15_000)
         assert app_a.get_attribute("data-test-script-state") == "running"
         screenshot(page_b, "two-sessions-b-explore")
         # A ends with the time-limit sentence (20 s on this server), not a traceback

@@ -104,6 +104,8 @@ def test_step_view_shows_tags_as_text_and_jumps_to_the_first_wrong_step(page, st
 def test_step_sections_on_distributions_and_agreement_draw(page, steps_server):
     open_page(page, steps_server, "/distributions")
     main = page.locator("[data-testid='stMain']")
+    main.get_by_role("tab", name="Steps").click()  # only the open tab is computed and drawn
+    wait_idle(page)
     main.get_by_text("Steps inside CoTs").scroll_into_view_if_needed()
     wait_idle(page)
     page.wait_for_timeout(1000)
