@@ -12,6 +12,10 @@ default), interleaved repeats of:
   of ``scores`` (after), and the same query without any score (the floor);
 * ``Select pool read``: the pool's ids and numbers (``selection.pool_sql``), the base filter's
   own score columns in its SQL too (before) or left out (after, ``queries.rows_only``);
+* ``new filter``: a filter never seen before (the token range shrinking each repeat, RV, CD and
+  correctness as above) read from the store (before) against cut from the in-memory base of its
+  score sources (after, ``core.frame_filter``: what Distributions and Overview do since issue 17),
+  and the base's own read, paid once per store write and shared by every filter and session;
 * ``figures``: the polars passes Distributions makes over that frame on a new filter
   (accuracy at budgets, Mean@k, the largest k, per-problem pass rates, length histogram and
   statistics), with the group keys as strings (before) and dictionary-coded (after, what
@@ -77,6 +81,8 @@ def run(db: str | None, n_cots: int | None, repeats: int, workdir: Path) -> dict
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in (
         "read: three joins (before)", "read: one pivoted scan (after)", "read: no score (floor)",
         "Select pool read: base scores read too (before)", "Select pool read: scores once (after)",
+        "new filter: read from the store (before)", "new filter: cut from the in-memory base (after)",
+        "base: read once per store write and sources",
         "figures: string keys (before)", "figures: dictionary-coded keys (after)")}
     sel = Selection(base=f, sources=ScoreSources(rv=tuple(rv), cd=tuple(cd), correct=(queries.OWN_CORRECTNESS,)))
     rows_only = queries.rows_only
@@ -97,6 +103,16 @@ def run(db: str | None, n_cots: int | None, repeats: int, workdir: Path) -> dict
         samples[name].append((time.perf_counter() - wall, time.process_time() - cpu))
         return out
 
+    from core import frame_filter
+
+    base = timed("base: read once per store write and sources", lambda: frame_filter.base_frame(f, db=path))
+    top = int(base["n_tokens"].max() or 0)
+    for i in range(repeats):
+        new_f = f.with_(tokens_range=(0, max(1, int(top * (0.95 - 0.05 * i)))))
+        read_new = timed("new filter: read from the store (before)", lambda new_f=new_f: queries.metric_frame(new_f, db=path))
+        cut_new = timed("new filter: cut from the in-memory base (after)", lambda new_f=new_f: frame_filter.cut(base, new_f, db=path))
+        if not read_new.sort("cot_id").equals(cut_new.sort("cot_id")):
+            raise SystemExit("error: the cut from the base gave other rows or values than the filter's own read")
     before = after = None
     for i in range(repeats):
         log(f"repeat {i + 1} of {repeats}")
@@ -127,6 +143,8 @@ def run(db: str | None, n_cots: int | None, repeats: int, workdir: Path) -> dict
               "load_before": load_before, "load_after": machine_load()}
     s = result["steps"]
     result["ratios_cpu"] = {
+        "new filter after / before": s["new filter: cut from the in-memory base (after)"]["cpu_p50"]
+        / max(s["new filter: read from the store (before)"]["cpu_p50"], 1e-9),
         "read after / before": s["read: one pivoted scan (after)"]["cpu_p50"] / max(s["read: three joins (before)"]["cpu_p50"], 1e-9),
         "Select pool read after / before": s["Select pool read: scores once (after)"]["cpu_p50"]
         / max(s["Select pool read: base scores read too (before)"]["cpu_p50"], 1e-9),
