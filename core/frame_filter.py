@@ -43,10 +43,12 @@ def _residual(f: CotFilter) -> CotFilter:
 
 
 def base_frame(f: CotFilter, *, db=None) -> pl.DataFrame:
-    """Every ready CoT's numbers with ``f``'s RV, CD and correctness sources: the columns of
-    ``queries.metric_frame`` plus those a cut needs (``CUT_COLUMNS``)."""
+    """Every ready CoT's numbers with ``f``'s RV, CD and correctness sources, in cot_id order:
+    the columns of ``queries.metric_frame`` plus those a cut needs (``CUT_COLUMNS``)."""
     sql, params = queries.matching_sql(base_filter(f), db=db)
-    return store.read_df(f"SELECT {', '.join(FRAME_COLUMNS + CUT_COLUMNS)} FROM ({sql})", params, db=db)
+    # in cot_id order: a mask over it lines up with any other whole-store table read in that
+    # order (Select's whole-store pool, selection.pool_rows(ordered=True))
+    return store.read_df(f"SELECT {', '.join(FRAME_COLUMNS + CUT_COLUMNS)} FROM ({sql}) ORDER BY cot_id", params, db=db)
 
 
 def _dataset_ids(names: tuple[str, ...], db) -> list[int]:
@@ -82,16 +84,20 @@ def _mask(f: CotFilter, db) -> pl.Expr | None:
     return mask.fill_null(False)
 
 
-def cut(base: pl.DataFrame, f: CotFilter, *, db=None) -> pl.DataFrame:
-    """The rows of ``base`` (``base_frame`` of ``f``'s sources) that ``f`` matches, with the
-    columns of ``queries.metric_frame``: the same rows and values it returns, in base order."""
-    frame = base
-    mask = _mask(f, db)
-    if mask is not None:
-        frame = frame.filter(mask)
+def mask(base: pl.DataFrame, f: CotFilter, *, db=None) -> pl.Series:
+    """One boolean per row of ``base`` (``base_frame`` of ``f``'s sources): whether ``f``
+    matches it."""
+    expr = _mask(f, db)
+    keep = base.select(expr).to_series() if expr is not None else pl.repeat(True, base.height, eager=True)
     residual = _residual(f)
     if residual != CotFilter():
         sql, params = queries.matching_sql(residual, db=db)
-        ids = store.read_df(f"SELECT cot_id FROM ({sql})", params, db=db)
-        frame = frame.join(ids, on="cot_id", how="semi", maintain_order="left")
-    return frame.select(FRAME_COLUMNS)
+        ids = store.read_df(f"SELECT cot_id FROM ({sql})", params, db=db)["cot_id"]
+        keep = keep & base["cot_id"].is_in(ids.implode())
+    return keep.alias("matches")
+
+
+def cut(base: pl.DataFrame, f: CotFilter, *, db=None) -> pl.DataFrame:
+    """The rows of ``base`` (``base_frame`` of ``f``'s sources) that ``f`` matches, with the
+    columns of ``queries.metric_frame``: the same rows and values it returns, in base order."""
+    return base.filter(mask(base, f, db=db)).select(FRAME_COLUMNS)

@@ -94,7 +94,7 @@ import contextlib
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import duckdb
@@ -885,13 +885,41 @@ def _condition_codes(sel: Selection, pool: LoadedPool):
     return codes, text
 
 
-def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS) -> LoadedPool:
-    """The selection's pool read once from the store (ids and numbers, no text) and held in
-    memory (LoadedPool), tagged with its pool_key so a mismatched reuse is caught."""
+def pool_rows(sel: Selection, *, db=None, ordered: bool = False):
+    """The selection's pool as an Arrow table (pool_sql's columns) read from the store; in
+    cot_id order when ``ordered``."""
     sql, params = pool_sql(sel, db=db)
+    if ordered:
+        sql = f"SELECT * FROM ({sql}) ORDER BY cot_id"
     with store.connect(db, read_only=True) as con:
-        table = con.sql(sql, params=params).to_arrow_table()
-    return LoadedPool(pool_key(sel), table, token_bins=token_bins)
+        return con.sql(sql, params=params).to_arrow_table()
+
+
+def whole_store_selection(sel: Selection) -> Selection:
+    """``sel`` over every ready CoT (no base filter). Its pool, read once in cot_id order, holds
+    the pool of every selection that differs from ``sel`` only in its base filter, one row per
+    row of core.frame_filter's base frame: the app cuts a new filter's pool from it with the
+    filter's mask (:func:`cut_pool_rows`) instead of reading the store again."""
+    return replace(sel, base=CotFilter())
+
+
+def cut_pool_rows(rows, ids, matches):
+    """The rows of a whole-store pool (``pool_rows(whole_store_selection(sel), ordered=True)``)
+    whose CoT a base filter matches: ``matches`` is its mask over a base frame whose cot_id
+    column is ``ids`` (core.frame_filter). None when the two do not line up row for row (the
+    store changed between the reads): then read the pool itself."""
+    import numpy as np
+
+    if len(ids) != rows.num_rows or not np.array_equal(ids.to_numpy(), rows.column("cot_id").to_numpy()):
+        return None
+    return rows.filter(matches.to_arrow())
+
+
+def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS, rows=None) -> LoadedPool:
+    """The selection's pool read once from the store (ids and numbers, no text), or given as
+    ``rows`` (cut from the whole-store pool), held in memory (LoadedPool), tagged with its
+    pool_key so a mismatched reuse is caught."""
+    return LoadedPool(pool_key(sel), pool_rows(sel, db=db) if rows is None else rows, token_bins=token_bins)
 
 
 @contextlib.contextmanager

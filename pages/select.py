@@ -67,8 +67,18 @@ def labels_stamp(stamp: tuple, sel: Selection) -> tuple:
 def cached_pool(pool_key: str, db: str, stamp: tuple[float, float], _sel: Selection) -> selection.LoadedPool:
     """The pool in memory (LoadedPool), shared by every rerun and session with the same filter;
     kept in the byte-bounded cache with the Distributions frames (ui.frames.cached)."""
-    return frames.cached("pool", pool_key, db, stamp, lambda: selection.load_pool(_sel),
-                         spinner="Reading the pool's ids and numbers…")
+    whole = selection.whole_store_selection(_sel)
+    # every CoT's pool numbers, read once per store write (and sources, figures); a new filter's
+    # pool is cut from them with the filter's mask, itself computed in memory (ui.frames)
+    rows = frames.cached("pool_rows", selection.pool_key(whole), db, stamp,
+                         lambda: selection.pool_rows(whole, ordered=True), spinner="Reading every CoT's pool numbers…",
+                         shared=True)
+
+    def load() -> selection.LoadedPool:
+        ids, matches = frames.filter_mask(_sel.base)
+        return selection.load_pool(_sel, rows=selection.cut_pool_rows(rows, ids, matches))
+
+    return frames.cached("pool", pool_key, db, stamp, load, spinner="Cutting the pool…")
 
 
 @st.cache_resource(ttl=600, max_entries=4, show_spinner="Applying the selection…")

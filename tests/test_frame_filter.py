@@ -94,3 +94,36 @@ def test_store_only_constraints_go_through_sql(scored_store):
     ):
         n = _same(db, CotFilter(**sources, **extra), base)
         assert n < base.height, extra
+
+
+def test_a_select_pool_cut_from_the_whole_store_pool_is_the_pool_read_for_the_filter(scored_store):
+    """Select's pool for a new filter: the whole-store pool (same sources, figures and draws), in
+    cot_id order, cut with the filter's mask over the base frame, has the rows and values of the
+    pool's own SQL, and the selection decides the same on it."""
+    from core import selection
+    from core.selection import ScoreSources, Selection
+
+    db = scored_store
+    rv, cd = queries.sources("rv", db=db)[0], queries.sources("cd", db=db)[0]
+    sources = ScoreSources(rv=(rv,), cd=(cd,), correct=(queries.OWN_CORRECTNESS,))
+    conditions = (Condition(Figure("cd", cd), hi=6),)
+    whole = selection.whole_store_selection(Selection(sources=sources, conditions=conditions))
+    whole_rows = selection.pool_rows(whole, db=db, ordered=True)
+    word = store.read_rows("SELECT split_part(question, ' ', 1) FROM problems LIMIT 1", db=db)[0][0]
+    for base in (CotFilter(rv_source=rv, rv_range=(3.0, 7.0), correct_source=queries.OWN_CORRECTNESS, correct="correct"),
+                 CotFilter(cd_source=cd, tokens_range=(0, 300), truncated=False),
+                 CotFilter(text=word, conditions=(Condition(Figure("n_reflections"), lo=1),))):
+        sel = Selection(base=base, sources=sources, conditions=conditions)
+        assert selection.pool_key(selection.whole_store_selection(sel)) == selection.pool_key(whole)
+        frame = frame_filter.base_frame(base, db=db)
+        rows = selection.cut_pool_rows(whole_rows, frame["cot_id"], frame_filter.mask(frame, base, db=db))
+        got = pl.from_arrow(rows).sort("cot_id")
+        expected = pl.from_arrow(selection.pool_rows(sel, db=db)).sort("cot_id")
+        assert 0 < got.height < whole_rows.num_rows and got.equals(expected), base
+        a = selection.decide(sel, pool=selection.load_pool(sel, rows=rows))
+        b = selection.decide(sel, pool=selection.load_pool(sel, db=db))
+        columns = ["cot_id", "kept", "reason"]
+        assert pl.from_arrow(a.select(columns)).sort("cot_id").equals(pl.from_arrow(b.select(columns)).sort("cot_id"))
+    # rows that do not line up with the base frame (the store changed in between): no cut
+    frame = frame_filter.base_frame(CotFilter(), db=db)
+    assert selection.cut_pool_rows(whole_rows.slice(1), frame["cot_id"], frame_filter.mask(frame, CotFilter(), db=db)) is None

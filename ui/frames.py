@@ -38,6 +38,15 @@ def frame_cache() -> memcache.ByteLRU:
     return memcache.ByteLRU(memcache.frame_cache_budget())
 
 
+@st.cache_resource(show_spinner=False)
+def shared_cache() -> memcache.ByteLRU:
+    """What every filter is cut from (the base frames, Select's whole-store pools, whole-store
+    reads): few and shared by every session, so kept apart from the per-filter entries, which
+    would otherwise push them out and make every new filter read the store again. Its own
+    budget, as large as the frame cache's."""
+    return memcache.ByteLRU(memcache.frame_cache_budget())
+
+
 def prepared(frame: pl.DataFrame, generated: list[str]) -> pl.DataFrame:
     """A frame as the cache keeps it: generated datasets labelled, and the group keys
     dictionary-coded (Categorical): a third less memory per frame, and the figures' group-bys on
@@ -47,12 +56,12 @@ def prepared(frame: pl.DataFrame, generated: list[str]) -> pl.DataFrame:
 
 
 def cached(kind: str, ident: str, db: str, stamp: tuple[float, float], compute: Callable[[], T], *,
-           spinner: str | None = None) -> T:
-    """``compute()``, kept in the process's byte-bounded cache (frame_cache) under (kind, ident,
-    store, write stamp): a per-filter object too large for a count bound (a frame, a Select
-    pool; its ``estimated_size()`` or ``nbytes`` is what it costs). A write to the store frees
-    that store's entries of older stamps when the next one is computed."""
-    cache = frame_cache()
+           spinner: str | None = None, shared: bool = False) -> T:
+    """``compute()``, kept in the process's byte-bounded cache (frame_cache; shared_cache when
+    ``shared``) under (kind, ident, store, write stamp): an object too large for a count bound
+    (a frame, a Select pool; its ``estimated_size()`` or ``nbytes`` is what it costs). A write
+    to the store frees that store's entries of older stamps when the next one is computed."""
+    cache = shared_cache() if shared else frame_cache()
     key = (kind, ident, db, stamp)
     hit = cache.get(key)
     if hit is not None:  # no spinner for a cached value
@@ -71,19 +80,31 @@ def _load(filter_key: str, db: str, stamp: tuple[float, float], f: CotFilter) ->
     base is read from the store once per write and shared by every session and filter; a new
     filter then costs a mask over it, not a read of the store."""
     base_f = frame_filter.base_filter(f)
-    base = cached("base", repr(base_f), db, stamp,
-                  lambda: prepared(frame_filter.base_frame(base_f), common.catalogue(stamp)["generated"]),
-                  spinner="Reading every CoT's numbers…")
+    base = _base(db, stamp, base_f)
     if f == base_f:
         return base.select(frame_filter.FRAME_COLUMNS)
     return cached("frame", filter_key, db, stamp, lambda: frame_filter.cut(base, f))
+
+
+def _base(db: str, stamp: tuple[float, float], base_f: CotFilter) -> pl.DataFrame:
+    return cached("base", repr(base_f), db, stamp,
+                  lambda: prepared(frame_filter.base_frame(base_f), common.catalogue(stamp)["generated"]),
+                  spinner="Reading every CoT's numbers…", shared=True)
+
+
+def filter_mask(f: CotFilter) -> tuple[pl.Series, pl.Series]:
+    """(cot_id, matches): the base frame's ids, in cot_id order, and whether ``f`` matches each
+    (core.frame_filter.mask): what Select cuts a new filter's pool with."""
+    _, db, stamp = cache_key(f)
+    base = _base(db, stamp, frame_filter.base_filter(f))
+    return base["cot_id"], frame_filter.mask(base, f)
 
 
 def per_store(kind: str, compute: Callable[[], T]) -> T:
     """``compute()`` (a read of the whole store that no filter changes, e.g. every CoT's
     recorded budget), kept in the byte-bounded cache until the store is written."""
     _, db, stamp = cache_key(CotFilter())
-    return cached(kind, "", db, stamp, compute)
+    return cached(kind, "", db, stamp, compute, shared=True)
 
 
 def cache_key(f: CotFilter) -> tuple[str, str, tuple[float, float]]:
