@@ -247,6 +247,7 @@ def run(db: str | None, n_cots: int | None, sessions: int, steps: int, writer: b
     idle_rss = sampler.current()
     sampler.start()
     trace: list[tuple[float, int]] = []
+    cpu_by_pid: dict[int, tuple[str, float]] = {}  # process -> (whose, CPU seconds so far)
     writer_proc = None
     writer_log = workdir / "writer.log"
     started = time.time()
@@ -261,6 +262,7 @@ def run(db: str | None, n_cots: int | None, sessions: int, steps: int, writer: b
             async def sample():
                 while not loop_done:
                     trace.append((time.time() - started, sampler.current()))
+                    _cpu_seen(process.pid, cpu_by_pid)
                     await asyncio.sleep(1.0)
 
             sampler_task = asyncio.create_task(sample())
@@ -279,6 +281,7 @@ def run(db: str | None, n_cots: int | None, sessions: int, steps: int, writer: b
                 writer_proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 writer_proc.kill()
+        _cpu_seen(process.pid, cpu_by_pid)
         peak = sampler.stop()
         process.terminate()
         try:
@@ -304,8 +307,41 @@ def run(db: str | None, n_cots: int | None, sessions: int, steps: int, writer: b
         "server_tracebacks": tracebacks, "server_idle_rss_bytes": idle_rss,
         "server_peak_rss_bytes": max([peak, *(rss for _, rss in trace)]),
         "rss_trace": trace, "wall_s": wall, "steps_detail": results,
+        # where the 2 cores went: the app server (its children included), chromium, the writer
+        "cpu_s": {whose: round(sum(c for w, c in cpu_by_pid.values() if w == whose), 1)
+                  for whose in ("server", "chromium", "writer")},
         "load_before": load_before, "load_after": machine_load(),
     }
+
+
+def _cpu_seen(server_pid: int, seen: dict[int, tuple[str, float]]) -> None:
+    """Record the CPU seconds so far of the server's process tree, and of this bench's chromium
+    and writer processes (sampled: a process that ends keeps its last sample)."""
+    import psutil
+
+    def whose_of(proc) -> str | None:
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            return None
+        return "chromium" if "chrom" in cmd else "writer" if " _writer " in f" {cmd} " else None
+
+    try:
+        server = psutil.Process(server_pid)
+        procs = [(p, "server") for p in [server, *server.children(recursive=True)]]
+    except psutil.Error:
+        procs = []
+    for child in psutil.Process().children(recursive=True):
+        if child.pid != server_pid and child.pid not in {p.pid for p, _ in procs}:
+            whose = whose_of(child)
+            if whose:
+                procs.append((child, whose))
+    for proc, whose in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        seen[proc.pid] = (whose, times.user + times.system)
 
 
 def _load(load: dict) -> str:
@@ -329,7 +365,9 @@ def report(r: dict) -> str:
              + format_table(["page", "steps", "p50 s", "p95 s", "max s", "errors"], rows),
              f"Server peak RSS (children included): {r['server_peak_rss_bytes'] / MB:,.0f} MB "
              f"(idle after start {r['server_idle_rss_bytes'] / MB:,.0f} MB); tracebacks in the server log: "
-             f"{r['server_tracebacks']}"]
+             f"{r['server_tracebacks']}",
+             "CPU seconds over the run: " + ", ".join(f"{k} {v:,.1f}" for k, v in r["cpu_s"].items())
+             + f" (of {r['wall_s'] * r['load_before']['cpus']:,.0f} on {r['load_before']['cpus']} CPUs)"]
     if r["errors"]:
         parts.append("Errors:\n" + "\n".join(f"  session {e['session']} step {e['step']} {e['page']}: {e['error']}"
                                               for e in r["errors"]))

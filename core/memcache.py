@@ -15,10 +15,11 @@ The cache's own lock is held only for dictionary work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 DEFAULT_FRAME_CACHE_MB = 512
@@ -150,3 +151,56 @@ class ByteLRU:
                 with self._lock:
                     if self._key_locks.get(key) is key_lock:
                         del self._key_locks[key]
+
+
+ENV_COMPUTE_SLOTS = "THOUGHTSCOPE_COMPUTE_SLOTS"
+
+
+def compute_slots_wanted() -> int:
+    """How many cache misses (a new filter's frame, pool, base) the app server computes at once:
+    ``$THOUGHTSCOPE_COMPUTE_SLOTS``, else the machine's CPU count.
+
+    Why a cap: each such computation is CPU-bound and holds a copy of up to every CoT's numbers
+    while it runs (hundreds of MB at 2M CoTs). Eight sessions computing at once on two cores
+    take no less time in all than two at a time, but hold four times the memory, and each waits
+    for the slowest instead of the first finishing first."""
+    raw = os.environ.get(ENV_COMPUTE_SLOTS, "").strip()
+    if not raw:
+        return max(1, os.cpu_count() or 1)
+    try:
+        slots = int(raw)
+    except ValueError:
+        slots = 0
+    if slots < 1:
+        from core.errors import UserError
+
+        raise UserError(f"{ENV_COMPUTE_SLOTS}={raw!r} is not a whole number >= 1; set it to e.g. 2.")
+    return slots
+
+
+class ComputeSlots:
+    """A bounded semaphore that a thread takes once however deeply its computations nest (one
+    cached value computed inside another's computation takes no second slot: no deadlock when
+    every slot's holder needs a nested value)."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self._sem = threading.BoundedSemaphore(slots)
+        self._held = threading.local()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        depth = getattr(self._held, "depth", 0)
+        if depth:
+            self._held.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._held.depth = depth
+            return
+        with self._sem:
+            self._held.depth = 1
+            try:
+                yield
+            finally:
+                self._held.depth = 0

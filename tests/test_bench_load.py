@@ -41,6 +41,8 @@ def test_two_sessions_with_a_writer(tmp_path):
         assert figures["n"] == 2 and figures["p95"] >= figures["p50"] > 0, page
     assert result["server_peak_rss_bytes"] >= result["server_idle_rss_bytes"] > 0
     assert result["rss_trace"] and max(rss for _, rss in result["rss_trace"]) <= result["server_peak_rss_bytes"]
+    # where the CPU went: the server and chromium both worked; "CPU seconds" in the text
+    assert result["cpu_s"]["server"] > 0 and result["cpu_s"]["chromium"] > 0 and "CPU seconds over the run" in text
     # the writer committed to the bench's own store, which now holds its scores
     assert result["writer_commits"] >= 1
     con = duckdb.connect(result["store"]["path"], read_only=True)

@@ -105,6 +105,46 @@ def test_budget_from_environment(monkeypatch):
             memcache.frame_cache_budget()
 
 
+def test_compute_slots_cap_concurrency_and_nest_without_deadlock(monkeypatch):
+    """Six threads, two slots: never more than two compute at once, and a computation that needs
+    a nested cached value (a frame needing its base) takes no second slot, so all finish even
+    when every slot's holder nests."""
+    slots = memcache.ComputeSlots(2)
+    running, peak, lock = [0], [0], threading.Lock()
+    both_in = threading.Barrier(2, timeout=10)
+
+    def work(i: int) -> None:
+        with slots.slot():
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            if i < 2:
+                both_in.wait()  # the first two hold both slots at once, then nest
+            with slots.slot(), slots.slot():  # nested: no slot taken, no wait
+                pass
+            with lock:
+                running[0] -= 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    threads[0].start()
+    threads[1].start()
+    for t in threads[2:]:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck"
+    assert peak[0] == 2 and running[0] == 0
+
+    monkeypatch.delenv(memcache.ENV_COMPUTE_SLOTS, raising=False)
+    assert memcache.compute_slots_wanted() >= 1
+    monkeypatch.setenv(memcache.ENV_COMPUTE_SLOTS, "3")
+    assert memcache.compute_slots_wanted() == 3
+    for bad in ("many", "0"):
+        monkeypatch.setenv(memcache.ENV_COMPUTE_SLOTS, bad)
+        with pytest.raises(UserError, match=memcache.ENV_COMPUTE_SLOTS):
+            memcache.compute_slots_wanted()
+
+
 def test_distributions_keeps_frames_within_the_budget(demo_store, app_store, monkeypatch):
     """Through the page: a budget of two frames' bytes; three new filters leave the two latest
     cached, every frame the page read agrees with SQL, and the cache never holds more than its

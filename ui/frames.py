@@ -39,6 +39,12 @@ def frame_cache() -> memcache.ByteLRU:
 
 
 @st.cache_resource(show_spinner=False)
+def compute_slots() -> memcache.ComputeSlots:
+    """How many cache misses this server computes at once (memcache.compute_slots_wanted)."""
+    return memcache.ComputeSlots(memcache.compute_slots_wanted())
+
+
+@st.cache_resource(show_spinner=False)
 def shared_cache() -> memcache.ByteLRU:
     """What every filter is cut from (the base frames, Select's whole-store pools, whole-store
     reads): few and shared by every session, so kept apart from the per-filter entries, which
@@ -71,7 +77,9 @@ def cached(kind: str, ident: str, db: str, stamp: tuple[float, float], compute: 
         cache.discard(lambda k: k[2] == db and k[3] != stamp)
         return compute()
 
-    with st.spinner(spinner) if spinner else contextlib.nullcontext():
+    # a slot before the key's lock (memcache.ComputeSlots; nested values take none): whoever
+    # holds a key's lock is computing, never waiting for a slot
+    with st.spinner(spinner) if spinner else contextlib.nullcontext(), compute_slots().slot():
         return cache.get_or_compute(key, run)
 
 
