@@ -903,6 +903,21 @@ def whole_store_selection(sel: Selection) -> Selection:
     return replace(sel, base=CotFilter())
 
 
+def score_source_names(sel: Selection, *, db=None) -> tuple[str, ...]:
+    """Every score source a selection's pool reads (RV, CD and correctness sources, the rule's
+    score, the conditions' CoT figures), sorted: with ``frame_filter.data_version`` they say
+    whether a store write changed the pool (problem-level figures are in the fingerprint's
+    problem_scores part)."""
+    names = {name for metric in (sel.sources.rv, sel.sources.cd, sel.sources.correct) for source in metric
+             for name in queries._sources_of(source, db=db)}
+    score = _rule_score(sel.rule)
+    if score is not None and score.source is not None and score.level == "cot":
+        names.add(score.source)
+    names.update(f.source for f in condition_figures(sel) if f.level == "cot" and f.source)
+    names.update(c.figure.source for c in sel.conditions if c.figure.level == "cot" and c.figure.source)
+    return tuple(sorted(names))
+
+
 def cut_pool_rows(rows, ids, matches):
     """The rows of a whole-store pool (``pool_rows(whole_store_selection(sel), ordered=True)``)
     whose CoT a base filter matches: ``matches`` is its mask over a base frame whose cot_id

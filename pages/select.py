@@ -70,9 +70,8 @@ def cached_pool(pool_key: str, db: str, stamp: tuple[float, float], _sel: Select
     whole = selection.whole_store_selection(_sel)
     # every CoT's pool numbers, read once per store write (and sources, figures); a new filter's
     # pool is cut from them with the filter's mask, itself computed in memory (ui.frames)
-    rows = frames.cached("pool_rows", selection.pool_key(whole), db, stamp,
-                         lambda: selection.pool_rows(whole, ordered=True), spinner="Reading every CoT's pool numbers…",
-                         shared=True)
+    rows = frames.versioned("pool_rows", selection.pool_key(whole), db, stamp, lambda: selection.score_source_names(whole),
+                            lambda: selection.pool_rows(whole, ordered=True), spinner="Reading every CoT's pool numbers…")
 
     def load() -> selection.LoadedPool:
         ids, matches = frames.filter_mask(_sel.base)

@@ -5,7 +5,9 @@ URL can set, alone and combined: the masks must mean what matching_sql means."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from core import frame_filter, problem_sets, queries, store
 from core.figures import Condition, Figure
 from core.queries import CotFilter
+from tests.helpers import open_tab
 
 
 def _same(db, f: CotFilter, base: pl.DataFrame) -> int:
@@ -127,3 +130,66 @@ def test_a_select_pool_cut_from_the_whole_store_pool_is_the_pool_read_for_the_fi
     # rows that do not line up with the base frame (the store changed in between): no cut
     frame = frame_filter.base_frame(CotFilter(), db=db)
     assert selection.cut_pool_rows(whole_rows.slice(1), frame["cot_id"], frame_filter.mask(frame, CotFilter(), db=db)) is None
+
+
+def test_the_data_version_changes_with_what_a_base_reads_and_only_with_it(scored_store):
+    db = scored_store
+    rv = queries.sources("rv", db=db)[0]
+    names = frame_filter.score_sources_of(CotFilter(rv_source=rv, correct_source=queries.OWN_CORRECTNESS), db=db)
+    assert rv in names and set(queries.own_correctness_sources(db=db)) <= set(names)
+    v0 = frame_filter.data_version(names, db=db)
+    assert frame_filter.data_version(names, db=db) == v0  # a fingerprint, not a clock
+    (cot,), = store.read_rows("SELECT min(cot_id) FROM cots", db=db)
+    with store.connect(db, read_only=False) as con:  # a job scoring with another source
+        other = store.ensure_source(con, "another judge", "judge")
+        con.execute("INSERT INTO scores (cot_id, source_id, metric, value) VALUES (?, ?, 'rv', 3)", [cot, other])
+    assert frame_filter.data_version(names, db=db) == v0
+    changes = [
+        ("UPDATE scores SET value = 9 - value WHERE cot_id = ? AND metric = 'rv' AND source_id = "
+         "(SELECT source_id FROM score_sources WHERE name = ?)", [cot, rv]),  # a read source's value
+        ("UPDATE cots SET n_tokens = n_tokens + 1 WHERE cot_id = ?", [cot]),  # the token stage
+        ("UPDATE cots SET n_reflections = n_reflections + 1 WHERE cot_id = ?", [cot]),  # the markers stage
+        ("UPDATE problems SET benchmark = 'elsewhere' WHERE problem_id = (SELECT problem_id FROM cots WHERE cot_id = ?)", [cot]),
+        ("UPDATE datasets SET status = 'loading'", []),  # a dataset leaving the view
+    ]
+    seen = {v0}
+    for sql, params in changes:
+        with store.connect(db, read_only=False) as con:
+            con.execute(sql, params)
+        version = frame_filter.data_version(names, db=db)
+        assert version not in seen, sql
+        seen.add(version)
+
+
+def test_distributions_keeps_its_base_over_a_write_that_does_not_touch_it(scored_store, app_store, monkeypatch):
+    """The page's base frame is read again after a store write only when the write changed
+    something it reads: a score of another source leaves it; a score of its RV source does not."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.helpers import rerun
+
+    db = scored_store
+    app_store(db)
+    reads = []
+    real = frame_filter.base_frame
+    monkeypatch.setattr(frame_filter, "base_frame", lambda f, db=None: reads.append(f) or real(f, db=db))
+    at = rerun(AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run().switch_page("pages/distributions.py"))
+    assert len(reads) == 1
+    rv = at.sidebar.selectbox(key="f_rv_source").value
+    (cot,), = store.read_rows("SELECT min(cot_id) FROM cots", db=db)
+    with store.connect(db, read_only=False) as con:
+        other = store.ensure_source(con, "another judge", "judge")
+        con.execute("INSERT INTO scores (cot_id, source_id, metric, value) VALUES (?, ?, 'rv', 3)", [cot, other])
+    rerun(at)
+    assert len(reads) == 1, "a write of another source made the page read every CoT again"
+    with store.connect(db, read_only=False) as con:
+        con.execute("UPDATE scores SET value = CASE WHEN value = 9 THEN 8 ELSE 9 END WHERE cot_id = ? AND metric = 'rv' AND source_id = "
+                    "(SELECT source_id FROM score_sources WHERE name = ?)", [cot, rv])
+    rerun(at)
+    assert len(reads) == 2
+    # and what the page shows is the new value: its RV chart counts the changed CoT at 9
+    chart = next(json.loads(c.proto.spec) for c in open_tab(at, "RV and CD").get("plotly_chart")
+                 if json.loads(c.proto.spec)["layout"]["title"]["text"].startswith("Reasoning Verbosity"))
+    (nines,), = store.read_rows("SELECT count(*) FROM scores s JOIN score_sources ss USING (source_id) "
+                                "WHERE ss.name = ? AND s.metric = 'rv' AND s.value = 9", [rv], db=db)
+    assert chart["data"][0]["y"][9] == nines
