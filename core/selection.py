@@ -708,29 +708,30 @@ class LoadedPool:
 
         self.key = key
         self.token_bins = token_bins
-        self._con = duckdb.connect()  # in memory: the store is not touched again
-        self._con.register("pool_arrow", table)
-        self._con.execute("CREATE TABLE pool_in AS SELECT * FROM pool_arrow")
-        self._con.unregister("pool_arrow")
-        self.n_cots, self.n_problems, top = self._con.execute(
-            "SELECT count(*), count(DISTINCT problem_id), coalesce(max(n_tokens), 0) FROM pool_in"
-        ).fetchall()[0]
+        # the index is built in polars from the Arrow rows; the rows go into the private DuckDB
+        # (table pool_in) only when a query needs them (a decision, a condition's column): a
+        # Thresholds report, the page's default, never does, and a new filter's pool at 2M CoTs
+        # then skips the ~150 ms copy (bench/README.md, issue 17)
+        self._arrow = table
+        self._table_lock = threading.Lock()
+        frame = pl.from_arrow(table)
+        if isinstance(frame, pl.Series):  # pragma: no cover - one-column tables only
+            frame = frame.to_frame()
+        self.n_cots = frame.height
+        self.n_problems = frame["problem_id"].n_unique() if frame.height else 0
+        top = frame["n_tokens"].max() if frame.height else None
         # CoTs with a value, per column: what the page needs to hide controls for absent metrics
-        self.known = dict(zip(
-            ("rv", "cd", "correct", "n_tokens"),
-            self._con.execute("SELECT count(rv), count(cd), count(correct), count(n_tokens) FROM pool_in").fetchall()[0],
-        ))
-        self.token_width = _nice_width(float(top), token_bins)
-        self.token_n_bins = int(top // self.token_width) + 1
-        keys = ("model", "dataset", "rv", "cd", "correct")
-        order = ", ".join(f"{k} NULLS LAST" for k in keys)
-        # one row per group, numbered (gid); then each row's group and problem by join, which
-        # is much cheaper than ranking 2M rows with window functions
-        self._con.execute(
-            "CREATE TABLE pool_groups AS SELECT (row_number() OVER (ORDER BY " + order + ") - 1)::INTEGER AS gid, * "
-            "FROM (SELECT model, dataset, rv, cd, correct, count(*) AS n, count(n_tokens) AS n_known FROM pool_in "
-            "GROUP BY ALL)"
-        )
+        self.known = {c: frame.height - frame[c].null_count() for c in ("rv", "cd", "correct", "n_tokens")}
+        self.token_width = _nice_width(float(top or 0), token_bins)
+        self.token_n_bins = int((top or 0) // self.token_width) + 1
+        keys = ["model", "dataset", "rv", "cd", "correct"]
+        # one row per group, numbered (gid) in the order SQL's ORDER BY keys NULLS LAST gives
+        groups = (frame.group_by(keys).agg(n=pl.len().cast(pl.Int64), n_known=pl.col("n_tokens").count().cast(pl.Int64))
+                  .sort(keys, nulls_last=True).with_row_index("gid").with_columns(pl.col("gid").cast(pl.Int32)))
+        self._con = duckdb.connect()  # in memory: the store is not touched again
+        self._con.register("groups_arrow", groups.to_arrow())
+        self._con.execute("CREATE TABLE pool_groups AS SELECT * FROM groups_arrow")
+        self._con.unregister("groups_arrow")
         self.groups = store.fetch_pl(
             self._con,
             "SELECT coalesce(CAST(model AS VARCHAR), '(no model)') AS model, CAST(dataset AS VARCHAR) AS dataset, "
@@ -738,30 +739,27 @@ class LoadedPool:
             "rv, cd, correct, n, n_known FROM pool_groups ORDER BY gid",
         )
         same_group = " AND ".join(f"g.{k} IS NOT DISTINCT FROM r.{k}" for k in keys)
-        rows = self._con.execute(
-            f"WITH problems AS (SELECT problem_id, (row_number() OVER (ORDER BY problem_id) - 1)::INTEGER AS problem "
-            "FROM (SELECT DISTINCT problem_id FROM pool_in)) "
-            f"SELECT g.gid::BIGINT * {self._GROUP_STRIDE} "
-            f"+ coalesce(r.n_tokens::BIGINT + {self._TOKEN_OFFSET}, {self._GROUP_STRIDE - 1}) AS key, p.problem "
-            f"FROM pool_in r JOIN pool_groups g ON {same_group} JOIN problems p ON p.problem_id = r.problem_id "
-            "ORDER BY key"
-        ).fetchnumpy()
+        stride, offset = self._GROUP_STRIDE, self._TOKEN_OFFSET
+        rows = (frame.select(*keys, "n_tokens", "problem_id")
+                .join(groups.select(*keys, "gid"), on=keys, how="left", nulls_equal=True)
+                .select(key=pl.col("gid").cast(pl.Int64) * stride
+                        + (pl.col("n_tokens").cast(pl.Int64) + offset).fill_null(stride - 1),
+                        problem=(pl.col("problem_id").rank("dense") - 1).cast(pl.Int32))
+                .sort("key"))
         # kept for _rows_in_order (the first condition); a table of a few thousand rows
         self._same_group = same_group
-        self.row_keys = np.asarray(rows["key"], dtype=np.int64)
-        if len(self.row_keys) != self.n_cots:  # every row belongs to exactly one group
-            raise RuntimeError(f"pool index: {len(self.row_keys)} rows indexed of {self.n_cots}")
-        self.row_problem = np.asarray(rows["problem"], dtype=np.int32)
+        self.row_keys = rows["key"].to_numpy()
+        if len(self.row_keys) != self.n_cots or rows["key"].null_count():  # every row belongs to exactly one group
+            raise RuntimeError(f"pool index: {len(self.row_keys) - rows['key'].null_count()} rows indexed of {self.n_cots}")
+        self.row_problem = rows["problem"].to_numpy()
         self._ordered = None  # (problem, pool_in rowid) of each sorted row, read on the first condition
         g = np.arange(self.groups.height, dtype=np.int64) * self._GROUP_STRIDE
         self.group_start = np.searchsorted(self.row_keys, g)
         self.group_end = np.searchsorted(self.row_keys, g + self._GROUP_STRIDE)
         # the pool's own histograms and counts do not change with the rule: computed once
-        self.token_pool = store.fetch_pl(
-            self._con,
-            "SELECT floor(n_tokens / ?) * ? AS lo, count(*) AS pool FROM pool_in WHERE n_tokens IS NOT NULL GROUP BY ALL",
-            [self.token_width, self.token_width],
-        )
+        self.token_pool = (frame.filter(pl.col("n_tokens").is_not_null())
+                           .group_by(lo=(pl.col("n_tokens") / self.token_width).floor() * self.token_width)
+                           .agg(pool=pl.len().cast(pl.Int64)))
         self._lock = threading.Lock()
         self._sorted: dict[str, object] = {}
         self._masks: dict[str, tuple] = {}  # per set of conditions: see condition_mask
@@ -832,15 +830,24 @@ class LoadedPool:
         frames kept beside them (what a cache bounded by memory, ui.frames, counts)."""
         import numpy as np
 
-        with contextlib.closing(self.cursor()) as con:
+        with contextlib.closing(self._con.cursor()) as con:  # not cursor(): sizing must not copy the rows in
             tables = con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0]
+        with self._table_lock:
+            tables += self._arrow.nbytes if self._arrow is not None else 0
         arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
         arrays += [a for a in (self._ordered or ()) if isinstance(a, np.ndarray)]
         arrays += [a for mask in list(self._masks.values()) for a in mask if isinstance(a, np.ndarray)]
         return int(tables) + sum(a.nbytes for a in arrays) + self.groups.estimated_size() + self.token_pool.estimated_size()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A connection of its own to the pool's database (close it after use)."""
+        """A connection of its own to the pool's database (close it after use), with the rows
+        in table ``pool_in`` (copied in on the first call)."""
+        with self._table_lock:
+            if self._arrow is not None:
+                self._con.register("pool_arrow", self._arrow)
+                self._con.execute("CREATE TABLE pool_in AS SELECT * FROM pool_arrow")
+                self._con.unregister("pool_arrow")
+                self._arrow = None
         return self._con.cursor()
 
     def to_arrow(self):
@@ -888,11 +895,19 @@ def _condition_codes(sel: Selection, pool: LoadedPool):
 def pool_rows(sel: Selection, *, db=None, ordered: bool = False):
     """The selection's pool as an Arrow table (pool_sql's columns) read from the store; in
     cot_id order when ``ordered``."""
+    import pyarrow.compute as pc
+
     sql, params = pool_sql(sel, db=db)
     if ordered:
         sql = f"SELECT * FROM ({sql}) ORDER BY cot_id"
     with store.connect(db, read_only=True) as con:
-        return con.sql(sql, params=params).to_arrow_table()
+        table = con.sql(sql, params=params).to_arrow_table()
+    # the names dictionary-coded and one chunk per column: cutting a filter's rows out of 2M
+    # (cut_pool_rows) copies integers, 22 ms instead of 134, and the index is built on codes
+    for name in ("dataset", "model"):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.dictionary_encode(table.column(name)))
+    return table.combine_chunks()
 
 
 def whole_store_selection(sel: Selection) -> Selection:
