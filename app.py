@@ -7,8 +7,10 @@ The entry script only frames and routes; each page lives in pages/ and all logic
 
 import streamlit as st
 
+from core import memcache
 from ui import auth, common
 
+memcache.use_system_allocator_for_arrow()  # steadier large Arrow buffers in a threaded server
 st.set_page_config(page_title="ThoughtScope", page_icon="🔭", layout="wide")
 
 

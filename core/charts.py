@@ -93,8 +93,8 @@ def tokenizers_of(df: pl.DataFrame) -> dict[str | None, int]:
     first; {} when the frame has no such column or no count."""
     if "tokenizer" not in df.columns or "n_tokens" not in df.columns:
         return {}
-    counted = df.filter(pl.col("n_tokens").is_not_null()).group_by("tokenizer").len().sort(["len", "tokenizer"],
-                                                                                          descending=[True, False])
+    counted = df.filter(pl.col("n_tokens").is_not_null()).group_by("tokenizer").len().sort(
+        ["len", "tokenizer"], descending=[True, False], nulls_last=True)  # as queries.tokenizers' ORDER BY
     return dict(zip(counted["tokenizer"].to_list(), counted["len"].to_list()))
 
 

@@ -204,3 +204,14 @@ class ComputeSlots:
                 yield
             finally:
                 self._held.depth = 0
+
+
+def use_system_allocator_for_arrow() -> None:
+    """Arrow's buffers from the C library's malloc instead of the mimalloc bundled with pyarrow,
+    in this process. In the app server (many threads, short-lived buffers of hundreds of MB)
+    mimalloc made the same cut of a 2M-CoT Select pool take 28-377 ms from one filter to the next,
+    malloc a steady ~80 ms (bench/README.md, issue 17). Idempotent."""
+    import pyarrow as pa
+
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())

@@ -20,7 +20,7 @@ import math
 import polars as pl
 import streamlit as st
 
-from core import contamination, ids, labels, queries, recipes, render, selection, tokens
+from core import contamination, ids, labels, recipes, render, selection, tokens
 from core.errors import UserError
 from core.figures import Figure
 from core.selection import (
@@ -116,9 +116,10 @@ def cached_compare(key: str, db: str, stamp, _a: recipes.Recipe, _b: recipes.Rec
 
 @st.cache_data(ttl=600, max_entries=16, show_spinner=False)
 def cached_tokenizers(filter_key: str, db: str, stamp, _base) -> dict:
-    """Which tokenizers the pool's token counts come from (core.queries.tokenizers)."""
+    """Which tokenizers the pool's token counts come from (as core.queries.tokenizers, from the
+    filter's mask in memory: ui.frames.tokenizers)."""
     del filter_key, db, stamp
-    return queries.tokenizers(_base)
+    return frames.tokenizers(_base)
 
 
 def score_choices(stamp: tuple[float, float]) -> dict[str, Figure]:

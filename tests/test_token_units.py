@@ -128,3 +128,23 @@ def test_one_tokenizer_is_named_on_the_sidebar_and_the_budget_axis(tmp_path, app
     budget = next(json.loads(c.proto.spec) for c in open_tab(at, "Accuracy and Pass@k").get("plotly_chart")
                   if "Accuracy across token budgets" in json.loads(c.proto.spec)["layout"]["title"]["text"])
     assert budget["layout"]["xaxis"]["title"]["text"] == f"budget in {unit} (log2 scale)"
+
+
+def test_the_tokenizers_from_the_filters_mask_are_those_sql_counts(mixed_store, app_store):
+    """Select names the pool's tokenizers from the filter's mask over the base in memory
+    (ui.frames.tokenizers): the same counts, in the same order, as queries.tokenizers."""
+    from core import queries
+    from core.queries import OWN_CORRECTNESS, CotFilter
+    from ui import frames
+
+    db, words, digits = mixed_store
+    app_store(db)
+    filters = [CotFilter(), CotFilter(models=("A",)), CotFilter(models=("B",), correct_source=OWN_CORRECTNESS),
+               CotFilter(tokens_range=(0, 3)), CotFilter(text="Question")]
+    seen = set()
+    for f in filters:
+        expected = queries.tokenizers(f, db=db)
+        assert frames.tokenizers(f) == expected, f
+        assert list(frames.tokenizers(f)) == list(expected), f  # largest first, then by name
+        seen.add(len(expected))
+    assert seen >= {1, 2}  # filters with one tokenizer and with both

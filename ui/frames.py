@@ -130,6 +130,15 @@ def filter_mask(f: CotFilter) -> tuple[pl.Series, pl.Series]:
     return base["cot_id"], frame_filter.mask(base, f)
 
 
+def tokenizers(f: CotFilter) -> dict[str | None, int]:
+    """CoTs with a token count per tokenizer among those ``f`` matches (charts.tokenizers_of, as
+    queries.tokenizers), from the base and ``f``'s mask: two columns, no copy of the rows."""
+    _, db, stamp = cache_key(f)
+    base = _base(db, stamp, frame_filter.base_filter(f))
+    matches = frame_filter.mask(base, f)
+    return charts.tokenizers_of(base.select(pl.col("tokenizer").filter(matches), pl.col("n_tokens").filter(matches)))
+
+
 def per_store(kind: str, compute: Callable[[], T]) -> T:
     """``compute()`` (a read of the whole store that no filter changes, e.g. every CoT's
     recorded budget), kept in the byte-bounded cache until the store is written."""
