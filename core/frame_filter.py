@@ -1,5 +1,6 @@
-"""A new sidebar filter answered from memory: every ready CoT's numbers are read once per store
-write and choice of score sources (the *base*), and each filter is then cut from it.
+"""A new sidebar filter answered from memory: every ready CoT's numbers are read once per choice
+of score sources (the *base*; read again only when what it reads changes, see data_version), and
+each filter is then cut from it.
 
 Why: at 2M CoTs a filter's own DuckDB read costs ~480 ms (the join of every chosen score
 source's scores, the problems for the benchmark, the datasets), and a lab's sessions each on
@@ -44,7 +45,7 @@ def data_version(score_sources: tuple[str, ...], *, db=None) -> tuple:
     the problems (ids, keys, benchmarks), every CoT's numbers, all problem-level figures, and
     the scores of ``score_sources`` (counts and sums of row hashes). Equal fingerprints mean
     equal reads, so a shared base is kept across store writes that touch none of it (a job
-    scoring with another source, a label of another person): at 2M CoTs this costs ~30 ms
+    scoring with another source, a label of another person): at 2M CoTs this costs ~70 ms
     against ~570 ms and ~1 GB of transient memory for reading the base again."""
     rows = store.read_rows(
         "SELECT (SELECT list_value(count(*), sum(hash(dataset_id, name, status, generated, content_hash))) FROM datasets), "

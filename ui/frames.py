@@ -1,11 +1,15 @@
 """The matching CoTs' numbers, and what the pages compute from them, cached for the pages that
-chart them (Distributions, Overview).
+chart them (Distributions, Overview, Select's pools).
 
-The frames are kept in one ``core.memcache.ByteLRU`` per server process, bounded by bytes
-(``$THOUGHTSCOPE_FRAME_CACHE_MB``, default 512 MiB; polars' ``estimated_size`` per frame), least
-recently used evicted first: a lab's sessions, each on its own filter, share the budget instead
-of a count of two frames. Computing one filter's frame holds only that filter's lock, so no
-session waits for another's different filter. The derived figures stay in
+A filter's frame is cut in memory from the *base* of its score sources (every ready CoT's
+numbers, core/frame_filter.py), which the server reads once and keeps under a fingerprint of what
+it reads (``versioned``): every session and filter share it, and a store write that does not
+touch it leaves it in place. The bases (and Select's whole-store pools) live in ``shared_cache``,
+the per-filter frames and pools in ``frame_cache``: one ``core.memcache.ByteLRU`` each per server
+process, each bounded by bytes (``$THOUGHTSCOPE_FRAME_CACHE_MB``, default 512 MiB; polars'
+``estimated_size`` per frame), least recently used evicted first. Computing one filter's frame
+holds only that filter's lock, so no session waits for another's different filter, and at most
+``compute_slots`` such computations run at once. The derived figures stay in
 ``st.cache_resource`` (small: binned figures and tables).
 
 Both caches hold one object shared by every rerun and session, never copied. ``st.cache_data`` would pickle a 2M-row frame into the cache and unpickle a fresh copy
