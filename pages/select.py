@@ -68,8 +68,8 @@ def cached_pool(pool_key: str, db: str, stamp: tuple[float, float], _sel: Select
     """The pool in memory (LoadedPool), shared by every rerun and session with the same filter;
     kept in the byte-bounded cache with the Distributions frames (ui.frames.cached)."""
     whole = selection.whole_store_selection(_sel)
-    # every CoT's pool numbers, read once per store write (and sources, figures); a new filter's
-    # pool is cut from them with the filter's mask, itself computed in memory (ui.frames)
+    # every CoT's pool numbers, read once and kept until what they read changes (ui.frames.versioned);
+    # a new filter's pool is cut from them with the filter's mask, itself computed in memory
     rows = frames.versioned("pool_rows", selection.pool_key(whole), db, stamp, lambda: selection.score_source_names(whole),
                             lambda: selection.pool_rows(whole, ordered=True), spinner="Reading every CoT's pool numbers…")
 
