@@ -25,7 +25,7 @@ from core.queries import CotFilter
 from core.selection import Selection, TargetSize, default_score_sources
 from core.summary import summary
 from core.verify import SOURCE as VERIFY_SOURCE
-from helpers import GSM8K
+from helpers import GSM8K, open_tab
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEMS = 10
@@ -108,6 +108,7 @@ def test_select_finetune_evaluate_and_compare(demo_store, app_store, monkeypatch
     at = at.run()
     at = at.switch_page("pages/distributions.py").run()
     assert not at.exception, at.exception
+    at = open_tab(at, "Accuracy and Pass@k")  # the tab with Mean@k and the budget chart
     mean_pass = next(d.value for d in at.dataframe if "pass_at_k" in d.value.columns)
     shown = dict(zip(mean_pass["model"], mean_pass["mean_at_k"]))
     assert set(shown) == {base_model, tuned_model}
