@@ -257,7 +257,12 @@ def test_vllm_s_own_prm_model_gives_the_same_step_scores(judge_store, tiny_prm, 
     script = tmp_path / "vllm_prm.py"
     script.write_text(VLLM_SCRIPT.format(root=str(REPO), db=str(judge_store), model=str(tiny_prm)))
     proc = subprocess.run([str(VLLM_PYTHON), str(script)], capture_output=True, text=True, timeout=1100, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    if proc.returncode != 0:
+        # vLLM's CPU engine once aborted in its own teardown in CI ("terminate called without an
+        # active exception", exit -6); only that, after the run printed its result, is let pass:
+        # the result itself is checked below like any other
+        teardown = proc.returncode == -6 and "terminate called without an active exception" in proc.stderr
+        assert teardown and "RUN " in proc.stdout, proc.stderr[-4000:]
     judged, steps, seconds = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RUN "))[4:])
     assert (judged, steps) == (local.judged, local.steps) == (6, local.steps)
 
