@@ -766,9 +766,13 @@ def summary_figures(*, db=None):
     {lo, hi, cots, accuracy} per row)."""
     import polars as pl
 
-    eff = model_efficiency(db=db).select("dataset", "model", "benchmark", "acc_per_1k_tokens", "tokens_per_correct",
-                                         "median_overthinking_tail")
-    bins = accuracy_by_length(db=db)
+    from core import queries
+    from core.queries import OWN_CORRECTNESS, CotFilter
+
+    frame = queries.metric_frame(CotFilter(correct_source=OWN_CORRECTNESS), db=db)  # read once for both
+    eff = efficiency_of(frame, tails(db=db)).select("dataset", "model", "benchmark", "acc_per_1k_tokens",
+                                                    "tokens_per_correct", "median_overthinking_tail")
+    bins = length_bins_of(frame)
     nested = bins.group_by(list(EFFICIENCY_GROUPS), maintain_order=True).agg(
         accuracy_by_length=pl.struct("lo", "hi", "cots", "accuracy"))
     return eff.join(nested, on=list(EFFICIENCY_GROUPS), how="left", nulls_equal=True)

@@ -126,7 +126,8 @@ def mask(base: pl.DataFrame, f: CotFilter, *, db=None) -> pl.Series:
     return keep.alias("matches")
 
 
-def cut(base: pl.DataFrame, f: CotFilter, *, db=None) -> pl.DataFrame:
-    """The rows of ``base`` (``base_frame`` of ``f``'s sources) that ``f`` matches, with the
-    columns of ``queries.metric_frame``: the same rows and values it returns, in base order."""
-    return base.filter(mask(base, f, db=db)).select(FRAME_COLUMNS)
+def cut(base: pl.DataFrame, f: CotFilter, *, db=None, matches: pl.Series | None = None) -> pl.DataFrame:
+    """The rows of ``base`` (``base_frame`` of ``f``'s sources) that ``f`` matches (``matches``,
+    its mask, when the caller has it), with the columns of ``queries.metric_frame``: the same rows
+    and values it returns, in base order."""
+    return base.filter(mask(base, f, db=db) if matches is None else matches).select(FRAME_COLUMNS)

@@ -71,14 +71,19 @@ def cached(kind: str, ident: str, db: str, stamp: tuple[float, float], compute: 
     ``shared``) under (kind, ident, store, write stamp): an object too large for a count bound
     (a frame, a Select pool; its ``estimated_size()`` or ``nbytes`` is what it costs). A write
     to the store frees that store's entries of older stamps when the next one is computed."""
-    cache = shared_cache() if shared else frame_cache()
-    key = (kind, ident, db, stamp)
+    return _get_or_compute(shared_cache() if shared else frame_cache(), (kind, ident, db, stamp),
+                           lambda k: k[2] == db and k[3] != stamp, compute, spinner)
+
+
+def _get_or_compute(cache: memcache.ByteLRU, key: tuple, stale: Callable[[tuple], bool], compute: Callable[[], T],
+                    spinner: str | None) -> T:
+    """``cache[key]``, else ``compute()`` kept there, after dropping the entries ``stale`` names."""
     hit = cache.get(key)
     if hit is not None:  # no spinner for a cached value
         return hit
 
     def run() -> T:
-        cache.discard(lambda k: k[2] == db and k[3] != stamp)
+        cache.discard(stale)
         return compute()
 
     # a slot before the key's lock (memcache.ComputeSlots; nested values take none): whoever
@@ -95,7 +100,7 @@ def _load(filter_key: str, db: str, stamp: tuple[float, float], f: CotFilter) ->
     base = _base(db, stamp, base_f)
     if f == base_f:
         return base.select(frame_filter.FRAME_COLUMNS)
-    return cached("frame", filter_key, db, stamp, lambda: frame_filter.cut(base, f))
+    return cached("frame", filter_key, db, stamp, lambda: frame_filter.cut(base, f, matches=_matches(f)))
 
 
 def versioned(kind: str, ident: str, db: str, stamp: tuple[float, float], sources: Callable[[], tuple[str, ...]],
@@ -106,18 +111,8 @@ def versioned(kind: str, ident: str, db: str, stamp: tuple[float, float], source
     it (a job scoring another source) leaves it in place instead of making every session read it
     again. The fingerprint itself is computed once per write stamp (~30 ms at 2M CoTs)."""
     version = cached(f"{kind}:version", ident, db, stamp, lambda: frame_filter.data_version(sources()), shared=True)
-    cache = shared_cache()
     key = (kind, ident, f"version:{db}", version)  # not freed by a new write stamp (see cached)
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
-
-    def run() -> T:
-        cache.discard(lambda k: k[:3] == key[:3] and k[3] != version)
-        return compute()
-
-    with st.spinner(spinner) if spinner else contextlib.nullcontext(), compute_slots().slot():
-        return cache.get_or_compute(key, run)
+    return _get_or_compute(shared_cache(), key, lambda k: k[:3] == key[:3] and k[3] != version, compute, spinner)
 
 
 def _base(db: str, stamp: tuple[float, float], base_f: CotFilter) -> pl.DataFrame:
@@ -126,20 +121,27 @@ def _base(db: str, stamp: tuple[float, float], base_f: CotFilter) -> pl.DataFram
                      spinner="Reading every CoT's numbers…")
 
 
+def _matches(f: CotFilter) -> pl.Series:
+    """Whether ``f`` matches each row of its base (core.frame_filter.mask), computed once per
+    filter: the frame, Select's pool cut and the tokenizer counts share it (a search's index
+    query included)."""
+    filter_key, db, stamp = cache_key(f)
+    base = _base(db, stamp, frame_filter.base_filter(f))
+    return cached("matches", filter_key, db, stamp, lambda: frame_filter.mask(base, f))
+
+
 def filter_mask(f: CotFilter) -> tuple[pl.Series, pl.Series]:
     """(cot_id, matches): the base frame's ids, in cot_id order, and whether ``f`` matches each
     (core.frame_filter.mask): what Select cuts a new filter's pool with."""
     _, db, stamp = cache_key(f)
-    base = _base(db, stamp, frame_filter.base_filter(f))
-    return base["cot_id"], frame_filter.mask(base, f)
+    return _base(db, stamp, frame_filter.base_filter(f))["cot_id"], _matches(f)
 
 
 def tokenizers(f: CotFilter) -> dict[str | None, int]:
     """CoTs with a token count per tokenizer among those ``f`` matches (charts.tokenizers_of, as
     queries.tokenizers), from the base and ``f``'s mask: two columns, no copy of the rows."""
     _, db, stamp = cache_key(f)
-    base = _base(db, stamp, frame_filter.base_filter(f))
-    matches = frame_filter.mask(base, f)
+    base, matches = _base(db, stamp, frame_filter.base_filter(f)), _matches(f)
     return charts.tokenizers_of(base.select(pl.col("tokenizer").filter(matches), pl.col("n_tokens").filter(matches)))
 
 
