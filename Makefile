@@ -61,14 +61,20 @@ run: demo
 lint: setup
 	$(PY) -m ruff check .
 
-# THOUGHTSCOPE_REQUIRE_VLLM=1: a vllm-marked test fails, rather than skips, if .venv-vllm is missing
+# The tests that start no browser, vLLM, real model or process of their own (markers in
+# pytest.ini) run on TEST_WORKERS pytest-xdist workers (each builds its own session stores);
+# the rest, which load both cores themselves, run one at a time after them. Every test is in
+# exactly one of the two runs. THOUGHTSCOPE_REQUIRE_VLLM=1: a vllm-marked test fails, rather
+# than skips, if .venv-vllm is missing.
+TEST_WORKERS ?= 2
+LIGHT := not browser and not vllm and not slow and not spawns_processes
 test: setup vllm-env browser lint
-	THOUGHTSCOPE_REQUIRE_VLLM=1 $(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "$(LIGHT)"
+	THOUGHTSCOPE_REQUIRE_VLLM=1 $(PY) -m pytest -m "not ($(LIGHT))"
 
-# The edit-test loop: no browser, no vLLM, no real model, no worker process or subprocess
-# (markers in pytest.ini); a few minutes instead of the whole suite's quarter of an hour.
+# The edit-test loop: the first of those two runs alone, a few minutes.
 test-fast: setup
-	$(PY) -m pytest -q -m "not browser and not vllm and not slow and not spawns_processes"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "$(LIGHT)"
 
 bench: setup
 	$(PY) bench/bench_ingest.py --cots 200000 --text-scale 0.02

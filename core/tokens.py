@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,7 +78,17 @@ def load_tokenizer(name: str = DEFAULT_TOKENIZER):
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(str(smollm2_gguf_folder()), gguf_file=SMOLLM2_GGUF)
-            tok.save_pretrained(str(cached.parent))
+            # saved beside and renamed into place: a process starting at the same time (a second
+            # test worker, a second job) never reads a half-written tokenizer.json
+            cached.parent.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=cached.parent.parent))
+            tok.save_pretrained(str(staging))
+            try:
+                staging.rename(cached.parent)
+            except OSError:  # another process put it there first; theirs is the same tokenizer
+                if not cached.exists():  # a folder left without it (an older, killed run): use ours
+                    return Tokenizer.from_file(str(staging / "tokenizer.json"))
+                shutil.rmtree(staging, ignore_errors=True)
         return Tokenizer.from_file(str(cached))
     from transformers import AutoTokenizer  # hub id or a folder without tokenizer.json
 
