@@ -695,16 +695,19 @@ class LoadedPool:
     counts inside a run are differences of its cumulative sum: moving a condition's bounds costs
     one vectorised pass over one column, not a new index.
 
+    A narrower filter's pool is cut from a whole-store pool (``cut_pool``): its sorted rows are
+    the whole-store pool's under the filter's mask, still sorted, and its groups the non-empty
+    ones renumbered; nothing is grouped or sorted again.
+
     Safe to share between threads (Streamlit sessions): every query runs on its own cursor."""
 
     # sort key of a row: group * _GROUP_STRIDE + token count + _TOKEN_OFFSET; unknown counts last
-    _GROUP_STRIDE = 1 << 33
+    _GROUP_BITS = 33
+    _GROUP_STRIDE = 1 << _GROUP_BITS
     _TOKEN_OFFSET = 1 << 31
 
-    def __init__(self, key: str, table, *, token_bins: int = TOKEN_BINS):
+    def __init__(self, key: str, table, *, token_bins: int = TOKEN_BINS, _index=None):
         import threading
-
-        import numpy as np
 
         self.key = key
         self.token_bins = token_bins
@@ -714,55 +717,97 @@ class LoadedPool:
         # then skips the ~150 ms copy (bench/README.md, issue 17)
         self._arrow = table
         self._table_lock = threading.Lock()
-        frame = pl.from_arrow(table)
-        if isinstance(frame, pl.Series):  # pragma: no cover - one-column tables only
-            frame = frame.to_frame()
-        self.n_cots = frame.height
-        self.n_problems = frame["problem_id"].n_unique() if frame.height else 0
-        top = frame["n_tokens"].max() if frame.height else None
-        # CoTs with a value, per column: what the page needs to hide controls for absent metrics
-        self.known = {c: frame.height - frame[c].null_count() for c in ("rv", "cd", "correct", "n_tokens")}
-        self.token_width = _nice_width(float(top or 0), token_bins)
-        self.token_n_bins = int((top or 0) // self.token_width) + 1
+        self._lock = threading.Lock()
+        self._sorted: dict[str, object] = {}
+        self._masks: dict[str, tuple] = {}  # per set of conditions: see condition_mask
+        self._ordered = None  # (problem, pool_in rowid) of each sorted row, read on the first condition
         keys = ["model", "dataset", "rv", "cd", "correct"]
-        # one row per group, numbered (gid) in the order SQL's ORDER BY keys NULLS LAST gives
-        groups = (frame.group_by(keys).agg(n=pl.len().cast(pl.Int64), n_known=pl.col("n_tokens").count().cast(pl.Int64))
-                  .sort(keys, nulls_last=True).with_row_index("gid").with_columns(pl.col("gid").cast(pl.Int32)))
+        self._same_group = " AND ".join(f"g.{k} IS NOT DISTINCT FROM r.{k}" for k in keys)
         self._con = duckdb.connect()  # in memory: the store is not touched again
-        self._con.register("groups_arrow", groups.to_arrow())
+        if _index is None:
+            _index = self._build_index(table, keys)
+        raw_groups, self.row_keys, self.row_problem, self.row_order, self.problem_slots = _index
+        self._con.register("groups_arrow", raw_groups.to_arrow())
         self._con.execute("CREATE TABLE pool_groups AS SELECT * FROM groups_arrow")
         self._con.unregister("groups_arrow")
+        self._raw_groups = raw_groups
         self.groups = store.fetch_pl(
             self._con,
             "SELECT coalesce(CAST(model AS VARCHAR), '(no model)') AS model, CAST(dataset AS VARCHAR) AS dataset, "
             f"{SUMMARY_BY['cd']} AS cd_group, floor(rv / 1.0) * 1.0 AS rv_lo, floor(cd / 1.0) * 1.0 AS cd_lo, "
             "rv, cd, correct, n, n_known FROM pool_groups ORDER BY gid",
         )
-        same_group = " AND ".join(f"g.{k} IS NOT DISTINCT FROM r.{k}" for k in keys)
+        self._index_figures()
+
+    def _build_index(self, table, keys: list[str]):
+        """(groups, row_keys, row_problem, row_order, problem slots) of ``table``'s rows."""
+        frame = pl.from_arrow(table)
+        if isinstance(frame, pl.Series):  # pragma: no cover - one-column tables only
+            frame = frame.to_frame()
+        # one row per group, numbered (gid) in the order SQL's ORDER BY keys NULLS LAST gives
+        groups = (frame.group_by(keys).agg(n=pl.len().cast(pl.Int64), n_known=pl.col("n_tokens").count().cast(pl.Int64))
+                  .sort(keys, nulls_last=True).with_row_index("gid").with_columns(pl.col("gid").cast(pl.Int32)))
         stride, offset = self._GROUP_STRIDE, self._TOKEN_OFFSET
-        rows = (frame.select(*keys, "n_tokens", "problem_id")
+        rows = (frame.select(*keys, "n_tokens", "problem_id").with_row_index("row")
                 .join(groups.select(*keys, "gid"), on=keys, how="left", nulls_equal=True)
-                .select(key=pl.col("gid").cast(pl.Int64) * stride
+                .select("row", key=pl.col("gid").cast(pl.Int64) * stride
                         + (pl.col("n_tokens").cast(pl.Int64) + offset).fill_null(stride - 1),
                         problem=(pl.col("problem_id").rank("dense") - 1).cast(pl.Int32))
                 .sort("key"))
-        # kept for _rows_in_order (the first condition); a table of a few thousand rows
-        self._same_group = same_group
-        self.row_keys = rows["key"].to_numpy()
-        if len(self.row_keys) != self.n_cots or rows["key"].null_count():  # every row belongs to exactly one group
-            raise RuntimeError(f"pool index: {len(self.row_keys) - rows['key'].null_count()} rows indexed of {self.n_cots}")
-        self.row_problem = rows["problem"].to_numpy()
-        self._ordered = None  # (problem, pool_in rowid) of each sorted row, read on the first condition
-        g = np.arange(self.groups.height, dtype=np.int64) * self._GROUP_STRIDE
+        row_keys = rows["key"].to_numpy()
+        if len(row_keys) != frame.height or rows["key"].null_count():  # every row belongs to exactly one group
+            raise RuntimeError(f"pool index: {len(row_keys) - rows['key'].null_count()} rows indexed of {frame.height}")
+        n_problems = frame["problem_id"].n_unique() if frame.height else 0
+        return groups, row_keys, rows["problem"].to_numpy(), rows["row"].to_numpy(), n_problems
+
+    def _index_figures(self) -> None:
+        """What the reports read beside the index: counts, the token bins, the group bounds."""
+        import numpy as np
+
+        stride, offset = self._GROUP_STRIDE, self._TOKEN_OFFSET
+        n = self.groups["n"].to_numpy().astype(np.int64)
+        self.n_cots = int(n.sum())
+        self.n_problems = int(np.count_nonzero(np.bincount(self.row_problem, minlength=self.problem_slots)))
+        # CoTs with a value, per column: what the page needs to hide controls for absent metrics
+        self.known = {c: int(n[self.groups[c].is_not_null().to_numpy()].sum()) for c in ("rv", "cd", "correct")}
+        self.known["n_tokens"] = int(self.groups["n_known"].sum() or 0)
+        tokens = self.row_keys & (stride - 1)
+        known_tokens = tokens[tokens != stride - 1] - offset
+        top = int(known_tokens.max()) if known_tokens.size else None
+        self.token_width = _nice_width(float(top or 0), self.token_bins)
+        self.token_n_bins = int((top or 0) // self.token_width) + 1
+        g = np.arange(self.groups.height, dtype=np.int64) * stride
         self.group_start = np.searchsorted(self.row_keys, g)
-        self.group_end = np.searchsorted(self.row_keys, g + self._GROUP_STRIDE)
-        # the pool's own histograms and counts do not change with the rule: computed once
-        self.token_pool = (frame.filter(pl.col("n_tokens").is_not_null())
-                           .group_by(lo=(pl.col("n_tokens") / self.token_width).floor() * self.token_width)
-                           .agg(pool=pl.len().cast(pl.Int64)))
-        self._lock = threading.Lock()
-        self._sorted: dict[str, object] = {}
-        self._masks: dict[str, tuple] = {}  # per set of conditions: see condition_mask
+        self.group_end = np.searchsorted(self.row_keys, g + stride)
+        # the pool's own token histogram does not change with the rule: computed once
+        counts = np.bincount(np.floor(known_tokens / self.token_width).astype(np.int64))
+        bins = np.flatnonzero(counts)
+        self.token_pool = pl.DataFrame({"lo": bins * self.token_width, "pool": counts[bins].astype(np.int64)},
+                                       schema={"lo": pl.Float64, "pool": pl.Int64})
+
+    def cut(self, key: str, matches, rows) -> LoadedPool:
+        """The pool of a narrower filter, from this (a whole-store pool) and ``matches``, the
+        filter's mask over this pool's rows (cot_id order), with ``rows`` its rows cut the same
+        way (cut_pool_rows): the index is this one's sorted rows under the mask and its
+        non-empty groups renumbered, so no sort or grouping runs again (~250 ms at 2M CoTs)."""
+        import numpy as np
+
+        stride = self._GROUP_STRIDE
+        in_order = np.asarray(matches.to_numpy(), dtype=bool)[self.row_order]
+        row_keys = self.row_keys[in_order]
+        gid = row_keys >> self._GROUP_BITS  # bit operations: the stride is a power of two
+        n = np.bincount(gid, minlength=self._raw_groups.height)
+        n_known = np.bincount(gid[(row_keys & (stride - 1)) != stride - 1], minlength=self._raw_groups.height)
+        present = n > 0
+        if not present.all():  # renumber the groups left, moving each row's key with its group
+            shift = (np.arange(present.size, dtype=np.int64) - (np.cumsum(present) - 1)) << self._GROUP_BITS
+            row_keys = row_keys - shift[gid]
+        groups = (self._raw_groups.with_columns(n=pl.Series(n, dtype=pl.Int64), n_known=pl.Series(n_known, dtype=pl.Int64))
+                  .filter(pl.Series(present)).with_columns(gid=pl.int_range(pl.len(), dtype=pl.Int32)))
+        # the cut rows are in cot_id order: their row numbers are the ranks of the kept ones
+        row_order = (np.cumsum(np.asarray(matches.to_numpy(), dtype=np.int64)) - 1)[self.row_order[in_order]]
+        index = (groups, row_keys, self.row_problem[in_order], row_order, self.problem_slots)
+        return LoadedPool(key, rows, token_bins=self.token_bins, _index=index)
 
     MASKS_KEPT = 8  # condition sets whose row mask is kept (a threshold move reuses its set's)
 
@@ -849,6 +894,23 @@ class LoadedPool:
                 self._con.unregister("pool_arrow")
                 self._arrow = None
         return self._con.cursor()
+
+    @contextlib.contextmanager
+    def scan(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection of its own in which ``pool_in`` is the pool's rows, without copying
+        them into the private database when they are not there yet: DuckDB reads the Arrow rows
+        in place. For one query over the rows (a page of the dropped list), where the copy
+        would cost several times the query (bench/README.md, issue 17)."""
+        with self._table_lock:
+            rows = self._arrow
+        con = self._con.cursor()
+        try:
+            if rows is not None:
+                # a view of this connection only; it shadows no table (pool_in is not copied yet)
+                con.register("pool_in", rows)
+            yield con
+        finally:
+            con.close()
 
     def to_arrow(self):
         with contextlib.closing(self.cursor()) as con:
@@ -945,6 +1007,21 @@ def cut_pool_rows(rows, ids, matches):
     return rows.filter(matches.to_arrow())
 
 
+def cut_pool(whole: LoadedPool, sel: Selection, ids, matches) -> LoadedPool | None:
+    """``sel``'s pool cut from ``whole``, the loaded pool of ``whole_store_selection(sel)``
+    (rows in cot_id order): ``matches`` is ``sel``'s base filter's mask over a base frame whose
+    cot_id column is ``ids`` (core.frame_filter). Rows and index are cut, not rebuilt
+    (LoadedPool.cut); None when the two do not line up (then load ``sel``'s pool itself)."""
+    if whole.key != pool_key(whole_store_selection(sel)):
+        raise ValueError("this whole-store pool was loaded for other score sources or conditions")
+    with whole._table_lock:
+        rows = whole._arrow
+    if rows is None:  # its rows went into its DuckDB: a whole-store pool is for cutting only
+        raise ValueError("a whole-store pool that was queried cannot be cut; load it again")
+    cut = cut_pool_rows(rows, ids, matches)
+    return None if cut is None else whole.cut(pool_key(sel), matches, cut)
+
+
 def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS, rows=None) -> LoadedPool:
     """The selection's pool read once from the store (ids and numbers, no text), or given as
     ``rows`` (cut from the whole-store pool), held in memory (LoadedPool), tagged with its
@@ -953,11 +1030,16 @@ def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS, rows=Non
 
 
 @contextlib.contextmanager
-def _pool_connection(sel: Selection, pool, db) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection in which relation ``pool_in`` is the selection's pool."""
+def _pool_connection(sel: Selection, pool, db, *, scan: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection in which relation ``pool_in`` is the selection's pool; with ``scan``, for
+    a single query, a loaded pool's rows are read where they are (LoadedPool.scan)."""
     if pool is not None:
         if pool.key != pool_key(sel):
             raise ValueError("this pool was loaded for another filter or other score sources; load it again")
+        if scan:
+            with pool.scan() as con:
+                yield con
+            return
         con = pool.cursor()
         try:
             yield con
@@ -1672,7 +1754,7 @@ def _thresholds_report(sel: Selection, pool: LoadedPool) -> SelectionReport:
     missing["n_tokens"] = int(n.sum() - n_known.sum())
 
     # problems with a kept CoT: mark the problems of every kept run of rows
-    seen = np.zeros(pool.n_problems, dtype=bool)
+    seen = np.zeros(pool.problem_slots, dtype=bool)  # a cut pool numbers problems as its whole-store pool did
     for start, end in zip(run_start[group_passes], run_end[group_passes]):
         if end > start:
             problems = row_problem[start:end]
@@ -1719,7 +1801,7 @@ def dropped_page(
         # threshold decides each CoT on its own, so the reasons are those of the whole decision)
         kept, kept_params = _kept_predicate(sel)
         page_rows = f"SELECT * FROM pool_in WHERE NOT ({kept}) ORDER BY {order} LIMIT ? OFFSET ?"
-        with _pool_connection(sel, pool, db) as con:
+        with _pool_connection(sel, pool, db, scan=True) as con:
             sql, params = _decision_sql(con, sel, page_rows, [*kept_params, int(limit), int(offset)])
             rows = store.fetch_pl(con, f"SELECT {columns} FROM ({sql}) ORDER BY {order}", params)
     else:

@@ -70,12 +70,15 @@ def cached_pool(pool_key: str, db: str, stamp: tuple[float, float], _sel: Select
     whole = selection.whole_store_selection(_sel)
     # every CoT's pool numbers, read once and kept until what they read changes (ui.frames.versioned);
     # a new filter's pool is cut from them with the filter's mask, itself computed in memory
-    rows = frames.versioned("pool_rows", selection.pool_key(whole), db, stamp, lambda: selection.score_source_names(whole),
-                            lambda: selection.pool_rows(whole, ordered=True), spinner="Reading every CoT's pool numbers…")
+    # (with its index: a filter's index is cut from it too)
+    whole_pool = frames.versioned(
+        "whole_pool", selection.pool_key(whole), db, stamp, lambda: selection.score_source_names(whole),
+        lambda: selection.load_pool(whole, rows=selection.pool_rows(whole, ordered=True)),
+        spinner="Reading every CoT's pool numbers…")
 
     def load() -> selection.LoadedPool:
         ids, matches = frames.filter_mask(_sel.base)
-        return selection.load_pool(_sel, rows=selection.cut_pool_rows(rows, ids, matches))
+        return selection.cut_pool(whole_pool, _sel, ids, matches) or selection.load_pool(_sel)
 
     return frames.cached("pool", pool_key, db, stamp, load, spinner="Cutting the pool…")
 

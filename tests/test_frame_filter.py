@@ -132,6 +132,45 @@ def test_a_select_pool_cut_from_the_whole_store_pool_is_the_pool_read_for_the_fi
     assert selection.cut_pool_rows(whole_rows.slice(1), frame["cot_id"], frame_filter.mask(frame, CotFilter(), db=db)) is None
 
 
+def test_a_pool_index_cut_from_the_whole_store_pool_reports_what_the_filter_s_own_pool_does(scored_store):
+    """Select's new filter cuts the whole-store pool's index (LoadedPool.cut) instead of building
+    one: every report figure, the kept ids and what the page reads of the pool (counts, known
+    values, token bins) equal those of the filter's pool read and indexed on its own, with and
+    without conditions, for rules that cut on every figure."""
+    from core import selection
+    from core.selection import ScoreSources, Selection, Thresholds
+
+    from helpers import assert_same_report
+
+    db = scored_store
+    rv, cd = queries.sources("rv", db=db)[0], queries.sources("cd", db=db)[0]
+    sources = ScoreSources(rv=(rv,), cd=(cd,), correct=(queries.OWN_CORRECTNESS,))
+    rules = (Thresholds(), Thresholds(rv_range=(2, 7), tokens_range=(40, 400)),
+             Thresholds(cd_range=(3, 9), tokens_range=(0, 250), require_correct=True))
+    bases = (CotFilter(rv_source=rv, rv_range=(3.0, 7.0), correct_source=queries.OWN_CORRECTNESS, correct="correct"),
+             CotFilter(cd_source=cd, tokens_range=(0, 300), truncated=False),
+             CotFilter(models=("nobody",)))
+    for conditions in ((), (Condition(Figure("cd", cd), hi=6),)):
+        whole_sel = selection.whole_store_selection(Selection(sources=sources, conditions=conditions))
+        whole = selection.load_pool(whole_sel, rows=selection.pool_rows(whole_sel, db=db, ordered=True))
+        for base in bases:
+            frame = frame_filter.base_frame(base, db=db)
+            cut = selection.cut_pool(whole, Selection(base=base, sources=sources, conditions=conditions),
+                                     frame["cot_id"], frame_filter.mask(frame, base, db=db))
+            own = selection.load_pool(Selection(base=base, sources=sources, conditions=conditions), db=db)
+            assert (cut.n_cots, cut.n_problems, cut.known, cut.token_width, cut.token_n_bins) == \
+                (own.n_cots, own.n_problems, own.known, own.token_width, own.token_n_bins), base
+            assert cut.groups.equals(own.groups)
+            for rule in rules:
+                sel = Selection(base=base, rule=rule, sources=sources, conditions=conditions)
+                assert_same_report(selection.evaluate(sel, pool=cut), selection.evaluate(sel, pool=own))
+                assert_same_report(selection.evaluate(sel, pool=cut), selection.evaluate(sel, db=db))
+                assert sorted(selection.kept_ids(sel, pool=cut).to_list()) == sorted(selection.kept_ids(sel, db=db).to_list())
+    # the whole-store pool is for cutting: a filter with other sources is refused
+    with pytest.raises(ValueError, match="other score sources"):
+        selection.cut_pool(whole, Selection(sources=ScoreSources(rv=(rv,))), frame["cot_id"], frame_filter.mask(frame, base, db=db))
+
+
 def test_the_data_version_changes_with_what_a_base_reads_and_only_with_it(scored_store):
     db = scored_store
     rv = queries.sources("rv", db=db)[0]
