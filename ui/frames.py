@@ -21,6 +21,7 @@ only handed to ``st.plotly_chart``, which serialises it.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -112,7 +113,18 @@ def versioned(kind: str, ident: str, db: str, stamp: tuple[float, float], source
     again. The fingerprint itself is computed once per write stamp (~30 ms at 2M CoTs)."""
     version = cached(f"{kind}:version", ident, db, stamp, lambda: frame_filter.data_version(sources()), shared=True)
     key = (kind, ident, f"version:{db}", version)  # not freed by a new write stamp (see cached)
-    return _get_or_compute(shared_cache(), key, lambda k: k[:3] == key[:3] and k[3] != version, compute, spinner)
+
+    def one_at_a_time() -> T:
+        # one whole-store read at a time: each peaks at ~1 GB at 2M CoTs while it runs, and two
+        # at once (Distributions' base, Select's pool, sessions starting together) only share
+        # the same cores; no such read asks for another, so the lock cannot deadlock
+        with _WHOLE_STORE_READ:
+            return compute()
+
+    return _get_or_compute(shared_cache(), key, lambda k: k[:3] == key[:3] and k[3] != version, one_at_a_time, spinner)
+
+
+_WHOLE_STORE_READ = threading.Lock()
 
 
 def _base(db: str, stamp: tuple[float, float], base_f: CotFilter) -> pl.DataFrame:
