@@ -11,6 +11,7 @@ from core import memcache
 from ui import auth, common
 
 memcache.use_system_allocator_for_arrow()  # steadier large Arrow buffers in a threaded server
+memcache.limit_malloc_arenas()  # also when started as `streamlit run app.py` (ui.serve does it first)
 st.set_page_config(page_title="ThoughtScope", page_icon="🔭", layout="wide")
 
 

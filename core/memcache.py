@@ -16,6 +16,7 @@ The cache's own lock is held only for dictionary work.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -215,3 +216,44 @@ def use_system_allocator_for_arrow() -> None:
 
     if pa.default_memory_pool().backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
+
+
+# glibc's mallopt parameter for the most malloc arenas (malloc.h)
+_M_ARENA_MAX = -8
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    """The C library when it is glibc (mallopt, malloc_trim), else None (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both exist only in glibc
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def limit_malloc_arenas(arenas: int | None = None) -> bool:
+    """At most ``arenas`` (default: one per CPU) malloc arenas in this process, unless
+    $MALLOC_ARENA_MAX says otherwise.
+    glibc gives threads up to eight arenas per core, and memory one session's thread frees in its
+    arena is not reused by another thread's: in the app server, where every session is a thread
+    and Arrow and numpy buffers of hundreds of MB come and go (Arrow on malloc, see
+    use_system_allocator_for_arrow), that freed memory stays counted in the server's RSS.
+    True when the limit was set; call it before the threads start."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, int(arenas or os.cpu_count() or 2)))
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim): after a whole-store
+    read, whose buffers of ~1 GB at 2M CoTs are freed, so the next read does not start from
+    the last one's high-water mark. A no-op outside glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -230,3 +230,76 @@ def test_a_store_write_frees_that_stores_older_entries(demo_store, app_store):
     cache = frames.frame_cache()
     assert cache.keys() == [("frame", repr(fs[0]), "/elsewhere.duckdb", old), ("frame", repr(fs[1]), db, new)]
     assert cache.bytes_held == other.estimated_size() + second.estimated_size()
+
+
+def test_freed_heap_memory_goes_back_to_the_system_after_a_large_read():
+    """What ui.frames does after a whole-store read: the C heap's free pages are returned, so
+    the server's RSS does not keep the read's high-water mark (glibc only)."""
+    import numpy as np
+    import psutil
+
+    if memcache._glibc() is None:
+        pytest.skip("malloc_trim is glibc's")
+    process = psutil.Process()
+    blocks = [np.ones(8000) for _ in range(4000)]  # 64 KB each: heap memory, not mmap'd, 256 MB
+    last = blocks[-1]  # kept: the freed blocks sit below it, so free() alone cannot shrink the heap
+    del blocks
+    freed = process.memory_info().rss
+    memcache.release_free_memory()
+    assert process.memory_info().rss < freed - (128 << 20)
+    assert last.sum() == 8000
+
+
+def test_the_arena_limit_leaves_an_explicit_malloc_arena_max_alone(monkeypatch):
+    if memcache._glibc() is None:
+        pytest.skip("mallopt is glibc's")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert memcache.limit_malloc_arenas() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert memcache.limit_malloc_arenas(2) is True
+
+
+def test_whole_store_reads_run_one_at_a_time_and_per_filter_work_does_not_wait_for_them(demo_store, app_store,
+                                                                                        monkeypatch):
+    """Two sessions reading different whole-store tables (a base, a whole-store pool) take
+    turns, so their transient memory never adds up; a per-filter computation meanwhile runs
+    at once."""
+    import time
+
+    from ui import frames
+
+    app_store(demo_store)
+    monkeypatch.setenv(memcache.ENV_COMPUTE_SLOTS, "4")
+    frames.compute_slots.clear()
+    db, stamp = str(demo_store), (1.0, 0.0)
+    running, most, events = [0], [0], []
+    lock = threading.Lock()
+
+    def whole_store_read(name):
+        def compute():
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.3)
+            with lock:
+                running[0] -= 1
+            events.append(("read done", name, time.monotonic()))
+            return name
+        return lambda: frames.versioned("whole", name, db, stamp, lambda: (), compute)
+
+    def per_filter():
+        frames.cached("frame", "small", db, stamp, lambda: events.append(("filter done", "", time.monotonic())) or 1)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=whole_store_read(name)) for name in ("base", "pool")]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    per_filter()
+    for t in threads:
+        t.join()
+    assert most[0] == 1  # never two whole-store reads at once
+    reads = sorted(at - started for kind, _, at in events if kind == "read done")
+    filtered = [at - started for kind, _, at in events if kind == "filter done"]
+    assert len(reads) == 2 and reads[1] - reads[0] >= 0.25  # one after the other
+    assert filtered and filtered[0] < reads[0]  # the per-filter work did not queue behind them

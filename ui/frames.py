@@ -119,7 +119,10 @@ def versioned(kind: str, ident: str, db: str, stamp: tuple[float, float], source
         # at once (Distributions' base, Select's pool, sessions starting together) only share
         # the same cores; no such read asks for another, so the lock cannot deadlock
         with _WHOLE_STORE_READ:
-            return compute()
+            try:
+                return compute()
+            finally:
+                memcache.release_free_memory()  # its transient buffers, back to the system
 
     return _get_or_compute(shared_cache(), key, lambda k: k[:3] == key[:3] and k[3] != version, one_at_a_time, spinner)
 

@@ -25,6 +25,8 @@ from pathlib import Path
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.web import cli
 
+from core import memcache
+
 APP = Path(__file__).resolve().parent.parent / "app.py"
 LOCAL = "127.0.0.1"
 
@@ -60,5 +62,6 @@ def preload() -> None:
 
 if __name__ == "__main__":
     route_pages_through_app()  # the sign-in check relies on app.py routing every request
+    memcache.limit_malloc_arenas()  # before the sessions' threads start
     preload()
     sys.exit(cli.main(["run", str(APP), *address_options(sys.argv[1:])], prog_name="streamlit"))
