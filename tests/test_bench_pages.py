@@ -47,7 +47,7 @@ def test_browser_figures_and_server_memory(bench_run):
     pages = result["browser"]["pages"]
     assert set(pages) == {"explore", "distributions", "select"}
     for page, figures in pages.items():
-        assert figures["cold"] > 0 and figures["warm"] > 0, page
+        assert figures["cold"] > 0 and figures["warm"] > 0 and figures["repeat_view"] > 0, page
     assert result["browser"]["server_peak_rss_bytes"] >= result["browser"]["server_idle_rss_bytes"] > 0
     assert "App server peak RSS" in text
 
