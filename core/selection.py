@@ -706,7 +706,7 @@ class LoadedPool:
     _GROUP_STRIDE = 1 << _GROUP_BITS
     _TOKEN_OFFSET = 1 << 31
 
-    def __init__(self, key: str, table, *, token_bins: int = TOKEN_BINS, _index=None):
+    def __init__(self, key: str, table, *, token_bins: int = TOKEN_BINS, _index=None, _rows_of=None):
         import threading
 
         self.key = key
@@ -714,8 +714,11 @@ class LoadedPool:
         # the index is built in polars from the Arrow rows; the rows go into the private DuckDB
         # (table pool_in) only when a query needs them (a decision, a condition's column): a
         # Thresholds report, the page's default, never does, and a new filter's pool at 2M CoTs
-        # then skips the ~150 ms copy (bench/README.md, issue 17)
+        # then skips the ~150 ms copy (bench/README.md, issue 17). A pool cut from a whole-store
+        # pool holds no rows of its own until then: the whole-store rows and its mask over them
+        # (_rows_of), read in place.
         self._arrow = table
+        self._rows_of = _rows_of
         self._table_lock = threading.Lock()
         self._lock = threading.Lock()
         self._sorted: dict[str, object] = {}
@@ -726,6 +729,8 @@ class LoadedPool:
         self._con = duckdb.connect()  # in memory: the store is not touched again
         if _index is None:
             _index = self._build_index(table, keys)
+        elif table is None and _rows_of is None:
+            raise ValueError("a pool needs its rows, or the rows it is cut from and its mask")
         raw_groups, self.row_keys, self.row_problem, self.row_order, self.problem_slots = _index
         self._con.register("groups_arrow", raw_groups.to_arrow())
         self._con.execute("CREATE TABLE pool_groups AS SELECT * FROM groups_arrow")
@@ -785,11 +790,12 @@ class LoadedPool:
         self.token_pool = pl.DataFrame({"lo": bins * self.token_width, "pool": counts[bins].astype(np.int64)},
                                        schema={"lo": pl.Float64, "pool": pl.Int64})
 
-    def cut(self, key: str, matches, rows) -> LoadedPool:
+    def cut(self, key: str, matches) -> LoadedPool:
         """The pool of a narrower filter, from this (a whole-store pool) and ``matches``, the
-        filter's mask over this pool's rows (cot_id order), with ``rows`` its rows cut the same
-        way (cut_pool_rows): the index is this one's sorted rows under the mask and its
-        non-empty groups renumbered, so no sort or grouping runs again (~250 ms at 2M CoTs)."""
+        filter's mask over this pool's rows (cot_id order). The index is this one's sorted rows
+        under the mask with its non-empty groups renumbered, so no sort or grouping runs again
+        (~250 ms at 2M CoTs); the rows stay this pool's, read through the mask, so nothing is
+        copied (~90 ms and ~140 MB at 2M) until a query needs them in the cut's own DuckDB."""
         import numpy as np
 
         stride = self._GROUP_STRIDE
@@ -807,7 +813,12 @@ class LoadedPool:
         # the cut rows are in cot_id order: their row numbers are the ranks of the kept ones
         row_order = (np.cumsum(np.asarray(matches.to_numpy(), dtype=np.int64)) - 1)[self.row_order[in_order]]
         index = (groups, row_keys, self.row_problem[in_order], row_order, self.problem_slots)
-        return LoadedPool(key, rows, token_bins=self.token_bins, _index=index)
+        with self._table_lock:
+            whole_rows = self._arrow
+        if whole_rows is None:  # its rows went into its DuckDB: a whole-store pool is for cutting only
+            raise ValueError("a whole-store pool that was queried cannot be cut; load it again")
+        return LoadedPool(key, None, token_bins=self.token_bins, _index=index,
+                          _rows_of=(whole_rows, matches.to_arrow()))
 
     MASKS_KEPT = 8  # condition sets whose row mask is kept (a threshold move reuses its set's)
 
@@ -879,6 +890,8 @@ class LoadedPool:
             tables = con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0]
         with self._table_lock:
             tables += self._arrow.nbytes if self._arrow is not None else 0
+            # a cut's rows are its whole-store pool's (counted there): only its mask is its own
+            tables += self._rows_of[1].nbytes if self._rows_of is not None else 0
         arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
         arrays += [a for a in (self._ordered or ()) if isinstance(a, np.ndarray)]
         arrays += [a for mask in list(self._masks.values()) for a in mask if isinstance(a, np.ndarray)]
@@ -888,12 +901,24 @@ class LoadedPool:
         """A connection of its own to the pool's database (close it after use), with the rows
         in table ``pool_in`` (copied in on the first call)."""
         with self._table_lock:
-            if self._arrow is not None:
-                self._con.register("pool_arrow", self._arrow)
-                self._con.execute("CREATE TABLE pool_in AS SELECT * FROM pool_arrow")
-                self._con.unregister("pool_arrow")
-                self._arrow = None
+            if self._arrow is not None or self._rows_of is not None:
+                with contextlib.closing(self._con.cursor()) as con:
+                    self._register_rows(con, "pool_rows")
+                    con.execute("CREATE TABLE pool_in AS SELECT * FROM pool_rows")
+                self._arrow = self._rows_of = None
         return self._con.cursor()
+
+    def _register_rows(self, con, name: str) -> None:
+        """Relation ``name`` in ``con`` (a connection of its own: what it registers is its
+        alone) reads the pool's rows where they are: its Arrow rows, or its whole-store pool's
+        under its mask."""
+        if self._arrow is not None:
+            con.register(name, self._arrow)
+        else:
+            whole, mask = self._rows_of
+            con.register(f"{name}_all", whole.append_column("in_cut_", mask))
+            # a filter keeps the rows' order (DuckDB preserves insertion order by default)
+            con.execute(f"CREATE TEMP VIEW {name} AS SELECT * EXCLUDE (in_cut_) FROM {name}_all WHERE in_cut_")
 
     @contextlib.contextmanager
     def scan(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -901,13 +926,12 @@ class LoadedPool:
         them into the private database when they are not there yet: DuckDB reads the Arrow rows
         in place. For one query over the rows (a page of the dropped list), where the copy
         would cost several times the query (bench/README.md, issue 17)."""
-        with self._table_lock:
-            rows = self._arrow
         con = self._con.cursor()
         try:
-            if rows is not None:
-                # a view of this connection only; it shadows no table (pool_in is not copied yet)
-                con.register("pool_in", rows)
+            with self._table_lock:
+                if self._arrow is not None or self._rows_of is not None:
+                    # a view of this connection only; it shadows no table (pool_in is not copied yet)
+                    self._register_rows(con, "pool_in")
             yield con
         finally:
             con.close()
@@ -1000,11 +1024,17 @@ def cut_pool_rows(rows, ids, matches):
     whose CoT a base filter matches: ``matches`` is its mask over a base frame whose cot_id
     column is ``ids`` (core.frame_filter). None when the two do not line up row for row (the
     store changed between the reads): then read the pool itself."""
-    import numpy as np
 
-    if len(ids) != rows.num_rows or not np.array_equal(ids.to_numpy(), rows.column("cot_id").to_numpy()):
+    if not _lined_up(rows, ids):
         return None
     return rows.filter(matches.to_arrow())
+
+
+def _lined_up(rows, ids) -> bool:
+    """Whether Arrow ``rows`` hold exactly the CoTs ``ids`` names, in that order."""
+    import numpy as np
+
+    return len(ids) == rows.num_rows and np.array_equal(ids.to_numpy(), rows.column("cot_id").to_numpy())
 
 
 def cut_pool(whole: LoadedPool, sel: Selection, ids, matches) -> LoadedPool | None:
@@ -1018,8 +1048,7 @@ def cut_pool(whole: LoadedPool, sel: Selection, ids, matches) -> LoadedPool | No
         rows = whole._arrow
     if rows is None:  # its rows went into its DuckDB: a whole-store pool is for cutting only
         raise ValueError("a whole-store pool that was queried cannot be cut; load it again")
-    cut = cut_pool_rows(rows, ids, matches)
-    return None if cut is None else whole.cut(pool_key(sel), matches, cut)
+    return whole.cut(pool_key(sel), matches) if _lined_up(rows, ids) else None
 
 
 def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS, rows=None) -> LoadedPool:

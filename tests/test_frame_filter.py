@@ -138,6 +138,8 @@ def test_a_pool_index_cut_from_the_whole_store_pool_reports_what_the_filter_s_ow
     values, token bins) equal those of the filter's pool read and indexed on its own, with and
     without conditions, for rules that cut on every figure."""
     from core import selection
+    from polars.testing import assert_frame_equal
+
     from core.selection import ScoreSources, Selection, Thresholds
 
     from helpers import assert_same_report
@@ -161,6 +163,12 @@ def test_a_pool_index_cut_from_the_whole_store_pool_reports_what_the_filter_s_ow
             assert (cut.n_cots, cut.n_problems, cut.known, cut.token_width, cut.token_n_bins) == \
                 (own.n_cots, own.n_problems, own.known, own.token_width, own.token_n_bins), base
             assert cut.groups.equals(own.groups)
+            # the cut holds no rows of its own: its dropped pages read the whole-store rows in place
+            assert cut._arrow is None and cut._rows_of is not None and cut.nbytes < whole.nbytes
+            for sort_by in ("cot_id", "n_tokens"):
+                sel = Selection(base=base, rule=rules[1], sources=sources, conditions=conditions)
+                assert_frame_equal(selection.dropped_page(sel=sel, pool=cut, sort_by=sort_by, limit=9, db=db),
+                                   selection.dropped_page(sel=sel, pool=own, sort_by=sort_by, limit=9, db=db))
             for rule in rules:
                 sel = Selection(base=base, rule=rule, sources=sources, conditions=conditions)
                 assert_same_report(selection.evaluate(sel, pool=cut), selection.evaluate(sel, pool=own))
