@@ -790,16 +790,26 @@ class LoadedPool:
         self.token_pool = pl.DataFrame({"lo": bins * self.token_width, "pool": counts[bins].astype(np.int64)},
                                        schema={"lo": pl.Float64, "pool": pl.Int64})
 
-    def cut(self, key: str, matches) -> LoadedPool:
+    def cut(self, key: str, ids, matches) -> LoadedPool | None:
         """The pool of a narrower filter, from this (a whole-store pool) and ``matches``, the
-        filter's mask over this pool's rows (cot_id order). The index is this one's sorted rows
-        under the mask with its non-empty groups renumbered, so no sort or grouping runs again
-        (~250 ms at 2M CoTs); the rows stay this pool's, read through the mask, so nothing is
-        copied (~90 ms and ~140 MB at 2M) until a query needs them in the cut's own DuckDB."""
+        filter's mask over a base frame whose cot_id column is ``ids``; None when those are not
+        this pool's rows in its order (the store changed between the reads). The index is this
+        one's sorted rows under the mask with its non-empty groups renumbered, so no sort or
+        grouping runs again (~250 ms at 2M CoTs); the rows stay this pool's, read through the
+        mask, so nothing is copied (~90 ms and ~140 MB at 2M) until a query needs them in the
+        cut's own DuckDB."""
         import numpy as np
+        import pyarrow as pa
 
+        with self._table_lock:
+            whole_rows = self._arrow
+        if whole_rows is None:  # its rows went into its DuckDB: a whole-store pool is for cutting only
+            raise ValueError("a whole-store pool that was queried cannot be cut; load it again")
+        if len(ids) != whole_rows.num_rows or not np.array_equal(ids.to_numpy(), whole_rows.column("cot_id").to_numpy()):
+            return None
         stride = self._GROUP_STRIDE
-        in_order = np.asarray(matches.to_numpy(), dtype=bool)[self.row_order]
+        mask = np.asarray(matches.to_numpy(), dtype=bool)
+        in_order = mask[self.row_order]
         row_keys = self.row_keys[in_order]
         gid = row_keys >> self._GROUP_BITS  # bit operations: the stride is a power of two
         n = np.bincount(gid, minlength=self._raw_groups.height)
@@ -811,14 +821,9 @@ class LoadedPool:
         groups = (self._raw_groups.with_columns(n=pl.Series(n, dtype=pl.Int64), n_known=pl.Series(n_known, dtype=pl.Int64))
                   .filter(pl.Series(present)).with_columns(gid=pl.int_range(pl.len(), dtype=pl.Int32)))
         # the cut rows are in cot_id order: their row numbers are the ranks of the kept ones
-        row_order = (np.cumsum(np.asarray(matches.to_numpy(), dtype=np.int64)) - 1)[self.row_order[in_order]]
+        row_order = (np.cumsum(mask, dtype=np.int64) - 1)[self.row_order[in_order]]
         index = (groups, row_keys, self.row_problem[in_order], row_order, self.problem_slots)
-        with self._table_lock:
-            whole_rows = self._arrow
-        if whole_rows is None:  # its rows went into its DuckDB: a whole-store pool is for cutting only
-            raise ValueError("a whole-store pool that was queried cannot be cut; load it again")
-        return LoadedPool(key, None, token_bins=self.token_bins, _index=index,
-                          _rows_of=(whole_rows, matches.to_arrow()))
+        return LoadedPool(key, None, token_bins=self.token_bins, _index=index, _rows_of=(whole_rows, pa.array(mask)))
 
     MASKS_KEPT = 8  # condition sets whose row mask is kept (a threshold move reuses its set's)
 
@@ -988,8 +993,8 @@ def pool_rows(sel: Selection, *, db=None, ordered: bool = False):
         sql = f"SELECT * FROM ({sql}) ORDER BY cot_id"
     with store.connect(db, read_only=True) as con:
         table = con.sql(sql, params=params).to_arrow_table()
-    # the names dictionary-coded and one chunk per column: cutting a filter's rows out of 2M
-    # (cut_pool_rows) copies integers, 22 ms instead of 134, and the index is built on codes
+    # the names dictionary-coded and one chunk per column: a pool of 2M rows is a third smaller,
+    # the index is built on codes, and a query through a cut's mask reads integers
     for name in ("dataset", "model"):
         i = table.schema.get_field_index(name)
         table = table.set_column(i, name, pc.dictionary_encode(table.column(name)))
@@ -1000,7 +1005,7 @@ def whole_store_selection(sel: Selection) -> Selection:
     """``sel`` over every ready CoT (no base filter). Its pool, read once in cot_id order, holds
     the pool of every selection that differs from ``sel`` only in its base filter, one row per
     row of core.frame_filter's base frame: the app cuts a new filter's pool from it with the
-    filter's mask (:func:`cut_pool_rows`) instead of reading the store again."""
+    filter's mask (:func:`cut_pool`) instead of reading the store again."""
     return replace(sel, base=CotFilter())
 
 
@@ -1019,24 +1024,6 @@ def score_source_names(sel: Selection, *, db=None) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def cut_pool_rows(rows, ids, matches):
-    """The rows of a whole-store pool (``pool_rows(whole_store_selection(sel), ordered=True)``)
-    whose CoT a base filter matches: ``matches`` is its mask over a base frame whose cot_id
-    column is ``ids`` (core.frame_filter). None when the two do not line up row for row (the
-    store changed between the reads): then read the pool itself."""
-
-    if not _lined_up(rows, ids):
-        return None
-    return rows.filter(matches.to_arrow())
-
-
-def _lined_up(rows, ids) -> bool:
-    """Whether Arrow ``rows`` hold exactly the CoTs ``ids`` names, in that order."""
-    import numpy as np
-
-    return len(ids) == rows.num_rows and np.array_equal(ids.to_numpy(), rows.column("cot_id").to_numpy())
-
-
 def cut_pool(whole: LoadedPool, sel: Selection, ids, matches) -> LoadedPool | None:
     """``sel``'s pool cut from ``whole``, the loaded pool of ``whole_store_selection(sel)``
     (rows in cot_id order): ``matches`` is ``sel``'s base filter's mask over a base frame whose
@@ -1044,16 +1031,12 @@ def cut_pool(whole: LoadedPool, sel: Selection, ids, matches) -> LoadedPool | No
     (LoadedPool.cut); None when the two do not line up (then load ``sel``'s pool itself)."""
     if whole.key != pool_key(whole_store_selection(sel)):
         raise ValueError("this whole-store pool was loaded for other score sources or conditions")
-    with whole._table_lock:
-        rows = whole._arrow
-    if rows is None:  # its rows went into its DuckDB: a whole-store pool is for cutting only
-        raise ValueError("a whole-store pool that was queried cannot be cut; load it again")
-    return whole.cut(pool_key(sel), matches) if _lined_up(rows, ids) else None
+    return whole.cut(pool_key(sel), ids, matches)
 
 
 def load_pool(sel: Selection, *, db=None, token_bins: int = TOKEN_BINS, rows=None) -> LoadedPool:
     """The selection's pool read once from the store (ids and numbers, no text), or given as
-    ``rows`` (cut from the whole-store pool), held in memory (LoadedPool), tagged with its
+    ``rows`` (read as pool_rows does), held in memory (LoadedPool), tagged with its
     pool_key so a mismatched reuse is caught."""
     return LoadedPool(pool_key(sel), pool_rows(sel, db=db) if rows is None else rows, token_bins=token_bins)
 

@@ -111,25 +111,27 @@ def test_a_select_pool_cut_from_the_whole_store_pool_is_the_pool_read_for_the_fi
     sources = ScoreSources(rv=(rv,), cd=(cd,), correct=(queries.OWN_CORRECTNESS,))
     conditions = (Condition(Figure("cd", cd), hi=6),)
     whole = selection.whole_store_selection(Selection(sources=sources, conditions=conditions))
-    whole_rows = selection.pool_rows(whole, db=db, ordered=True)
+    whole_pool = selection.load_pool(whole, rows=selection.pool_rows(whole, db=db, ordered=True))
     word = store.read_rows("SELECT split_part(question, ' ', 1) FROM problems LIMIT 1", db=db)[0][0]
+    names = [pl.col("dataset", "model").cast(pl.String)]
     for base in (CotFilter(rv_source=rv, rv_range=(3.0, 7.0), correct_source=queries.OWN_CORRECTNESS, correct="correct"),
                  CotFilter(cd_source=cd, tokens_range=(0, 300), truncated=False),
                  CotFilter(text=word, conditions=(Condition(Figure("n_reflections"), lo=1),))):
         sel = Selection(base=base, sources=sources, conditions=conditions)
         assert selection.pool_key(selection.whole_store_selection(sel)) == selection.pool_key(whole)
         frame = frame_filter.base_frame(base, db=db)
-        rows = selection.cut_pool_rows(whole_rows, frame["cot_id"], frame_filter.mask(frame, base, db=db))
-        got = pl.from_arrow(rows).sort("cot_id")
-        expected = pl.from_arrow(selection.pool_rows(sel, db=db)).sort("cot_id")
-        assert 0 < got.height < whole_rows.num_rows and got.equals(expected), base
-        a = selection.decide(sel, pool=selection.load_pool(sel, rows=rows))
+        cut = selection.cut_pool(whole_pool, sel, frame["cot_id"], frame_filter.mask(frame, base, db=db))
+        got = pl.from_arrow(cut.to_arrow()).with_columns(names).sort("cot_id")
+        expected = pl.from_arrow(selection.pool_rows(sel, db=db)).with_columns(names).sort("cot_id")
+        assert 0 < got.height < whole_pool.n_cots and got.equals(expected), base
+        a = selection.decide(sel, pool=selection.cut_pool(whole_pool, sel, frame["cot_id"], frame_filter.mask(frame, base, db=db)))
         b = selection.decide(sel, pool=selection.load_pool(sel, db=db))
         columns = ["cot_id", "kept", "reason"]
         assert pl.from_arrow(a.select(columns)).sort("cot_id").equals(pl.from_arrow(b.select(columns)).sort("cot_id"))
-    # rows that do not line up with the base frame (the store changed in between): no cut
+    # ids that do not line up with the pool's rows (the store changed in between): no cut
     frame = frame_filter.base_frame(CotFilter(), db=db)
-    assert selection.cut_pool_rows(whole_rows.slice(1), frame["cot_id"], frame_filter.mask(frame, CotFilter(), db=db)) is None
+    sel = Selection(sources=sources, conditions=conditions)
+    assert selection.cut_pool(whole_pool, sel, frame["cot_id"].slice(1), frame_filter.mask(frame, CotFilter(), db=db)) is None
 
 
 def test_a_pool_index_cut_from_the_whole_store_pool_reports_what_the_filter_s_own_pool_does(scored_store):
