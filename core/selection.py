@@ -803,8 +803,8 @@ class LoadedPool:
 
         with self._table_lock:
             whole_rows = self._arrow
-        if whole_rows is None:  # its rows went into its DuckDB: a whole-store pool is for cutting only
-            raise ValueError("a whole-store pool that was queried cannot be cut; load it again")
+        if whole_rows is None or self.row_order is None:  # queried (its rows went into its DuckDB), or a cut itself
+            raise ValueError("only a whole-store pool that was never queried can be cut; load it again")
         if len(ids) != whole_rows.num_rows or not np.array_equal(ids.to_numpy(), whole_rows.column("cot_id").to_numpy()):
             return None
         stride = self._GROUP_STRIDE
@@ -821,8 +821,8 @@ class LoadedPool:
         groups = (self._raw_groups.with_columns(n=pl.Series(n, dtype=pl.Int64), n_known=pl.Series(n_known, dtype=pl.Int64))
                   .filter(pl.Series(present)).with_columns(gid=pl.int_range(pl.len(), dtype=pl.Int32)))
         # the cut rows are in cot_id order: their row numbers are the ranks of the kept ones
-        row_order = (np.cumsum(mask, dtype=np.int64) - 1)[self.row_order[in_order]]
-        index = (groups, row_keys, self.row_problem[in_order], row_order, self.problem_slots)
+        # no row order: only a whole-store pool is cut, and nothing else reads it
+        index = (groups, row_keys, self.row_problem[in_order], None, self.problem_slots)
         return LoadedPool(key, None, token_bins=self.token_bins, _index=index, _rows_of=(whole_rows, pa.array(mask)))
 
     MASKS_KEPT = 8  # condition sets whose row mask is kept (a threshold move reuses its set's)

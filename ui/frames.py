@@ -110,7 +110,7 @@ def versioned(kind: str, ident: str, db: str, stamp: tuple[float, float], source
     cache under the fingerprint of what it reads (``frame_filter.data_version`` of the score
     sources ``sources()`` names), not under the store's write stamp: a write that touches none of
     it (a job scoring another source) leaves it in place instead of making every session read it
-    again. The fingerprint itself is computed once per write stamp (~30 ms at 2M CoTs)."""
+    again. The fingerprint itself is computed once per write stamp (~70 ms at 2M CoTs)."""
     version = cached(f"{kind}:version", ident, db, stamp, lambda: frame_filter.data_version(sources()), shared=True)
     key = (kind, ident, f"version:{db}", version)  # not freed by a new write stamp (see cached)
 
